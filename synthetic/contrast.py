@@ -1,0 +1,88 @@
+"""Synthesise T1, T1c, T2 and FLAIR from tissue maps and a tumour label.
+
+Intensities are relative (white matter on T1 near 1) and follow the usual clinical appearance:
+CSF dark on T1 and FLAIR, bright on T2; edema bright on T2 and FLAIR; the enhancing rim bright on
+T1c only; the necrotic core dark on T1 and T1c, bright on T2. Healthy T1 keeps the template's own
+texture. Each modality then gets a smooth multiplicative bias field and Rician noise, like a real
+magnitude image, and is skull-stripped as BraTS data are (zero outside the brain).
+"""
+
+from __future__ import annotations
+
+from typing import Dict
+
+import numpy as np
+from scipy import ndimage
+
+from .anatomy import Anatomy
+from .glioma import EDEMA, ENHANCING, NECROTIC_CORE
+
+MODALITIES = ("t1", "t1c", "t2", "flair")
+
+# Mean relative intensity per (modality, tissue or tumour region).
+INTENSITY: Dict[str, Dict[str, float]] = {
+    "t1": {"csf": 0.30, "gm": 0.62, "wm": 0.90, "necrotic": 0.28, "edema": 0.55, "enhancing": 0.60},
+    "t1c": {"csf": 0.30, "gm": 0.64, "wm": 0.90, "necrotic": 0.28, "edema": 0.55, "enhancing": 1.40},
+    "t2": {"csf": 1.00, "gm": 0.60, "wm": 0.40, "necrotic": 0.95, "edema": 0.85, "enhancing": 0.65},
+    "flair": {"csf": 0.12, "gm": 0.58, "wm": 0.45, "necrotic": 0.50, "edema": 1.00, "enhancing": 0.78},
+}
+REGION_OF_LABEL = {NECROTIC_CORE: "necrotic", EDEMA: "edema", ENHANCING: "enhancing"}
+
+OUTPUT_SCALE = 1000.0  # relative intensity 1.0 is stored as 1000 (int16)
+PARTIAL_VOLUME_MM = 0.8  # blur of region edges, as a finite point-spread would give
+TUMOUR_TEXTURE = 0.08  # relative heterogeneity inside the tumour
+BIAS_STRENGTH = (0.08, 0.2)  # range of the log-amplitude of the bias field
+NOISE_LEVEL = (0.015, 0.035)  # range of the Rician sigma, relative to white matter on T1
+
+
+def _bias_field(shape: tuple[int, ...], strength: float, rng: np.random.Generator) -> np.ndarray:
+    """Smooth multiplicative field: exp of a random second-order polynomial in normalised coordinates."""
+    x, y, z = (np.linspace(-1.0, 1.0, n, dtype=np.float32) for n in shape)
+    x, y, z = x[:, None, None], y[None, :, None], z[None, None, :]
+    terms = (x, y, z, x * x, y * y, z * z, x * y, x * z, y * z)
+    coefficients = rng.uniform(-1.0, 1.0, len(terms)).astype(np.float32)
+    log_field = sum(c * t for c, t in zip(coefficients, terms))
+    return np.exp(strength * log_field / float(np.abs(coefficients).sum())).astype(np.float32)
+
+
+def _rician(image: np.ndarray, sigma: float, rng: np.random.Generator) -> np.ndarray:
+    real = image + rng.normal(0.0, sigma, image.shape).astype(np.float32)
+    imaginary = rng.normal(0.0, sigma, image.shape).astype(np.float32)
+    return np.sqrt(real * real + imaginary * imaginary)
+
+
+def healthy_t1(anatomy: Anatomy) -> np.ndarray:
+    """The template's T1, rescaled so that white matter sits at the table's white-matter level."""
+    wm_level = float(np.median(anatomy.t1[anatomy.wm > 0.9]))
+    return anatomy.t1 * (INTENSITY["t1"]["wm"] / wm_level)
+
+
+def synthesise(anatomy: Anatomy, label: np.ndarray, rng: np.random.Generator) -> Dict[str, np.ndarray]:
+    """Return {modality: (X, Y, Z) int16}, one image per modality, on the anatomy's grid."""
+    sigma_vox = PARTIAL_VOLUME_MM / anatomy.spacing_mm
+    region_weights = {
+        name: np.clip(ndimage.gaussian_filter((label == value).astype(np.float32), sigma_vox), 0, 1)
+        for value, name in REGION_OF_LABEL.items()
+    }
+    total_weight = sum(region_weights.values())
+    tumour_weight = np.clip(total_weight, 0, 1)
+    texture = ndimage.gaussian_filter(rng.standard_normal(label.shape).astype(np.float32), 1.5 / anatomy.spacing_mm)
+    texture /= texture.std() + 1e-8
+    noise_sigma = float(rng.uniform(*NOISE_LEVEL))
+    t1_template = healthy_t1(anatomy)
+
+    images = {}
+    for modality in MODALITIES:
+        table = INTENSITY[modality]
+        if modality in ("t1", "t1c"):
+            healthy = t1_template * (1.0 if modality == "t1" else table["gm"] / INTENSITY["t1"]["gm"])
+        else:
+            healthy = table["csf"] * anatomy.csf + table["gm"] * anatomy.gm + table["wm"] * anatomy.wm
+        # where blurred region edges overlap, the tumour intensity is their weighted mean
+        tumour = sum(table[name] * weight for name, weight in region_weights.items()) / np.maximum(total_weight, 1e-6)
+        tumour = tumour * (1.0 + TUMOUR_TEXTURE * texture)
+        image = healthy * (1.0 - tumour_weight) + tumour * tumour_weight
+        image = image * _bias_field(label.shape, float(rng.uniform(*BIAS_STRENGTH)), rng)
+        image = _rician(image, noise_sigma, rng) * anatomy.brain
+        images[modality] = np.clip(image * OUTPUT_SCALE, 0, np.iinfo(np.int16).max).astype(np.int16)
+    return images

@@ -1,0 +1,89 @@
+"""A random glioma with the three BraTS sub-regions, nested as in real tumours.
+
+Geometry is drawn in millimetres, so the same seed gives the same tumour at any grid spacing.
+Each region is a ball whose radius is modulated by a smooth random field (lobulated outline);
+edema spreads preferentially along white matter. By construction:
+necrotic core and enhancing rim form the tumour core (TC), TC lies inside the whole tumour (WT),
+and WT lies inside the brain.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import ndimage
+
+from .anatomy import Anatomy, brain_depth_mm
+
+# BraTS 2023 file-format label values (the format this generator writes).
+NECROTIC_CORE, EDEMA, ENHANCING = 1, 2, 3
+
+
+@dataclass(frozen=True)
+class GliomaShape:
+    """Drawn parameters of one tumour, in mm (kept for reproducibility and for the montage title)."""
+
+    centre_mm: tuple[float, float, float]
+    whole_radius_mm: float
+    core_radius_mm: float
+    necrosis_radius_mm: float
+    lobulation: float
+
+
+def draw_shape(anatomy: Anatomy, rng: np.random.Generator) -> GliomaShape:
+    """Pick sizes, then a centre in white matter deep enough that most of the tumour stays in the brain."""
+    whole = float(rng.uniform(16.0, 32.0))
+    core = whole * float(rng.uniform(0.45, 0.7))
+    necrosis = core * float(rng.uniform(0.3, 0.65))
+    depth_mm = brain_depth_mm(anatomy.spacing_mm)
+    candidates = np.argwhere((anatomy.wm > 0.5) & (depth_mm > 0.6 * whole))
+    if len(candidates) == 0:
+        candidates = np.argwhere(depth_mm >= depth_mm.max() * 0.8)
+    voxel = candidates[rng.integers(len(candidates))]
+    centre = tuple(float(c) for c in (anatomy.affine @ np.append(voxel, 1.0))[:3])
+    return GliomaShape(centre, whole, core, necrosis, float(rng.uniform(0.15, 0.3)))
+
+
+def _smooth_noise(shape: tuple[int, ...], sigma_vox: float, rng: np.random.Generator) -> np.ndarray:
+    field = ndimage.gaussian_filter(rng.standard_normal(shape).astype(np.float32), sigma_vox)
+    return field / (field.std() + 1e-8)
+
+
+def draw_label(anatomy: Anatomy, shape: GliomaShape, rng: np.random.Generator) -> np.ndarray:
+    """Label map (X, Y, Z) uint8: 0 background, 1 necrotic core, 2 edema, 3 enhancing tumour."""
+    spacing = anatomy.spacing_mm
+    inverse = np.linalg.inv(anatomy.affine)
+    centre_vox = (inverse @ np.append(shape.centre_mm, 1.0))[:3]
+    # Work in a box around the tumour: the noise fields are the costly part.
+    half = int(np.ceil(1.6 * shape.whole_radius_mm / spacing))
+    lo = np.maximum(np.floor(centre_vox).astype(int) - half, 0)
+    hi = np.minimum(np.floor(centre_vox).astype(int) + half + 1, anatomy.brain.shape)
+    box = tuple(slice(a, b) for a, b in zip(lo, hi))
+    box_shape = tuple(int(b - a) for a, b in zip(lo, hi))
+
+    grid = np.stack(np.meshgrid(*[np.arange(a, b) for a, b in zip(lo, hi)], indexing="ij"), axis=-1)
+    distance_mm = np.linalg.norm((grid - centre_vox) * spacing, axis=-1).astype(np.float32)
+
+    def region(radius_mm: float, bias: np.ndarray | float = 0.0) -> np.ndarray:
+        noise = _smooth_noise(box_shape, max(1.0, 0.35 * radius_mm / spacing), rng)
+        return distance_mm / radius_mm + shape.lobulation * noise - bias < 1.0
+
+    brain = anatomy.brain[box]
+    whole = region(shape.whole_radius_mm, bias=0.25 * (anatomy.wm[box] - 0.5)) & brain
+    core = region(shape.core_radius_mm) & whole
+    necrosis = region(shape.necrosis_radius_mm) & core
+    # keep the core one connected blob with the centre, as a real tumour core is
+    labelled, _ = ndimage.label(core)
+    centre_label = labelled[tuple(np.clip(np.round(centre_vox).astype(int) - lo, 0, np.array(box_shape) - 1))]
+    if centre_label > 0:
+        core &= labelled == centre_label
+        necrosis &= core
+
+    label_box = np.zeros(box_shape, dtype=np.uint8)
+    label_box[whole] = EDEMA
+    label_box[core] = ENHANCING
+    label_box[necrosis] = NECROTIC_CORE
+    label = np.zeros(anatomy.brain.shape, dtype=np.uint8)
+    label[box] = label_box
+    return label

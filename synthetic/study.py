@@ -1,0 +1,38 @@
+"""One synthetic BraTS-like study: four co-registered modalities and a ground-truth label."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Dict
+
+import numpy as np
+
+from .anatomy import load_anatomy
+from .contrast import synthesise
+from .glioma import GliomaShape, draw_label, draw_shape
+
+
+@dataclass(frozen=True)
+class SyntheticStudy:
+    """``images`` maps t1, t1c, t2, flair to (X, Y, Z) int16; ``label`` is (X, Y, Z) uint8, BraTS 2023 values."""
+
+    case_id: str
+    images: Dict[str, np.ndarray]
+    label: np.ndarray
+    affine: np.ndarray
+    shape: GliomaShape
+
+
+def study_rng(seed: int, index: int) -> np.random.Generator:
+    """Independent stream per (seed, case) so case i is the same whether or not other cases were made."""
+    return np.random.default_rng(np.random.SeedSequence([seed, index]))
+
+
+def generate_study(seed: int, index: int, spacing_mm: float = 1.0, case_id: str | None = None) -> SyntheticStudy:
+    """Deterministic in (seed, index, spacing_mm)."""
+    anatomy = load_anatomy(spacing_mm)
+    rng = study_rng(seed, index)
+    shape = draw_shape(anatomy, rng)
+    label = draw_label(anatomy, shape, rng)
+    images = synthesise(anatomy, label, rng)
+    return SyntheticStudy(case_id or f"{index:05d}", images, label, anatomy.affine.copy(), shape)
