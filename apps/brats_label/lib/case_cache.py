@@ -1,0 +1,67 @@
+"""The 4-channel volume of each study, stacked once in the fixed channel order and kept on disk.
+
+Inference, training and the image download all read one file per case. A cached volume is keyed by
+the fingerprint of its source files (names, sizes, modification times), so a changed study is
+stacked again and a stale volume is never served.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import defaultdict
+from pathlib import Path
+from typing import Dict
+
+import nibabel as nib
+import numpy as np
+
+from .atomic import read_json, write_json, write_nifti
+from .config import CHANNELS
+from .studies import StudySource
+
+
+class CaseCache:
+    def __init__(self, folder: Path):
+        self.folder = Path(folder)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self._locks: Dict[str, threading.Lock] = defaultdict(threading.Lock)
+
+    def volume_path(self, study_id: str) -> Path:
+        return self.folder / f"{study_id}.nii"
+
+    def _stamp_path(self, study_id: str) -> Path:
+        return self.folder / f"{study_id}.json"
+
+    def is_current(self, source: StudySource) -> bool:
+        stamp = read_json(self._stamp_path(source.study_id), {})
+        return self.volume_path(source.study_id).is_file() and stamp.get("fingerprint") == source.fingerprint()
+
+    def get(self, source: StudySource) -> Path:
+        """Path of the stacked (X, Y, Z, C) NIfTI, channels in ``config.CHANNELS`` order; built if stale."""
+        with self._locks[source.study_id]:
+            if not self.is_current(source):
+                self._build(source)
+            return self.volume_path(source.study_id)
+
+    def _build(self, source: StudySource) -> None:
+        fingerprint = source.fingerprint()
+        channels = []
+        affine = None
+        loaded: Dict[Path, np.ndarray] = {}
+        for modality in CHANNELS:
+            channel = source.channels[modality]
+            if channel.path not in loaded:
+                image = nib.load(str(channel.path))
+                loaded[channel.path] = np.asanyarray(image.dataobj)
+                affine = image.affine if affine is None else affine
+            data = loaded[channel.path]
+            channels.append(data if channel.index is None else data[..., channel.index])
+        dtypes = {c.dtype for c in channels}
+        dtype = dtypes.pop() if len(dtypes) == 1 else np.float32
+        stacked = np.stack([c.astype(dtype, copy=False) for c in channels], axis=-1)
+        write_nifti(stacked, affine, self.volume_path(source.study_id))
+        write_json({"fingerprint": fingerprint, "channels": list(CHANNELS)}, self._stamp_path(source.study_id))
+
+    def remove(self, study_id: str) -> None:
+        for path in (self.volume_path(study_id), self._stamp_path(study_id)):
+            path.unlink(missing_ok=True)

@@ -1,0 +1,182 @@
+"""The one place that names BraTS Label's conventions and numbers.
+
+Everything else imports from here: label values, the region definitions the network predicts,
+the channel order of its input, the label conventions of the data formats we import, the two
+network profiles, and the training defaults. ``AppConfig.from_conf`` reads MONAI Label's
+``--conf`` key/values once, at start-up, and validates them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict, Mapping, Optional, Tuple
+
+# --- labels (BraTS 2023+ glioma convention) -------------------------------------------------------
+LABELS: Dict[str, int] = {"background": 0, "necrotic_core": 1, "edema": 2, "enhancing_tumour": 3}
+FOREGROUND_LABELS: Dict[str, int] = {k: v for k, v in LABELS.items() if v}
+LABEL_VALUES = tuple(sorted(LABELS.values()))
+
+# Overlapping regions, in the order of the network's sigmoid output channels (model-zoo bundle).
+REGIONS: Dict[str, Tuple[int, ...]] = {"TC": (1, 3), "WT": (1, 2, 3), "ET": (3,)}
+ENHANCING_LABEL = LABELS["enhancing_tumour"]
+REGION_THRESHOLD = 0.5  # sigmoid probability above which a voxel belongs to a region
+
+# How label values of each import format map to ours.
+LABEL_CONVENTIONS: Dict[str, Dict[int, int]] = {
+    "brats2023": {0: 0, 1: 1, 2: 2, 3: 3},
+    "brats2021": {0: 0, 1: 1, 2: 2, 4: 3},  # enhancing tumour was 4
+    "msd": {0: 0, 1: 2, 2: 1, 3: 3},  # MSD Task01: 1 edema, 2 non-enhancing, 3 enhancing
+}
+
+# --- input channels --------------------------------------------------------------------------------
+# Channel order of the 4-channel input, as the model-zoo brats_mri_segmentation bundle expects.
+CHANNELS: Tuple[str, ...] = ("t1c", "t1", "t2", "flair")
+# BraTS-layout file name suffixes (after the last '-' or '_') and the modality they hold.
+BRATS_FILE_SUFFIXES: Dict[str, str] = {
+    "t1c": "t1c", "t1ce": "t1c", "t1gd": "t1c",
+    "t1": "t1", "t1n": "t1",
+    "t2": "t2", "t2w": "t2",
+    "flair": "flair", "t2f": "flair",
+}  # fmt: skip
+BRATS_LABEL_SUFFIXES = ("seg",)
+# MSD dataset.json modality names (lower-cased) and the modality they hold; order used when absent.
+MSD_MODALITY_NAMES: Dict[str, str] = {"flair": "flair", "t1w": "t1", "t1": "t1", "t1gd": "t1c", "t1c": "t1c", "t2w": "t2", "t2": "t2"}
+MSD_DEFAULT_ORDER: Tuple[str, ...] = ("flair", "t1", "t1c", "t2")
+NIFTI_SUFFIXES = (".nii.gz", ".nii")
+
+# Two modalities are on the same grid when shapes match and affines agree to this (mm).
+GEOMETRY_TOLERANCE_MM = 1e-3
+
+# --- network profiles -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class NetworkProfile:
+    """Network size and the resolution it works at. Spacing in mm; sizes in voxels at that spacing."""
+
+    name: str
+    description: str
+    spacing_mm: Tuple[float, float, float]
+    init_filters: int
+    roi_size: Tuple[int, int, int]  # sliding-window size at inference
+    sw_overlap: float
+    patch_size: Tuple[int, int, int]  # training patch
+    blocks_down: Tuple[int, ...] = (1, 2, 2, 4)
+    blocks_up: Tuple[int, ...] = (1, 1, 1)
+    dropout: float = 0.2
+    in_channels: int = len(CHANNELS)
+    out_channels: int = len(REGIONS)
+
+    def network_kwargs(self) -> Dict[str, object]:
+        return {
+            "blocks_down": self.blocks_down,
+            "blocks_up": self.blocks_up,
+            "init_filters": self.init_filters,
+            "in_channels": self.in_channels,
+            "out_channels": self.out_channels,
+            "dropout_prob": self.dropout,
+        }
+
+
+PROFILES: Dict[str, NetworkProfile] = {
+    # Same network and pre-processing as MONAI's model-zoo brats_mri_segmentation bundle, so its
+    # model.pt loads as starting weights. About 21 s per full-volume forward pass on 2 CPU cores.
+    "bundle": NetworkProfile(
+        name="bundle",
+        description="model-zoo brats_mri_segmentation compatible: 1 mm, SegResNet 16 filters",
+        spacing_mm=(1.0, 1.0, 1.0),
+        init_filters=16,
+        roi_size=(240, 240, 160),
+        sw_overlap=0.5,
+        patch_size=(128, 128, 128),
+    ),
+    # Light enough for 2 CPU cores: 2 mm puts a whole BraTS volume (120x120x78) in one window.
+    "cpu": NetworkProfile(
+        name="cpu",
+        description="CPU profile: 2 mm, SegResNet 8 filters",
+        spacing_mm=(2.0, 2.0, 2.0),
+        init_filters=8,
+        roi_size=(128, 128, 80),
+        sw_overlap=0.25,
+        patch_size=(96, 96, 64),
+    ),
+}
+DEFAULT_PROFILE = "cpu"
+
+# --- training --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    """Fine-tuning defaults; a train request may override each (``/train/segmentation`` body)."""
+
+    max_epochs: int = 20
+    learning_rate: float = 2e-3
+    batch_size: int = 1
+    patch_size: Optional[Tuple[int, int, int]] = None  # None: the profile's
+    val_split: float = 0.25
+    samples_per_case: int = 2  # random patches drawn from each case per epoch
+    foreground_ratio: float = 0.67  # share of patches centred on tumour
+
+
+# --- the application configuration -------------------------------------------------------------------
+
+MODEL_NAME = "segmentation"
+SCRATCH_DIR_NAME = ".brats_label"  # inside the studies folder unless --conf workspace is given
+
+
+class ConfigError(ValueError):
+    """A --conf value is wrong; the message names the key, the value and what is allowed."""
+
+
+def _tuple3(key: str, value: str) -> Tuple[int, int, int]:
+    try:
+        parts = tuple(int(v) for v in str(value).replace("x", ",").split(","))
+    except ValueError:
+        raise ConfigError(f"--conf {key} {value!r}: expected three integers such as 96,96,64") from None
+    if len(parts) != 3 or min(parts) < 16:
+        raise ConfigError(f"--conf {key} {value!r}: expected three integers of at least 16, such as 96,96,64")
+    return parts  # type: ignore[return-value]
+
+
+@dataclass(frozen=True)
+class AppConfig:
+    profile: NetworkProfile
+    train: TrainSettings
+    pretrained_weights: Optional[Path]
+    workspace: Optional[Path]
+
+    @property
+    def patch_size(self) -> Tuple[int, int, int]:
+        return self.train.patch_size or self.profile.patch_size
+
+    @classmethod
+    def from_conf(cls, conf: Mapping[str, str]) -> "AppConfig":
+        """Parse MONAI Label's ``--conf key value`` pairs. Unknown keys are left to MONAI Label."""
+        name = conf.get("profile", DEFAULT_PROFILE)
+        if name not in PROFILES:
+            raise ConfigError(f"--conf profile {name!r}: choose one of {', '.join(PROFILES)}")
+        train = TrainSettings()
+        overrides: Dict[str, object] = {}
+        for key, kind in (("max_epochs", int), ("learning_rate", float), ("batch_size", int), ("val_split", float)):
+            if key in conf:
+                try:
+                    overrides[key] = kind(conf[key])
+                except ValueError:
+                    raise ConfigError(f"--conf {key} {conf[key]!r}: expected a number") from None
+        if "patch_size" in conf:
+            overrides["patch_size"] = _tuple3("patch_size", conf["patch_size"])
+        train = dataclasses.replace(train, **overrides)
+        if train.max_epochs < 1 or train.batch_size < 1 or train.learning_rate <= 0:
+            raise ConfigError("--conf max_epochs and batch_size must be at least 1 and learning_rate positive")
+        if not 0.0 <= train.val_split < 1.0:
+            raise ConfigError(f"--conf val_split {train.val_split}: expected a fraction in [0, 1)")
+
+        weights = conf.get("pretrained_weights")
+        weights_path = Path(weights).expanduser().resolve() if weights else None
+        if weights_path is not None and not weights_path.is_file():
+            raise ConfigError(f"--conf pretrained_weights {weights!r}: no such file")
+        workspace = conf.get("workspace")
+        return cls(PROFILES[name], train, weights_path, Path(workspace).expanduser().resolve() if workspace else None)

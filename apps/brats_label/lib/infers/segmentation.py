@@ -1,0 +1,129 @@
+"""Pre-segmentation of a study: necrotic core, edema and enhancing tumour, with region volumes in mL.
+
+Pipeline (the model-zoo brats_mri_segmentation bundle's, at the profile's spacing):
+load the 4-channel case -> RAS -> resample -> z-score per channel over the brain -> sliding-window
+SegResNet (3 sigmoid outputs TC, WT, ET) -> probabilities resampled onto the study's original grid
+-> threshold -> labels {0, 1, 2, 3} -> volumes.
+"""
+
+from __future__ import annotations
+
+import gzip
+import logging
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Callable, Dict, Optional, Sequence, Tuple
+
+import nibabel as nib
+import numpy as np
+import torch
+from monai.inferers import Inferer, SlidingWindowInferer
+from monai.transforms import (
+    Activationsd,
+    AsDiscreted,
+    DeleteItemsd,
+    EnsureTyped,
+    LoadImaged,
+    NormalizeIntensityd,
+    Orientationd,
+    Spacingd,
+)
+from monailabel.interfaces.tasks.infer_v2 import InferType
+from monailabel.tasks.infer.basic_infer import BasicInferTask
+
+from ..config import FOREGROUND_LABELS, MODEL_NAME, REGION_THRESHOLD, NetworkProfile
+from ..errors import ModelNotReady
+from ..network import load_network
+from ..transforms import RegionsToLabeld, RegionVolumesd, RestoreToSourceGridd
+
+logger = logging.getLogger(__name__)
+
+RESULT_GZIP_LEVEL = 1
+
+
+def preprocessing(profile: NetworkProfile, keys: Tuple[str, ...] = ("image",), modes: Tuple[str, ...] = ("bilinear",)) -> list:
+    """Shared by inference and training so that both see identical inputs."""
+    return [
+        LoadImaged(keys=keys, ensure_channel_first=True, image_only=True),
+        EnsureTyped(keys=keys, dtype=torch.float32, track_meta=True),
+        Orientationd(keys=keys, axcodes="RAS"),
+        Spacingd(keys=keys, pixdim=profile.spacing_mm, mode=modes),
+        NormalizeIntensityd(keys="image", nonzero=True, channel_wise=True),
+    ]
+
+
+class BratsSegmentation(BasicInferTask):
+    def __init__(self, profile: NetworkProfile, model_path: Path, pretrained_path: Optional[Path], description: str = ""):
+        super().__init__(
+            path=[str(p) for p in (pretrained_path, model_path) if p is not None],
+            network=None,
+            type=InferType.SEGMENTATION,
+            labels=dict(FOREGROUND_LABELS),
+            dimension=3,
+            description=description or f"Glioma sub-regions from T1c, T1, T2, FLAIR ({profile.description})",
+            roi_size=profile.roi_size,
+        )
+        self.profile = profile
+        self.model_path = Path(model_path)
+        self._loaded: Dict[str, Tuple[torch.nn.Module, float, str]] = {}
+
+    def is_valid(self) -> bool:
+        # Listed in /info/ even before a model exists; /infer then explains how to get one.
+        return True
+
+    def info(self) -> Dict[str, Any]:
+        info = super().info()
+        info.update({"profile": self.profile.name, "spacing_mm": list(self.profile.spacing_mm), "trained": self.get_path() is not None})
+        return info
+
+    def pre_transforms(self, data=None) -> Sequence[Callable]:
+        # MONAI Label adds a string "image_path"; MONAI 1.6's Spacingd updates every "image_*" key as a dict.
+        return [DeleteItemsd(keys="image_path"), *preprocessing(self.profile)]
+
+    def inferer(self, data=None) -> Inferer:
+        return SlidingWindowInferer(roi_size=self.profile.roi_size, overlap=self.profile.sw_overlap, sw_batch_size=1, mode="gaussian")
+
+    def post_transforms(self, data=None) -> Sequence[Callable]:
+        return [
+            Activationsd(keys="pred", sigmoid=True),
+            RestoreToSourceGridd(keys="pred", ref_key="image"),
+            AsDiscreted(keys="pred", threshold=REGION_THRESHOLD),
+            RegionsToLabeld(keys="pred"),
+            RegionVolumesd(keys="pred"),
+        ]
+
+    def _get_network(self, device, data):
+        """The newest weights: the published model once trained, else the user's starting weights."""
+        path = self.get_path()
+        if path is None:
+            raise ModelNotReady(
+                f"No model is trained yet for '{MODEL_NAME}'. Label a few studies, then start training "
+                f"(POST /train/{MODEL_NAME}, or Train in 3D Slicer / OHIF); or restart the server with "
+                "--conf pretrained_weights /path/to/brats_mri_segmentation/models/model.pt"
+            )
+        mtime = os.stat(path).st_mtime
+        cached = self._loaded.get(str(device))
+        if cached is None or cached[1] != mtime or cached[2] != path:
+            network = load_network(self.profile, Path(path), torch.device(device))
+            network.eval()
+            self._loaded[str(device)] = (network, mtime, path)
+            logger.info(f"Loaded weights {path} (modified {mtime})")
+        return self._loaded[str(device)][0]
+
+    def writer(self, data: Dict[str, Any], extension=None, dtype=None) -> Tuple[Any, Any]:
+        """Write the label as NIfTI on the study's grid; the JSON result carries volumes and the model used."""
+        label = data["pred"]
+        array = label.detach().cpu().numpy()[0].astype(np.uint8)
+        affine = np.asarray(label.affine, dtype=float)
+        image = nib.Nifti1Image(array, affine)
+        image.set_qform(affine, code=1)
+        image.set_sform(affine, code=1)
+        fd, path = tempfile.mkstemp(suffix=".nii.gz", prefix="brats_label_")
+        with os.fdopen(fd, "wb") as f:
+            # level 1: a label compresses almost as well, several times faster than the default 9
+            f.write(gzip.compress(image.to_bytes(), compresslevel=RESULT_GZIP_LEVEL))
+        result = dict(data.get("result", {}))
+        model_path = self.get_path()
+        result["model"] = {"path": model_path, "modified": os.stat(model_path).st_mtime if model_path else None, "profile": self.profile.name}
+        return path, result

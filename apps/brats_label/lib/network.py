@@ -1,0 +1,73 @@
+"""SegResNet as the model-zoo brats_mri_segmentation bundle defines it, and loading its weights safely."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Dict, Mapping, Optional
+
+import torch
+from monai.networks.nets import SegResNet
+
+from .config import PROFILES, NetworkProfile
+from .errors import ModelNotReady
+
+
+def build_network(profile: NetworkProfile) -> SegResNet:
+    return SegResNet(**profile.network_kwargs())  # type: ignore[arg-type]
+
+
+def read_state_dict(path: Path) -> Dict[str, torch.Tensor]:
+    """Weights from a bundle ``model.pt`` (a bare state dict) or one of our checkpoints ({"model": ...})."""
+    try:
+        checkpoint = torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise ModelNotReady(f"{path} is not a PyTorch weights file this server can read ({e})") from None
+    if isinstance(checkpoint, Mapping) and isinstance(checkpoint.get("model"), Mapping):
+        checkpoint = checkpoint["model"]
+    if not isinstance(checkpoint, Mapping) or not all(isinstance(v, torch.Tensor) for v in checkpoint.values()):
+        raise ModelNotReady(f"{path} holds no state dict (expected the weights of a SegResNet)")
+    return dict(checkpoint)
+
+
+def _profile_of(state: Mapping[str, torch.Tensor]) -> Optional[str]:
+    weight = state.get("convInit.conv.weight")
+    if weight is None:
+        return None
+    for name, profile in PROFILES.items():
+        if tuple(weight.shape[:2]) == (profile.init_filters, profile.in_channels):
+            return name
+    return None
+
+
+def check_weights(state: Mapping[str, torch.Tensor], profile: NetworkProfile, path: Path) -> None:
+    """Raise ModelNotReady naming what differs when ``state`` does not fit the profile's network."""
+    expected = build_network(profile).state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    mismatched = [k for k in expected if k in state and tuple(state[k].shape) != tuple(expected[k].shape)]
+    if not (missing or unexpected or mismatched):
+        return
+    details = []
+    if missing:
+        details.append(f"{len(missing)} layers missing (e.g. {missing[0]})")
+    if unexpected:
+        details.append(f"{len(unexpected)} unknown layers (e.g. {unexpected[0]})")
+    if mismatched:
+        k = mismatched[0]
+        details.append(f"{len(mismatched)} layers of another size (e.g. {k}: file {tuple(state[k].shape)}, network {tuple(expected[k].shape)})")
+    guess = _profile_of(state)
+    hint = (
+        f" The file looks like the '{guess}' profile: start the server with --conf profile {guess}."
+        if guess and guess != profile.name
+        else " Expected SegResNet weights with 4 input channels (T1c, T1, T2, FLAIR) and 3 outputs (TC, WT, ET),"
+        " such as the model-zoo brats_mri_segmentation bundle's models/model.pt."
+    )
+    raise ModelNotReady(f"{path} does not fit the '{profile.name}' network: {'; '.join(details)}.{hint}")
+
+
+def load_network(profile: NetworkProfile, path: Path, device: torch.device) -> SegResNet:
+    state = read_state_dict(path)
+    check_weights(state, profile, path)
+    network = build_network(profile)
+    network.load_state_dict(state)
+    return network.to(device)

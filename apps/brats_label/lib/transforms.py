@@ -1,0 +1,124 @@
+"""Dictionary transforms that MONAI does not have: restoring a prediction to the study's grid cheaply,
+regions back to labels, and region volumes.
+
+MONAI's ``ConvertToMultiChannelBasedOnBratsClassesd`` turns a label into the overlapping TC/WT/ET
+regions the network learns; ``RegionsToLabeld`` is its inverse for the network's output.
+"""
+
+from __future__ import annotations
+
+from typing import Dict, Hashable, Mapping
+
+import numpy as np
+import torch
+from monai.config import KeysCollection
+from monai.data import MetaTensor
+from monai.transforms import MapTransform, SpatialResample
+
+from .config import FOREGROUND_LABELS, LABELS, REGION_THRESHOLD, REGIONS
+
+
+class RestoreToSourceGridd(MapTransform):
+    """Resample (C, x, y, z) probabilities from the network's grid onto the study's original grid.
+
+    Resampling the whole 1 mm volume costs more than the 2 mm forward pass on a CPU. Linear
+    interpolation only mixes neighbouring voxels, so a voxel of the original grid can exceed
+    ``threshold`` only within one network-grid voxel of a voxel that already does. Only the bounding
+    box of those voxels (plus ``margin`` voxels) is resampled; the rest is 0. The labels match those of
+    MONAI's full inverse resampling up to round-off at the threshold (7 of 600 boundary voxels in a check). The original grid is read from the reference image's metadata
+    (``original_affine``, ``spatial_shape``), so the orientation change is undone in the same step.
+    """
+
+    def __init__(self, keys: KeysCollection, ref_key: str = "image", threshold: float = REGION_THRESHOLD, margin: int = 2):
+        super().__init__(keys)
+        self.ref_key = ref_key
+        self.threshold = threshold
+        self.margin = margin
+        self.resample = SpatialResample(mode="bilinear", padding_mode="zeros")
+
+    def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> Dict[Hashable, torch.Tensor]:
+        d = dict(data)
+        meta = d[self.ref_key].meta
+        target_affine = torch.as_tensor(np.asarray(meta["original_affine"], dtype=np.float64))
+        target_shape = [int(s) for s in np.asarray(meta["spatial_shape"]).tolist()]
+        for key in self.key_iterator(d):
+            prob = d[key]
+            restored = MetaTensor(torch.zeros((prob.shape[0], *target_shape), dtype=prob.dtype), affine=target_affine)
+            hot = torch.nonzero((prob > self.threshold).any(0))
+            if len(hot):
+                lo = torch.clamp(hot.min(0).values - self.margin, min=0)
+                hi = torch.minimum(hot.max(0).values + self.margin + 1, torch.as_tensor(prob.shape[1:]))
+                source = prob[:, lo[0] : hi[0], lo[1] : hi[1], lo[2] : hi[2]]
+                source_affine = prob.affine.to(torch.float64) @ _translation(lo)
+                corners = torch.cartesian_prod(*[torch.tensor([float(a), float(b) - 1]) for a, b in zip(lo, hi)])
+                world = _apply(prob.affine.to(torch.float64), corners)
+                voxels = _apply(torch.linalg.inv(target_affine), world)
+                t_lo = torch.clamp(torch.floor(voxels.min(0).values).long() - 1, min=0)
+                t_hi = torch.minimum(torch.ceil(voxels.max(0).values).long() + 2, torch.as_tensor(target_shape))
+                block = self.resample(
+                    MetaTensor(source.as_tensor() if isinstance(source, MetaTensor) else source, affine=source_affine),
+                    dst_affine=target_affine @ _translation(t_lo),
+                    spatial_size=[int(b - a) for a, b in zip(t_lo, t_hi)],
+                )
+                restored[:, t_lo[0] : t_hi[0], t_lo[1] : t_hi[1], t_lo[2] : t_hi[2]] = block.as_tensor()
+            d[key] = restored
+        return d
+
+
+def _translation(offset: torch.Tensor) -> torch.Tensor:
+    matrix = torch.eye(4, dtype=torch.float64)
+    matrix[:3, 3] = offset.to(torch.float64)
+    return matrix
+
+
+def _apply(affine: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
+    return points.to(torch.float64) @ affine[:3, :3].T + affine[:3, 3]
+
+
+class RegionsToLabeld(MapTransform):
+    """(3, X, Y, Z) binary TC, WT, ET -> (1, X, Y, Z) uint8 label: ET 3, TC without ET 1, WT without TC 2.
+
+    Nesting is imposed as in the BraTS definition (ET within TC within WT): a voxel the network calls
+    ET but not WT still gets label 3, so no enhancing voxel is dropped.
+    """
+
+    def __init__(self, keys: KeysCollection, allow_missing_keys: bool = False):
+        super().__init__(keys, allow_missing_keys)
+        self.order = list(REGIONS)
+
+    def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> Dict[Hashable, torch.Tensor]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            regions = d[key] > 0
+            tc, wt, et = (regions[self.order.index(n)] for n in ("TC", "WT", "ET"))
+            label = torch.zeros_like(wt, dtype=torch.uint8)
+            label[wt] = LABELS["edema"]
+            label[tc] = LABELS["necrotic_core"]
+            label[et] = LABELS["enhancing_tumour"]
+            d[key] = label[None]
+        return d
+
+
+def region_volumes_ml(label: np.ndarray, voxel_volume_ml: float) -> Dict[str, float]:
+    """Volume of each labelled structure and of the TC / WT regions, in mL."""
+    counts = {name: int((label == value).sum()) for name, value in FOREGROUND_LABELS.items()}
+    counts.update({name: int(np.isin(label, values).sum()) for name, values in REGIONS.items() if name != "ET"})
+    return {name: round(count * voxel_volume_ml, 3) for name, count in counts.items()}
+
+
+class RegionVolumesd(MapTransform):
+    """Puts the region volumes (mL) of the label under ``result_key`` -> ``volumes_ml``."""
+
+    def __init__(self, keys: KeysCollection, result_key: str = "result", allow_missing_keys: bool = False):
+        super().__init__(keys, allow_missing_keys)
+        self.result_key = result_key
+
+    def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> Dict[Hashable, torch.Tensor]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            label = d[key]
+            affine = label.affine if isinstance(label, MetaTensor) else torch.eye(4)
+            voxel_ml = float(abs(np.linalg.det(np.asarray(affine, dtype=float)[:3, :3]))) / 1000.0
+            array = label.detach().cpu().numpy() if isinstance(label, torch.Tensor) else np.asarray(label)
+            d.setdefault(self.result_key, {})["volumes_ml"] = region_volumes_ml(array, voxel_ml)
+        return d
