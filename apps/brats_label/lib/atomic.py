@@ -16,6 +16,9 @@ from typing import Any, Iterator
 import nibabel as nib
 import numpy as np
 
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
 
 @contextmanager
 def atomic_path(target: Path) -> Iterator[Path]:
@@ -25,6 +28,7 @@ def atomic_path(target: Path) -> Iterator[Path]:
     suffix = "".join(target.suffixes) or ".tmp"
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=suffix, dir=target.parent)
     os.close(fd)
+    os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the permissions a plain open() would
     try:
         yield Path(tmp)
         with open(tmp, "rb") as f:

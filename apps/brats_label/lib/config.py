@@ -100,7 +100,7 @@ PROFILES: Dict[str, NetworkProfile] = {
         init_filters=8,
         roi_size=(128, 128, 80),
         sw_overlap=0.25,
-        patch_size=(96, 96, 64),
+        patch_size=(64, 64, 64),
     ),
 }
 DEFAULT_PROFILE = "cpu"

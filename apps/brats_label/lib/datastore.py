@@ -41,6 +41,14 @@ logger = logging.getLogger(__name__)
 
 LABEL_SUFFIX = ".nii.gz"
 IMPORTED_FROM = "imported"
+FINAL = DefaultLabelTag.FINAL.value
+
+
+def _tag(tag: Optional[str]) -> str:
+    """Plain string of a label tag: on Python 3.11 str() of MONAI Label's tag enum is 'DefaultLabelTag.FINAL'."""
+    if tag is None or tag == "":
+        return FINAL
+    return tag.value if isinstance(tag, DefaultLabelTag) else str(tag)
 
 
 def _now() -> str:
@@ -114,14 +122,14 @@ class StudyFolderDatastore(Datastore):
 
     def _import_ground_truth(self, source: StudySource) -> Optional[StudyProblem]:
         """A label shipped with the study becomes its final label, unless an annotator saved one already."""
-        if source.ground_truth is None or self._label_path(source.study_id, DefaultLabelTag.FINAL).exists():
+        if source.ground_truth is None or self._label_path(source.study_id, FINAL).exists():
             return None
         try:
             raw = np.asanyarray(nib.load(str(source.ground_truth)).dataobj)
             convention = "msd" if source.layout == "msd" else brats_convention(np.unique(raw))
             label = to_project_convention(raw, convention)
             info = {"source": IMPORTED_FROM, "file": str(source.ground_truth), "convention": convention}
-            self._store_label(source.study_id, label, self.geometry(source.study_id), DefaultLabelTag.FINAL, info)
+            self._store_label(source.study_id, label, self.geometry(source.study_id), FINAL, info)
         except (LabelError, ValueError, OSError) as e:
             return StudyProblem(source.study_id, str(source.ground_truth), f"ground truth not imported: {e}")
         return None
@@ -198,10 +206,10 @@ class StudyFolderDatastore(Datastore):
 
     # --- labels -------------------------------------------------------------------------------------
     def _label_path(self, label_id: str, tag: str) -> Path:
-        return self._labels_dir / tag / f"{label_id}{LABEL_SUFFIX}"
+        return self._labels_dir / _tag(tag) / f"{label_id}{LABEL_SUFFIX}"
 
     def _label_info_path(self, label_id: str, tag: str) -> Path:
-        return self._labels_dir / tag / f"{label_id}.json"
+        return self._labels_dir / _tag(tag) / f"{label_id}.json"
 
     def _tags(self) -> List[str]:
         if not self._labels_dir.is_dir():
@@ -209,6 +217,7 @@ class StudyFolderDatastore(Datastore):
         return sorted(p.name for p in self._labels_dir.iterdir() if p.is_dir() and p.name != "history")
 
     def _store_label(self, image_id: str, label: np.ndarray, geometry: Geometry, tag: str, info: Dict[str, Any]) -> str:
+        tag = _tag(tag)
         saved_at = _now()
         record = dict(info)
         record.update(
@@ -230,7 +239,7 @@ class StudyFolderDatastore(Datastore):
     def save_label(self, image_id: str, label_filename: str, label_tag: str, label_info: Dict[str, Any]) -> str:
         """Validate and store a label for the study; the previous one stays in the history."""
         geometry = self.geometry(self._source(image_id).study_id)
-        tag = label_tag or DefaultLabelTag.FINAL.value
+        tag = _tag(label_tag)
         if not tag.replace("_", "").isalnum() or tag == "history":
             raise InvalidInput(f"label tag '{tag}' is not allowed: use letters, digits and '_'")
         try:
@@ -255,8 +264,8 @@ class StudyFolderDatastore(Datastore):
         if not path.exists():
             raise LabelNotFoundException(f"Label '{label_id}' with tag '{label_tag}' does not exist")
         with self._lock:
-            record = {"tag": label_tag, "removed_at": _now()}
-            write_json(record, self._history_dir / label_id / f"{record['removed_at'].replace(':', '')}_{label_tag}_removed.json")
+            record = {"tag": _tag(label_tag), "removed_at": _now()}
+            write_json(record, self._history_dir / label_id / f"{record['removed_at'].replace(':', '')}_{record['tag']}_removed.json")
             path.unlink()
             self._label_info_path(label_id, label_tag).unlink(missing_ok=True)
 
@@ -292,7 +301,7 @@ class StudyFolderDatastore(Datastore):
         return [read_json(p, {}) for p in sorted(folder.glob("*.json"))]
 
     def get_labeled_images(self, label_tag: Optional[str] = None, labels: Optional[List[str]] = None) -> List[str]:
-        tag = label_tag or DefaultLabelTag.FINAL.value
+        tag = _tag(label_tag)
         return [i for i in self.list_images() if self._label_path(i, tag).exists()]
 
     def get_unlabeled_images(self, label_tag: Optional[str] = None, labels: Optional[List[str]] = None) -> List[str]:
@@ -303,7 +312,7 @@ class StudyFolderDatastore(Datastore):
     def datalist(self) -> List[Dict[str, Any]]:
         """Labelled studies for training: the 4-channel volume and the final label."""
         return [
-            {"image": self.get_image_uri(i), "label": str(self._label_path(i, DefaultLabelTag.FINAL)), "id": i}
+            {"image": self.get_image_uri(i), "label": str(self._label_path(i, FINAL)), "id": i}
             for i in self.get_labeled_images()
         ]
 

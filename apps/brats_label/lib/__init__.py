@@ -1,0 +1,1 @@
+"""BraTS Label app library: configuration, datastore, tasks and transforms (see ../main.py)."""
