@@ -28,12 +28,11 @@ from typing import Any, Dict, List, Optional
 import nibabel as nib
 import numpy as np
 from monailabel.interfaces.datastore import Datastore, DefaultLabelTag
-from monailabel.interfaces.exception import ImageNotFoundException, LabelNotFoundException
 
 from .atomic import read_json, write_json, write_nifti
 from .case_cache import CaseCache
 from .config import CHANNELS, FOREGROUND_LABELS
-from .errors import InvalidInput, NotAllowed
+from .errors import InvalidInput, NotAllowed, NotFound
 from .labels import LabelError, brats_convention, check_label_values, to_project_convention
 from .studies import Geometry, StudyProblem, StudySource, find_studies, read_geometry, study_geometry
 
@@ -111,7 +110,7 @@ class StudyFolderDatastore(Datastore):
         with self._lock:
             source = self._sources.get(image_id)
         if source is None:
-            raise ImageNotFoundException(f"Study '{image_id}' is not in the datastore")
+            raise NotFound(f"Study '{image_id}' is not in the datastore: see /datastore/?output=all for the studies and for those refused")
         return source
 
     def geometry(self, image_id: str) -> Geometry:
@@ -262,7 +261,7 @@ class StudyFolderDatastore(Datastore):
         """The current label of the tag is withdrawn; every saved version stays in the history."""
         path = self._label_path(label_id, label_tag)
         if not path.exists():
-            raise LabelNotFoundException(f"Label '{label_id}' with tag '{label_tag}' does not exist")
+            raise NotFound(f"Label '{label_id}' with tag '{label_tag}' does not exist")
         with self._lock:
             record = {"tag": _tag(label_tag), "removed_at": _now()}
             write_json(record, self._history_dir / label_id / f"{record['removed_at'].replace(':', '')}_{record['tag']}_removed.json")
@@ -288,7 +287,7 @@ class StudyFolderDatastore(Datastore):
 
     def update_label_info(self, label_id: str, label_tag: str, info: Dict[str, Any]) -> None:
         if not self._label_path(label_id, label_tag).exists():
-            raise LabelNotFoundException(f"Label '{label_id}' with tag '{label_tag}' does not exist")
+            raise NotFound(f"Label '{label_id}' with tag '{label_tag}' does not exist")
         with self._lock:
             current = self.get_label_info(label_id, label_tag)
             current.update(info)

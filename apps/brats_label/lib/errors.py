@@ -34,3 +34,9 @@ class ModelNotReady(BratsLabelError):
     """No weights to run yet (cold start), or the weights file does not fit the network."""
 
     status_code = 409
+
+
+class NotFound(BratsLabelError):
+    """No study or label with that id."""
+
+    status_code = 404

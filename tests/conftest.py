@@ -1,0 +1,123 @@
+"""Fixtures that start the real things: generated studies on disk and the MONAI Label server.
+
+Studies are generated at 2 mm (120x120x78) so the suite stays fast on two CPU cores; the app's CPU
+profile works at 2 mm, so nothing is resampled away that a 1 mm study would exercise differently,
+except in the tests that generate 1 mm studies on purpose.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+import requests
+
+from synthetic.__main__ import main as generate
+
+REPO = Path(__file__).resolve().parents[1]
+APP_DIR = REPO / "apps" / "brats_label"
+SERVER_START_TIMEOUT_S = 180
+ARTIFACTS = REPO / "test-artifacts"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def make_studies(folder: Path, cases: int, labelled: int, seed: int = 7, spacing: float = 2.0, layout: str = "brats2023", **kw) -> Path:
+    args = ["--out", str(folder), "--cases", str(cases), "--labelled", str(labelled), "--seed", str(seed), "--spacing", str(spacing), "--layout", layout, "--workers", "1"]
+    for key, value in kw.items():
+        args += [f"--{key.replace('_', '-')}", str(value)]
+    assert generate(args) == 0
+    return folder
+
+
+@pytest.fixture(scope="session")
+def studies_2mm(tmp_path_factory) -> Path:
+    """Six 2 mm studies, four of them labelled. Read-only: copy it before changing anything."""
+    return make_studies(tmp_path_factory.mktemp("studies_2mm"), cases=6, labelled=4, seed=11)
+
+
+@pytest.fixture
+def studies_copy(studies_2mm, tmp_path) -> Path:
+    target = tmp_path / "studies"
+    shutil.copytree(studies_2mm, target, ignore=shutil.ignore_patterns(".brats_label"))
+    return target
+
+
+class Server:
+    """A running ``monailabel start_server`` on a free loopback port."""
+
+    def __init__(self, studies: Path, conf: dict, log_path: Path):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.studies = studies
+        self.log_path = log_path
+        args = [sys.executable, "-m", "monailabel.main", "start_server", "--app", str(APP_DIR), "--studies", str(studies)]
+        for key, value in conf.items():
+            args += ["--conf", key, str(value)]
+        args += ["--host", "127.0.0.1", "--port", str(self.port)]
+        env = dict(os.environ)
+        env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+        env["PYTHONUNBUFFERED"] = "1"
+        self._log = open(log_path, "w")
+        self.process = subprocess.Popen(args, stdout=self._log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        self._wait_ready()
+
+    def _wait_ready(self) -> None:
+        deadline = time.time() + SERVER_START_TIMEOUT_S
+        while time.time() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"server exited with {self.process.returncode}:\n{self.log_path.read_text()[-4000:]}")
+            try:
+                if requests.get(f"{self.url}/info/", timeout=5).status_code == 200:
+                    return
+            except requests.RequestException:
+                pass
+            time.sleep(1)
+        self.stop()
+        raise RuntimeError(f"server did not answer within {SERVER_START_TIMEOUT_S} s:\n{self.log_path.read_text()[-4000:]}")
+
+    def wait_training(self, timeout_s: float = 600) -> dict:
+        deadline = time.time() + timeout_s
+        while time.time() < deadline:
+            status = requests.get(f"{self.url}/train/", timeout=10).json()
+            if status.get("status") in ("DONE", "ERROR", "STOPPED"):
+                return status
+            time.sleep(2)
+        raise TimeoutError(f"training did not finish within {timeout_s} s")
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(30)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait()
+        self._log.close()
+
+
+@pytest.fixture(scope="module")
+def server_factory(tmp_path_factory) -> Iterator:
+    started = []
+
+    def start(studies: Path, **conf) -> Server:
+        log = tmp_path_factory.mktemp("server_logs") / "server.log"
+        server = Server(studies, {"profile": "cpu", **conf}, log)
+        started.append(server)
+        return server
+
+    yield start
+    for server in started:
+        server.stop()

@@ -1,0 +1,233 @@
+"""A folder of studies becomes cases: every layout, every convention, and bad input named, never lost."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from lib.config import CHANNELS
+from lib.datastore import StudyFolderDatastore
+from lib.errors import InvalidInput, NotAllowed
+from lib.studies import find_studies
+from synthetic import generate_study
+from tests.conftest import make_studies
+
+CASE = "BraTS-GLI-00000-000"
+
+
+def _save(array, affine, path: Path) -> Path:
+    nib.save(nib.Nifti1Image(array, affine), str(path))
+    return path
+
+
+def _datastore(studies: Path, tmp_path: Path) -> StudyFolderDatastore:
+    return StudyFolderDatastore(studies, tmp_path / "workspace")
+
+
+def _problem(ds, study_id):
+    return next(p.reason for p in ds.problems() if p.study_id == study_id)
+
+
+# --- layouts and conventions ------------------------------------------------------------------------
+
+
+def test_brats2023_folder_lists_each_study_as_one_four_channel_case(studies_copy, tmp_path):
+    ds = _datastore(studies_copy, tmp_path)
+    assert len(ds.list_images()) == 6 and ds.problems() == []
+    assert len(ds.get_labeled_images()) == 4 and len(ds.get_unlabeled_images()) == 2
+    volume = nib.load(ds.get_image_uri(CASE))
+    assert volume.shape == (120, 120, 78, 4)
+    study = generate_study(11, 0, spacing_mm=2.0)
+    data = np.asarray(volume.dataobj)
+    for i, modality in enumerate(CHANNELS):
+        assert np.array_equal(data[..., i], study.images[modality]), f"channel {i} is {modality}"
+    assert np.allclose(volume.affine, study.affine)
+    label = np.asarray(nib.load(ds.get_label_uri(CASE, "final")).dataobj)
+    assert np.array_equal(label, study.label)
+    assert ds.get_label_info(CASE, "final")["source"] == "imported"
+
+
+def test_brats2021_labels_are_mapped_on_import(tmp_path):
+    studies = make_studies(tmp_path / "s", cases=1, labelled=1, seed=11, layout="brats2021")
+    ds = _datastore(studies, tmp_path)
+    label = np.asarray(nib.load(ds.get_label_uri("BraTS2021_00000", "final")).dataobj)
+    assert set(np.unique(label)) == {0, 1, 2, 3}
+    assert np.array_equal(label, generate_study(11, 0, spacing_mm=2.0).label)
+    assert ds.get_label_info("BraTS2021_00000", "final")["convention"] == "brats2021"
+
+
+def test_msd_task01_layout_and_label_convention(tmp_path):
+    studies = make_studies(tmp_path / "s", cases=2, labelled=1, seed=11, layout="msd")
+    ds = _datastore(studies, tmp_path)
+    assert ds.list_images() == ["BRATS_000", "BRATS_001"] and ds.get_labeled_images() == ["BRATS_000"]
+    study = generate_study(11, 0, spacing_mm=2.0)
+    data = np.asarray(nib.load(ds.get_image_uri("BRATS_000")).dataobj)
+    for i, modality in enumerate(CHANNELS):
+        assert np.array_equal(data[..., i], study.images[modality]), "reordered from FLAIR, T1w, t1gd, T2w"
+    label = np.asarray(nib.load(ds.get_label_uri("BRATS_000", "final")).dataobj)
+    assert np.array_equal(label, study.label), "MSD 1 edema / 2 non-enhancing swapped to ours"
+
+
+# --- bad studies are reported with a reason ------------------------------------------------------------
+
+
+def test_study_missing_a_modality_is_reported(studies_copy, tmp_path):
+    (studies_copy / CASE / f"{CASE}-t2f.nii.gz").unlink()
+    ds = _datastore(studies_copy, tmp_path)
+    assert CASE not in ds.list_images() and len(ds.list_images()) == 5
+    reason = _problem(ds, CASE)
+    assert "missing FLAIR" in reason and "-t2f" in reason
+
+
+def test_modalities_on_different_grids_are_reported(studies_copy, tmp_path):
+    path = studies_copy / CASE / f"{CASE}-t2w.nii.gz"
+    image = nib.load(str(path))
+    _save(np.asarray(image.dataobj)[:, :, :-4], image.affine, path)
+    ds = _datastore(studies_copy, tmp_path)
+    reason = _problem(ds, CASE)
+    assert "T2 and T1C are not on the same grid" in reason and "120x120x74" in reason
+
+
+def test_shifted_modality_is_reported(studies_copy, tmp_path):
+    path = studies_copy / CASE / f"{CASE}-t1n.nii.gz"
+    image = nib.load(str(path))
+    affine = image.affine.copy()
+    affine[0, 3] += 3.0
+    _save(np.asarray(image.dataobj), affine, path)
+    reason = _problem(_datastore(studies_copy, tmp_path), CASE)
+    assert "T1 and T1C" in reason and "3 mm" in reason
+
+
+def test_unreadable_file_and_duplicate_modality_are_reported(studies_copy, tmp_path):
+    (studies_copy / CASE / f"{CASE}-t1c.nii.gz").write_bytes(b"not a nifti")
+    other = "BraTS-GLI-00001-000"
+    shutil.copy(studies_copy / other / f"{other}-t2w.nii.gz", studies_copy / other / f"{other}-t2.nii.gz")
+    ds = _datastore(studies_copy, tmp_path)
+    assert "not a readable NIfTI" in _problem(ds, CASE)
+    assert "more than one file for T2" in _problem(ds, other)
+    assert len(ds.list_images()) == 4
+
+
+def test_ground_truth_with_unknown_values_is_reported_and_the_study_stays_usable(studies_copy, tmp_path):
+    seg = studies_copy / CASE / f"{CASE}-seg.nii.gz"
+    image = nib.load(str(seg))
+    data = np.asarray(image.dataobj).copy()
+    data[0, 0, 0] = 7
+    _save(data, image.affine, seg)
+    ds = _datastore(studies_copy, tmp_path)
+    assert CASE in ds.list_images() and CASE in ds.get_unlabeled_images()
+    assert "[7]" in _problem(ds, CASE)
+
+
+# --- labels: validated, atomic, with history ----------------------------------------------------------
+
+
+def test_saved_label_replaces_current_and_keeps_history(studies_copy, tmp_path):
+    ds = _datastore(studies_copy, tmp_path)
+    original = np.asarray(nib.load(ds.get_label_uri(CASE, "final")).dataobj)
+    corrected = original.copy()
+    corrected[corrected == 2] = 0
+    upload = _save(corrected, nib.load(ds.get_label_uri(CASE, "final")).affine, tmp_path / "upload.nii.gz")
+    assert ds.save_label(CASE, str(upload), "final", {"user": "dr_a", "client_id": "slicer"}) == CASE
+    assert np.array_equal(np.asarray(nib.load(ds.get_label_uri(CASE, "final")).dataobj), corrected)
+    info = ds.get_label_info(CASE, "final")
+    assert info["user"] == "dr_a" and info["voxels"]["edema"] == 0
+    history = ds.label_history(CASE)
+    assert [h.get("source", h.get("user")) for h in history] == ["imported", "dr_a"]
+    versions = sorted((ds.workspace / "labels" / "history" / CASE).glob("*.nii.gz"))
+    assert np.array_equal(np.asarray(nib.load(str(versions[0])).dataobj), original), "the first version is kept"
+    assert not list((ds.workspace / "labels" / "final").glob(".*")), "no temporary files left behind"
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (lambda a: a[:, :, :-1], "not on the study's grid"),
+        (lambda a: np.where(a == 3, 4, a), "values 4"),
+        (lambda a: a.astype(np.float32) + 0.5, "values 0.5"),
+    ],
+    ids=["wrong-shape", "brats2021-value", "fractional"],
+)
+def test_bad_label_is_refused_and_nothing_changes(studies_copy, tmp_path, change, message):
+    ds = _datastore(studies_copy, tmp_path)
+    before = Path(ds.get_label_uri(CASE, "final")).read_bytes()
+    history_before = ds.label_history(CASE)
+    label = np.asarray(nib.load(ds.get_label_uri(CASE, "final")).dataobj)
+    upload = _save(change(label), nib.load(ds.get_label_uri(CASE, "final")).affine, tmp_path / "bad.nii.gz")
+    with pytest.raises(InvalidInput, match=message) as error:
+        ds.save_label(CASE, str(upload), "final", {})
+    assert error.value.status_code == 422
+    assert Path(ds.get_label_uri(CASE, "final")).read_bytes() == before
+    assert ds.label_history(CASE) == history_before
+
+
+def test_label_in_another_orientation_is_refused(studies_copy, tmp_path):
+    ds = _datastore(studies_copy, tmp_path)
+    image = nib.load(ds.get_label_uri(CASE, "final"))
+    flipped = nib.as_closest_canonical(image).slicer[::-1, :, :]
+    upload = tmp_path / "flipped.nii.gz"
+    nib.save(flipped, str(upload))
+    with pytest.raises(InvalidInput, match="not on the study's grid"):
+        ds.save_label(CASE, str(upload), "final", {})
+
+
+def test_removing_a_label_keeps_its_history_and_studies_cannot_be_deleted(studies_copy, tmp_path):
+    ds = _datastore(studies_copy, tmp_path)
+    ds.remove_label(CASE, "final")
+    assert CASE in ds.get_unlabeled_images()
+    assert len(list((ds.workspace / "labels" / "history" / CASE).glob("*.nii.gz"))) == 1
+    with pytest.raises(NotAllowed):
+        ds.remove_image(CASE)
+    assert (studies_copy / CASE).is_dir()
+
+
+def test_annotator_label_survives_restart_and_is_not_overwritten_by_ground_truth(studies_copy, tmp_path):
+    ds = _datastore(studies_copy, tmp_path)
+    label = np.asarray(nib.load(ds.get_label_uri(CASE, "final")).dataobj).copy()
+    label[label == 1] = 3
+    upload = _save(label, nib.load(ds.get_label_uri(CASE, "final")).affine, tmp_path / "u.nii.gz")
+    ds.save_label(CASE, str(upload), "final", {"user": "dr_b"})
+    again = _datastore(studies_copy, tmp_path)
+    assert np.array_equal(np.asarray(nib.load(again.get_label_uri(CASE, "final")).dataobj), label)
+    assert again.get_label_info(CASE, "final")["user"] == "dr_b"
+
+
+# --- the 4-channel cache -------------------------------------------------------------------------------
+
+
+def test_changed_source_file_is_never_served_stale(studies_copy, tmp_path):
+    ds = _datastore(studies_copy, tmp_path)
+    first = np.asarray(nib.load(ds.get_image_uri(CASE)).dataobj)[..., 3].copy()
+    path = studies_copy / CASE / f"{CASE}-t2f.nii.gz"
+    image = nib.load(str(path))
+    changed = np.asarray(image.dataobj) // 2
+    time.sleep(0.01)
+    _save(changed, image.affine, path)
+    os.utime(path)
+    ds.refresh()
+    served = np.asarray(nib.load(ds.get_image_uri(CASE)).dataobj)[..., 3]
+    assert np.array_equal(served, changed) and not np.array_equal(served, first)
+
+
+def test_uploaded_four_channel_image_becomes_a_study(studies_copy, tmp_path):
+    ds = _datastore(studies_copy, tmp_path)
+    upload = tmp_path / "new.nii.gz"
+    shutil.copy(ds.get_image_uri(CASE), tmp_path / "new.nii")
+    nib.save(nib.load(str(tmp_path / "new.nii")), str(upload))
+    assert ds.add_image("uploaded-1", str(upload), {"source": "test"}) == "uploaded-1"
+    assert "uploaded-1" in ds.get_unlabeled_images()
+    assert np.array_equal(np.asarray(nib.load(ds.get_image_uri("uploaded-1")).dataobj), np.asarray(nib.load(str(upload)).dataobj))
+    with pytest.raises(InvalidInput, match="4D NIfTI"):
+        ds.add_image("uploaded-2", str(studies_copy / CASE / f"{CASE}-t1c.nii.gz"), {})
+
+
+def test_find_studies_ignores_the_workspace(studies_copy, tmp_path):
+    _datastore(studies_copy, studies_copy / ".brats_label")
+    sources, problems = find_studies(studies_copy)
+    assert len(sources) == 6 and problems == []

@@ -1,0 +1,118 @@
+"""Weights: the bundle-compatible network loads bundle-shaped weights; anything else gets a clear error.
+Transforms: predictions come back on the study's own grid with the right labels and volumes."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from monai.data import MetaTensor
+from monai.transforms import Orientation, Spacing
+
+from lib.config import PROFILES, REGIONS
+from lib.errors import ModelNotReady
+from lib.network import build_network, check_weights, load_network, read_state_dict
+from lib.transforms import RegionsToLabeld, RegionVolumesd, RestoreToSourceGridd, region_volumes_ml
+
+
+def test_bundle_profile_matches_model_zoo_architecture():
+    network = build_network(PROFILES["bundle"])
+    assert sum(p.numel() for p in network.parameters()) == 4_702_227  # model-zoo brats_mri_segmentation SegResNet
+    assert network.convInit.conv.weight.shape == (16, 4, 3, 3, 3)
+    assert network.conv_final[-1].conv.weight.shape[0] == len(REGIONS)
+
+
+@pytest.mark.parametrize("layout", ["bare", "checkpoint"])
+def test_bundle_weights_load_as_bare_state_dict_or_checkpoint(tmp_path, layout):
+    state = build_network(PROFILES["bundle"]).state_dict()
+    path = tmp_path / "model.pt"
+    torch.save(state if layout == "bare" else {"model": state}, path)
+    network = load_network(PROFILES["bundle"], path, torch.device("cpu"))
+    assert torch.equal(network.state_dict()["convInit.conv.weight"], state["convInit.conv.weight"])
+
+
+def test_weights_of_the_other_profile_name_the_profile_to_use(tmp_path):
+    path = tmp_path / "cpu.pt"
+    torch.save(build_network(PROFILES["cpu"]).state_dict(), path)
+    with pytest.raises(ModelNotReady, match="looks like the 'cpu' profile: start the server with --conf profile cpu") as error:
+        check_weights(read_state_dict(path), PROFILES["bundle"], path)
+    assert error.value.status_code == 409
+    assert "(8, 4, 3, 3, 3)" in str(error.value) and "(16, 4, 3, 3, 3)" in str(error.value)
+
+
+def test_foreign_weights_and_junk_files_get_clear_errors(tmp_path):
+    from monai.networks.nets import UNet
+
+    foreign = tmp_path / "unet.pt"
+    torch.save(UNet(3, 4, 3, (8, 16), (2,)).state_dict(), foreign)
+    with pytest.raises(ModelNotReady, match="layers missing .*brats_mri_segmentation"):
+        check_weights(read_state_dict(foreign), PROFILES["cpu"], foreign)
+    junk = tmp_path / "junk.pt"
+    junk.write_bytes(b"nope")
+    with pytest.raises(ModelNotReady, match="not a PyTorch weights file"):
+        read_state_dict(junk)
+
+
+def test_regions_to_label_follows_brats_nesting():
+    tc = torch.tensor([1, 1, 0, 0, 0, 1], dtype=torch.float32)
+    wt = torch.tensor([1, 1, 1, 0, 0, 1], dtype=torch.float32)
+    et = torch.tensor([1, 0, 0, 0, 1, 0], dtype=torch.float32)
+    regions = torch.stack([tc, wt, et])[:, :, None, None]  # (3, 6, 1, 1), order TC, WT, ET
+    label = RegionsToLabeld(keys="pred")({"pred": regions})["pred"]
+    assert label.shape == (1, 6, 1, 1)
+    assert label.flatten().tolist() == [3, 1, 2, 0, 3, 1]
+
+
+def test_region_volumes_are_counts_times_voxel_volume():
+    label = np.zeros((10, 10, 10), dtype=np.uint8)
+    label[:2] = 1
+    label[2:5] = 2
+    label[5:6] = 3
+    volumes = region_volumes_ml(label, voxel_volume_ml=0.008)
+    assert volumes == {"necrotic_core": 1.6, "edema": 2.4, "enhancing_tumour": 0.8, "TC": 2.4, "WT": 4.8}
+    affine = torch.diag(torch.tensor([2.0, 2.0, 2.0, 1.0]))
+    result = RegionVolumesd(keys="pred")({"pred": MetaTensor(torch.as_tensor(label), affine=affine)})
+    assert result["result"]["volumes_ml"] == volumes
+
+
+def _study_grid():
+    """An oblique, LPS-oriented 1.2 x 0.9 x 3 mm grid: nothing about it is RAS or isotropic."""
+    angle = np.deg2rad(12)
+    rotation = np.array([[np.cos(angle), -np.sin(angle), 0], [np.sin(angle), np.cos(angle), 0], [0, 0, 1]])
+    affine = np.eye(4)
+    affine[:3, :3] = np.diag([-1, -1, 1]) @ rotation @ np.diag([1.2, 0.9, 3.0])
+    affine[:3, 3] = [80.0, 90.0, -40.0]
+    return affine, (110, 130, 40)
+
+
+def test_restore_to_source_grid_matches_full_inverse_resampling():
+    """The bounding-box shortcut gives the labels a full resampling onto the study grid gives."""
+    affine, shape = _study_grid()
+    image = MetaTensor(torch.zeros((1, *shape)), affine=torch.as_tensor(affine), meta={"original_affine": affine, "spatial_shape": np.array(shape)})
+    low = Spacing(pixdim=(2.0, 2.0, 2.0))(Orientation(axcodes="RAS")(image))
+    probabilities = torch.zeros((3, *low.shape[1:]))
+    centre = np.array(low.shape[1:]) // 2
+    grid = np.stack(np.meshgrid(*[np.arange(s) for s in low.shape[1:]], indexing="ij"))
+    distance = np.sqrt(((grid - centre[:, None, None, None]) ** 2).sum(0))
+    for channel, radius in enumerate((6.0, 9.0, 4.0)):
+        probabilities[channel] = torch.as_tensor(np.clip(1.2 - distance / radius, 0, 1))
+    prediction = MetaTensor(probabilities, affine=low.affine)
+
+    restored = RestoreToSourceGridd(keys="pred")({"pred": prediction, "image": image})["pred"]
+    assert tuple(restored.shape[1:]) == shape
+    assert np.allclose(restored.affine.numpy(), affine)
+
+    from monai.transforms import SpatialResample
+
+    full = SpatialResample(mode="bilinear", padding_mode="zeros")(prediction, dst_affine=torch.as_tensor(affine), spatial_size=shape)
+    shortcut, reference = restored.numpy() > 0.5, full.numpy() > 0.5
+    assert reference.sum() > 1000
+    assert (shortcut != reference).sum() <= 0.002 * reference.sum()
+
+
+def test_restore_with_empty_prediction_is_all_background():
+    affine, shape = _study_grid()
+    image = MetaTensor(torch.zeros((1, *shape)), affine=torch.as_tensor(affine), meta={"original_affine": affine, "spatial_shape": np.array(shape)})
+    prediction = MetaTensor(torch.zeros((3, 40, 40, 40)), affine=torch.diag(torch.tensor([2.0, 2.0, 2.0, 1.0])))
+    restored = RestoreToSourceGridd(keys="pred")({"pred": prediction, "image": image})["pred"]
+    assert tuple(restored.shape) == (3, *shape) and not restored.any()

@@ -1,0 +1,139 @@
+"""The real MONAI Label server on the app, driven with MONAI Label's own client, as a viewer would.
+
+One story, in order: a fresh server with generated studies and no model; the annotator asks for a
+pre-segmentation and is told how to get a model; a short training runs in the background; the next
+pre-segmentation comes back on the study's grid with region volumes; corrections are saved, bad ones
+refused without harming what is stored.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import requests
+from monailabel.client import MONAILabelClient
+from monailabel.client.client import MONAILabelClientException
+
+pytestmark = pytest.mark.server
+
+UNLABELLED = "BraTS-GLI-00005-000"
+LABELLED = "BraTS-GLI-00000-000"
+BROKEN = "BraTS-GLI-00099-000"
+
+
+@pytest.fixture(scope="module")
+def studies(studies_2mm, tmp_path_factory) -> Path:
+    target = tmp_path_factory.mktemp("server") / "studies"
+    shutil.copytree(studies_2mm, target, ignore=shutil.ignore_patterns(".brats_label"))
+    broken = target / BROKEN
+    broken.mkdir()
+    shutil.copy(target / LABELLED / f"{LABELLED}-t1c.nii.gz", broken / f"{BROKEN}-t1c.nii.gz")
+    return target
+
+
+@pytest.fixture(scope="module")
+def server(studies, server_factory):
+    return server_factory(studies, max_epochs=2)
+
+
+@pytest.fixture(scope="module")
+def client(server, tmp_path_factory) -> MONAILabelClient:
+    return MONAILabelClient(server.url, tmpdir=str(tmp_path_factory.mktemp("client")), client_id="pytest")
+
+
+def test_info_lists_the_model_and_label_names_before_any_training(client):
+    info = client.info()
+    assert info["labels"] == {"necrotic_core": 1, "edema": 2, "enhancing_tumour": 3}
+    model = info["models"]["segmentation"]
+    assert model["trained"] is False and model["profile"] == "cpu"
+    assert "segmentation" in info["trainers"]
+    problems = {p["study_id"]: p["reason"] for p in info["datastore"]["problems"]}
+    assert "missing T1" in problems[BROKEN]
+
+
+def test_cold_start_infer_says_no_model_yet_and_how_to_get_one(client):
+    with pytest.raises(MONAILabelClientException) as error:
+        client.infer("segmentation", UNLABELLED, {})
+    assert "Status: 409" in error.value.msg
+    assert "No model is trained yet" in error.value.msg and "/train/segmentation" in error.value.msg
+
+
+def test_datastore_lists_studies_as_cases(client):
+    datastore = client.datastore()
+    objects = datastore["objects"]
+    assert len(objects) == 6 and BROKEN not in objects
+    labelled = [k for k, v in objects.items() if "final" in v["labels"]]
+    assert sorted(labelled) == [f"BraTS-GLI-{i:05d}-000" for i in range(4)]
+    assert objects[UNLABELLED]["image"]["info"]["channels"] == ["t1c", "t1", "t2", "flair"]
+
+
+def test_short_training_publishes_a_model_with_region_dice(client, server):
+    started = client.train_start("segmentation", {"max_epochs": 2})
+    assert started["status"] in ("SUBMITTED", "RUNNING")
+    status = server.wait_training(timeout_s=600)
+    assert status["status"] == "DONE", status.get("details")
+    stats = client.info()["train_stats"]["segmentation"]
+    assert stats["epoch"] == 2
+    metrics = stats["eval"]["metrics"]
+    for region in ("tc", "wt", "et"):
+        assert 0.0 <= metrics[f"val_dice_{region}"] <= 1.0
+    assert [h["epoch"] for h in stats["history"]] == [1, 2]
+    assert client.info()["models"]["segmentation"]["trained"] is True
+
+
+def test_infer_returns_label_on_the_study_grid_with_volumes(client, studies):
+    label_file, params = client.infer("segmentation", UNLABELLED, {})
+    params = json.loads(params) if isinstance(params, str) else params
+    result = nib.load(label_file)
+    source = nib.load(str(studies / UNLABELLED / f"{UNLABELLED}-t1c.nii.gz"))
+    assert result.shape == source.shape
+    assert np.allclose(result.affine, source.affine)
+    label = np.asarray(result.dataobj)
+    assert set(np.unique(label)) <= {0, 1, 2, 3}
+    voxel_ml = abs(np.linalg.det(source.affine[:3, :3])) / 1000
+    volumes = params["volumes_ml"]
+    for name, value in {"necrotic_core": 1, "edema": 2, "enhancing_tumour": 3}.items():
+        assert volumes[name] == pytest.approx((label == value).sum() * voxel_ml, abs=1e-3)
+    assert volumes["WT"] == pytest.approx((label > 0).sum() * voxel_ml, abs=1e-3)
+    assert volumes["TC"] == pytest.approx(np.isin(label, (1, 3)).sum() * voxel_ml, abs=1e-3)
+    assert params["model"]["path"].endswith("segmentation.pt")
+
+
+def test_corrected_label_is_saved_and_counted(client, server, studies, tmp_path):
+    truth = nib.load(str(studies / LABELLED / f"{LABELLED}-seg.nii.gz"))
+    correction = np.asarray(truth.dataobj).copy()
+    correction[correction == 1] = 3
+    upload = tmp_path / "correction.nii.gz"
+    nib.save(nib.Nifti1Image(correction, truth.affine), str(upload))
+    for study in (UNLABELLED, LABELLED):
+        answer = client.save_label(study, str(upload), tag="final", params={"user": "dr_test"})
+        assert answer["label"] == study
+    datastore = client.datastore()
+    assert "final" in datastore["objects"][UNLABELLED]["labels"]
+    assert datastore["objects"][LABELLED]["labels"]["final"]["info"]["user"] == "dr_test"
+    saved = requests.get(f"{server.url}/datastore/label", params={"label": UNLABELLED, "tag": "final"}, timeout=30)
+    assert saved.status_code == 200
+    (tmp_path / "saved.nii.gz").write_bytes(saved.content)
+    assert np.array_equal(np.asarray(nib.load(str(tmp_path / "saved.nii.gz")).dataobj), correction)
+
+
+def test_bad_label_is_refused_with_reason_and_stored_label_is_untouched(client, server, studies, tmp_path):
+    before = requests.get(f"{server.url}/datastore/label", params={"label": LABELLED, "tag": "final"}, timeout=30).content
+    truth = nib.load(str(studies / LABELLED / f"{LABELLED}-seg.nii.gz"))
+    upload = tmp_path / "bad.nii.gz"
+    nib.save(nib.Nifti1Image(np.asarray(truth.dataobj)[:, :, :-2], truth.affine), str(upload))
+    with pytest.raises(MONAILabelClientException) as error:
+        client.save_label(LABELLED, str(upload), tag="final")
+    assert "Status: 422" in error.value.msg and "not on the study's grid" in error.value.msg
+    after = requests.get(f"{server.url}/datastore/label", params={"label": LABELLED, "tag": "final"}, timeout=30).content
+    assert after == before
+
+
+def test_unknown_study_is_a_clear_404(server):
+    answer = requests.post(f"{server.url}/infer/segmentation", params={"image": "no-such-study"}, timeout=60)
+    assert answer.status_code in (404, 422) and "no-such-study" in answer.text
