@@ -1,0 +1,131 @@
+"""End-to-end /infer latency against the bare sliding-window forward pass, on a BraTS-size study.
+
+    .venv/bin/python bench/infer_latency.py [--profiles cpu,bundle] [--weights model.pt] [--repeats 3]
+
+For each profile, in one run and on the same study (240x240x155, 4 channels, 1 mm):
+- end to end: ``POST /infer/segmentation`` on the real MONAI Label server, from request to the label
+  file and JSON received by MONAI Label's client (server warmed up with one request first);
+- forward: the network alone through the same SlidingWindowInferer, on the already pre-processed
+  tensor, in this process;
+- their ratio (target: at most 1.5), and peak resident memory of the server and of the forward pass.
+
+Prints a table and writes ``bench/results/infer_latency.json``. Weights: ``--weights`` (for example
+the demo's trained model), otherwise freshly initialised ones, whose scattered predictions are the
+worst case for restoring the label to the study grid.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import resource
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(REPO), str(REPO / "apps" / "brats_label")]
+
+from monailabel.client import MONAILabelClient  # noqa: E402
+from monai.inferers import SlidingWindowInferer  # noqa: E402
+from monai.transforms import Compose  # noqa: E402
+
+from lib.config import PROFILES  # noqa: E402
+from lib.datastore import StudyFolderDatastore  # noqa: E402
+from lib.infers.segmentation import preprocessing  # noqa: E402
+from lib.network import build_network, load_network  # noqa: E402
+from synthetic.__main__ import main as generate  # noqa: E402
+from tests.conftest import Server  # noqa: E402
+
+RESULTS = REPO / "bench" / "results" / "infer_latency.json"
+STUDY = "BraTS-GLI-00000-000"
+
+
+def peak_rss_mb(pid: int) -> float:
+    """Peak resident set size (VmHWM) of a process, MB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def time_forward(profile_name: str, weights: Path, image_path: str, repeats: int) -> dict:
+    profile = PROFILES[profile_name]
+    network = load_network(profile, weights, torch.device("cpu")).eval()
+    tensor = Compose(preprocessing(profile))({"image": image_path})["image"][None]
+    inferer = SlidingWindowInferer(roi_size=profile.roi_size, overlap=profile.sw_overlap, sw_batch_size=1, mode="gaussian")
+    times = []
+    with torch.no_grad():
+        inferer(tensor, network)  # warm-up, as the server's first request
+        for _ in range(repeats):
+            start = time.perf_counter()
+            inferer(tensor, network)
+            times.append(time.perf_counter() - start)
+    return {"median_s": statistics.median(times), "runs_s": times, "input_shape": list(tensor.shape)}
+
+
+def time_end_to_end(studies: Path, profile_name: str, weights: Path, repeats: int, work: Path) -> dict:
+    server = Server(studies, {"profile": profile_name, "pretrained_weights": str(weights), "workspace": str(work / f"ws_{profile_name}")}, work / f"server_{profile_name}.log")
+    try:
+        client = MONAILabelClient(server.url, tmpdir=str(work), client_id="bench")
+        client.infer("segmentation", STUDY, {})  # warm-up: model load, 4-channel case cache
+        times, latencies = [], []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            _, params = client.infer("segmentation", STUDY, {})
+            times.append(time.perf_counter() - start)
+            latencies.append(json.loads(params)["latencies"] if isinstance(params, str) else params["latencies"])
+        return {"median_s": statistics.median(times), "runs_s": times, "server_stages_s": latencies[-1], "server_peak_rss_mb": peak_rss_mb(server.process.pid)}
+    finally:
+        server.stop()
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--profiles", default="cpu,bundle")
+    parser.add_argument("--weights", type=Path, default=None, help="weights for the cpu profile (else fresh ones)")
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+
+    torch.set_num_threads(torch.get_num_threads())
+    results = {"machine": {"cpus": torch.get_num_threads(), "platform": platform.platform(), "torch": torch.__version__}, "profiles": {}}
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        studies = work / "studies"
+        generate(["--out", str(studies), "--cases", "1", "--labelled", "0", "--seed", "2026", "--spacing", "1", "--workers", "1"])
+        image_path = StudyFolderDatastore(studies, work / "ds").get_image_uri(STUDY)
+        for name in args.profiles.split(","):
+            weights = args.weights if (args.weights and name == "cpu") else work / f"{name}_fresh.pt"
+            if not weights.exists():
+                torch.manual_seed(0)
+                torch.save(build_network(PROFILES[name]).state_dict(), weights)
+            print(f"profile {name}: forward pass ...", flush=True)
+            forward = time_forward(name, weights, image_path, args.repeats)
+            forward["peak_rss_mb_process"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+            print(f"profile {name}: end-to-end /infer ...", flush=True)
+            end_to_end = time_end_to_end(studies, name, weights, args.repeats, work)
+            results["profiles"][name] = {
+                "weights": str(args.weights) if weights == args.weights else "freshly initialised",
+                "study_shape": [240, 240, 155, 4],
+                "forward": forward,
+                "end_to_end": end_to_end,
+                "ratio": end_to_end["median_s"] / forward["median_s"],
+            }
+
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps(results, indent=2))
+    print(f"\n{'profile':8} {'forward s':>10} {'/infer s':>10} {'ratio':>7} {'server peak MB':>15}   (target ratio <= 1.5)")
+    for name, r in results["profiles"].items():
+        print(f"{name:8} {r['forward']['median_s']:10.2f} {r['end_to_end']['median_s']:10.2f} {r['ratio']:7.2f} {r['end_to_end']['server_peak_rss_mb']:15.0f}")
+    print(f"server stages (last run): " + "; ".join(f"{n}: {json.dumps({k: v for k, v in r['end_to_end']['server_stages_s'].items() if k != 'transform'})}" for n, r in results["profiles"].items()))
+    print(f"written to {RESULTS}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

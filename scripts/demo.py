@@ -1,0 +1,178 @@
+"""The demo: sample studies, the server, a first model trained in the background, a first pre-segmentation.
+
+    bash scripts/demo.sh            (sets up .venv, then runs this)
+
+Generates BraTS-like sample studies (a few with labels, most without) unless they exist, starts the
+MONAI Label server on them, starts training, follows it with a progress bar, then pre-segments an
+unlabelled study and writes a picture of the result. The server keeps running until Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import requests
+from tqdm import tqdm
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from monailabel.client import MONAILabelClient  # noqa: E402
+
+from synthetic.__main__ import main as generate  # noqa: E402
+from synthetic.montage import save_montage  # noqa: E402
+
+MODALITY_OF_CHANNEL = ("t1c", "t1", "t2", "flair")  # the app's channel order (apps/brats_label/lib/config.py)
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--studies", type=Path, default=REPO / "data" / "sample", help="studies folder (generated when empty)")
+    parser.add_argument("--cases", type=int, default=16)
+    parser.add_argument("--labelled", type=int, default=8)
+    parser.add_argument("--spacing", type=float, default=1.0, help="mm; 1 gives BraTS-size 240x240x155 studies")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8000)
+    parser.add_argument("--profile", default="cpu", choices=("cpu", "bundle"))
+    parser.add_argument("--epochs", type=int, default=None, help="training epochs (default: the app's)")
+    parser.add_argument("--no-wait", action="store_true", help="start everything and return (server keeps running)")
+    return parser.parse_args()
+
+
+def ensure_studies(args: argparse.Namespace) -> None:
+    has_studies = args.studies.is_dir() and any(p.is_dir() and not p.name.startswith(".") for p in args.studies.iterdir())
+    if has_studies:
+        print(f"==> using the studies in {args.studies}")
+        return
+    print(f"==> generating {args.cases} sample studies ({args.labelled} labelled) in {args.studies}")
+    generate(
+        [
+            "--out", str(args.studies), "--cases", str(args.cases), "--labelled", str(args.labelled),
+            "--spacing", str(args.spacing), "--ground-truth", str(args.studies.parent / "sample_ground_truth"),
+            "--montage", str(args.studies.parent / "sample_montages"),
+        ]
+    )  # fmt: skip
+
+
+def start_server(args: argparse.Namespace, log_path: Path) -> subprocess.Popen:
+    command = [
+        sys.executable, "-m", "monailabel.main", "start_server",
+        "--app", str(REPO / "apps" / "brats_label"), "--studies", str(args.studies),
+        "--conf", "profile", args.profile, "--host", args.host, "--port", str(args.port),
+    ]  # fmt: skip
+    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}", PYTHONUNBUFFERED="1")
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    process = subprocess.Popen(command, stdout=open(log_path, "w"), stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    url = f"http://{args.host}:{args.port}"
+    for _ in tqdm(range(180), desc="==> starting the server", bar_format="{desc} {elapsed}", leave=False):
+        if process.poll() is not None:
+            sys.exit(f"the server stopped; see {log_path}:\n" + log_path.read_text()[-3000:])
+        try:
+            if requests.get(f"{url}/info/", timeout=2).ok:
+                return process
+        except requests.RequestException:
+            time.sleep(1)
+    sys.exit(f"the server did not answer on {url} within 3 minutes; see {log_path}")
+
+
+def banner(url: str, studies: Path, log_path: Path) -> None:
+    print(
+        f"""
+BraTS Label is running at {url}
+  API and docs:   {url}/docs
+  Studies:        {url}/datastore/?output=all      (folder: {studies})
+  Training:       {url}/train/                     (status of the background training)
+  Server log:     {log_path}
+
+Connect 3D Slicer (5.x, with the MONAI Label extension from the Extensions Manager):
+  Modules > Active Learning > MONAI Label; server {url}; press the refresh button.
+  Next Sample loads a study (4 channels: T1c, T1, T2, FLAIR); Run segments it; edit the
+  segments with Segment Editor; Submit Label saves the correction (it counts for the next training).
+
+Pre-segment from the command line:
+  curl -X POST "{url}/infer/segmentation?image=<study id>&output=json"
+"""
+    )
+
+
+def follow_training(url: str, epochs: int, started_ts: int) -> dict:
+    """Progress bar over epochs of the training started at ``started_ts`` (older stats are ignored)."""
+    bar = tqdm(total=epochs, desc="==> training the first model", unit="epoch")
+    done = 0
+    while True:
+        status = requests.get(f"{url}/train/", timeout=10).json()
+        stats = requests.get(f"{url}/info/", timeout=10).json()["train_stats"].get("segmentation", {})
+        epoch = int(stats.get("epoch", 0)) if stats.get("start_ts", 0) >= started_ts else 0
+        if epoch > done:
+            bar.update(epoch - done)
+            done = epoch
+            metrics = stats.get("eval", {}).get("metrics", {})
+            bar.set_postfix({k.replace("val_dice_", "dice_"): f"{v:.2f}" for k, v in metrics.items() if k.startswith("val_dice_")})
+        if status.get("status") in ("DONE", "ERROR", "STOPPED"):
+            bar.close()
+            return {"status": status.get("status"), "stats": stats}
+        time.sleep(3)
+
+
+def first_presegmentation(url: str, out_png: Path) -> None:
+    """Pre-segment the first unlabelled study the way a viewer does, and draw the result."""
+    client = MONAILabelClient(url, tmpdir=str(out_png.parent), client_id="demo")
+    unlabelled = sorted(k for k, v in client.datastore()["objects"].items() if "final" not in v["labels"])
+    if not unlabelled:
+        return
+    study = unlabelled[0]
+    start = time.time()
+    label_file, params = client.infer("segmentation", study, {})
+    elapsed = time.time() - start
+    params = json.loads(params) if isinstance(params, str) else params
+    image_path = out_png.with_name(f"{study}_4channel.nii")
+    image_path.write_bytes(requests.get(f"{url}/datastore/image", params={"image": study}, timeout=120).content)
+    volume = np.asarray(nib.load(str(image_path)).dataobj)
+    images = {modality: volume[..., i] for i, modality in enumerate(MODALITY_OF_CHANNEL)}
+    save_montage(images, np.asarray(nib.load(label_file).dataobj), out_png, f"{study}: pre-segmentation by the demo model")
+    print(f"\n==> pre-segmented {study} in {elapsed:.1f} s")
+    print("    volumes (mL): " + ", ".join(f"{k} {v:.1f}" for k, v in params["volumes_ml"].items()))
+    print(f"    picture: {out_png}")
+
+
+def main() -> None:
+    args = parse_args()
+    ensure_studies(args)
+    log_path = args.studies.parent / "server.log"
+    url = f"http://{args.host}:{args.port}"
+    process = start_server(args, log_path)
+    banner(url, args.studies, log_path)
+    info = requests.get(f"{url}/info/", timeout=10).json()
+    epochs = args.epochs or int(info["trainers"]["segmentation"]["config"]["max_epochs"])
+    started_ts = int(time.time()) - 1
+    requests.post(f"{url}/train/segmentation", json={"max_epochs": epochs}, timeout=30).raise_for_status()
+    if args.no_wait:
+        print(f"training started in the background; server pid {process.pid}")
+        return
+    try:
+        outcome = follow_training(url, epochs, started_ts)
+        if outcome["status"] != "DONE":
+            print(f"training ended with {outcome['status']}; see {log_path}")
+        else:
+            first_presegmentation(url, args.studies.parent / "demo_presegmentation.png")
+        print(f"\nThe server keeps running at {url}; press Ctrl-C to stop it.")
+        process.wait()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGTERM)
+            process.wait(30)
+
+
+if __name__ == "__main__":
+    main()
