@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -163,6 +164,10 @@ def main() -> None:
         if outcome["status"] != "DONE":
             print(f"training ended with {outcome['status']}; see {log_path}")
         else:
+            curves = sorted((args.studies / ".brats_label" / "model").glob("*/training_curve_*.png"), key=lambda p: p.stat().st_mtime)
+            if curves:
+                shutil.copyfile(curves[-1], args.studies.parent / "demo_training_curve.png")
+                print(f"==> training curve: {args.studies.parent / 'demo_training_curve.png'}")
             first_presegmentation(url, args.studies.parent / "demo_presegmentation.png")
         print(f"\nThe server keeps running at {url}; press Ctrl-C to stop it.")
         process.wait()

@@ -116,3 +116,12 @@ def test_restore_with_empty_prediction_is_all_background():
     prediction = MetaTensor(torch.zeros((3, 40, 40, 40)), affine=torch.diag(torch.tensor([2.0, 2.0, 2.0, 1.0])))
     restored = RestoreToSourceGridd(keys="pred")({"pred": prediction, "image": image})["pred"]
     assert tuple(restored.shape) == (3, *shape) and not restored.any()
+
+
+def test_network_trained_from_scratch_starts_at_the_foreground_prior():
+    from lib.network import set_foreground_prior
+
+    network = set_foreground_prior(build_network(PROFILES["cpu"]), 0.02).eval()
+    with torch.no_grad():
+        output = torch.sigmoid(network(torch.zeros((1, 4, 32, 32, 32))))
+    assert output.mean().item() == pytest.approx(0.02, abs=0.01)

@@ -72,7 +72,7 @@ def test_datastore_lists_studies_as_cases(client):
     assert objects[UNLABELLED]["image"]["info"]["channels"] == ["t1c", "t1", "t2", "flair"]
 
 
-def test_short_training_publishes_a_model_with_region_dice(client, server):
+def test_short_training_publishes_a_model_with_region_dice(client, server, studies):
     started = client.train_start("segmentation", {"max_epochs": 2})
     assert started["status"] in ("SUBMITTED", "RUNNING")
     status = server.wait_training(timeout_s=600)
@@ -84,6 +84,8 @@ def test_short_training_publishes_a_model_with_region_dice(client, server):
         assert 0.0 <= metrics[f"val_dice_{region}"] <= 1.0
     assert [h["epoch"] for h in stats["history"]] == [1, 2]
     assert client.info()["models"]["segmentation"]["trained"] is True
+    curves = list((studies / ".brats_label" / "model" / "train_01").glob("training_curve_*.png"))
+    assert len(curves) == 1 and curves[0].read_bytes()[:4] == b"\x89PNG"
 
 
 def test_infer_returns_label_on_the_study_grid_with_volumes(client, studies):

@@ -113,12 +113,13 @@ class TrainSettings:
     """Fine-tuning defaults; a train request may override each (``/train/segmentation`` body)."""
 
     max_epochs: int = 20
-    learning_rate: float = 2e-3
+    learning_rate: float = 5e-3
     batch_size: int = 1
     patch_size: Optional[Tuple[int, int, int]] = None  # None: the profile's
     val_split: float = 0.25
     samples_per_case: int = 2  # random patches drawn from each case per epoch
     foreground_ratio: float = 0.67  # share of patches centred on tumour
+    foreground_prior: float = 0.02  # initial sigmoid output of a network trained from scratch
 
 
 # --- the application configuration -------------------------------------------------------------------

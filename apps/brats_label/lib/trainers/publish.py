@@ -2,7 +2,7 @@
 
 MONAI Label's ``PublishStatsAndModel`` copies the best checkpoint over the served model in place;
 an inference that reloads at that moment reads a torn file. This one replaces files atomically and
-keeps the per-epoch validation history in the stats.
+keeps the per-epoch validation history in the stats, drawn as a PNG beside them.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from typing import Any, Dict, List
 from monailabel.tasks.train.handler import PublishStatsAndModel, prepare_stats
 
 from ..atomic import atomic_path, write_json
+from .curves import save_training_curve
 
 logger = logging.getLogger(__name__)
 
@@ -36,6 +37,7 @@ class AtomicPublishStatsAndModel(PublishStatsAndModel):
         self.history.append(epoch)
         stats["history"] = self.history
         write_json(stats, Path(self.output_dir) / f"stats_{self.run_id}.json")
+        save_training_curve(self.history, Path(self.output_dir) / f"training_curve_{self.run_id}.png", f"training run {self.run_id}")
         if self._stats_path:
             write_json(stats, Path(self._stats_path))
 

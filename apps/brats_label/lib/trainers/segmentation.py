@@ -33,7 +33,7 @@ from monailabel.tasks.train.basic_train import BasicTrainTask, Context
 
 from ..config import ENHANCING_LABEL, REGION_THRESHOLD, REGIONS, NetworkProfile, TrainSettings
 from ..infers.segmentation import preprocessing
-from ..network import build_network
+from ..network import build_network, set_foreground_prior
 from .publish import AtomicPublishStatsAndModel
 
 logger = logging.getLogger(__name__)
@@ -90,7 +90,7 @@ class BratsSegmentationTrainer(BasicTrainTask):
 
     # --- network and optimisation ---------------------------------------------------------------------
     def network(self, context: Context) -> torch.nn.Module:
-        return build_network(self.profile)
+        return set_foreground_prior(build_network(self.profile), self.settings.foreground_prior)
 
     def optimizer(self, context: Context) -> torch.optim.Optimizer:
         return torch.optim.AdamW(context.network.parameters(), lr=float(context.request["learning_rate"]), weight_decay=1e-5)
@@ -136,6 +136,8 @@ class BratsSegmentationTrainer(BasicTrainTask):
             RandFlipd(keys=("image", "label"), prob=0.5, spatial_axis=2),
             RandScaleIntensityd(keys="image", factors=0.1, prob=1.0),
             RandShiftIntensityd(keys="image", offsets=0.1, prob=1.0),
+            # plain tensors into the network: no metadata bookkeeping around every op of the step
+            EnsureTyped(keys=("image", "label"), track_meta=False),
         ]
 
     def train_post_transforms(self, context: Context) -> list:
