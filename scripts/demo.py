@@ -16,6 +16,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -126,7 +127,8 @@ def follow_training(url: str, epochs: int, started_ts: int) -> dict:
 
 def first_presegmentation(url: str, out_png: Path) -> None:
     """Pre-segment the first unlabelled study the way a viewer does, and draw the result."""
-    client = MONAILabelClient(url, tmpdir=str(out_png.parent), client_id="demo")
+    scratch = Path(tempfile.mkdtemp(prefix="brats_label_demo_"))
+    client = MONAILabelClient(url, tmpdir=str(scratch), client_id="demo")
     unlabelled = sorted(k for k, v in client.datastore()["objects"].items() if "final" not in v["labels"])
     if not unlabelled:
         return
@@ -135,11 +137,12 @@ def first_presegmentation(url: str, out_png: Path) -> None:
     label_file, params = client.infer("segmentation", study, {})
     elapsed = time.time() - start
     params = json.loads(params) if isinstance(params, str) else params
-    image_path = out_png.with_name(f"{study}_4channel.nii")
+    image_path = scratch / f"{study}_4channel.nii"
     image_path.write_bytes(requests.get(f"{url}/datastore/image", params={"image": study}, timeout=120).content)
     volume = np.asarray(nib.load(str(image_path)).dataobj)
     images = {modality: volume[..., i] for i, modality in enumerate(MODALITY_OF_CHANNEL)}
     save_montage(images, np.asarray(nib.load(label_file).dataobj), out_png, f"{study}: pre-segmentation by the demo model")
+    shutil.rmtree(scratch, ignore_errors=True)
     print(f"\n==> pre-segmented {study} in {elapsed:.1f} s")
     print("    volumes (mL): " + ", ".join(f"{k} {v:.1f}" for k, v in params["volumes_ml"].items()))
     print(f"    picture: {out_png}")
