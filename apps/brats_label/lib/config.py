@@ -105,6 +105,9 @@ PROFILES: Dict[str, NetworkProfile] = {
 }
 DEFAULT_PROFILE = "cpu"
 
+# A prepared (resampled, normalised) input stays in memory this long for repeated requests on a case.
+PREPARED_INPUT_TTL_S = 600
+
 # --- training --------------------------------------------------------------------------------------
 
 

@@ -31,8 +31,9 @@ from monai.transforms import (
 )
 from monailabel.interfaces.tasks.infer_v2 import InferType
 from monailabel.tasks.infer.basic_infer import BasicInferTask
+from monailabel.transform.cache import CacheTransformDatad
 
-from ..config import FOREGROUND_LABELS, MODEL_NAME, REGION_THRESHOLD, NetworkProfile
+from ..config import FOREGROUND_LABELS, MODEL_NAME, PREPARED_INPUT_TTL_S, REGION_THRESHOLD, NetworkProfile
 from ..errors import ModelNotReady
 from ..network import load_network
 from ..transforms import RegionsToLabeld, RegionVolumesd, RestoreToSourceGridd
@@ -77,9 +78,20 @@ class BratsSegmentation(BasicInferTask):
         info.update({"profile": self.profile.name, "spacing_mm": list(self.profile.spacing_mm), "trained": self.get_path() is not None})
         return info
 
+    def __call__(self, request, callbacks=None):
+        # Key of the prepared-input cache: this profile, this case file, this version of it.
+        image = request.get("image")
+        version = f"{os.stat(image).st_mtime_ns}" if isinstance(image, str) and os.path.isfile(image) else os.urandom(8).hex()
+        return super().__call__({**request, "case_version": f"{self.profile.name}:{image}@{version}"}, callbacks)
+
     def pre_transforms(self, data=None) -> Sequence[Callable]:
-        # MONAI Label adds a string "image_path"; MONAI 1.6's Spacingd updates every "image_*" key as a dict.
-        return [DeleteItemsd(keys="image_path"), *preprocessing(self.profile)]
+        return [
+            # MONAI Label adds a string "image_path"; MONAI 1.6's Spacingd updates every "image_*" key as a dict.
+            DeleteItemsd(keys="image_path"),
+            *preprocessing(self.profile),
+            # MONAI Label's hook: a repeated request on an unchanged case skips reading and resampling.
+            CacheTransformDatad(keys="image", hash_key="case_version", in_memory=True, ttl=PREPARED_INPUT_TTL_S),
+        ]
 
     def inferer(self, data=None) -> Inferer:
         return SlidingWindowInferer(roi_size=self.profile.roi_size, overlap=self.profile.sw_overlap, sw_batch_size=1, mode="gaussian")
