@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import time
 from pathlib import Path
 
 import nibabel as nib
@@ -63,6 +64,14 @@ def test_cold_start_infer_says_no_model_yet_and_how_to_get_one(client):
     assert "No model is trained yet" in error.value.msg and "/train/segmentation" in error.value.msg
 
 
+def test_next_sample_without_a_model_is_random_and_says_so(client):
+    answer = client.next_sample("uncertainty", {})
+    assert answer["id"].startswith("BraTS-GLI-") and answer["strategy"] == "random"
+    assert answer["reason"] == "random pick: no model yet"
+    labelled = {f"BraTS-GLI-{i:05d}-000" for i in range(4)}
+    assert answer["id"] not in labelled
+
+
 def test_datastore_lists_studies_as_cases(client):
     datastore = client.datastore()
     objects = datastore["objects"]
@@ -86,6 +95,30 @@ def test_short_training_publishes_a_model_with_region_dice(client, server, studi
     assert client.info()["models"]["segmentation"]["trained"] is True
     curves = list((studies / ".brats_label" / "model" / "train_01").glob("training_curve_*.png"))
     assert len(curves) == 1 and curves[0].read_bytes()[:4] == b"\x89PNG"
+
+
+def test_new_model_is_scored_in_the_background_and_ranks_the_queue(client, server):
+    deadline = time.time() + 300
+    while time.time() < deadline:
+        queue = requests.get(f"{server.url}/brats/queue", timeout=30).json()
+        if queue and all(entry["current"] for entry in queue):
+            break
+        time.sleep(3)
+    else:
+        raise AssertionError(f"unlabelled cases not scored for the served model: {queue}")
+    assert [e["rank"] for e in queue] == list(range(1, len(queue) + 1))
+    assert queue[0]["score"] >= queue[-1]["score"]
+    served = queue[0]["model_version"]
+    # ``client`` already holds the case it was handed before training; asking again swaps it
+    answer = client.next_sample("uncertainty", {})
+    assert answer["strategy"] == "uncertainty" and answer["model_version"] == served, (answer, queue)
+    assert answer["id"] == queue[0]["id"] and answer["client_id"] == "pytest", (answer, queue)
+    second = MONAILabelClient(server.url, client_id="annotator-2").next_sample("uncertainty", {})
+    assert second["id"] == queue[1]["id"], "a case handed to one annotator is not handed to another"
+    listing = client.datastore()["objects"][queue[0]["id"]]["image"]["info"]["uncertainty"]
+    assert listing["rank"] == 1 and listing["model_version"] == served
+    progress = client.info()["scoring_progress"]
+    assert progress["model_version"] == served and progress["done"] == progress["total"]
 
 
 def test_infer_returns_label_on_the_study_grid_with_volumes(client, studies):

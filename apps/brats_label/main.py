@@ -15,17 +15,23 @@ Start it with MONAI Label's own server, for example::
 from __future__ import annotations
 
 import logging
-import os
+import threading
+import time
 from pathlib import Path
 from typing import Dict
 
 from monailabel.interfaces.app import MONAILabelApp
 from monailabel.interfaces.datastore import Datastore
 from monailabel.interfaces.tasks.infer_v2 import InferTask
+from monailabel.interfaces.tasks.scoring import ScoringMethod
 from monailabel.interfaces.tasks.strategy import Strategy
 from monailabel.interfaces.tasks.train import TrainTask
-from monailabel.tasks.activelearning.random import Random
 
+from lib.activelearning.handouts import HandOuts
+from lib.activelearning.queue import annotation_queue
+from lib.activelearning.scores import ScoreStore, ServedModelVersion
+from lib.activelearning.scoring import EpistemicScoring
+from lib.activelearning.strategies import RandomStrategy, UncertaintyStrategy
 from lib.config import FOREGROUND_LABELS, MODEL_NAME, SCRATCH_DIR_NAME, AppConfig
 from lib.datastore import StudyFolderDatastore
 from lib.infers.segmentation import BratsSegmentation
@@ -33,6 +39,10 @@ from lib.network import check_weights, read_state_dict
 from lib.trainers.segmentation import BratsSegmentationTrainer
 
 logger = logging.getLogger(__name__)
+
+SCORING_METHOD = "uncertainty"
+API_PREFIX = "/brats"  # endpoints MONAI Label does not have
+MODEL_WATCH_INTERVAL_S = 15
 
 
 class BratsLabelApp(MONAILabelApp):
@@ -42,6 +52,8 @@ class BratsLabelApp(MONAILabelApp):
         self.model_dir = self.workspace / "model"
         self.model_path = self.model_dir / f"{MODEL_NAME}.pt"
         self.model_dir.mkdir(parents=True, exist_ok=True)
+        self.scores = ScoreStore(self.workspace / "scores")
+        self.handouts = HandOuts(self.workspace / "handouts.json", self.config.handout_ttl_s)
         if self.config.pretrained_weights:
             # Fail at start-up, not at the first click, when the starting weights do not fit.
             check_weights(read_state_dict(self.config.pretrained_weights), self.config.profile, self.config.pretrained_weights)
@@ -54,6 +66,14 @@ class BratsLabelApp(MONAILabelApp):
             version="0.1.0",
             labels=dict(FOREGROUND_LABELS),
         )
+        # Rescoring follows model changes (on_init_complete), not every "next sample" request.
+        self._auto_update_scoring = False
+        self.served_version = ServedModelVersion(self._infers[MODEL_NAME].get_path)
+        self._datastore.set_listing_extras(lambda: {e["id"]: {"uncertainty": e} for e in self.queue()})  # type: ignore[attr-defined]
+
+    def queue(self):
+        """Unlabelled cases, most uncertain under the served model first."""
+        return annotation_queue(self.scores, self.served_version(), self._datastore.get_unlabeled_images())
 
     def init_datastore(self) -> Datastore:
         if self.studies.startswith(("http://", "https://")):
@@ -75,10 +95,36 @@ class BratsLabelApp(MONAILabelApp):
         }
 
     def init_strategies(self) -> Dict[str, Strategy]:
-        return {"random": Random()}
+        return {
+            "uncertainty": UncertaintyStrategy(self.scores, ServedModelVersion(self._infers[MODEL_NAME].get_path), self.handouts),
+            "random": RandomStrategy(self.handouts),
+        }
+
+    def init_scoring_methods(self) -> Dict[str, ScoringMethod]:
+        return {SCORING_METHOD: EpistemicScoring(self.config.profile, self._infers[MODEL_NAME].get_path, self.scores, self.config.scoring)}
+
+    def on_init_complete(self):
+        """In the server process only (not in training or scoring workers): rescore when the model changes."""
+        super().on_init_complete()
+        from monailabel.app import app as server  # the running FastAPI application
+
+        server.add_api_route(f"{API_PREFIX}/queue", self.queue, methods=["GET"], summary="Annotation queue: unlabelled cases by uncertainty")
+
+        def watch() -> None:
+            scored_for = None
+            while True:
+                version = self.served_version()
+                if version is not None and version != scored_for:
+                    logger.info(f"Served model is {version}: rescoring unlabelled cases in the background")
+                    if self.async_scoring(SCORING_METHOD) is not None:  # None: refused (a scoring runs); retry
+                        scored_for = version
+                time.sleep(MODEL_WATCH_INTERVAL_S)
+
+        threading.Thread(target=watch, name="model-watch", daemon=True).start()
 
     def info(self):
         info = super().info()
         info["profile"] = {"name": self.config.profile.name, "description": self.config.profile.description}
         info["datastore"]["problems"] = [p.__dict__ for p in self._datastore.problems()]  # type: ignore[attr-defined]
+        info["scoring_progress"] = self.scores.progress()
         return info

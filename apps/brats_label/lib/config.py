@@ -125,6 +125,23 @@ class TrainSettings:
     foreground_prior: float = 0.02  # initial sigmoid output of a network trained from scratch
 
 
+# --- active learning ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ScoringSettings:
+    """Uncertainty scoring of unlabelled cases (see lib/activelearning/uncertainty.py for the why)."""
+
+    samples: int = 8  # stochastic passes per case
+    mc_dropout: bool = True
+    flips: bool = True
+    roi_threshold: float = 0.5  # WT probability at which a sample "sees" tumour
+    margin_vox: int = 3  # growth of the tumour region of interest, voxels at the profile's spacing
+    fallback_top: int = 250  # voxels averaged when no sample sees tumour: 2 mL at 2 mm, a small lesion
+
+
+HANDOUT_TTL_S = 900  # a case handed to one annotator is not handed to another for this long
+
 # --- the application configuration -------------------------------------------------------------------
 
 MODEL_NAME = "segmentation"
@@ -151,6 +168,8 @@ class AppConfig:
     train: TrainSettings
     pretrained_weights: Optional[Path]
     workspace: Optional[Path]
+    scoring: ScoringSettings = ScoringSettings()
+    handout_ttl_s: float = HANDOUT_TTL_S
 
     @property
     def patch_size(self) -> Tuple[int, int, int]:
@@ -183,4 +202,11 @@ class AppConfig:
         if weights_path is not None and not weights_path.is_file():
             raise ConfigError(f"--conf pretrained_weights {weights!r}: no such file")
         workspace = conf.get("workspace")
-        return cls(PROFILES[name], train, weights_path, Path(workspace).expanduser().resolve() if workspace else None)
+        try:
+            scoring = ScoringSettings(samples=int(conf.get("scoring_samples", ScoringSettings.samples)))
+            handout_ttl_s = float(conf.get("handout_ttl_s", HANDOUT_TTL_S))
+        except ValueError:
+            raise ConfigError("--conf scoring_samples and handout_ttl_s take numbers") from None
+        if scoring.samples < 2 or handout_ttl_s <= 0:
+            raise ConfigError("--conf scoring_samples must be at least 2 and handout_ttl_s positive (seconds)")
+        return cls(PROFILES[name], train, weights_path, Path(workspace).expanduser().resolve() if workspace else None, scoring, handout_ttl_s)

@@ -23,7 +23,7 @@ import threading
 import zipfile
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional
 
 import nibabel as nib
 import numpy as np
@@ -55,7 +55,15 @@ def _now() -> str:
 
 
 class StudyFolderDatastore(Datastore):
-    def __init__(self, studies_dir: Path, workspace: Path, name: str = "BraTS studies", description: str = ""):
+    def __init__(
+        self,
+        studies_dir: Path,
+        workspace: Path,
+        name: str = "BraTS studies",
+        description: str = "",
+        listing_extras: Optional[Callable[[], Dict[str, Dict[str, Any]]]] = None,
+    ):
+        """``listing_extras`` adds per-case entries to the listing (the app gives active-learning ranks)."""
         self._studies_dir = Path(studies_dir)
         self._workspace = Path(workspace)
         self._labels_dir = self._workspace / "labels"
@@ -63,6 +71,7 @@ class StudyFolderDatastore(Datastore):
         self._cases = CaseCache(self._workspace / "cases")
         self._name = name
         self._description = description or f"Studies in {self._studies_dir}"
+        self._listing_extras = listing_extras
         self._lock = threading.RLock()
         self._sources: Dict[str, StudySource] = {}
         self._problems: List[StudyProblem] = []
@@ -333,11 +342,16 @@ class StudyFolderDatastore(Datastore):
             "problems": len(self._problems),
         }
 
+    def set_listing_extras(self, listing_extras: Callable[[], Dict[str, Dict[str, Any]]]) -> None:
+        self._listing_extras = listing_extras
+
     def json(self) -> Dict[str, Any]:
+        extras = self._listing_extras() if self._listing_extras else {}
         objects = {}
         for image_id in self.list_images():
             labels = {tag: {"ext": LABEL_SUFFIX, "info": self.get_label_info(image_id, tag)} for tag in self.get_labels_by_image_id(image_id)}
-            objects[image_id] = {"image": {"ext": ".nii", "info": self.get_image_info(image_id)}, "labels": labels}
+            info = {**self.get_image_info(image_id), **extras.get(image_id, {})}
+            objects[image_id] = {"image": {"ext": ".nii", "info": info}, "labels": labels}
         return {
             "name": self._name,
             "description": self._description,

@@ -1,0 +1,66 @@
+"""Next-case strategies: the most uncertain unlabelled case, or a random one.
+
+Both never return a labelled case, skip cases handed to another annotator, and reserve the case they
+return for the asking client (``client_id``, sent by MONAI Label's clients). The uncertainty
+strategy uses only scores made by the model being served; while there is no model, or no score for
+it yet, it picks at random and says so in the answer (``reason``).
+"""
+
+from __future__ import annotations
+
+import random
+from typing import Any, Callable, Dict, List, Optional
+
+from monailabel.interfaces.datastore import Datastore
+from monailabel.interfaces.tasks.strategy import Strategy
+
+from .handouts import HandOuts
+from .scores import ScoreStore
+
+ANONYMOUS = "anonymous"
+
+
+class _HandOutStrategy(Strategy):
+    def __init__(self, description: str, handouts: HandOuts, rng: Optional[random.Random] = None):
+        super().__init__(description)
+        self.handouts = handouts
+        self.rng = rng or random.Random()
+
+    def choose(self, candidates: List[str], request: Dict[str, Any]) -> Dict[str, Any]:
+        raise NotImplementedError
+
+    def __call__(self, request: Dict[str, Any], datastore: Datastore) -> Optional[Dict[str, Any]]:
+        client = str(request.get("client_id") or ANONYMOUS)
+        with self.handouts.lock:
+            taken = self.handouts.taken_by_others(client)
+            candidates = [c for c in datastore.get_unlabeled_images() if c not in taken]
+            if not candidates:
+                return None
+            answer = self.choose(sorted(candidates), request)
+            answer["reserved_until"] = self.handouts.reserve(answer["id"], client)
+            answer["client_id"] = client
+            return answer
+
+
+class RandomStrategy(_HandOutStrategy):
+    def __init__(self, handouts: HandOuts, rng: Optional[random.Random] = None):
+        super().__init__("Random unlabelled case", handouts, rng)
+
+    def choose(self, candidates: List[str], request: Dict[str, Any]) -> Dict[str, Any]:
+        return {"id": self.rng.choice(candidates), "strategy": "random"}
+
+
+class UncertaintyStrategy(_HandOutStrategy):
+    def __init__(self, store: ScoreStore, served_version: Callable[[], Optional[str]], handouts: HandOuts, rng: Optional[random.Random] = None):
+        super().__init__("Most uncertain unlabelled case under the served model", handouts, rng)
+        self.store = store
+        self.served_version = served_version
+
+    def choose(self, candidates: List[str], request: Dict[str, Any]) -> Dict[str, Any]:
+        version = self.served_version()
+        scored = {c: r for c in candidates if (r := self.store.current(c, version))}
+        if not scored:
+            reason = "no model yet" if version is None else f"no uncertainty scores for model {version} yet (scoring runs in the background)"
+            return {"id": self.rng.choice(candidates), "strategy": "random", "reason": f"random pick: {reason}"}
+        case = max(scored, key=lambda c: scored[c]["score"])
+        return {"id": case, "strategy": "uncertainty", "score": scored[case]["score"], "model_version": version, "scored": len(scored), "unscored": len(candidates) - len(scored)}

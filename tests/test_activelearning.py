@@ -1,0 +1,179 @@
+"""Active learning: uncertainty that reflects doubt about the tumour, and a fair, safe next-case queue."""
+
+from __future__ import annotations
+
+import math
+import random
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+import torch
+
+from lib.activelearning.handouts import HandOuts
+from lib.activelearning.sampling import FLIPS, enable_mc_dropout, stochastic_predictions
+from lib.activelearning.scores import ScoreStore, model_version
+from lib.activelearning.strategies import RandomStrategy, UncertaintyStrategy
+from lib.activelearning.uncertainty import binary_entropy, case_uncertainty, voxel_entropy
+from lib.config import PROFILES
+from lib.network import build_network
+
+
+# --- the measure ------------------------------------------------------------------------------------
+
+
+def test_entropy_is_of_the_mean_probability_not_of_the_argmax():
+    confident = torch.full((4, 3, 2, 2, 2), 0.95)
+    disagreeing = torch.stack([torch.full((3, 2, 2, 2), p) for p in (0.9, 0.1, 0.9, 0.1)])
+    assert voxel_entropy(disagreeing).mean() > 3 * voxel_entropy(confident).mean()
+    assert binary_entropy(torch.tensor(0.5)).item() == pytest.approx(math.log(2), rel=1e-4)
+
+
+def _samples(shape=(40, 40, 40), tumour_p=0.9, doubt=0.0, tumour=True):
+    """Four samples of a case with a 6-voxel-radius tumour; ``doubt`` spreads the samples' probabilities."""
+    x, y, z = torch.meshgrid(*[torch.arange(s) for s in shape], indexing="ij")
+    ball = ((x - 20) ** 2 + (y - 20) ** 2 + (z - 20) ** 2) < 36
+    samples = torch.full((4, 3, *shape), 0.01)
+    if tumour:
+        for t in range(4):
+            p = tumour_p + (doubt if t % 2 else -doubt)
+            samples[t][:, ball] = p
+    return samples
+
+
+def test_doubt_about_the_tumour_scores_higher_whatever_the_background():
+    clean = case_uncertainty(_samples(doubt=0.0), voxel_ml=0.008)
+    doubtful = case_uncertainty(_samples(tumour_p=0.55, doubt=0.4), voxel_ml=0.008)
+    # the margin's healthy voxels dilute both alike: by hand (900*0.69 + 3300*0.056) / (900*0.33 + 3300*0.056) = 1.7
+    assert doubtful.score > 1.6 * clean.score
+    # twice the healthy background changes nothing: the score is over the tumour region
+    bigger = case_uncertainty(_samples(shape=(40, 40, 80), doubt=0.0), voxel_ml=0.008)
+    assert bigger.score == pytest.approx(clean.score, rel=1e-3)
+    assert clean.roi_voxels > 0 and clean.tumour_ml > 0
+
+
+def test_case_without_visible_tumour_uses_its_most_uncertain_voxels():
+    calm = torch.full((4, 3, 30, 30, 30), 0.01)
+    faint = calm.clone()
+    faint[:, :, 10:14, 10:14, 10:14] = 0.35  # half-seen lesion, below the tumour threshold
+    assert case_uncertainty(faint, 0.008).roi_voxels == 0
+    # top 250 voxels: (64 * 0.647 + 186 * 0.056) / 250 = 0.21 against 0.056 for the calm case
+    assert case_uncertainty(faint, 0.008).score > 3 * case_uncertainty(calm, 0.008).score
+
+
+def test_mc_dropout_and_flips_give_different_samples_that_undo_the_flip():
+    torch.manual_seed(0)
+    network = build_network(PROFILES["cpu"])
+    enable_mc_dropout(network)
+    dropouts = [m for m in network.modules() if isinstance(m, torch.nn.Dropout3d)]
+    assert dropouts and all(m.training for m in dropouts)
+    assert not any(m.training for m in network.modules() if isinstance(m, torch.nn.GroupNorm))
+    image = torch.randn(1, 4, 32, 32, 32)
+    samples = stochastic_predictions(image, network, lambda x, n: n(x), samples=4)
+    assert samples.shape == (4, 3, 32, 32, 32) and not torch.allclose(samples[0], samples[1])
+    assert len(FLIPS) == 8
+    # without dropout, a flipped pass flipped back is the same prediction up to the network's asymmetry
+    plain = stochastic_predictions(image, network, lambda x, n: n(x), samples=2, mc_dropout=False, flips=False)
+    assert torch.allclose(plain[0], plain[1])
+
+
+def test_model_version_is_a_content_hash(tmp_path):
+    a, b = tmp_path / "a.pt", tmp_path / "b.pt"
+    a.write_bytes(b"weights-1")
+    b.write_bytes(b"weights-1")
+    assert model_version(str(a)) == model_version(str(b)) is not None
+    b.write_bytes(b"weights-2")
+    assert model_version(str(a)) != model_version(str(b))
+    assert model_version(None) is None and model_version(str(tmp_path / "missing.pt")) is None
+
+
+# --- the queue ------------------------------------------------------------------------------------
+
+
+class FakeDatastore:
+    def __init__(self, unlabelled, labelled=()):
+        self.unlabelled, self.labelled = list(unlabelled), list(labelled)
+
+    def get_unlabeled_images(self, *args):
+        return list(self.unlabelled)
+
+
+class Clock:
+    def __init__(self):
+        self.now = 1000.0
+
+    def __call__(self):
+        return self.now
+
+
+@pytest.fixture
+def queue(tmp_path):
+    clock = Clock()
+    store = ScoreStore(tmp_path / "scores")
+    handouts = HandOuts(tmp_path / "handouts.json", ttl_s=60, clock=clock)
+    version = {"served": "v1"}
+    strategy = UncertaintyStrategy(store, lambda: version["served"], handouts, rng=random.Random(0))
+    return strategy, store, handouts, clock, version
+
+
+def test_most_uncertain_case_first_and_labelled_never(queue):
+    strategy, store, _, _, _ = queue
+    for case, score in {"a": 0.1, "b": 0.5, "c": 0.3, "labelled": 0.9}.items():
+        store.save(case, "v1", {"score": score})
+    datastore = FakeDatastore(["a", "b", "c"], labelled=["labelled"])
+    answer = strategy({"client_id": "ann1"}, datastore)
+    assert answer["id"] == "b" and answer["strategy"] == "uncertainty" and answer["model_version"] == "v1"
+    assert [strategy({"client_id": c}, datastore)["id"] for c in ("ann2", "ann3")] == ["c", "a"]
+    assert strategy({"client_id": "ann4"}, datastore) is None, "all unlabelled cases handed out; the labelled one never is"
+
+
+def test_two_annotators_at_once_get_different_cases(queue):
+    strategy, store, _, _, _ = queue
+    for case, score in {"a": 0.1, "b": 0.5, "c": 0.3}.items():
+        store.save(case, "v1", {"score": score})
+    datastore = FakeDatastore(["a", "b", "c"])
+    barrier = threading.Barrier(2)
+
+    def ask(client):
+        barrier.wait()
+        return strategy({"client_id": client}, datastore)["id"]
+
+    with ThreadPoolExecutor(2) as pool:
+        picks = list(pool.map(ask, ["ann1", "ann2"]))
+    assert sorted(picks) == ["b", "c"]
+
+
+def test_hand_out_expires_and_the_case_is_offered_again(queue):
+    strategy, store, handouts, clock, _ = queue
+    store.save("only", "v1", {"score": 0.4})
+    datastore = FakeDatastore(["only"])
+    assert strategy({"client_id": "ann1"}, datastore)["id"] == "only"
+    assert strategy({"client_id": "ann2"}, datastore) is None, "held by ann1"
+    assert strategy({"client_id": "ann1"}, datastore)["id"] == "only", "the holder may ask again"
+    clock.now += 61
+    assert strategy({"client_id": "ann2"}, datastore)["id"] == "only"
+    assert handouts.holder("only") == "ann2"
+
+
+def test_scores_of_a_previous_model_are_not_used(queue):
+    strategy, store, _, _, version = queue
+    store.save("a", "v1", {"score": 0.9})
+    store.save("b", "v2", {"score": 0.1})
+    datastore = FakeDatastore(["a", "b"])
+    version["served"] = "v2"
+    answer = strategy({"client_id": "ann1"}, datastore)
+    assert answer["id"] == "b" and answer["unscored"] == 1
+    version["served"] = "v3"
+    answer = strategy({"client_id": "ann2"}, datastore)
+    assert answer["strategy"] == "random" and "no uncertainty scores for model v3" in answer["reason"]
+
+
+def test_without_a_model_the_pick_is_random_and_says_so(queue, tmp_path):
+    strategy, _, _, _, version = queue
+    version["served"] = None
+    answer = strategy({}, FakeDatastore(["a", "b"]))
+    assert answer["strategy"] == "random" and answer["reason"] == "random pick: no model yet"
+    assert answer["client_id"] == "anonymous"
+    random_strategy = RandomStrategy(HandOuts(tmp_path / "h2.json", 60), rng=random.Random(1))
+    picks = {random_strategy({"client_id": f"c{i}"}, FakeDatastore(["a", "b", "c"]))["id"] for i in range(3)}
+    assert picks == {"a", "b", "c"}, "three clients at once get three different cases"
