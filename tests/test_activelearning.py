@@ -122,7 +122,7 @@ def test_most_uncertain_case_first_and_labelled_never(queue):
         store.save(case, "v1", {"score": score})
     datastore = FakeDatastore(["a", "b", "c"], labelled=["labelled"])
     answer = strategy({"client_id": "ann1"}, datastore)
-    assert answer["id"] == "b" and answer["strategy"] == "uncertainty" and answer["model_version"] == "v1"
+    assert answer["id"] == "b" and answer["picked_by"] == "uncertainty" and answer["model_version"] == "v1"
     assert [strategy({"client_id": c}, datastore)["id"] for c in ("ann2", "ann3")] == ["c", "a"]
     assert strategy({"client_id": "ann4"}, datastore) is None, "all unlabelled cases handed out; the labelled one never is"
 
@@ -165,15 +165,54 @@ def test_scores_of_a_previous_model_are_not_used(queue):
     assert answer["id"] == "b" and answer["unscored"] == 1
     version["served"] = "v3"
     answer = strategy({"client_id": "ann2"}, datastore)
-    assert answer["strategy"] == "random" and "no uncertainty scores for model v3" in answer["reason"]
+    assert answer["picked_by"] == "random" and "no uncertainty scores for model v3" in answer["reason"]
 
 
 def test_without_a_model_the_pick_is_random_and_says_so(queue, tmp_path):
     strategy, _, _, _, version = queue
     version["served"] = None
     answer = strategy({}, FakeDatastore(["a", "b"]))
-    assert answer["strategy"] == "random" and answer["reason"] == "random pick: no model yet"
+    assert answer["picked_by"] == "random" and answer["reason"] == "random pick: no model yet"
     assert answer["client_id"] == "anonymous"
     random_strategy = RandomStrategy(HandOuts(tmp_path / "h2.json", 60), rng=random.Random(1))
     picks = {random_strategy({"client_id": f"c{i}"}, FakeDatastore(["a", "b", "c"]))["id"] for i in range(3)}
     assert picks == {"a", "b", "c"}, "three clients at once get three different cases"
+
+
+# --- background scoring ------------------------------------------------------------------------------
+
+
+def test_scoring_resumes_after_restart_and_redoes_everything_for_a_new_model(studies_copy, tmp_path):
+    from lib.activelearning.scoring import EpistemicScoring
+    from lib.config import ScoringSettings
+    from lib.datastore import StudyFolderDatastore
+
+    datastore = StudyFolderDatastore(studies_copy, tmp_path / "ws")
+    unlabelled = datastore.get_unlabeled_images()
+    assert len(unlabelled) == 2
+    weights = tmp_path / "model.pt"
+    torch.manual_seed(0)
+    torch.save(build_network(PROFILES["cpu"]).state_dict(), weights)
+    version = model_version(str(weights))
+    store = ScoreStore(tmp_path / "scores")
+    store.save(unlabelled[0], version, {"score": 0.123})  # scored before the "restart"
+
+    scoring = EpistemicScoring(PROFILES["cpu"], lambda: str(weights), store, ScoringSettings(samples=2))
+    assert scoring({}, datastore) == {"scored": 1, "model_version": version, "seconds": pytest.approx(0, abs=120)}
+    assert store.current(unlabelled[0], version)["score"] == 0.123, "a current score is not redone"
+    fresh = store.current(unlabelled[1], version)
+    assert 0.0 <= fresh["score"] <= math.log(2) and fresh["samples"] == 2
+    assert store.progress()["done"] == store.progress()["total"] == 1
+
+    torch.save(build_network(PROFILES["cpu"]).state_dict(), weights)  # another model is served
+    assert scoring({}, datastore)["scored"] == 2
+    assert all(store.current(case, model_version(str(weights))) for case in unlabelled)
+
+
+def test_scoring_without_a_model_does_nothing(tmp_path, studies_copy):
+    from lib.activelearning.scoring import EpistemicScoring
+    from lib.config import ScoringSettings
+    from lib.datastore import StudyFolderDatastore
+
+    scoring = EpistemicScoring(PROFILES["cpu"], lambda: None, ScoreStore(tmp_path / "s"), ScoringSettings())
+    assert scoring({}, StudyFolderDatastore(studies_copy, tmp_path / "ws"))["scored"] == 0

@@ -66,7 +66,7 @@ def test_cold_start_infer_says_no_model_yet_and_how_to_get_one(client):
 
 def test_next_sample_without_a_model_is_random_and_says_so(client):
     answer = client.next_sample("uncertainty", {})
-    assert answer["id"].startswith("BraTS-GLI-") and answer["strategy"] == "random"
+    assert answer["id"].startswith("BraTS-GLI-") and answer["picked_by"] == "random"
     assert answer["reason"] == "random pick: no model yet"
     labelled = {f"BraTS-GLI-{i:05d}-000" for i in range(4)}
     assert answer["id"] not in labelled
@@ -111,7 +111,7 @@ def test_new_model_is_scored_in_the_background_and_ranks_the_queue(client, serve
     served = queue[0]["model_version"]
     # ``client`` already holds the case it was handed before training; asking again swaps it
     answer = client.next_sample("uncertainty", {})
-    assert answer["strategy"] == "uncertainty" and answer["model_version"] == served, (answer, queue)
+    assert answer["picked_by"] == "uncertainty" and answer["model_version"] == served, (answer, queue)
     assert answer["id"] == queue[0]["id"] and answer["client_id"] == "pytest", (answer, queue)
     second = MONAILabelClient(server.url, client_id="annotator-2").next_sample("uncertainty", {})
     assert second["id"] == queue[1]["id"], "a case handed to one annotator is not handed to another"

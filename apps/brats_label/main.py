@@ -54,6 +54,8 @@ class BratsLabelApp(MONAILabelApp):
         self.model_dir.mkdir(parents=True, exist_ok=True)
         self.scores = ScoreStore(self.workspace / "scores")
         self.handouts = HandOuts(self.workspace / "handouts.json", self.config.handout_ttl_s)
+        # evaluated lazily: the infer task exists only once MONAI Label's __init__ has run
+        self.served_version = ServedModelVersion(lambda: self._infers[MODEL_NAME].get_path())
         if self.config.pretrained_weights:
             # Fail at start-up, not at the first click, when the starting weights do not fit.
             check_weights(read_state_dict(self.config.pretrained_weights), self.config.profile, self.config.pretrained_weights)
@@ -68,8 +70,6 @@ class BratsLabelApp(MONAILabelApp):
         )
         # Rescoring follows model changes (on_init_complete), not every "next sample" request.
         self._auto_update_scoring = False
-        self.served_version = ServedModelVersion(self._infers[MODEL_NAME].get_path)
-        self._datastore.set_listing_extras(lambda: {e["id"]: {"uncertainty": e} for e in self.queue()})  # type: ignore[attr-defined]
 
     def queue(self):
         """Unlabelled cases, most uncertain under the served model first."""
@@ -78,7 +78,9 @@ class BratsLabelApp(MONAILabelApp):
     def init_datastore(self) -> Datastore:
         if self.studies.startswith(("http://", "https://")):
             raise ValueError("DICOMweb studies are not supported yet: start the server on a folder of NIfTI studies")
-        return StudyFolderDatastore(Path(self.studies), self.workspace)
+        return StudyFolderDatastore(
+            Path(self.studies), self.workspace, listing_extras=lambda: {e["id"]: {"uncertainty": e} for e in self.queue()}
+        )
 
     def init_infers(self) -> Dict[str, InferTask]:
         return {MODEL_NAME: BratsSegmentation(self.config.profile, self.model_path, self.config.pretrained_weights)}
@@ -96,7 +98,7 @@ class BratsLabelApp(MONAILabelApp):
 
     def init_strategies(self) -> Dict[str, Strategy]:
         return {
-            "uncertainty": UncertaintyStrategy(self.scores, ServedModelVersion(self._infers[MODEL_NAME].get_path), self.handouts),
+            "uncertainty": UncertaintyStrategy(self.scores, self.served_version, self.handouts),
             "random": RandomStrategy(self.handouts),
         }
 

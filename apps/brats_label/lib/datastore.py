@@ -342,9 +342,6 @@ class StudyFolderDatastore(Datastore):
             "problems": len(self._problems),
         }
 
-    def set_listing_extras(self, listing_extras: Callable[[], Dict[str, Dict[str, Any]]]) -> None:
-        self._listing_extras = listing_extras
-
     def json(self) -> Dict[str, Any]:
         extras = self._listing_extras() if self._listing_extras else {}
         objects = {}

@@ -3,7 +3,8 @@
 Both never return a labelled case, skip cases handed to another annotator, and reserve the case they
 return for the asking client (``client_id``, sent by MONAI Label's clients). The uncertainty
 strategy uses only scores made by the model being served; while there is no model, or no score for
-it yet, it picks at random and says so in the answer (``reason``).
+it yet, it picks at random and says so in the answer (``picked_by``, ``reason``). The answer avoids
+the key ``strategy``: MONAI Label's endpoint overwrites it with the case's stored hand-out record.
 """
 
 from __future__ import annotations
@@ -47,7 +48,7 @@ class RandomStrategy(_HandOutStrategy):
         super().__init__("Random unlabelled case", handouts, rng)
 
     def choose(self, candidates: List[str], request: Dict[str, Any]) -> Dict[str, Any]:
-        return {"id": self.rng.choice(candidates), "strategy": "random"}
+        return {"id": self.rng.choice(candidates), "picked_by": "random"}
 
 
 class UncertaintyStrategy(_HandOutStrategy):
@@ -61,6 +62,6 @@ class UncertaintyStrategy(_HandOutStrategy):
         scored = {c: r for c in candidates if (r := self.store.current(c, version))}
         if not scored:
             reason = "no model yet" if version is None else f"no uncertainty scores for model {version} yet (scoring runs in the background)"
-            return {"id": self.rng.choice(candidates), "strategy": "random", "reason": f"random pick: {reason}"}
+            return {"id": self.rng.choice(candidates), "picked_by": "random", "reason": f"random pick: {reason}"}
         case = max(scored, key=lambda c: scored[c]["score"])
-        return {"id": case, "strategy": "uncertainty", "score": scored[case]["score"], "model_version": version, "scored": len(scored), "unscored": len(candidates) - len(scored)}
+        return {"id": case, "picked_by": "uncertainty", "score": scored[case]["score"], "model_version": version, "scored": len(scored), "unscored": len(candidates) - len(scored)}

@@ -8,7 +8,6 @@ keeps the per-epoch validation history in the stats, drawn as a PNG beside them.
 from __future__ import annotations
 
 import logging
-import os
 import shutil
 from pathlib import Path
 from typing import Any, Dict, List
