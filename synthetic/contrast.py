@@ -57,8 +57,14 @@ def healthy_t1(anatomy: Anatomy) -> np.ndarray:
     return anatomy.t1 * (INTENSITY["t1"]["wm"] / wm_level)
 
 
-def synthesise(anatomy: Anatomy, label: np.ndarray, rng: np.random.Generator) -> Dict[str, np.ndarray]:
-    """Return {modality: (X, Y, Z) int16}, one image per modality, on the anatomy's grid."""
+def synthesise(
+    anatomy: Anatomy, label: np.ndarray, rng: np.random.Generator, tumour_contrast: float = 1.0, noise_scale: float = 1.0
+) -> Dict[str, np.ndarray]:
+    """Return {modality: (X, Y, Z) int16}, one image per modality, on the anatomy's grid.
+
+    ``tumour_contrast`` < 1 pulls the tumour's intensities towards the healthy tissue it replaces and
+    ``noise_scale`` > 1 adds noise: together they make a case an expert would find ambiguous.
+    """
     sigma_vox = PARTIAL_VOLUME_MM / anatomy.spacing_mm
     region_weights = {
         name: np.clip(ndimage.gaussian_filter((label == value).astype(np.float32), sigma_vox), 0, 1)
@@ -68,7 +74,7 @@ def synthesise(anatomy: Anatomy, label: np.ndarray, rng: np.random.Generator) ->
     tumour_weight = np.clip(total_weight, 0, 1)
     texture = ndimage.gaussian_filter(rng.standard_normal(label.shape).astype(np.float32), 1.5 / anatomy.spacing_mm)
     texture /= texture.std() + 1e-8
-    noise_sigma = float(rng.uniform(*NOISE_LEVEL))
+    noise_sigma = float(rng.uniform(*NOISE_LEVEL)) * noise_scale
     t1_template = healthy_t1(anatomy)
 
     images = {}
@@ -81,6 +87,7 @@ def synthesise(anatomy: Anatomy, label: np.ndarray, rng: np.random.Generator) ->
         # where blurred region edges overlap, the tumour intensity is their weighted mean
         tumour = sum(table[name] * weight for name, weight in region_weights.items()) / np.maximum(total_weight, 1e-6)
         tumour = tumour * (1.0 + TUMOUR_TEXTURE * texture)
+        tumour = healthy + tumour_contrast * (tumour - healthy)
         image = healthy * (1.0 - tumour_weight) + tumour * tumour_weight
         image = image * _bias_field(label.shape, float(rng.uniform(*BIAS_STRENGTH)), rng)
         image = _rician(image, noise_sigma, rng) * anatomy.brain

@@ -28,11 +28,13 @@ def study_rng(seed: int, index: int) -> np.random.Generator:
     return np.random.default_rng(np.random.SeedSequence([seed, index]))
 
 
-def generate_study(seed: int, index: int, spacing_mm: float = 1.0, case_id: str | None = None) -> SyntheticStudy:
-    """Deterministic in (seed, index, spacing_mm)."""
+def generate_study(
+    seed: int, index: int, spacing_mm: float = 1.0, case_id: str | None = None, tumour_contrast: float = 1.0, noise_scale: float = 1.0
+) -> SyntheticStudy:
+    """Deterministic in all its arguments; the same (seed, index) has the same tumour at any contrast."""
     anatomy = load_anatomy(spacing_mm)
     rng = study_rng(seed, index)
     shape = draw_shape(anatomy, rng)
     label = draw_label(anatomy, shape, rng)
-    images = synthesise(anatomy, label, rng)
+    images = synthesise(anatomy, label, rng, tumour_contrast, noise_scale)
     return SyntheticStudy(case_id or f"{index:05d}", images, label, anatomy.affine.copy(), shape)

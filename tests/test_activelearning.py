@@ -216,3 +216,44 @@ def test_scoring_without_a_model_does_nothing(tmp_path, studies_copy):
 
     scoring = EpistemicScoring(PROFILES["cpu"], lambda: None, ScoreStore(tmp_path / "s"), ScoringSettings())
     assert scoring({}, StudyFolderDatastore(studies_copy, tmp_path / "ws"))["scored"] == 0
+
+
+# --- under a trained model --------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def trained_weights(studies_2mm, tmp_path_factory):
+    """A cpu-profile model trained for 12 epochs on the four labelled 2 mm studies with the app's trainer."""
+    import shutil
+
+    from lib.config import TrainSettings
+    from lib.datastore import StudyFolderDatastore
+    from lib.trainers.segmentation import BratsSegmentationTrainer
+
+    work = tmp_path_factory.mktemp("trained")
+    shutil.copytree(studies_2mm, work / "studies", ignore=shutil.ignore_patterns(".brats_label"))
+    datastore = StudyFolderDatastore(work / "studies", work / "ws")
+    trainer = BratsSegmentationTrainer(work / "model", PROFILES["cpu"], TrainSettings(max_epochs=12), publish_path=work / "model.pt")
+    stats = trainer({"device": "cpu", "max_epochs": 12}, datastore)
+    assert stats["best_metric"] > 0.3, f"the fixture model did not learn: {stats}"
+    return work / "model.pt"
+
+
+@pytest.mark.parametrize("index", [30, 31])
+def test_ambiguous_case_scores_higher_than_clean_under_the_same_model(trained_weights, tmp_path, index):
+    from lib.activelearning.scoring import EpistemicScoring
+    from lib.config import ScoringSettings
+    from lib.datastore import StudyFolderDatastore
+    from lib.network import load_network
+    from synthetic import generate_study
+    from synthetic.layouts import write_study
+
+    network = load_network(PROFILES["cpu"], trained_weights, torch.device("cpu"))
+    scoring = EpistemicScoring(PROFILES["cpu"], lambda: str(trained_weights), ScoreStore(tmp_path / "s"), ScoringSettings())
+    scores = {}
+    for name, kwargs in {"clean": {}, "ambiguous": {"tumour_contrast": 0.35, "noise_scale": 3.0}}.items():
+        study = generate_study(21, index, spacing_mm=2.0, case_id=f"case-{name}", **kwargs)
+        write_study(study, tmp_path / name, "brats2023", with_label=False)
+        datastore = StudyFolderDatastore(tmp_path / name, tmp_path / f"ws-{name}")
+        scores[name] = scoring.score_case(datastore.get_image_uri(f"case-{name}"), network, generator_seed=0)["score"]
+    assert scores["ambiguous"] > scores["clean"], scores

@@ -15,6 +15,7 @@ Start it with MONAI Label's own server, for example::
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from pathlib import Path
@@ -32,7 +33,7 @@ from lib.activelearning.queue import annotation_queue
 from lib.activelearning.scores import ScoreStore, ServedModelVersion
 from lib.activelearning.scoring import EpistemicScoring
 from lib.activelearning.strategies import RandomStrategy, UncertaintyStrategy
-from lib.config import FOREGROUND_LABELS, MODEL_NAME, SCRATCH_DIR_NAME, AppConfig
+from lib.config import BACKGROUND_NICENESS, FOREGROUND_LABELS, MODEL_NAME, SCRATCH_DIR_NAME, AppConfig
 from lib.datastore import StudyFolderDatastore
 from lib.infers.segmentation import BratsSegmentation
 from lib.network import check_weights, read_state_dict
@@ -48,6 +49,7 @@ MODEL_WATCH_INTERVAL_S = 15
 class BratsLabelApp(MONAILabelApp):
     def __init__(self, app_dir: str, studies: str, conf: Dict[str, str]):
         self.config = AppConfig.from_conf(conf or {})
+        self._serving = False  # True only in the server process (on_init_complete)
         self.workspace = self.config.workspace or Path(studies) / SCRATCH_DIR_NAME
         self.model_dir = self.workspace / "model"
         self.model_path = self.model_dir / f"{MODEL_NAME}.pt"
@@ -107,6 +109,7 @@ class BratsLabelApp(MONAILabelApp):
 
     def on_init_complete(self):
         """In the server process only (not in training or scoring workers): rescore when the model changes."""
+        self._serving = True
         super().on_init_complete()
         from monailabel.app import app as server  # the running FastAPI application
 
@@ -123,6 +126,21 @@ class BratsLabelApp(MONAILabelApp):
                 time.sleep(MODEL_WATCH_INTERVAL_S)
 
         threading.Thread(target=watch, name="model-watch", daemon=True).start()
+
+    def train(self, request):
+        """Normally runs in MONAI Label's training worker process: yield the CPU to the server."""
+        self._lower_priority_in_worker()
+        return super().train(request)
+
+    def scoring(self, request, datastore=None):
+        """Normally runs in MONAI Label's scoring worker process: yield the CPU to the server."""
+        self._lower_priority_in_worker()
+        return super().scoring(request, datastore)
+
+    def _lower_priority_in_worker(self) -> None:
+        # run_sync requests execute inside the server process, which must keep its priority
+        if not self._serving and os.getpriority(os.PRIO_PROCESS, 0) < BACKGROUND_NICENESS:
+            os.setpriority(os.PRIO_PROCESS, 0, BACKGROUND_NICENESS)
 
     def info(self):
         info = super().info()

@@ -140,7 +140,8 @@ class ScoringSettings:
     fallback_top: int = 250  # voxels averaged when no sample sees tumour: 2 mL at 2 mm, a small lesion
 
 
-HANDOUT_TTL_S = 900  # a case handed to one annotator is not handed to another for this long
+HANDOUT_TTL_S = 900
+BACKGROUND_NICENESS = 10  # training and scoring workers yield the CPU to the server answering annotators  # a case handed to one annotator is not handed to another for this long
 
 # --- the application configuration -------------------------------------------------------------------
 

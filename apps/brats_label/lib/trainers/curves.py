@@ -24,7 +24,8 @@ def save_training_curve(history: List[Dict[str, Any]], path: Path, title: str = 
             dice_ax.plot(epochs, values, marker="o", markersize=3, label=name, linewidth=2.5 if name == "mean" else 1.5)
     dice_ax.set(xlabel="epoch", ylabel="validation Dice", ylim=(0, 1), title="validation Dice")
     dice_ax.grid(alpha=0.3)
-    dice_ax.legend(loc="lower right", fontsize=8)
+    if dice_ax.lines:  # runs without a validation split have no Dice to show
+        dice_ax.legend(loc="lower right", fontsize=8)
     losses = [h.get("loss") for h in history]
     loss_ax.plot(epochs, losses, marker="o", markersize=3, color="black")
     loss_ax.set(xlabel="epoch", ylabel="training loss (Dice + BCE)", title="training loss")
