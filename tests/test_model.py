@@ -125,3 +125,19 @@ def test_network_trained_from_scratch_starts_at_the_foreground_prior():
     with torch.no_grad():
         output = torch.sigmoid(network(torch.zeros((1, 4, 32, 32, 32))))
     assert output.mean().item() == pytest.approx(0.02, abs=0.01)
+
+
+def test_fine_tuning_from_existing_weights_uses_the_lower_learning_rate(tmp_path):
+    from types import SimpleNamespace
+
+    from lib.config import TrainSettings
+    from lib.trainers.segmentation import BratsSegmentationTrainer
+
+    settings = TrainSettings()
+    start = tmp_path / "start.pt"
+    torch.save(build_network(PROFILES["cpu"]).state_dict(), start)
+    for load_path, expected in ((None, settings.learning_rate), (start, settings.fine_tune_learning_rate)):
+        trainer = BratsSegmentationTrainer(tmp_path / "m", PROFILES["cpu"], settings, tmp_path / "p.pt", load_path=load_path)
+        context = SimpleNamespace(output_dir=str(tmp_path / "m" / "train_01"), pretrained=True, request=trainer.config(), network=build_network(PROFILES["cpu"]))
+        assert trainer.optimizer(context).param_groups[0]["lr"] == expected
+    assert settings.fine_tune_learning_rate < settings.learning_rate / 5

@@ -9,6 +9,7 @@ with MONAI's metric each epoch; the best model is published atomically where inf
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 from typing import Any, Dict, Optional
 
@@ -65,6 +66,7 @@ class BratsSegmentationTrainer(BasicTrainTask):
         config = {
             "max_epochs": settings.max_epochs,
             "learning_rate": settings.learning_rate,
+            "fine_tune_learning_rate": settings.fine_tune_learning_rate,
             "train_batch_size": settings.batch_size,
             "val_batch_size": 1,
             "val_split": settings.val_split,
@@ -92,8 +94,16 @@ class BratsSegmentationTrainer(BasicTrainTask):
     def network(self, context: Context) -> torch.nn.Module:
         return set_foreground_prior(build_network(self.profile), self.settings.foreground_prior)
 
+    def starts_from_weights(self, context: Context) -> bool:
+        """True when this run loads weights (the last run's best model, or the starting weights)."""
+        path = self.load_path(context.output_dir, context.pretrained)
+        return bool(path and os.path.exists(path))
+
     def optimizer(self, context: Context) -> torch.optim.Optimizer:
-        return torch.optim.AdamW(context.network.parameters(), lr=float(context.request["learning_rate"]), weight_decay=1e-5)
+        key = "fine_tune_learning_rate" if self.starts_from_weights(context) else "learning_rate"
+        lr = float(context.request[key])
+        logger.info(f"{'Fine-tuning' if key != 'learning_rate' else 'Training from scratch'} with learning rate {lr}")
+        return torch.optim.AdamW(context.network.parameters(), lr=lr, weight_decay=1e-5)
 
     def loss_function(self, context: Context) -> torch.nn.Module:
         return DiceCELoss(sigmoid=True, smooth_nr=0.0, smooth_dr=1e-5, squared_pred=True)
