@@ -91,7 +91,10 @@ def test_dice(weights: Path, test_items: List[Dict]) -> Dict[str, float]:
     return {f"dice_{name.lower()}": v for name, v in zip(REGIONS, values)} | {"dice_mean": float(np.mean(values))}
 
 
-def run(args: argparse.Namespace, work: Path) -> List[Dict]:
+FIELDS = ["seed", "strategy", "labels", "dice_tc", "dice_wt", "dice_et", "dice_mean", "seconds"]
+
+
+def run(args: argparse.Namespace, work: Path, record) -> List[Dict]:
     test_dir = make_set(work / "test", TEST_SEED, args.test)
     test_ds = StudyFolderDatastore(test_dir, work / "test_ws")
     deterministic = Compose(BratsSegmentationTrainer(work / "t", PROFILE, TrainSettings(), work / "t.pt")._deterministic())
@@ -112,6 +115,7 @@ def run(args: argparse.Namespace, work: Path) -> List[Dict]:
                 labels = len(datastore.get_labeled_images())
                 row = {"seed": seed, "strategy": strategy, "labels": labels, **test_dice(weights, test_items), "seconds": round(time.time() - started, 1)}
                 rows.append(row)
+                record(row)
                 print(f"seed {seed} {strategy:12} labels {labels:2d}  " + "  ".join(f"{k} {v:.3f}" for k, v in row.items() if k.startswith("dice")), flush=True)
                 if round_ == args.rounds:
                     break
@@ -186,21 +190,34 @@ def main() -> int:
     parser.add_argument("--samples", type=int, default=4, help="stochastic passes per case when scoring")
     parser.add_argument("--strategies", default="uncertainty,random")
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--plot-only", type=Path, default=None, help="re-make the PNG and summary from this CSV")
     args = parser.parse_args()
     args.strategies = args.strategies.split(",")
     torch.set_num_threads(torch.get_num_threads())
 
-    with tempfile.TemporaryDirectory() as tmp:
-        rows = run(args, Path(tmp))
     args.out.mkdir(parents=True, exist_ok=True)
-    with open(args.out / "active_learning.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+    table = args.out / "active_learning.csv"
+    if args.plot_only:
+        with open(args.plot_only) as f:
+            kinds = {"seed": int, "labels": int, "strategy": str}
+            rows = [{k: kinds.get(k, float)(v) for k, v in r.items()} for r in csv.DictReader(f)]
+        table = args.plot_only
+        args.strategies = sorted({r["strategy"] for r in rows}, key=lambda n: n != "uncertainty")
+    else:
+        with open(table, "w", newline="") as f:  # one row at a time: an interrupted run keeps what it measured
+            writer = csv.DictWriter(f, fieldnames=FIELDS)
+            writer.writeheader()
+
+            def record(row: Dict) -> None:
+                writer.writerow(row)
+                f.flush()
+
+            with tempfile.TemporaryDirectory() as tmp:
+                rows = run(args, Path(tmp), record)
     plot(rows, args.strategies, args.out / "active_learning.png")
     settings = ", ".join(f"{k}={v}" for k, v in vars(args).items() if k != "out")
     summary = summarise(rows, args.strategies)
-    print("\n".join(["", f"settings: {settings}", *summary, f"written: {args.out / 'active_learning.csv'}, {args.out / 'active_learning.png'}"]))
+    print("\n".join(["", f"settings: {settings}", *summary, f"written: {table}, {args.out / 'active_learning.png'}"]))
     return 0
 
 
