@@ -9,6 +9,10 @@ picks one case, "the annotator" submits its ground truth, the model is fine-tune
 with the app's own trainer, and Dice (TC, WT, ET) on the test set is recorded. ``uncertainty`` picks
 with the app's own scoring; ``random`` picks uniformly.
 
+Pool and test studies vary in tumour contrast and noise from case to case (``--varied-acquisition`` of
+the generator), as a multi-site collection does: where every case is equally clean there is nothing
+for a selection strategy to find, and the comparison would only measure training noise.
+
 Writes ``bench/results/active_learning.csv`` (one row per seed, strategy and label count) and
 ``bench/results/active_learning.png`` (mean Dice against labels, with the spread over seeds), and
 prints how many labels each strategy needs to reach the Dice random reaches with its largest budget.
@@ -50,8 +54,8 @@ TEST_SEED = 1000
 PROFILE = PROFILES["cpu"]
 
 
-def make_set(folder: Path, seed: int, cases: int) -> Path:
-    generate(["--out", str(folder), "--cases", str(cases), "--seed", str(seed), "--spacing", "2", "--workers", "2"])
+def make_set(folder: Path, seed: int, cases: int, varied: bool) -> Path:
+    generate(["--out", str(folder), "--cases", str(cases), "--seed", str(seed), "--spacing", "2", "--workers", "2"] + (["--varied-acquisition"] if varied else []))
     return folder
 
 
@@ -95,13 +99,13 @@ FIELDS = ["seed", "strategy", "labels", "dice_tc", "dice_wt", "dice_et", "dice_m
 
 
 def run(args: argparse.Namespace, work: Path, record) -> List[Dict]:
-    test_dir = make_set(work / "test", TEST_SEED, args.test)
+    test_dir = make_set(work / "test", TEST_SEED, args.test, args.varied)
     test_ds = StudyFolderDatastore(test_dir, work / "test_ws")
     deterministic = Compose(BratsSegmentationTrainer(work / "t", PROFILE, TrainSettings(), work / "t.pt")._deterministic())
     test_items = [deterministic(item) for item in test_ds.datalist()]
     rows = []
     for seed in range(args.seeds):
-        pool = make_set(work / f"pool_{seed}", seed, args.pool)
+        pool = make_set(work / f"pool_{seed}", seed, args.pool, args.varied)
         cases = sorted(p.name for p in pool.iterdir() if p.is_dir() and not p.name.startswith("."))
         initial = random.Random(seed).sample(cases, args.initial)
         for strategy in args.strategies:
@@ -188,6 +192,9 @@ def main() -> int:
     parser.add_argument("--initial-epochs", type=int, default=12)
     parser.add_argument("--epochs", type=int, default=6, help="fine-tuning epochs after each new label")
     parser.add_argument("--samples", type=int, default=4, help="stochastic passes per case when scoring")
+    parser.add_argument(
+        "--uniform-acquisition", dest="varied", action="store_false", help="all studies equally clean (default: contrast and noise vary by case)"
+    )
     parser.add_argument("--strategies", default="uncertainty,random")
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--plot-only", type=Path, default=None, help="re-make the PNG and summary from this CSV")

@@ -18,12 +18,13 @@ from tqdm import tqdm
 
 from .layouts import LAYOUTS, case_name, write_msd_dataset_json, write_study
 from .montage import save_montage
-from .study import generate_study
+from .study import generate_study, varied_acquisition
 
 
 def _make_one(args: tuple) -> str:
-    index, seed, spacing, layout, with_label, out_dir, label_dir, montage_dir = args
-    study = generate_study(seed, index, spacing, case_id=case_name(layout, index))
+    index, seed, spacing, layout, with_label, out_dir, label_dir, montage_dir, varied = args
+    quality = varied_acquisition(seed, index) if varied else {}
+    study = generate_study(seed, index, spacing, case_id=case_name(layout, index), **quality)
     write_study(study, Path(out_dir), layout, with_label, Path(label_dir) if label_dir else None)
     if montage_dir:
         title = f"{study.case_id}  (seed {seed}, WT radius {study.shape.whole_radius_mm:.0f} mm)"
@@ -42,6 +43,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--layout", choices=LAYOUTS, default="brats2023")
     parser.add_argument("--ground-truth", type=Path, default=None, help="also write the labels of unlabelled studies here (for simulated annotators)")
     parser.add_argument("--montage", type=Path, default=None, help="write a PNG montage per study into this folder")
+    parser.add_argument(
+        "--varied-acquisition", action="store_true", help="vary tumour contrast and noise from case to case, as in a multi-site collection"
+    )
     parser.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1))
     args = parser.parse_args(argv)
     if args.cases < 1:
@@ -68,6 +72,7 @@ def main(argv=None) -> int:
             str(args.out),
             str(args.ground_truth) if args.ground_truth else None,
             str(args.montage) if args.montage else None,
+            args.varied_acquisition,
         )
         for i in range(args.cases)
     ]

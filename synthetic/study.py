@@ -28,6 +28,18 @@ def study_rng(seed: int, index: int) -> np.random.Generator:
     return np.random.default_rng(np.random.SeedSequence([seed, index]))
 
 
+# Per-case acquisition quality for a "multi-site" pool: how far the tumour's contrast is pulled towards
+# healthy tissue, and how much extra noise; drawn from a stream separate from the anatomy and tumour.
+VARIED_TUMOUR_CONTRAST = (0.5, 1.0)
+VARIED_NOISE_SCALE = (1.0, 2.5)
+
+
+def varied_acquisition(seed: int, index: int) -> Dict[str, float]:
+    """Contrast and noise of case ``index`` in a varied pool; the same case keeps its tumour at any quality."""
+    rng = np.random.default_rng(np.random.SeedSequence([seed, index, 1]))
+    return {"tumour_contrast": float(rng.uniform(*VARIED_TUMOUR_CONTRAST)), "noise_scale": float(rng.uniform(*VARIED_NOISE_SCALE))}
+
+
 def generate_study(
     seed: int, index: int, spacing_mm: float = 1.0, case_id: str | None = None, tumour_contrast: float = 1.0, noise_scale: float = 1.0
 ) -> SyntheticStudy:

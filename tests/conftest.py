@@ -15,7 +15,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Optional
 
 import pytest
 import requests
@@ -58,7 +58,7 @@ def studies_copy(studies_2mm, tmp_path) -> Path:
 class Server:
     """A running ``monailabel start_server`` on a free loopback port."""
 
-    def __init__(self, studies: Path, conf: dict, log_path: Path):
+    def __init__(self, studies, conf: dict, log_path: Path, env: Optional[dict] = None):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.studies = studies
@@ -67,7 +67,7 @@ class Server:
         for key, value in conf.items():
             args += ["--conf", key, str(value)]
         args += ["--host", "127.0.0.1", "--port", str(self.port)]
-        env = dict(os.environ)
+        env = {**os.environ, **(env or {})}
         env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
         env["PYTHONUNBUFFERED"] = "1"
         self._log = open(log_path, "w")
@@ -112,12 +112,83 @@ class Server:
 def server_factory(tmp_path_factory) -> Iterator:
     started = []
 
-    def start(studies: Path, **conf) -> Server:
+    def start(studies, env: Optional[dict] = None, **conf) -> Server:
         log = tmp_path_factory.mktemp("server_logs") / "server.log"
-        server = Server(studies, {"profile": "cpu", **conf}, log)
+        server = Server(studies, {"profile": "cpu", **conf}, log, env)
         started.append(server)
         return server
 
     yield start
     for server in started:
         server.stop()
+
+
+ORTHANC_CONFIG = REPO / "orthanc" / "orthanc.json"
+ORTHANC_START_TIMEOUT_S = 30
+
+
+class Orthanc:
+    """A real Orthanc (Debian's package, with its DICOMweb plugin) on free loopback ports."""
+
+    def __init__(self, storage: Path, log_path: Path):
+        self.storage = storage
+        self.log_path = log_path
+        self.http_port, self.dicom_port = free_port(), free_port()
+        self.user, self.password = "brats", f"pw-{os.getpid()}-{self.http_port}"
+        self.url = f"http://127.0.0.1:{self.http_port}"
+        self.dicomweb = f"{self.url}/dicom-web"
+        self.process: Optional[subprocess.Popen] = None
+        self.start()
+
+    @property
+    def credentials_env(self) -> dict:
+        return {"MONAI_LABEL_DICOMWEB_USERNAME": self.user, "MONAI_LABEL_DICOMWEB_PASSWORD": self.password}
+
+    def start(self) -> None:
+        env = {
+            **os.environ,
+            "ORTHANC_STORAGE": str(self.storage),
+            "ORTHANC_HTTP_PORT": str(self.http_port),
+            "ORTHANC_DICOM_PORT": str(self.dicom_port),
+            "ORTHANC_USER": self.user,
+            "ORTHANC_PASSWORD": self.password,
+        }
+        log = open(self.log_path, "a")
+        self.process = subprocess.Popen(["Orthanc", str(ORTHANC_CONFIG)], stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        deadline = time.time() + ORTHANC_START_TIMEOUT_S
+        while time.time() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"Orthanc exited with {self.process.returncode}:\n{self.log_path.read_text()[-3000:]}")
+            try:
+                if requests.get(f"{self.url}/system", auth=(self.user, self.password), timeout=2).status_code == 200:
+                    return
+            except requests.RequestException:
+                pass
+            time.sleep(0.3)
+        raise RuntimeError(f"Orthanc did not answer within {ORTHANC_START_TIMEOUT_S} s:\n{self.log_path.read_text()[-3000:]}")
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(20)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+    def archive(self):
+        from lib.dicom.archive import Archive
+
+        return Archive(self.dicomweb, self.user, self.password)
+
+    def get(self, path: str) -> requests.Response:
+        return requests.get(f"{self.url}{path}", auth=(self.user, self.password), timeout=30)
+
+
+@pytest.fixture(scope="module")
+def orthanc(tmp_path_factory) -> Iterator[Orthanc]:
+    """A fresh, empty archive for each test module."""
+    folder = tmp_path_factory.mktemp("orthanc")
+    archive = Orthanc(folder / "storage", folder / "orthanc.log")
+    yield archive
+    archive.stop()

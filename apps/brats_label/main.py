@@ -8,7 +8,10 @@ Start it with MONAI Label's own server, for example::
 
     profile             cpu (2 mm, light, default) or bundle (model-zoo brats_mri_segmentation compatible)
     pretrained_weights  starting weights, e.g. the bundle's models/model.pt
-    workspace           where labels, caches and models are written (default <studies>/.brats_label)
+    workspace           where labels, caches and models are written (default <studies>/.brats_label,
+                        or ~/.cache/brats_label/<host_port> for an archive)
+    series_rules        JSON file of [channel, regex] pairs naming a site's series (archive only)
+    dicomweb_refresh_s  how long a listing of the archive is reused (default 30)
     max_epochs, learning_rate, batch_size, patch_size, val_split   training defaults
 """
 
@@ -20,7 +23,9 @@ import threading
 import time
 from pathlib import Path
 from typing import Dict
+from urllib.parse import urlparse
 
+from monailabel.config import settings
 from monailabel.interfaces.app import MONAILabelApp
 from monailabel.interfaces.datastore import Datastore
 from monailabel.interfaces.tasks.infer_v2 import InferTask
@@ -33,8 +38,11 @@ from lib.activelearning.queue import annotation_queue
 from lib.activelearning.scores import ScoreStore, ServedModelVersion
 from lib.activelearning.scoring import EpistemicScoring
 from lib.activelearning.strategies import RandomStrategy, UncertaintyStrategy
-from lib.config import BACKGROUND_NICENESS, FOREGROUND_LABELS, MODEL_NAME, SCRATCH_DIR_NAME, AppConfig
+from lib.config import BACKGROUND_NICENESS, DICOMWEB_WORKSPACE_ROOT, FOREGROUND_LABELS, MODEL_NAME, SCRATCH_DIR_NAME, AppConfig
 from lib.datastore import StudyFolderDatastore
+from lib.dicom.archive import Archive
+from lib.dicom.series_rules import SeriesRules
+from lib.dicomweb_datastore import DicomWebStudyDatastore
 from lib.infers.segmentation import BratsSegmentation
 from lib.network import check_weights, read_state_dict
 from lib.trainers.segmentation import BratsSegmentationTrainer
@@ -46,11 +54,22 @@ API_PREFIX = "/brats"  # endpoints MONAI Label does not have
 MODEL_WATCH_INTERVAL_S = 15
 
 
+def is_archive(studies: str) -> bool:
+    return studies.startswith(("http://", "https://"))
+
+
+def default_workspace(studies: str) -> Path:
+    if is_archive(studies):
+        netloc = urlparse(studies).netloc.replace(":", "_") or "archive"
+        return Path(DICOMWEB_WORKSPACE_ROOT).expanduser() / netloc
+    return Path(studies) / SCRATCH_DIR_NAME
+
+
 class BratsLabelApp(MONAILabelApp):
     def __init__(self, app_dir: str, studies: str, conf: Dict[str, str]):
         self.config = AppConfig.from_conf(conf or {})
         self._serving = False  # True only in the server process (on_init_complete)
-        self.workspace = self.config.workspace or Path(studies) / SCRATCH_DIR_NAME
+        self.workspace = self.config.workspace or default_workspace(studies)
         self.model_dir = self.workspace / "model"
         self.model_path = self.model_dir / f"{MODEL_NAME}.pt"
         self.model_dir.mkdir(parents=True, exist_ok=True)
@@ -78,11 +97,13 @@ class BratsLabelApp(MONAILabelApp):
         return annotation_queue(self.scores, self.served_version(), self._datastore.get_unlabeled_images())
 
     def init_datastore(self) -> Datastore:
-        if self.studies.startswith(("http://", "https://")):
-            raise ValueError("DICOMweb studies are not supported yet: start the server on a folder of NIfTI studies")
-        return StudyFolderDatastore(
-            Path(self.studies), self.workspace, listing_extras=lambda: {e["id"]: {"uncertainty": e} for e in self.queue()}
-        )
+        extras = lambda: {e["id"]: {"uncertainty": e} for e in self.queue()}  # noqa: E731
+        if is_archive(self.studies):
+            archive = Archive(self.studies, settings.MONAI_LABEL_DICOMWEB_USERNAME or "", settings.MONAI_LABEL_DICOMWEB_PASSWORD or "")
+            return DicomWebStudyDatastore(
+                archive, self.workspace, SeriesRules(self.config.series_rules), self.config.dicomweb_refresh_s, self.version, listing_extras=extras
+            )
+        return StudyFolderDatastore(Path(self.studies), self.workspace, listing_extras=extras)
 
     def init_infers(self) -> Dict[str, InferTask]:
         return {MODEL_NAME: BratsSegmentation(self.config.profile, self.model_path, self.config.pretrained_weights)}

@@ -10,7 +10,7 @@ from __future__ import annotations
 import threading
 from collections import defaultdict
 from pathlib import Path
-from typing import Dict
+from typing import Callable, Dict, Sequence, Tuple
 
 import nibabel as nib
 import numpy as np
@@ -32,36 +32,38 @@ class CaseCache:
     def _stamp_path(self, study_id: str) -> Path:
         return self.folder / f"{study_id}.json"
 
-    def is_current(self, source: StudySource) -> bool:
-        stamp = read_json(self._stamp_path(source.study_id), {})
-        return self.volume_path(source.study_id).is_file() and stamp.get("fingerprint") == source.fingerprint()
+    def is_current(self, study_id: str, fingerprint: str) -> bool:
+        stamp = read_json(self._stamp_path(study_id), {})
+        return self.volume_path(study_id).is_file() and stamp.get("fingerprint") == fingerprint
 
-    def get(self, source: StudySource) -> Path:
-        """Path of the stacked (X, Y, Z, C) NIfTI, channels in ``config.CHANNELS`` order; built if stale."""
-        with self._locks[source.study_id]:
-            if not self.is_current(source):
-                self._build(source)
-            return self.volume_path(source.study_id)
+    def get(self, study_id: str, fingerprint: str, build: Callable[[], Tuple[np.ndarray, np.ndarray]]) -> Path:
+        """Path of the stacked (X, Y, Z, C) NIfTI; ``build`` returns (stacked, affine) when the cache is stale."""
+        with self._locks[study_id]:
+            if not self.is_current(study_id, fingerprint):
+                stacked, affine = build()
+                write_nifti(stacked, affine, self.volume_path(study_id))
+                write_json({"fingerprint": fingerprint, "channels": list(CHANNELS)}, self._stamp_path(study_id))
+            return self.volume_path(study_id)
 
-    def _build(self, source: StudySource) -> None:
-        fingerprint = source.fingerprint()
-        channels = []
-        affine = None
-        loaded: Dict[Path, np.ndarray] = {}
-        for modality in CHANNELS:
-            channel = source.channels[modality]
-            if channel.path not in loaded:
-                image = nib.load(str(channel.path))
-                loaded[channel.path] = np.asanyarray(image.dataobj)
-                affine = image.affine if affine is None else affine
-            data = loaded[channel.path]
-            channels.append(data if channel.index is None else data[..., channel.index])
-        dtypes = {c.dtype for c in channels}
-        dtype = dtypes.pop() if len(dtypes) == 1 else np.float32
-        stacked = np.stack([c.astype(dtype, copy=False) for c in channels], axis=-1)
-        write_nifti(stacked, affine, self.volume_path(source.study_id))
-        write_json({"fingerprint": fingerprint, "channels": list(CHANNELS)}, self._stamp_path(source.study_id))
 
-    def remove(self, study_id: str) -> None:
-        for path in (self.volume_path(study_id), self._stamp_path(study_id)):
-            path.unlink(missing_ok=True)
+def stack_channels(channels: Sequence[np.ndarray]) -> np.ndarray:
+    """(X, Y, Z, C) in the given order, in the channels' common dtype (float32 if they differ)."""
+    dtypes = {c.dtype for c in channels}
+    dtype = dtypes.pop() if len(dtypes) == 1 else np.float32
+    return np.stack([c.astype(dtype, copy=False) for c in channels], axis=-1)
+
+
+def stack_study_files(source: StudySource) -> Tuple[np.ndarray, np.ndarray]:
+    """The study's modality files (one per modality, or one 4D file) as one volume in CHANNELS order."""
+    channels = []
+    affine = None
+    loaded: Dict[Path, np.ndarray] = {}
+    for modality in CHANNELS:
+        channel = source.channels[modality]
+        if channel.path not in loaded:
+            image = nib.load(str(channel.path))
+            loaded[channel.path] = np.asanyarray(image.dataobj)
+            affine = image.affine if affine is None else affine
+        data = loaded[channel.path]
+        channels.append(data if channel.index is None else data[..., channel.index])
+    return stack_channels(channels), affine

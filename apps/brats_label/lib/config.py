@@ -49,6 +49,36 @@ NIFTI_SUFFIXES = (".nii.gz", ".nii")
 # Two modalities are on the same grid when shapes match and affines agree to this (mm).
 GEOMETRY_TOLERANCE_MM = 1e-3
 
+# --- DICOM ---------------------------------------------------------------------------------------------
+# Which SeriesDescription/ProtocolName means which channel. Rules are tried in order on the lower-cased
+# text; the first whose pattern matches wins, so the post-contrast T1 patterns come before plain T1 and
+# FLAIR before T2. Extend with --conf series_rules=<json file> (same shape) for a site's own naming.
+SERIES_RULES: Tuple[Tuple[str, str], ...] = (
+    ("flair", r"flair|\bt2f\b|dark[ _-]?fluid|\btirm\b"),
+    ("t1c", r"t1.*(\+ ?c\b|\bpost|gad|gd\b|\bce\b|contrast|\bc\+)|t1ce|t1gd|t1c\b|mprage.*post|post.*t1|t1w?_?ce"),
+    ("t1", r"\bt1|mprage|spgr|bravo|tfl3d|\bt1w\b|t1n\b"),
+    ("t2", r"\bt2|t2w|tse|\bfse\b"),
+)
+# Series that are never a channel: localisers, derived maps and reformats (checked before the rules).
+IGNORED_SERIES = r"localizer|localiser|scout|survey|\bloc\b|3[ -]?plane|\badc\b|\bdwi\b|trace|\bmip\b|\bmpr\b|subtract|\bsub\b|\bmap\b|perfusion|\bswi\b"
+REFERENCE_CHANNEL = "t1c"  # the grid every channel is resampled onto, and that labels (SEG) refer to
+SLICE_SPACING_TOLERANCE = 0.01  # relative spread of slice gaps accepted as "evenly spaced"
+DICOMWEB_FETCH_WORKERS = 4  # series fetched at once (one per channel)
+DICOMWEB_REFRESH_S = 30.0  # how long a listing of the archive is reused before asking it again
+DICOMWEB_TIMEOUT_S = 60.0
+# SEG segments: label value -> (SegmentLabel, property type (SCT code, meaning)).
+SEG_CATEGORY = ("49755003", "Morphologically Altered Structure")
+SEG_SEGMENTS: Dict[int, Tuple[str, Tuple[str, str]]] = {
+    1: ("necrotic_core", ("6574001", "Necrosis")),
+    2: ("edema", ("79654002", "Edema")),
+    3: ("enhancing_tumour", ("108369006", "Neoplasm")),
+}
+SEG_ALGORITHM = "BraTS Label"
+# SeriesDescription (and ProtocolName) given to each channel when NIfTI studies are imported.
+IMPORT_SERIES: Dict[str, Tuple[int, str]] = {"t1": (2, "T1"), "t1c": (3, "T1 POST GAD"), "t2": (4, "T2"), "flair": (5, "T2 FLAIR")}
+IMPORT_UID_NAMESPACE = "brats-label-import/1"
+MANUFACTURER = "BraTS Label"
+
 # --- network profiles -------------------------------------------------------------------------------
 
 
@@ -143,13 +173,14 @@ class ScoringSettings:
     fallback_top: int = 250  # voxels averaged when no sample sees tumour: 2 mL at 2 mm, a small lesion
 
 
-HANDOUT_TTL_S = 900
-BACKGROUND_NICENESS = 10  # training and scoring workers yield the CPU to the server answering annotators  # a case handed to one annotator is not handed to another for this long
+HANDOUT_TTL_S = 900  # a case handed to one annotator is not handed to another for this long
+BACKGROUND_NICENESS = 10  # training and scoring workers yield the CPU to the server answering annotators
 
 # --- the application configuration -------------------------------------------------------------------
 
 MODEL_NAME = "segmentation"
 SCRATCH_DIR_NAME = ".brats_label"  # inside the studies folder unless --conf workspace is given
+DICOMWEB_WORKSPACE_ROOT = "~/.cache/brats_label"  # for an archive: <root>/<host_port> unless --conf workspace
 
 
 class ConfigError(ValueError):
@@ -174,6 +205,8 @@ class AppConfig:
     workspace: Optional[Path]
     scoring: ScoringSettings = ScoringSettings()
     handout_ttl_s: float = HANDOUT_TTL_S
+    series_rules: Tuple[Tuple[str, str], ...] = SERIES_RULES
+    dicomweb_refresh_s: float = DICOMWEB_REFRESH_S
 
     @property
     def patch_size(self) -> Tuple[int, int, int]:
@@ -213,4 +246,29 @@ class AppConfig:
             raise ConfigError("--conf scoring_samples and handout_ttl_s take numbers") from None
         if scoring.samples < 2 or handout_ttl_s <= 0:
             raise ConfigError("--conf scoring_samples must be at least 2 and handout_ttl_s positive (seconds)")
-        return cls(PROFILES[name], train, weights_path, Path(workspace).expanduser().resolve() if workspace else None, scoring, handout_ttl_s)
+        rules = SERIES_RULES
+        if "series_rules" in conf:
+            rules = _series_rules(conf["series_rules"])
+        try:
+            refresh_s = float(conf.get("dicomweb_refresh_s", DICOMWEB_REFRESH_S))
+        except ValueError:
+            raise ConfigError("--conf dicomweb_refresh_s takes a number of seconds") from None
+        workspace_path = Path(workspace).expanduser().resolve() if workspace else None
+        return cls(PROFILES[name], train, weights_path, workspace_path, scoring, handout_ttl_s, rules, refresh_s)
+
+
+def _series_rules(path: str) -> Tuple[Tuple[str, str], ...]:
+    """A site's own series naming: a JSON list of [channel, regular expression] pairs, tried in order."""
+    import json
+    import re
+
+    try:
+        pairs = json.loads(Path(path).expanduser().read_text())
+        rules = tuple((str(channel), str(pattern)) for channel, pattern in pairs)
+        for channel, pattern in rules:
+            if channel not in CHANNELS:
+                raise ValueError(f"unknown channel {channel!r} (channels: {', '.join(CHANNELS)})")
+            re.compile(pattern)
+    except (OSError, ValueError, TypeError, re.error) as e:
+        raise ConfigError(f"--conf series_rules {path!r}: expected a JSON list of [channel, regex] pairs ({e})") from None
+    return rules

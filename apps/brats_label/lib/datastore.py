@@ -30,7 +30,7 @@ import numpy as np
 from monailabel.interfaces.datastore import Datastore, DefaultLabelTag
 
 from .atomic import read_json, write_json, write_nifti
-from .case_cache import CaseCache
+from .case_cache import CaseCache, stack_study_files
 from .config import CHANNELS, FOREGROUND_LABELS
 from .errors import InvalidInput, NotAllowed, NotFound
 from .labels import LabelError, brats_convention, check_label_values, to_project_convention
@@ -148,7 +148,8 @@ class StudyFolderDatastore(Datastore):
             return sorted(self._sources)
 
     def get_image_uri(self, image_id: str) -> str:
-        return str(self._cases.get(self._source(image_id)))
+        source = self._source(image_id)
+        return str(self._cases.get(source.study_id, source.fingerprint(), lambda: stack_study_files(source)))
 
     def get_image(self, image_id: str, params=None) -> Any:
         return open(self.get_image_uri(image_id), "rb")

@@ -40,3 +40,9 @@ class NotFound(BratsLabelError):
     """No study or label with that id."""
 
     status_code = 404
+
+
+class ArchiveUnavailable(BratsLabelError):
+    """The DICOMweb archive did not answer; nothing was changed, try again when it is back."""
+
+    status_code = 503

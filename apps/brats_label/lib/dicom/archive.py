@@ -1,0 +1,108 @@
+"""The DICOMweb archive (Orthanc or any QIDO/WADO/STOW server), through dicomweb-client.
+
+One place that knows how to connect (credentials from MONAI Label's DICOMweb settings, a timeout on
+every request) and turns "the archive did not answer" into an error a user can act on.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, Dict, List, Optional, Sequence
+
+import requests
+from dicomweb_client.api import DICOMwebClient
+from dicomweb_client.session_utils import create_session, create_session_from_user_pass
+from pydicom.dataset import Dataset
+
+from ..config import DICOMWEB_TIMEOUT_S
+from ..errors import ArchiveUnavailable
+from .series_rules import SeriesSummary
+
+PIXEL_DATA_TAG = "7FE00010"
+SERIES_FIELDS = ["SeriesDescription", "ProtocolName", "Modality", "NumberOfSeriesRelatedInstances", "SeriesNumber", "SeriesDate", "SeriesTime"]
+
+
+def _first(element: Dict[str, Any], default: Any = "") -> Any:
+    values = (element or {}).get("Value") or [default]
+    value = values[0]
+    return value.get("Alphabetic", default) if isinstance(value, dict) else value
+
+
+def _text(item: Dict[str, Any], tag: str) -> str:
+    return str(_first(item.get(tag, {}), ""))
+
+
+class Archive:
+    def __init__(self, url: str, username: str = "", password: str = "", timeout_s: float = DICOMWEB_TIMEOUT_S):
+        self.url = url.rstrip("/")
+        session = create_session_from_user_pass(username, password) if username else create_session()
+        session.request = functools.partial(session.request, timeout=timeout_s)  # type: ignore[method-assign]
+        self.client = DICOMwebClient(url=self.url, session=session)
+        # Its default retries every failure five times with back-off (about 15 s before an error):
+        # an annotator waiting on a stopped archive should hear so at once.
+        self.client.set_http_retry_params(retry=False)
+
+    def _call(self, what: str, fn, *args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except requests.exceptions.ConnectionError:
+            raise ArchiveUnavailable(f"the DICOMweb archive at {self.url} does not answer ({what}); check that Orthanc is running, then try again") from None
+        except requests.exceptions.Timeout:
+            raise ArchiveUnavailable(f"the DICOMweb archive at {self.url} did not answer in time ({what}); try again") from None
+        except requests.exceptions.HTTPError as e:
+            status = e.response.status_code if e.response is not None else "?"
+            if status in (401, 403):
+                raise ArchiveUnavailable(f"the DICOMweb archive at {self.url} refused the credentials ({what}, HTTP {status}); set MONAI_LABEL_DICOMWEB_USERNAME/PASSWORD") from None
+            raise ArchiveUnavailable(f"the DICOMweb archive at {self.url} answered HTTP {status} to {what}") from None
+
+    def studies(self) -> List[Dict[str, Any]]:
+        found = self._call("study search", self.client.search_for_studies, fields=["PatientID", "StudyDescription", "StudyDate"])
+        return [{"study_uid": _text(s, "0020000D"), "patient_id": _text(s, "00100020"), "description": _text(s, "00081030")} for s in found]
+
+    def series(self, study_uid: str) -> List[SeriesSummary]:
+        found = self._call("series search", self.client.search_for_series, study_instance_uid=study_uid, fields=SERIES_FIELDS)
+        return [
+            SeriesSummary(
+                series_uid=_text(s, "0020000E"),
+                modality=_text(s, "00080060"),
+                description=_text(s, "0008103E"),
+                protocol=_text(s, "00181030"),
+                instances=int(_first(s.get("00201209", {}), 0) or 0),
+                number=int(_first(s.get("00200011", {}), 0) or 0) or None,
+            )
+            for s in found
+        ]
+
+    def instance_uids(self, study_uid: str, series_uid: str) -> List[str]:
+        found = self._call("instance search", self.client.search_for_instances, study_instance_uid=study_uid, series_instance_uid=series_uid)
+        return [_text(i, "00080018") for i in found]
+
+    def series_metadata(self, study_uid: str, series_uid: str) -> List[Dict[str, Any]]:
+        """Per-instance DICOM JSON without the pixel data reference."""
+        found = self._call("series metadata", self.client.retrieve_series_metadata, study_uid, series_uid)
+        for item in found:
+            item.pop(PIXEL_DATA_TAG, None)
+        return found
+
+    def retrieve_series(self, study_uid: str, series_uid: str) -> List[Dataset]:
+        return self._call("series retrieval", self.client.retrieve_series, study_uid, series_uid)
+
+    def retrieve_instance(self, study_uid: str, series_uid: str, sop_uid: str) -> Dataset:
+        return self._call("instance retrieval", self.client.retrieve_instance, study_uid, series_uid, sop_uid)
+
+    def store(self, datasets: Sequence[Dataset]) -> None:
+        for ds in datasets:
+            if getattr(ds, "preamble", None) is None:
+                ds.preamble = b"\x00" * 128  # STOW-RS takes Part 10 files: preamble and 'DICM'
+        self._call("STOW-RS store", self.client.store_instances, list(datasets))
+
+    def study_instance_count(self, study_uid: str) -> Optional[int]:
+        """Instances the archive holds for the study, or None when it has none."""
+        series = self._call("series search", self.client.search_for_series, study_instance_uid=study_uid, fields=["NumberOfSeriesRelatedInstances"])
+        if not series:
+            return None
+        return sum(int(_first(s.get("00201209", {}), 0) or 0) for s in series)
+
+
+def dataset_from_json(item: Dict[str, Any]) -> Dataset:
+    return Dataset.from_json(item)

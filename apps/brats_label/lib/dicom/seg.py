@@ -1,0 +1,139 @@
+"""Labels as DICOM SEG and back.
+
+Writing uses highdicom: one segment per label class with SNOMED CT coded terms, referencing the
+reference series' instances, so viewers (OHIF, Slicer) overlay it on the right images.
+
+Reading matches segments by their SegmentLabel, then by property type code, never by their position
+in the file: MONAI Label 0.8.5 and some viewers renumber segments when one is empty. Frames are
+placed by their own ImagePositionPatient on the study's reference grid, so a SEG from any client
+that is on that grid decodes, and one that is not is refused with what differs.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Dict, Optional, Sequence
+
+import highdicom as hd
+import numpy as np
+from pydicom.dataset import Dataset
+
+from ..config import LABELS, MANUFACTURER, SEG_ALGORITHM, SEG_CATEGORY, SEG_SEGMENTS
+from .mr_series import RAS_TO_LPS, uid_from
+
+POSITION_TOLERANCE_MM = 0.05
+ORIENTATION_TOLERANCE = 1e-3
+
+
+class SegProblem(ValueError):
+    """A SEG that cannot become a label of this study; the message says why."""
+
+
+def _code(value: str, meaning: str) -> hd.sr.CodedConcept:
+    return hd.sr.CodedConcept(value, "SCT", meaning)
+
+
+def segment_descriptions(algorithm_version: str) -> list:
+    algorithm = hd.AlgorithmIdentificationSequence(name=SEG_ALGORITHM, version=algorithm_version, family=hd.sr.CodedConcept("123109", "DCM", "Manual Processing"))
+    return [
+        hd.seg.SegmentDescription(
+            segment_number=value,
+            segment_label=name,
+            segmented_property_category=_code(*SEG_CATEGORY),
+            segmented_property_type=_code(*code),
+            algorithm_type=hd.seg.SegmentAlgorithmTypeValues.SEMIAUTOMATIC,
+            algorithm_identification=algorithm,
+        )
+        for value, (name, code) in SEG_SEGMENTS.items()
+    ]
+
+
+def label_to_seg(label: np.ndarray, reference: Sequence[Dataset], seed: str, software_version: str, series_description: str = "BraTS Label segmentation") -> Dataset:
+    """SEG of ``label`` (X, Y, Z), on the grid of ``reference`` (its instances in slice order)."""
+    if label.shape[2] != len(reference):
+        raise SegProblem(f"label has {label.shape[2]} slices, the reference series {len(reference)}")
+    frames = np.ascontiguousarray(np.transpose(label.astype(np.uint8), (2, 1, 0)))  # (Z, rows=Y, columns=X)
+    now = datetime.now()
+    seg = hd.seg.Segmentation(
+        source_images=list(reference),
+        pixel_array=frames,
+        segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
+        segment_descriptions=segment_descriptions(software_version),
+        series_instance_uid=uid_from(seed, "seg-series"),
+        series_number=900,
+        sop_instance_uid=uid_from(seed, "seg-instance"),
+        instance_number=1,
+        manufacturer=MANUFACTURER,
+        manufacturer_model_name=SEG_ALGORITHM,
+        software_versions=software_version,
+        device_serial_number="0",
+        series_description=series_description,
+        content_label="BRATS",
+        content_description=f"Tumour labels saved {now:%Y-%m-%d %H:%M}",
+    )
+    return seg
+
+
+def _segment_values(seg: Dataset) -> Dict[int, int]:
+    """Segment number -> our label value, by SegmentLabel, else by property type code."""
+    by_name = {name.lower(): value for value, (name, _) in SEG_SEGMENTS.items()}
+    by_name.update({name.lower().replace("_", " "): value for name, value in LABELS.items() if value})
+    by_code = {code[0]: value for value, (_, code) in SEG_SEGMENTS.items()}
+    mapping = {}
+    for segment in seg.SegmentSequence:
+        label = str(segment.get("SegmentLabel", "")).strip().lower()
+        value = by_name.get(label) or by_name.get(label.replace("_", " "))
+        if value is None and "SegmentedPropertyTypeCodeSequence" in segment:
+            value = by_code.get(str(segment.SegmentedPropertyTypeCodeSequence[0].CodeValue))
+        if value is None:
+            known = ", ".join(name for _, (name, _) in SEG_SEGMENTS.items())
+            raise SegProblem(f"segment {segment.SegmentNumber} '{segment.get('SegmentLabel', '')}' is not one of the tumour labels ({known})")
+        mapping[int(segment.SegmentNumber)] = value
+    return mapping
+
+
+def seg_to_label(seg: Dataset, affine: np.ndarray, shape: tuple) -> np.ndarray:
+    """Decode a SEG onto a grid given by its RAS ``affine`` and ``shape`` (X, Y, Z); uint8 label values."""
+    if str(seg.get("Modality", "")) != "SEG":
+        raise SegProblem(f"not a DICOM SEG (Modality {seg.get('Modality', 'missing')})")
+    if str(seg.get("SegmentationType", "")) not in ("BINARY", "FRACTIONAL"):
+        raise SegProblem(f"SegmentationType {seg.get('SegmentationType')} is not supported")
+    values = _segment_values(seg)
+    lps = RAS_TO_LPS @ np.asarray(affine, dtype=float)
+    steps = np.linalg.norm(lps[:3, :3], axis=0)
+    row_dir, col_dir = lps[:3, 0] / steps[0], lps[:3, 1] / steps[1]
+    shared = seg.SharedFunctionalGroupsSequence[0]
+    try:
+        orientation = np.array(shared.PlaneOrientationSequence[0].ImageOrientationPatient, dtype=float)
+        spacing = np.array(shared.PixelMeasuresSequence[0].PixelSpacing, dtype=float)
+    except (AttributeError, IndexError):
+        raise SegProblem("SEG lacks shared plane orientation or pixel spacing") from None
+    if not np.allclose(orientation, np.r_[row_dir, col_dir], atol=ORIENTATION_TOLERANCE):
+        raise SegProblem(f"SEG orientation {np.round(orientation, 4).tolist()} differs from the study's {np.round(np.r_[row_dir, col_dir], 4).tolist()}")
+    if (int(seg.Rows), int(seg.Columns)) != (shape[1], shape[0]) or not np.allclose(spacing, [steps[1], steps[0]], atol=1e-3):
+        raise SegProblem(f"SEG frames are {seg.Columns}x{seg.Rows} at {spacing.tolist()} mm, the study's slices {shape[0]}x{shape[1]} at {[steps[1], steps[0]]} mm")
+    pixels = seg.pixel_array
+    if pixels.ndim == 2:
+        pixels = pixels[None]
+    inverse = np.linalg.inv(lps)
+    label = np.zeros(shape, dtype=np.uint8)
+    for frame, group in zip(pixels, seg.PerFrameFunctionalGroupsSequence):
+        position = np.array(group.PlanePositionSequence[0].ImagePositionPatient, dtype=float)
+        index = inverse @ np.r_[position, 1.0]
+        k = int(round(index[2]))
+        if np.abs(index[:2]).max() > POSITION_TOLERANCE_MM / steps[:2].min() or abs(index[2] - k) * steps[2] > POSITION_TOLERANCE_MM or not 0 <= k < shape[2]:
+            raise SegProblem(f"a SEG frame at {np.round(position, 2).tolist()} mm is not on a slice of the study's grid")
+        number = int(group.SegmentIdentificationSequence[0].ReferencedSegmentNumber)
+        mask = frame.T > (0 if str(seg.SegmentationType) == "BINARY" else int(seg.get("MaximumFractionalValue", 255)) // 2)
+        overlap = mask & (label[:, :, k] > 0) & (label[:, :, k] != values[number])
+        if overlap.any():
+            raise SegProblem(f"segments overlap on slice {k} ({int(overlap.sum())} pixels): a voxel can carry one tumour label only")
+        label[:, :, k][mask] = values[number]
+    return label
+
+
+def referenced_series(seg: Dataset) -> Optional[str]:
+    """The SeriesInstanceUID the SEG says it was drawn on, if it says."""
+    for item in seg.get("ReferencedSeriesSequence", []):
+        return str(item.SeriesInstanceUID)
+    return None

@@ -1,0 +1,367 @@
+"""A MONAI Label datastore over a DICOMweb archive, where a case is a study of four MR series.
+
+MONAI Label's own ``DICOMWebDatastore`` makes every series an image, so a T1/T1c/T2/FLAIR study
+cannot be segmented as one. Here:
+
+- a case is a StudyInstanceUID; its series are assigned to channels by ``SeriesRules`` and checked
+  from their metadata (one slice per position, even spacing); a study that fails is listed with the
+  reason, not served;
+- the four series are fetched in parallel (WADO-RS), converted, resampled onto the reference
+  channel's grid and stacked in ``config.CHANNELS`` order; the stack is cached under the series
+  UIDs and instance counts, so a changed series is fetched again and a stale volume never served;
+- a final label is kept locally with its history (as in the folder datastore) and stored in the
+  archive as a DICOM SEG referencing the reference series; a SEG written by any other client
+  (OHIF, Slicer) becomes the study's final label once it decodes onto the study's grid;
+- a SeriesInstanceUID of any of the study's series (what OHIF sends) resolves to the study.
+
+When the archive does not answer, listing keeps what it knew, cached studies still open, labels are
+still saved locally and sent when the archive is back; everything else answers 503 with the reason.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from datetime import datetime, timedelta, timezone
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Tuple
+
+import nibabel as nib
+import numpy as np
+from nibabel.processing import resample_from_to
+
+from .atomic import read_json, write_json
+from .case_cache import CaseCache, stack_channels
+from .config import CHANNELS, DICOMWEB_FETCH_WORKERS, DICOMWEB_REFRESH_S, REFERENCE_CHANNEL
+from .datastore import FINAL, StudyFolderDatastore, _tag
+from .dicom.archive import Archive, dataset_from_json
+from .dicom.seg import SegProblem, label_to_seg, seg_to_label
+from .dicom.series_rules import SeriesRules, SeriesSummary
+from .dicom.series_volume import SeriesProblem, slice_stack, series_volume
+from .errors import ArchiveUnavailable, InvalidInput, NotAllowed, NotFound
+from .labels import LabelError, check_label_values
+from .studies import Geometry, StudyProblem
+
+logger = logging.getLogger(__name__)
+
+SEG_SOURCE = "dicom-seg"
+
+
+def content_time(ds) -> str:
+    """When a DICOM object was made, as UTC ISO text comparable with ``saved_at`` ('' if unknown)."""
+    date, clock = str(ds.get("ContentDate", "") or ""), str(ds.get("ContentTime", "") or "")
+    if len(date) != 8:
+        return ""
+    clock = (clock.split(".")[0] + "000000")[:6]
+    local = datetime.strptime(date + clock, "%Y%m%d%H%M%S")
+    offset = str(ds.get("TimezoneOffsetFromUTC", "") or "")
+    if offset:
+        sign = -1 if offset.startswith("-") else 1
+        local -= sign * timedelta(hours=int(offset[1:3]), minutes=int(offset[3:5]))
+        return local.strftime("%Y-%m-%dT%H:%M:%S.000000Z")
+    return local.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.000000Z")  # no offset: server's time zone
+
+
+@dataclass
+class DicomStudy:
+    study_id: str  # StudyInstanceUID
+    patient_id: str
+    channels: Dict[str, SeriesSummary]
+    segs: List[SeriesSummary] = field(default_factory=list)
+
+    def fingerprint(self) -> str:
+        return ";".join(f"{c}={self.channels[c].series_uid}:{self.channels[c].instances}" for c in CHANNELS)
+
+
+class DicomWebStudyDatastore(StudyFolderDatastore):
+    def __init__(
+        self,
+        archive: Archive,
+        workspace: Path,
+        rules: Optional[SeriesRules] = None,
+        refresh_s: float = DICOMWEB_REFRESH_S,
+        software_version: str = "0",
+        name: str = "BraTS studies (DICOMweb)",
+        listing_extras: Optional[Callable[[], Dict[str, Dict[str, Any]]]] = None,
+    ):
+        # The folder datastore's label store (local copy + history) is reused; discovery is our own.
+        self._archive = archive
+        self._rules = rules or SeriesRules()
+        self._refresh_s = refresh_s
+        self._software_version = software_version
+        self._studies_dir = Path(workspace) / "archive"
+        self._workspace = Path(workspace)
+        self._labels_dir = self._workspace / "labels"
+        self._history_dir = self._labels_dir / "history"
+        self._cases = CaseCache(self._workspace / "cases")
+        self._metadata_dir = self._workspace / "dicom_metadata"
+        self._seg_registry_path = self._workspace / "seg_registry.json"
+        self._name = name
+        self._description = f"Studies in the DICOMweb archive {archive.url}"
+        self._listing_extras = listing_extras
+        self._lock = threading.RLock()
+        self._refresh_lock = threading.Lock()
+        self._sources: Dict[str, DicomStudy] = {}  # type: ignore[assignment]
+        self._series_to_study: Dict[str, str] = {}
+        self._problems: List[StudyProblem] = []
+        self._geometries: Dict[str, Geometry] = {}
+        self._reference: Dict[str, List[Dict[str, Any]]] = {}  # study -> reference series metadata, slice order
+        self._archive_error: Optional[str] = None
+        self._refreshed_at = 0.0
+        self.refresh()
+
+    # --- discovery ----------------------------------------------------------------------------------
+    def refresh(self) -> None:
+        """Ask the archive for its studies; import new SEGs; send labels that are waiting for the archive."""
+        if not self._refresh_lock.acquire(blocking=False):
+            return  # another thread is refreshing; its answer will do
+        try:
+            self._refresh()
+        finally:
+            self._refreshed_at = time.monotonic()
+            self._refresh_lock.release()
+
+    def _refresh(self) -> None:
+        try:
+            studies = self._archive.studies()
+            found: Dict[str, DicomStudy] = {}
+            series_to_study: Dict[str, str] = {}
+            problems: List[StudyProblem] = []
+            geometries: Dict[str, Geometry] = {}
+            reference: Dict[str, List[Dict[str, Any]]] = {}
+            for study in studies:
+                uid = study["study_uid"]
+                series = self._archive.series(uid)
+                assignment = self._rules.assign(series)
+                if assignment.problem:
+                    problems.append(StudyProblem(uid, study["patient_id"], assignment.problem))
+                    continue
+                try:
+                    for channel, summary in assignment.channels.items():
+                        metadata = self._metadata(uid, summary)
+                        stack = slice_stack([dataset_from_json(m) for m in metadata], f"{channel} series '{summary.name}'")
+                        if channel == REFERENCE_CHANNEL:
+                            geometries[uid] = Geometry(stack.shape, stack.affine)
+                            reference[uid] = [metadata[i] for i in stack.order]
+                except SeriesProblem as e:
+                    problems.append(StudyProblem(uid, study["patient_id"], str(e)))
+                    continue
+                found[uid] = DicomStudy(uid, study["patient_id"], assignment.channels, [s for s in series if s.modality == "SEG"])
+                series_to_study.update({s.series_uid: uid for s in series})
+        except ArchiveUnavailable as e:
+            self._archive_error = str(e)
+            logger.warning(f"{e}; serving the last listing ({len(self._sources)} studies)")
+            return
+        with self._lock:
+            self._archive_error = None
+            self._sources, self._series_to_study = found, series_to_study  # type: ignore[assignment]
+            self._geometries, self._reference = geometries, reference
+            self._problems = problems
+        self._send_pending_labels()
+        self._import_segs()
+        logger.info(f"{len(found)} studies in {self._archive.url}; {len(self._problems)} with problems")
+
+    def _maybe_refresh(self) -> None:
+        if time.monotonic() - self._refreshed_at >= self._refresh_s:
+            self.refresh()
+
+    def _metadata(self, study_uid: str, series: SeriesSummary) -> List[Dict[str, Any]]:
+        """Instance metadata of a series, cached under its UID and instance count."""
+        path = self._metadata_dir / f"{series.series_uid}_{series.instances}.json"
+        cached = read_json(path, None)
+        if cached is None:
+            cached = self._archive.series_metadata(study_uid, series.series_uid)
+            write_json(cached, path)
+        return cached
+
+    def problems(self) -> List[StudyProblem]:
+        with self._lock:
+            problems = list(self._problems)
+        registry = read_json(self._seg_registry_path, {})
+        problems += [StudyProblem(r["study"], sop, r["reason"]) for sop, r in registry.items() if r.get("status") == "refused"]
+        if self._archive_error:
+            problems.append(StudyProblem("*", self._archive.url, self._archive_error))
+        return problems
+
+    def _resolve(self, image_id: str) -> str:
+        """StudyInstanceUID for a study or any of its series' UIDs (OHIF sends the series on screen)."""
+        with self._lock:
+            if image_id in self._sources:
+                return image_id
+            if image_id in self._series_to_study:
+                return self._series_to_study[image_id]
+        self.refresh()
+        with self._lock:
+            study = image_id if image_id in self._sources else self._series_to_study.get(image_id)
+        if study is None:
+            raise NotFound(f"'{image_id}' is neither a usable study nor a series of one in {self._archive.url}: see /datastore/?output=all")
+        return study
+
+    def _source(self, image_id: str) -> DicomStudy:  # type: ignore[override]
+        study = self._resolve(image_id)
+        with self._lock:
+            return self._sources[study]
+
+    def geometry(self, image_id: str) -> Geometry:
+        study = self._resolve(image_id)
+        with self._lock:
+            return self._geometries[study]
+
+    # --- images -------------------------------------------------------------------------------------
+    def list_images(self) -> List[str]:
+        self._maybe_refresh()
+        with self._lock:
+            return sorted(self._sources)
+
+    def get_image_uri(self, image_id: str) -> str:
+        study = self._source(image_id)
+        try:
+            return str(self._cases.get(study.study_id, study.fingerprint(), lambda: self._fetch_stack(study)))
+        except SeriesProblem as e:
+            with self._lock:
+                self._problems.append(StudyProblem(study.study_id, study.patient_id, str(e)))
+            raise InvalidInput(f"study {study.patient_id} ({study.study_id}) cannot be opened: {e}") from None
+
+    def _fetch_stack(self, study: DicomStudy) -> Tuple[np.ndarray, np.ndarray]:
+        """Fetch the four series at once, convert each, resample onto the reference grid, stack."""
+
+        def fetch(channel: str) -> Tuple[np.ndarray, np.ndarray]:
+            summary = study.channels[channel]
+            datasets = self._archive.retrieve_series(study.study_id, summary.series_uid)
+            return series_volume(datasets, f"{channel} series '{summary.name}'")
+
+        with ThreadPoolExecutor(min(DICOMWEB_FETCH_WORKERS, len(CHANNELS))) as pool:
+            volumes = dict(zip(CHANNELS, pool.map(fetch, CHANNELS)))
+        geometry = self.geometry(study.study_id)
+        channels = []
+        for channel in CHANNELS:
+            data, affine = volumes[channel]
+            if data.shape != geometry.shape or not np.allclose(affine, geometry.affine, atol=1e-3):
+                data = np.asarray(resample_from_to(nib.Nifti1Image(data, affine), (geometry.shape, geometry.affine), order=1).dataobj, dtype=np.float32)
+            channels.append(data)
+        return stack_channels(channels), geometry.affine
+
+    def get_image_info(self, image_id: str) -> Dict[str, Any]:
+        study = self._source(image_id)
+        geometry = self.geometry(study.study_id)
+        info = read_json(self._image_info_path(study.study_id), {})
+        info.update(
+            {
+                "layout": "dicomweb",
+                "patient_id": study.patient_id,
+                "channels": list(CHANNELS),
+                "series": {c: {"uid": s.series_uid, "description": s.name, "instances": s.instances} for c, s in study.channels.items()},
+                "reference_channel": REFERENCE_CHANNEL,
+                "shape": list(geometry.shape),
+                "spacing_mm": list(geometry.spacing_mm),
+            }
+        )
+        return info
+
+    def add_image(self, image_id: str, image_filename: str, image_info: Dict[str, Any]) -> str:
+        raise NotAllowed("studies enter through the archive: send them to Orthanc (scripts/import_studies.py for NIfTI studies)")
+
+    def remove_image(self, image_id: str) -> None:
+        raise NotAllowed(f"studies are not deleted through this server; remove study '{image_id}' in the archive")
+
+    # --- labels -------------------------------------------------------------------------------------
+    def save_label(self, image_id: str, label_filename: str, label_tag: str, label_info: Dict[str, Any]) -> str:
+        """Stored locally (atomic, with history) first; a final label then goes to the archive as SEG."""
+        study = self._resolve(image_id)
+        saved = super().save_label(study, label_filename, label_tag, label_info)
+        if _tag(label_tag) == FINAL:
+            self.update_label_info(study, FINAL, {"archive": "pending"})
+            self._send_label(study)
+        return saved
+
+    def _send_label(self, study: str) -> None:
+        label_path = Path(self._label_path(study, FINAL))
+        label = np.asarray(nib.load(str(label_path)).dataobj, dtype=np.uint8)
+        with self._lock:
+            reference = [dataset_from_json(m) for m in self._reference[study]]
+        saved_at = self.get_label_info(study, FINAL).get("saved_at", "")
+        seg = label_to_seg(label, reference, seed=f"{study}/{saved_at}", software_version=self._software_version)
+        try:
+            self._archive.store([seg])
+        except ArchiveUnavailable as e:
+            logger.warning(f"label of {study} kept on the server, not yet in the archive: {e}")
+            return
+        self._register_seg(str(seg.SOPInstanceUID), study, "written")
+        self.update_label_info(study, FINAL, {"archive": "stored", "seg_sop_instance_uid": str(seg.SOPInstanceUID), "seg_series_uid": str(seg.SeriesInstanceUID)})
+
+    def _send_pending_labels(self) -> None:
+        for study in list(self._sources):
+            if self.get_label_info(study, FINAL).get("archive") == "pending":
+                self._send_label(study)
+
+    def _register_seg(self, sop_uid: str, study: str, status: str, reason: str = "") -> None:
+        with self._lock:
+            registry = read_json(self._seg_registry_path, {})
+            registry[sop_uid] = {"study": study, "status": status, **({"reason": reason} if reason else {})}
+            write_json(registry, self._seg_registry_path)
+
+    def _import_segs(self) -> None:
+        """SEGs in the archive that this server has not seen become final labels, in the order they were made."""
+        registry = read_json(self._seg_registry_path, {})
+        for study in list(self._sources.values()):
+            new = []
+            for series in study.segs:
+                try:
+                    new += [(series, sop) for sop in self._archive.instance_uids(study.study_id, series.series_uid) if sop not in registry]
+                except ArchiveUnavailable as e:
+                    logger.warning(str(e))
+                    return
+            decoded = [d for d in (self._decode_seg(study, series, sop) for series, sop in new) if d is not None]
+            for made_at, series, sop, seg, label in sorted(decoded, key=lambda d: d[0]):
+                self._import_seg(study, series, sop, seg, label, made_at)
+
+    def _decode_seg(self, study: DicomStudy, series: SeriesSummary, sop: str):
+        geometry = self.geometry(study.study_id)
+        try:
+            seg = self._archive.retrieve_instance(study.study_id, series.series_uid, sop)
+            label = check_label_values(seg_to_label(seg, geometry.affine, geometry.shape))
+        except ArchiveUnavailable as e:
+            logger.warning(str(e))
+            return None
+        except (SegProblem, LabelError, ValueError, AttributeError, KeyError, IndexError) as e:
+            reason = f"SEG '{series.name}' not used as a label: {e}"
+            logger.warning(f"{study.study_id}: {reason}")
+            self._register_seg(sop, study.study_id, "refused", reason)
+            return None
+        return content_time(seg), series, sop, seg, label
+
+    def _import_seg(self, study: DicomStudy, series: SeriesSummary, sop: str, seg, label: np.ndarray, made_at: str) -> None:
+        info = self.get_label_info(study.study_id, FINAL) if self.get_label_by_image_id(study.study_id, FINAL) else {}
+        current = info.get("seg_made_at") or info.get("saved_at", "")  # when the current label was made
+        if current and made_at and made_at < current:
+            self._register_seg(sop, study.study_id, "superseded", f"made {made_at}, before the current label ({current})")
+            return
+        info = {
+            "source": SEG_SOURCE,
+            "seg_sop_instance_uid": sop,
+            "seg_series_uid": series.series_uid,
+            "seg_description": series.name,
+            "seg_manufacturer": str(seg.get("Manufacturer", "")),
+            "seg_made_at": made_at,
+            "archive": "stored",
+        }
+        self._store_label(study.study_id, label, self.geometry(study.study_id), FINAL, info)
+        self._register_seg(sop, study.study_id, "imported")
+
+    # --- summaries -------------------------------------------------------------------------------------
+    def json(self) -> Dict[str, Any]:
+        listing = super().json()
+        listing.pop("studies_dir", None)
+        listing["archive"] = {"url": self._archive.url, "reachable": self._archive_error is None, "error": self._archive_error}
+        return listing
+
+    def status(self) -> Dict[str, Any]:
+        status = super().status()
+        status["archive"] = {"url": self._archive.url, "reachable": self._archive_error is None}
+        pending = [s for s in self._sources if self.get_label_info(s, FINAL).get("archive") == "pending"]
+        status["labels_waiting_for_archive"] = len(pending)
+        return status
+
