@@ -40,7 +40,7 @@ from .datastore import FINAL, StudyFolderDatastore, _tag
 from .dicom.archive import Archive, dataset_from_json
 from .dicom.seg import SegProblem, label_to_seg, seg_to_label
 from .dicom.series_rules import SeriesRules, SeriesSummary
-from .dicom.series_volume import SeriesProblem, slice_stack, series_volume
+from .dicom.series_volume import SeriesProblem, SliceStack, series_volume, slice_stack
 from .errors import ArchiveUnavailable, InvalidInput, NotAllowed, NotFound
 from .labels import LabelError, check_label_values
 from .studies import Geometry, StudyProblem
@@ -108,21 +108,20 @@ class DicomWebStudyDatastore(StudyFolderDatastore):
         self._series_to_study: Dict[str, str] = {}
         self._problems: List[StudyProblem] = []
         self._geometries: Dict[str, Geometry] = {}
-        self._reference: Dict[str, List[Dict[str, Any]]] = {}  # study -> reference series metadata, slice order
+        self._stacks: Dict[str, SliceStack | SeriesProblem] = {}  # series geometry by UID and instance count
         self._archive_error: Optional[str] = None
-        self._refreshed_at = 0.0
+        self._refresh_started_at = -1.0
         self.refresh()
 
     # --- discovery ----------------------------------------------------------------------------------
     def refresh(self) -> None:
         """Ask the archive for its studies; import new SEGs; send labels that are waiting for the archive."""
-        if not self._refresh_lock.acquire(blocking=False):
-            return  # another thread is refreshing; its answer will do
-        try:
+        asked_at = time.monotonic()
+        with self._refresh_lock:
+            if self._refresh_started_at >= asked_at:
+                return  # another thread refreshed after we asked: its answer will do
+            self._refresh_started_at = time.monotonic()
             self._refresh()
-        finally:
-            self._refreshed_at = time.monotonic()
-            self._refresh_lock.release()
 
     def _refresh(self) -> None:
         try:
@@ -131,7 +130,6 @@ class DicomWebStudyDatastore(StudyFolderDatastore):
             series_to_study: Dict[str, str] = {}
             problems: List[StudyProblem] = []
             geometries: Dict[str, Geometry] = {}
-            reference: Dict[str, List[Dict[str, Any]]] = {}
             for study in studies:
                 uid = study["study_uid"]
                 series = self._archive.series(uid)
@@ -141,11 +139,9 @@ class DicomWebStudyDatastore(StudyFolderDatastore):
                     continue
                 try:
                     for channel, summary in assignment.channels.items():
-                        metadata = self._metadata(uid, summary)
-                        stack = slice_stack([dataset_from_json(m) for m in metadata], f"{channel} series '{summary.name}'")
+                        stack = self._stack(uid, channel, summary)
                         if channel == REFERENCE_CHANNEL:
                             geometries[uid] = Geometry(stack.shape, stack.affine)
-                            reference[uid] = [metadata[i] for i in stack.order]
                 except SeriesProblem as e:
                     problems.append(StudyProblem(uid, study["patient_id"], str(e)))
                     continue
@@ -158,15 +154,35 @@ class DicomWebStudyDatastore(StudyFolderDatastore):
         with self._lock:
             self._archive_error = None
             self._sources, self._series_to_study = found, series_to_study  # type: ignore[assignment]
-            self._geometries, self._reference = geometries, reference
+            self._geometries = geometries
             self._problems = problems
         self._send_pending_labels()
         self._import_segs()
         logger.info(f"{len(found)} studies in {self._archive.url}; {len(self._problems)} with problems")
 
     def _maybe_refresh(self) -> None:
-        if time.monotonic() - self._refreshed_at >= self._refresh_s:
+        if time.monotonic() - self._refresh_started_at >= self._refresh_s:
             self.refresh()
+
+    def _stack(self, study_uid: str, channel: str, series: SeriesSummary) -> SliceStack:
+        """Slice order and grid of a series, checked once per UID and instance count (parsing is slow)."""
+        key = f"{series.series_uid}_{series.instances}"
+        if key not in self._stacks:
+            try:
+                self._stacks[key] = slice_stack([dataset_from_json(m) for m in self._metadata(study_uid, series)], f"{channel} series '{series.name}'")
+            except SeriesProblem as e:
+                self._stacks[key] = e
+        stack = self._stacks[key]
+        if isinstance(stack, SeriesProblem):
+            raise stack
+        return stack
+
+    def _reference_datasets(self, study: DicomStudy) -> list:
+        """The reference series' instances (metadata only) in slice order: what a SEG refers to."""
+        summary = study.channels[REFERENCE_CHANNEL]
+        metadata = self._metadata(study.study_id, summary)
+        stack = self._stack(study.study_id, REFERENCE_CHANNEL, summary)
+        return [dataset_from_json(metadata[i]) for i in stack.order]
 
     def _metadata(self, study_uid: str, series: SeriesSummary) -> List[Dict[str, Any]]:
         """Instance metadata of a series, cached under its UID and instance count."""
@@ -280,8 +296,7 @@ class DicomWebStudyDatastore(StudyFolderDatastore):
     def _send_label(self, study: str) -> None:
         label_path = Path(self._label_path(study, FINAL))
         label = np.asarray(nib.load(str(label_path)).dataobj, dtype=np.uint8)
-        with self._lock:
-            reference = [dataset_from_json(m) for m in self._reference[study]]
+        reference = self._reference_datasets(self._source(study))
         saved_at = self.get_label_info(study, FINAL).get("saved_at", "")
         seg = label_to_seg(label, reference, seed=f"{study}/{saved_at}", software_version=self._software_version)
         try:

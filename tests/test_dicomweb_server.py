@@ -1,0 +1,144 @@
+"""The running MONAI Label server on studies in a real Orthanc, driven with MONAI Label's own client.
+
+What an annotator's viewer does: list the studies, pre-segment one from the series on screen (OHIF
+sends a SeriesInstanceUID), save the corrected label, and find it in the archive as a DICOM SEG that
+decodes to exactly what was saved, on the study's grid. And what happens when the archive stops.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import requests
+import torch
+from monailabel.client import MONAILabelClient
+from monailabel.client.client import MONAILabelClientException
+
+from lib.config import PROFILES, REFERENCE_CHANNEL
+from lib.dicom.seg import referenced_series, seg_to_label
+from lib.network import build_network
+from scripts.import_studies import import_studies
+from tests.conftest import make_studies
+
+pytestmark = pytest.mark.server
+
+
+@pytest.fixture(scope="module")
+def studies(tmp_path_factory) -> Path:
+    return make_studies(tmp_path_factory.mktemp("dicomweb_server_studies"), cases=3, labelled=1, seed=31)
+
+
+@pytest.fixture(scope="module")
+def weights(tmp_path_factory) -> Path:
+    """Untrained weights: enough to run the whole path; what the model predicts is not under test here."""
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("weights") / "untrained.pt"
+    torch.save(build_network(PROFILES["cpu"]).state_dict(), path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def server(orthanc, studies, weights, server_factory, tmp_path_factory):
+    import_studies(studies, orthanc.archive(), progress=False)
+    workspace = tmp_path_factory.mktemp("dicomweb_workspace")
+    return server_factory(orthanc.dicomweb, env=orthanc.credentials_env, workspace=workspace, pretrained_weights=weights, dicomweb_refresh_s=0)
+
+
+@pytest.fixture(scope="module")
+def client(server, tmp_path_factory) -> MONAILabelClient:
+    return MONAILabelClient(server.url, tmpdir=str(tmp_path_factory.mktemp("client")), client_id="pytest")
+
+
+def _listing(client) -> dict:
+    return client.datastore()["objects"]
+
+
+def _case(client, patient: str) -> tuple:
+    for case, entry in _listing(client).items():
+        info = entry["image"]["info"]
+        if info["patient_id"] == patient:
+            return case, info
+    raise AssertionError(f"{patient} not listed")
+
+
+def test_studies_in_the_archive_are_listed_as_cases(client, studies):
+    patients = sorted(p.name for p in studies.iterdir() if p.is_dir() and not p.name.startswith("."))
+    listing = _listing(client)
+    assert sorted(e["image"]["info"]["patient_id"] for e in listing.values()) == patients
+    labelled = [e for e in listing.values() if "final" in e["labels"]]
+    assert len(labelled) == 1 and labelled[0]["labels"]["final"]["info"]["source"] == "dicom-seg"
+
+
+def test_infer_from_the_series_on_screen_and_save_the_correction_as_seg(client, server, orthanc, studies, tmp_path):
+    patient = sorted(p.name for p in studies.iterdir() if p.is_dir() and not (p / f"{p.name}-seg.nii.gz").exists())[0]
+    case, info = _case(client, patient)
+    flair_series = info["series"]["flair"]["uid"]  # what OHIF sends: the series on screen
+    label_file, params = client.infer("segmentation", flair_series, {})
+    params = json.loads(params) if isinstance(params, str) else params
+    reference = nib.load(str(studies / patient / f"{patient}-t1c.nii.gz"))
+    result = nib.load(label_file)
+    assert result.shape == reference.shape and np.allclose(result.affine, reference.affine, atol=1e-4)
+
+    correction = np.asarray(result.dataobj).astype(np.uint8)
+    correction[50:60, 50:60, 35:40] = 3  # the annotator paints enhancing tumour
+    correction[62:66, 50:60, 35:40] = 1
+    upload = tmp_path / "correction.nii.gz"
+    nib.save(nib.Nifti1Image(correction, result.affine), str(upload))
+    answer = client.save_label(flair_series, str(upload), tag="final", params={"user": "dr_dicom"})
+    assert answer["label"] == case
+
+    label_info = _listing(client)[case]["labels"]["final"]["info"]
+    assert label_info["archive"] == "stored" and label_info["user"] == "dr_dicom"
+    seg_series = label_info["seg_series_uid"]
+    archive = orthanc.archive()
+    seg = archive.retrieve_instance(case, seg_series, label_info["seg_sop_instance_uid"])
+    assert seg.Modality == "SEG" and seg.StudyInstanceUID == case
+    assert referenced_series(seg) == info["series"][REFERENCE_CHANNEL]["uid"]
+    assert np.array_equal(seg_to_label(seg, reference.affine, reference.shape), correction)
+
+
+def test_a_seg_written_by_another_client_becomes_the_label(client, orthanc, studies, tmp_path):
+    patient = sorted(p.name for p in studies.iterdir() if p.is_dir() and not (p / f"{p.name}-seg.nii.gz").exists())[-1]
+    case, info = _case(client, patient)
+    archive = orthanc.archive()
+    from lib.dicom.seg import label_to_seg
+    from lib.dicom.series_volume import slice_stack
+
+    reference = archive.retrieve_series(case, info["series"][REFERENCE_CHANNEL]["uid"])
+    stack = slice_stack(reference)
+    label = np.zeros(stack.shape, np.uint8)
+    label[40:52, 44:50, 30:36] = 2
+    label[44:48, 45:49, 32:34] = 3
+    seg = label_to_seg(label, [reference[i] for i in stack.order], "other-viewer", "9.9", "Segmentation from a viewer")
+    seg.Manufacturer = "Another viewer"
+    archive.store([seg])
+    entry = _listing(client)[case]["labels"]["final"]
+    assert entry["info"]["seg_manufacturer"] == "Another viewer"
+    downloaded = requests.get(f"{client._server_url}/datastore/label", params={"label": case, "tag": "final"}, timeout=30)
+    (tmp_path / "label.nii.gz").write_bytes(downloaded.content)
+    saved = nib.load(str(tmp_path / "label.nii.gz"))
+    assert np.array_equal(nib.as_closest_canonical(saved).get_fdata(), nib.as_closest_canonical(nib.Nifti1Image(label, stack.affine)).get_fdata())
+
+
+def test_archive_stopped_gives_clear_errors_and_the_server_recovers(client, server, orthanc, studies):
+    patients = sorted(p.name for p in studies.iterdir() if p.is_dir() and not p.name.startswith("."))
+    listing = _listing(client)
+    uncached = [c for c, e in listing.items() if e["image"]["info"]["patient_id"] == patients[0]][0]  # the labelled one: not scored
+    orthanc.stop()
+    try:
+        assert requests.get(f"{server.url}/info/", timeout=30).status_code == 200
+        during = client.datastore()
+        assert during["archive"]["reachable"] is False and "does not answer" in during["archive"]["error"]
+        assert set(during["objects"]) == set(listing), "the last listing is still served"
+        with pytest.raises(MONAILabelClientException) as error:
+            client.infer("segmentation", uncached, {})  # never fetched, so it must come from the archive
+        assert "503" in error.value.msg and "does not answer" in error.value.msg
+    finally:
+        orthanc.start()
+    assert client.datastore()["archive"]["reachable"] is True
+    label_file, _ = client.infer("segmentation", uncached, {})
+    assert nib.load(label_file).shape[:3] == nib.load(str(studies / patients[0] / f"{patients[0]}-t1c.nii.gz")).shape
