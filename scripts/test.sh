@@ -3,4 +3,5 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
+bash scripts/system_packages.sh  # Orthanc, dicom3tools, docker-compose: the tests use the real ones
 exec .venv/bin/python -m pytest "$@"

@@ -123,6 +123,12 @@ def server_factory(tmp_path_factory) -> Iterator:
         server.stop()
 
 
+def dciodvfy_errors(path: Path) -> list:
+    """Lines dciodvfy (dicom3tools) reports as errors against the DICOM standard; warnings are not errors."""
+    result = subprocess.run(["dciodvfy", str(path)], capture_output=True, text=True)
+    return [line for line in (result.stdout + result.stderr).splitlines() if line.startswith("Error")]
+
+
 ORTHANC_CONFIG = REPO / "orthanc" / "orthanc.json"
 ORTHANC_START_TIMEOUT_S = 30
 

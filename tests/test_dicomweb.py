@@ -6,7 +6,6 @@ with dciodvfy from dicom3tools.
 
 from __future__ import annotations
 
-import subprocess
 from copy import deepcopy
 from pathlib import Path
 
@@ -15,7 +14,7 @@ import numpy as np
 import pytest
 from scipy.spatial.transform import Rotation
 
-from tests.conftest import make_studies
+from tests.conftest import dciodvfy_errors, make_studies
 from lib.config import CHANNELS, REFERENCE_CHANNEL
 from lib.dicom.mr_series import StudyTags, uid_from, volume_to_mr_series
 from lib.dicom.seg import label_to_seg
@@ -152,11 +151,6 @@ def test_modalities_at_different_resolutions_are_resampled_onto_the_reference_gr
     assert np.allclose(between, (flair[:, :, 0:-2:2].astype(np.float32) + flair[:, :, 2::2]) / 2, atol=1e-2), "and slices between are interpolated"
 
 
-def _dciodvfy_errors(path: Path) -> list:
-    result = subprocess.run(["dciodvfy", str(path)], capture_output=True, text=True)
-    return [line for line in (result.stdout + result.stderr).splitlines() if line.startswith("Error")]
-
-
 def test_every_object_written_passes_dciodvfy(imported, tmp_path):
     sources, _ = find_studies(imported)
     labelled = next(s for s in sources if s.ground_truth is not None)
@@ -168,7 +162,7 @@ def test_every_object_written_passes_dciodvfy(imported, tmp_path):
     for index, ds in enumerate(by_series.values()):
         path = tmp_path / f"{index}_{ds.Modality}.dcm"
         ds.save_as(str(path), write_like_original=False)
-        assert _dciodvfy_errors(path) == [], f"{ds.Modality} {ds.get('SeriesDescription')}"
+        assert dciodvfy_errors(path) == [], f"{ds.Modality} {ds.get('SeriesDescription')}"
 
 
 # --- bad input -----------------------------------------------------------------------------------------

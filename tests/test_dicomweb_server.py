@@ -22,7 +22,7 @@ from lib.config import PROFILES, REFERENCE_CHANNEL
 from lib.dicom.seg import referenced_series, seg_to_label
 from lib.network import build_network
 from scripts.import_studies import import_studies
-from tests.conftest import make_studies
+from tests.conftest import dciodvfy_errors, make_studies
 
 pytestmark = pytest.mark.server
 
@@ -99,6 +99,8 @@ def test_infer_from_the_series_on_screen_and_save_the_correction_as_seg(client, 
     assert seg.Modality == "SEG" and seg.StudyInstanceUID == case
     assert referenced_series(seg) == info["series"][REFERENCE_CHANNEL]["uid"]
     assert np.array_equal(seg_to_label(seg, reference.affine, reference.shape), correction)
+    seg.save_as(str(tmp_path / "saved_seg.dcm"), write_like_original=False)
+    assert dciodvfy_errors(tmp_path / "saved_seg.dcm") == []
 
 
 def test_a_seg_written_by_another_client_becomes_the_label(client, orthanc, studies, tmp_path):

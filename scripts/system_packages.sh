@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Debian packages the archive mode and its tests need: Orthanc with its DICOMweb plugin, dicom3tools
+# (dciodvfy checks every DICOM object we write) and docker-compose (validates docker-compose.yml).
+# Installs only what is missing; needs root (or sudo) the first time.
+set -euo pipefail
+packages=(orthanc orthanc-dicomweb dicom3tools docker-compose)
+missing=()
+for p in "${packages[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+[ ${#missing[@]} -eq 0 ] && exit 0
+echo "==> installing Debian packages: ${missing[*]}"
+SUDO=""
+[ "$(id -u)" -ne 0 ] && SUDO="sudo"
+export DEBIAN_FRONTEND=noninteractive
+$SUDO apt-get update -qq
+$SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+# Debian starts an Orthanc service on 8042 with its own configuration: ours runs from orthanc/orthanc.json.
+if command -v systemctl >/dev/null && systemctl is-active --quiet orthanc 2>/dev/null; then $SUDO systemctl stop orthanc || true; fi
+if command -v service >/dev/null; then $SUDO service orthanc stop >/dev/null 2>&1 || true; fi
