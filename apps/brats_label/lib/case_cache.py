@@ -50,7 +50,10 @@ def stack_channels(channels: Sequence[np.ndarray]) -> np.ndarray:
     """(X, Y, Z, C) in the given order, in the channels' common dtype (float32 if they differ)."""
     dtypes = {c.dtype for c in channels}
     dtype = dtypes.pop() if len(dtypes) == 1 else np.float32
-    return np.stack([c.astype(dtype, copy=False) for c in channels], axis=-1)
+    stacked = np.empty(channels[0].shape + (len(channels),), dtype=dtype, order="F")  # NIfTI's order: written without a copy
+    for index, channel in enumerate(channels):
+        stacked[..., index] = channel
+    return stacked
 
 
 def stack_study_files(source: StudySource) -> Tuple[np.ndarray, np.ndarray]:

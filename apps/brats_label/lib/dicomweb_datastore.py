@@ -256,7 +256,7 @@ class DicomWebStudyDatastore(StudyFolderDatastore):
         for channel in CHANNELS:
             data, affine = volumes[channel]
             if data.shape != geometry.shape or not np.allclose(affine, geometry.affine, atol=1e-3):
-                data = np.asarray(resample_from_to(nib.Nifti1Image(data, affine), (geometry.shape, geometry.affine), order=1).dataobj, dtype=np.float32)
+                data = np.asarray(resample_from_to(nib.Nifti1Image(data.astype(np.float32), affine), (geometry.shape, geometry.affine), order=1).dataobj, dtype=np.float32)
             channels.append(data)
         return stack_channels(channels), geometry.affine
 

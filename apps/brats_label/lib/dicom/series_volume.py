@@ -13,6 +13,7 @@ from typing import List, Sequence
 
 import numpy as np
 from pydicom.dataset import Dataset
+from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 from ..config import SLICE_SPACING_TOLERANCE
 from .mr_series import RAS_TO_LPS
@@ -90,17 +91,40 @@ def slice_stack(datasets: Sequence[Dataset], series: str = "series") -> SliceSta
     return SliceStack(order, RAS_TO_LPS @ lps, (columns, rows, len(datasets)))
 
 
+UNCOMPRESSED = (ExplicitVRLittleEndian, ImplicitVRLittleEndian)
+
+
+def _pixels(ds: Dataset, rows: int, columns: int, where: str) -> np.ndarray:
+    """(rows, columns) stored values; uncompressed 16-bit frames are read straight from the buffer."""
+    syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+    try:
+        if syntax in UNCOMPRESSED and int(ds.BitsAllocated) == 16 and int(ds.get("SamplesPerPixel", 1)) == 1:
+            dtype = np.int16 if int(ds.PixelRepresentation) == 1 else np.uint16
+            data = ds.PixelData
+            if len(data) < rows * columns * 2:
+                raise ValueError(f"{len(data)} bytes of pixel data for {rows}x{columns} 16-bit pixels")
+            return np.frombuffer(data, dtype=dtype, count=rows * columns).reshape(rows, columns)
+        pixels = ds.pixel_array
+    except Exception as e:
+        raise SeriesProblem(f"{where}: pixel data cannot be decoded ({e})") from None
+    if pixels.shape != (rows, columns):
+        raise SeriesProblem(f"{where}: pixel data cannot be decoded (shape {pixels.shape}, expected {rows}x{columns})")
+    return pixels
+
+
 def series_volume(datasets: Sequence[Dataset], series: str = "series") -> tuple[np.ndarray, np.ndarray]:
-    """(volume float32 (X, Y, Z) in stored units after rescale, RAS affine) of one checked series."""
+    """(volume (X, Y, Z), RAS affine) of one checked series, Fortran-ordered as NIfTI stores it.
+
+    Stored values are kept (int16/uint16) when no instance rescales; otherwise float32 after rescale.
+    """
     stack = slice_stack(datasets, series)
-    volume = np.empty(stack.shape, dtype=np.float32)
-    for z, index in enumerate(stack.order):
-        ds = datasets[index]
-        try:
-            pixels = ds.pixel_array
-        except Exception as e:
-            raise SeriesProblem(f"{series}, instance {ds.get('InstanceNumber', '?')}: pixel data cannot be decoded ({e})") from None
-        slope = float(ds.get("RescaleSlope", 1) or 1)
-        intercept = float(ds.get("RescaleIntercept", 0) or 0)
-        volume[:, :, z] = pixels.T * slope + intercept
+    rescales = [(float(ds.get("RescaleSlope", 1) or 1), float(ds.get("RescaleIntercept", 0) or 0)) for ds in datasets]
+    rows, columns = stack.shape[1], stack.shape[0]
+    frames = [_pixels(datasets[i], rows, columns, f"{series}, instance {datasets[i].get('InstanceNumber', '?')}") for i in stack.order]
+    identity = all(r == (1.0, 0.0) for r in rescales)
+    dtype = frames[0].dtype if identity and all(f.dtype == frames[0].dtype for f in frames) else np.float32
+    volume = np.empty(stack.shape, dtype=dtype, order="F")
+    for z, (index, pixels) in enumerate(zip(stack.order, frames)):
+        slope, intercept = rescales[index]
+        volume[:, :, z] = pixels.T if identity else pixels.T * slope + intercept
     return volume, stack.affine

@@ -1,0 +1,89 @@
+"""A local Orthanc process (Debian's package) on free loopback ports, for tests, benchmarks and the demo.
+
+Uses the project's one configuration (``orthanc/orthanc.json``) with storage, ports and credentials
+from the environment, exactly as ``scripts/orthanc.sh`` does for users.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import time
+from pathlib import Path
+from typing import Optional
+
+import requests
+
+REPO = Path(__file__).resolve().parents[1]
+ORTHANC_CONFIG = REPO / "orthanc" / "orthanc.json"
+ORTHANC_START_TIMEOUT_S = 30
+
+
+class LocalOrthanc:
+    """A real Orthanc (Debian's package, with its DICOMweb plugin) on free loopback ports."""
+
+    def __init__(self, storage: Path, log_path: Path, user: str = "brats", password: Optional[str] = None):
+        self.storage = storage
+        self.log_path = log_path
+        self.http_port, self.dicom_port = free_port(), free_port()
+        self.user, self.password = user, password or f"pw-{os.getpid()}-{self.http_port}"
+        self.url = f"http://127.0.0.1:{self.http_port}"
+        self.dicomweb = f"{self.url}/dicom-web"
+        self.process: Optional[subprocess.Popen] = None
+        self.start()
+
+    @property
+    def credentials_env(self) -> dict:
+        return {"MONAI_LABEL_DICOMWEB_USERNAME": self.user, "MONAI_LABEL_DICOMWEB_PASSWORD": self.password}
+
+    def start(self) -> None:
+        env = {
+            **os.environ,
+            "ORTHANC_STORAGE": str(self.storage),
+            "ORTHANC_HTTP_PORT": str(self.http_port),
+            "ORTHANC_DICOM_PORT": str(self.dicom_port),
+            "ORTHANC_USER": self.user,
+            "ORTHANC_PASSWORD": self.password,
+        }
+        log = open(self.log_path, "a")
+        self.process = subprocess.Popen(["Orthanc", str(ORTHANC_CONFIG)], stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        deadline = time.time() + ORTHANC_START_TIMEOUT_S
+        while time.time() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"Orthanc exited with {self.process.returncode}:\n{self.log_path.read_text()[-3000:]}")
+            try:
+                if requests.get(f"{self.url}/system", auth=(self.user, self.password), timeout=2).status_code == 200:
+                    return
+            except requests.RequestException:
+                pass
+            time.sleep(0.3)
+        raise RuntimeError(f"Orthanc did not answer within {ORTHANC_START_TIMEOUT_S} s:\n{self.log_path.read_text()[-3000:]}")
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(20)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+    def archive(self):
+        import sys
+
+        sys.path.insert(0, str(REPO / "apps" / "brats_label"))
+        from lib.dicom.archive import Archive
+
+        return Archive(self.dicomweb, self.user, self.password)
+
+    def get(self, path: str) -> requests.Response:
+        return requests.get(f"{self.url}{path}", auth=(self.user, self.password), timeout=30)
+
+
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
