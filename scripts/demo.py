@@ -5,6 +5,10 @@
 Generates BraTS-like sample studies (a few with labels, most without) unless they exist, starts the
 MONAI Label server on them, starts training, follows it with a progress bar, then pre-segments an
 unlabelled study and writes a picture of the result. The server keeps running until Ctrl-C.
+
+With ``--archive`` the studies live in a local Orthanc instead (Debian's package, demo credentials
+from orthanc/demo.env, storage in data/orthanc): the sample is imported as DICOM (MR series, ground
+truth as SEG) and the server reads and writes the archive over DICOMweb.
 """
 
 from __future__ import annotations
@@ -30,6 +34,8 @@ sys.path.insert(0, str(REPO))
 
 from monailabel.client import MONAILabelClient  # noqa: E402
 
+from scripts.import_studies import import_studies  # noqa: E402
+from scripts.local_orthanc import LocalOrthanc  # noqa: E402
 from synthetic.__main__ import main as generate  # noqa: E402
 from synthetic.montage import save_montage  # noqa: E402
 
@@ -46,6 +52,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--port", type=int, default=8000)
     parser.add_argument("--profile", default="cpu", choices=("cpu", "bundle"))
     parser.add_argument("--epochs", type=int, default=None, help="training epochs (default: the app's)")
+    parser.add_argument("--archive", action="store_true", help="serve the studies from a local Orthanc (DICOMweb) instead of the folder")
+    parser.add_argument("--orthanc-port", type=int, default=8042)
     parser.add_argument("--no-wait", action="store_true", help="start everything and return (server keeps running)")
     return parser.parse_args()
 
@@ -65,13 +73,30 @@ def ensure_studies(args: argparse.Namespace) -> None:
     )  # fmt: skip
 
 
-def start_server(args: argparse.Namespace, log_path: Path) -> subprocess.Popen:
+def read_env_file(path: Path) -> dict:
+    pairs = (line.split("=", 1) for line in path.read_text().splitlines() if "=" in line and not line.startswith("#"))
+    return {k.strip(): v.strip() for k, v in pairs}
+
+
+def start_archive(args: argparse.Namespace) -> LocalOrthanc:
+    """Orthanc on loopback with the sample imported; re-running imports nothing twice."""
+    subprocess.run(["bash", str(REPO / "scripts" / "system_packages.sh")], check=True)
+    demo = read_env_file(REPO / "orthanc" / "demo.env")
+    storage = args.studies.parent / "orthanc"
+    orthanc = LocalOrthanc(storage, args.studies.parent / "orthanc.log", demo["ORTHANC_USER"], demo["ORTHANC_PASSWORD"], http_port=args.orthanc_port, dicom_port=args.orthanc_port + 200)
+    print(f"==> Orthanc at {orthanc.url} (DICOMweb {orthanc.dicomweb}; user {orthanc.user}, see orthanc/demo.env)")
+    counts = import_studies(args.studies, orthanc.archive())
+    print("==> sample in Orthanc: " + ", ".join(f"{n} {k}" for k, n in counts.items()))
+    return orthanc
+
+
+def start_server(args: argparse.Namespace, log_path: Path, studies: str, workspace: Path, extra_env: dict) -> subprocess.Popen:
     command = [
         sys.executable, "-m", "monailabel.main", "start_server",
-        "--app", str(REPO / "apps" / "brats_label"), "--studies", str(args.studies),
-        "--conf", "profile", args.profile, "--host", args.host, "--port", str(args.port),
+        "--app", str(REPO / "apps" / "brats_label"), "--studies", studies,
+        "--conf", "profile", args.profile, "--conf", "workspace", str(workspace), "--host", args.host, "--port", str(args.port),
     ]  # fmt: skip
-    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}", PYTHONUNBUFFERED="1")
+    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}", PYTHONUNBUFFERED="1", **extra_env)
     log_path.parent.mkdir(parents=True, exist_ok=True)
     process = subprocess.Popen(command, stdout=open(log_path, "w"), stderr=subprocess.STDOUT, env=env, start_new_session=True)
     url = f"http://{args.host}:{args.port}"
@@ -86,12 +111,12 @@ def start_server(args: argparse.Namespace, log_path: Path) -> subprocess.Popen:
     sys.exit(f"the server did not answer on {url} within 3 minutes; see {log_path}")
 
 
-def banner(url: str, studies: Path, log_path: Path) -> None:
+def banner(url: str, studies: str, log_path: Path) -> None:
     print(
         f"""
 BraTS Label is running at {url}
   API and docs:   {url}/docs
-  Studies:        {url}/datastore/?output=all      (folder: {studies})
+  Studies:        {url}/datastore/?output=all      (from {studies})
   Training:       {url}/train/                     (status of the background training)
   Server log:     {log_path}
 
@@ -148,26 +173,34 @@ def first_presegmentation(url: str, out_png: Path) -> None:
     print(f"    picture: {out_png}")
 
 
+def interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt
+
+
 def main() -> None:
     args = parse_args()
+    signal.signal(signal.SIGTERM, interrupt)  # a kill stops the server and Orthanc too, as Ctrl-C does
     ensure_studies(args)
     log_path = args.studies.parent / "server.log"
     url = f"http://{args.host}:{args.port}"
-    process = start_server(args, log_path)
-    banner(url, args.studies, log_path)
+    orthanc = start_archive(args) if args.archive else None
+    studies = orthanc.dicomweb if orthanc else str(args.studies)
+    workspace = args.studies.parent / "archive_workspace" if orthanc else args.studies / ".brats_label"
+    process = start_server(args, log_path, studies, workspace, orthanc.credentials_env if orthanc else {})
+    banner(url, studies, log_path)
     info = requests.get(f"{url}/info/", timeout=10).json()
     epochs = args.epochs or int(info["trainers"]["segmentation"]["config"]["max_epochs"])
     started_ts = int(time.time()) - 1
     requests.post(f"{url}/train/segmentation", json={"max_epochs": epochs}, timeout=30).raise_for_status()
     if args.no_wait:
-        print(f"training started in the background; server pid {process.pid}")
+        print(f"training started in the background; server pid {process.pid}" + (f", Orthanc pid {orthanc.process.pid}" if orthanc else ""))
         return
     try:
         outcome = follow_training(url, epochs, started_ts)
         if outcome["status"] != "DONE":
             print(f"training ended with {outcome['status']}; see {log_path}")
         else:
-            curves = sorted((args.studies / ".brats_label" / "model").glob("*/training_curve_*.png"), key=lambda p: p.stat().st_mtime)
+            curves = sorted((workspace / "model").glob("*/training_curve_*.png"), key=lambda p: p.stat().st_mtime)
             if curves:
                 shutil.copyfile(curves[-1], args.studies.parent / "demo_training_curve.png")
                 print(f"==> training curve: {args.studies.parent / 'demo_training_curve.png'}")
@@ -180,6 +213,8 @@ def main() -> None:
         if process.poll() is None:
             os.killpg(process.pid, signal.SIGTERM)
             process.wait(30)
+        if orthanc:
+            orthanc.stop()
 
 
 if __name__ == "__main__":

@@ -23,10 +23,12 @@ ORTHANC_START_TIMEOUT_S = 30
 class LocalOrthanc:
     """A real Orthanc (Debian's package, with its DICOMweb plugin) on free loopback ports."""
 
-    def __init__(self, storage: Path, log_path: Path, user: str = "brats", password: Optional[str] = None):
+    def __init__(
+        self, storage: Path, log_path: Path, user: str = "brats", password: Optional[str] = None, http_port: Optional[int] = None, dicom_port: Optional[int] = None
+    ):
         self.storage = storage
         self.log_path = log_path
-        self.http_port, self.dicom_port = free_port(), free_port()
+        self.http_port, self.dicom_port = http_port or free_port(), dicom_port or free_port()
         self.user, self.password = user, password or f"pw-{os.getpid()}-{self.http_port}"
         self.url = f"http://127.0.0.1:{self.http_port}"
         self.dicomweb = f"{self.url}/dicom-web"
