@@ -255,15 +255,28 @@ def test_seg_off_the_study_grid_is_refused_and_the_stored_label_kept(orthanc, im
     assert np.array_equal(np.asarray(nib.load(ds.get_label_uri(case, "final")).dataobj), before)
 
 
-def test_orthanc_down_keeps_the_listing_and_says_so(orthanc, imported, tmp_path):
+def test_orthanc_down_keeps_the_listing_and_a_label_saved_meanwhile_reaches_it_later(orthanc, imported, tmp_path):
     ds = datastore(orthanc, tmp_path)
+    unlabelled = sorted(p.name for p in imported.iterdir() if p.is_dir() and not (p / f"{p.name}-seg.nii.gz").exists())[0]
+    case = case_of(ds, unlabelled)
+    reference = nib.load(str(imported / unlabelled / f"{unlabelled}-t1c.nii.gz"))
+    label = np.zeros(reference.shape, np.uint8)
+    label[30:40, 30:40, 20:30] = 2
+    upload = tmp_path / "label.nii.gz"
+    nib.save(nib.Nifti1Image(label, reference.affine), str(upload))
     cases = ds.list_images()
     orthanc.stop()
     try:
         assert ds.list_images() == cases
         assert any("does not answer" in p.reason for p in ds.problems())
+        ds.save_label(case, str(upload), "final", {"user": "dr_offline"})
+        assert ds.get_label_info(case, "final")["archive"] == "pending"
+        assert np.array_equal(np.asarray(nib.load(ds.get_label_uri(case, "final")).dataobj), label), "kept on the server meanwhile"
     finally:
         orthanc.start()
     ds.refresh()
     assert not any("does not answer" in p.reason for p in ds.problems())
+    info = ds.get_label_info(case, "final")
+    assert info["archive"] == "stored" and info["user"] == "dr_offline"
+    assert orthanc.archive().instance_uids(case, info["seg_series_uid"]) == [info["seg_sop_instance_uid"]]
 
