@@ -60,7 +60,7 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=RESULTS / "dicomweb_fetch.json")
     args = parser.parse_args()
 
-    with tempfile.TemporaryDirectory() as tmp_name:
+    with tempfile.TemporaryDirectory(ignore_cleanup_errors=True) as tmp_name:
         tmp = Path(tmp_name)
         generate(["--out", str(tmp / "studies"), "--cases", "1", "--spacing", str(args.spacing), "--seed", "3", "--workers", "1"])
         orthanc = LocalOrthanc(tmp / "orthanc", tmp / "orthanc.log")
@@ -100,6 +100,10 @@ def main() -> int:
                 stock = DICOMWebDatastore(client, search_filter={"Modality": "MR"}, cache_path=str(tmp / "stock"))
                 for uid in series:
                     stock.get_image_uri(uid)
+                observer = getattr(stock, "_observer", None)  # its folder watcher would outlive the cache
+                if observer is not None:
+                    observer.stop()
+                    observer.join()
 
             def reset_stock():
                 shutil.rmtree(tmp / "stock", ignore_errors=True)

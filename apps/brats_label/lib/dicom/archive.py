@@ -7,12 +7,16 @@ every request) and turns "the archive did not answer" into an error a user can a
 from __future__ import annotations
 
 import functools
+import io
 from typing import Any, Dict, List, Optional, Sequence
 
+import pydicom
 import requests
 from dicomweb_client.api import DICOMwebClient
 from dicomweb_client.session_utils import create_session, create_session_from_user_pass
 from pydicom.dataset import Dataset
+from pydicom.errors import InvalidDicomError
+from requests_toolbelt.multipart.decoder import ImproperBodyPartContentException, MultipartDecoder, NonMultipartContentTypeException
 
 from ..config import DICOMWEB_TIMEOUT_S
 from ..errors import ArchiveUnavailable
@@ -85,7 +89,24 @@ class Archive:
         return found
 
     def retrieve_series(self, study_uid: str, series_uid: str) -> List[Dataset]:
-        return self._call("series retrieval", self.client.retrieve_series, study_uid, series_uid)
+        """All instances of a series in one WADO-RS request.
+
+        The whole multipart body is split by requests-toolbelt rather than streamed through
+        dicomweb-client's parser, which costs more than the transfer itself (half the time to open a
+        BraTS-size study, measured by bench/dicomweb_fetch.py).
+        """
+        url = f"{self.url}/studies/{study_uid}/series/{series_uid}"
+        response = self._call("series retrieval", self._get, url, {"Accept": 'multipart/related; type="application/dicom"; transfer-syntax=*'})
+        try:
+            parts = MultipartDecoder(response.content, response.headers.get("Content-Type", "")).parts
+            return [pydicom.dcmread(io.BytesIO(part.content), force=True) for part in parts]
+        except (ImproperBodyPartContentException, NonMultipartContentTypeException, InvalidDicomError) as e:
+            raise ArchiveUnavailable(f"the archive at {self.url} sent an unreadable answer for series {series_uid} ({e})") from None
+
+    def _get(self, url: str, headers: Dict[str, str]) -> requests.Response:
+        response = self.client._session.get(url, headers=headers)
+        response.raise_for_status()
+        return response
 
     def retrieve_instance(self, study_uid: str, series_uid: str, sop_uid: str) -> Dataset:
         return self._call("instance retrieval", self.client.retrieve_instance, study_uid, series_uid, sop_uid)
