@@ -280,3 +280,21 @@ def test_orthanc_down_keeps_the_listing_and_a_label_saved_meanwhile_reaches_it_l
     assert info["archive"] == "stored" and info["user"] == "dr_offline"
     assert orthanc.archive().instance_uids(case, info["seg_series_uid"]) == [info["seg_sop_instance_uid"]]
 
+
+
+def test_changed_series_is_fetched_again_never_served_stale(orthanc, imported, tmp_path):
+    source = sorted(p for p in imported.iterdir() if p.is_dir() and not p.name.startswith("."))[0]
+    channels = {c: (np.asarray(i.dataobj), i.affine) for c, i in study_files(source).items()}
+    study = _study("CACHE-changes")
+    frame = uid_from("test", "cache-frame")
+    _write_series(orthanc, study, {c: v if c != "t2" else (v[0][:, :, :-1], v[1]) for c, v in channels.items()}, frame)
+    ds = datastore(orthanc, tmp_path)
+    case = case_of(ds, "CACHE-changes")
+    first = np.asarray(nib.load(ds.get_image_uri(case)).dataobj)[..., CHANNELS.index("t2")]
+    assert not first[:, :, -1].any(), "the last T2 slice is missing, so it is resampled from nothing there"
+    # the scanner sends the missing last slice: same series, one more instance
+    data, affine = channels["t2"]
+    full = volume_to_mr_series(data, affine, study, "t2_tse_tra", 4, f"{study.study_instance_uid}/t2", frame)
+    orthanc.archive().store([full[-1]])
+    second = np.asarray(nib.load(ds.get_image_uri(case)).dataobj)[..., CHANNELS.index("t2")]
+    assert np.array_equal(second, data), "the cached stack was rebuilt with the new slice"
