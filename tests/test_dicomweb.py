@@ -159,6 +159,9 @@ def test_every_object_written_passes_dciodvfy(imported, tmp_path):
     for ds in datasets:
         by_series.setdefault(str(ds.SeriesInstanceUID), ds)
     assert len(by_series) == 5  # four MR series and the ground-truth SEG
+    assert len({str(ds.SOPInstanceUID) for ds in datasets}) == len(datasets), "SOP Instance UIDs are unique"
+    assert all(ds.file_meta.MediaStorageSOPInstanceUID == ds.SOPInstanceUID for ds in datasets)
+    assert len({str(ds.StudyInstanceUID) for ds in datasets}) == 1
     for index, ds in enumerate(by_series.values()):
         path = tmp_path / f"{index}_{ds.Modality}.dcm"
         ds.save_as(str(path), write_like_original=False)

@@ -73,6 +73,15 @@ def test_studies_in_the_archive_are_listed_as_cases(client, studies):
     assert len(labelled) == 1 and labelled[0]["labels"]["final"]["info"]["source"] == "dicom-seg"
 
 
+def test_next_case_comes_from_the_archive_and_is_unlabelled(client):
+    listing = _listing(client)
+    unlabelled = {c for c, e in listing.items() if "final" not in e["labels"]}
+    for _ in range(2):
+        answer = MONAILabelClient(client._server_url, client_id=f"annotator-{_}").next_sample("uncertainty", {})
+        assert answer["id"] in unlabelled
+        unlabelled.discard(answer["id"])  # handed out: the next annotator gets another case
+
+
 def test_infer_from_the_series_on_screen_and_save_the_correction_as_seg(client, server, orthanc, studies, tmp_path):
     patient = sorted(p.name for p in studies.iterdir() if p.is_dir() and not (p / f"{p.name}-seg.nii.gz").exists())[0]
     case, info = _case(client, patient)

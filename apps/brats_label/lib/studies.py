@@ -82,10 +82,6 @@ class Geometry:
     def spacing_mm(self) -> Tuple[float, float, float]:
         return tuple(float(s) for s in np.linalg.norm(self.affine[:3, :3], axis=0))  # type: ignore[return-value]
 
-    @property
-    def voxel_volume_ml(self) -> float:
-        return float(abs(np.linalg.det(self.affine[:3, :3]))) / 1000.0
-
     def matches(self, other: "Geometry") -> bool:
         return self.shape == other.shape and np.allclose(self.affine, other.affine, atol=GEOMETRY_TOLERANCE_MM)
 

@@ -99,6 +99,11 @@ class RegionsToLabeld(MapTransform):
         return d
 
 
+def voxel_volume_ml(affine) -> float:
+    """Volume of one voxel of a grid (mm affine) in millilitres."""
+    return float(abs(np.linalg.det(np.asarray(affine, dtype=float)[:3, :3]))) / 1000.0
+
+
 def region_volumes_ml(label: np.ndarray, voxel_volume_ml: float) -> Dict[str, float]:
     """Volume of each labelled structure and of the TC / WT regions, in mL."""
     counts = {name: int((label == value).sum()) for name, value in FOREGROUND_LABELS.items()}
@@ -118,7 +123,7 @@ class RegionVolumesd(MapTransform):
         for key in self.key_iterator(d):
             label = d[key]
             affine = label.affine if isinstance(label, MetaTensor) else torch.eye(4)
-            voxel_ml = float(abs(np.linalg.det(np.asarray(affine, dtype=float)[:3, :3]))) / 1000.0
+            voxel_ml = voxel_volume_ml(affine)
             array = label.detach().cpu().numpy() if isinstance(label, torch.Tensor) else np.asarray(label)
             d.setdefault(self.result_key, {})["volumes_ml"] = region_volumes_ml(array, voxel_ml)
         return d

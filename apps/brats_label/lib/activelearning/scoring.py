@@ -12,7 +12,6 @@ import logging
 import time
 from typing import Any, Dict, List
 
-import numpy as np
 import torch
 from monai.inferers import SlidingWindowInferer
 from monai.transforms import Compose
@@ -23,6 +22,7 @@ from tqdm import tqdm
 from ..config import NetworkProfile, ScoringSettings
 from ..infers.segmentation import preprocessing
 from ..network import load_network
+from ..transforms import voxel_volume_ml
 from .sampling import stochastic_predictions
 from .scores import ScoreStore, model_version
 from .uncertainty import case_uncertainty
@@ -48,7 +48,7 @@ class EpistemicScoring(ScoringMethod):
 
     def score_case(self, image_uri: str, network: torch.nn.Module, generator_seed: int) -> Dict[str, Any]:
         prepared = Compose(preprocessing(self.profile))({"image": image_uri})["image"]
-        voxel_ml = float(abs(np.linalg.det(np.asarray(prepared.affine)[:3, :3]))) / 1000.0
+        voxel_ml = voxel_volume_ml(prepared.affine)
         inferer = SlidingWindowInferer(roi_size=self.profile.roi_size, overlap=self.profile.sw_overlap, sw_batch_size=1, mode="gaussian")
         torch.manual_seed(generator_seed)
         samples = stochastic_predictions(prepared.as_tensor()[None], network, inferer, self.settings.samples, self.settings.mc_dropout, self.settings.flips)
