@@ -178,6 +178,37 @@ def test_corrected_label_is_saved_and_counted(client, server, studies, tmp_path)
     assert np.array_equal(np.asarray(nib.load(str(tmp_path / "saved.nii.gz")).dataobj), correction)
 
 
+def _dice(a: np.ndarray, b: np.ndarray) -> float:
+    return 1.0 if not a.any() and not b.any() else 2.0 * float((a & b).sum()) / float(a.sum() + b.sum())
+
+
+def test_audit_records_who_corrected_which_prelabel_and_how_much(client, server, tmp_path):
+    study = "BraTS-GLI-00004-000"
+    annotator = MONAILabelClient(server.url, tmpdir=str(tmp_path), client_id="slicer-ws-3")
+    label_file, _ = annotator.infer("segmentation", study, {})
+    served = client.info()["scoring_progress"].get("model_version") or requests.get(f"{server.url}/brats/queue", timeout=30).json()[0]["model_version"]
+    prelabel = nib.load(label_file)
+    final = np.asarray(prelabel.dataobj).astype(np.uint8)
+    final[40:50, 40:50, 30:35] = 2  # the annotator paints edema over part of the prediction
+    upload = tmp_path / "final.nii.gz"
+    nib.save(nib.Nifti1Image(final, prelabel.affine), str(upload))
+    requests.put(
+        f"{server.url}/datastore/label", params={"image": study, "tag": "final"},
+        files={"label": ("final.nii.gz", upload.read_bytes())}, data={"params": json.dumps({"client_id": "slicer-ws-3", "user": "dr_audit"})}, timeout=60,
+    ).raise_for_status()  # fmt: skip
+
+    rows = [r for r in requests.get(f"{server.url}/brats/audit", timeout=30).json() if r["case"] == study and r["tag"] == "final"]
+    assert len(rows) == 1
+    row = rows[0]
+    assert (row["user"], row["client_id"], row["prelabel_model_version"]) == ("dr_audit", "slicer-ws-3", served)
+    before = np.asarray(prelabel.dataobj)
+    for region, values in {"tc": (1, 3), "wt": (1, 2, 3), "et": (3,)}.items():
+        assert row[f"dice_{region}"] == pytest.approx(_dice(np.isin(before, values), np.isin(final, values)), abs=1e-3), region
+    csv_text = requests.get(f"{server.url}/brats/audit", params={"format": "csv"}, timeout=30).text
+    header, *lines = csv_text.strip().splitlines()
+    assert header.startswith("case,tag,saved_at,user,client_id") and any(line.startswith(f"{study},final,") and "dr_audit" in line for line in lines)
+
+
 def test_bad_label_is_refused_with_reason_and_stored_label_is_untouched(client, server, studies, tmp_path):
     before = requests.get(f"{server.url}/datastore/label", params={"label": LABELLED, "tag": "final"}, timeout=30).content
     truth = nib.load(str(studies / LABELLED / f"{LABELLED}-seg.nii.gz"))

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Dict
 from urllib.parse import urlparse
 
+from fastapi import Response
 from monailabel.config import settings
 from monailabel.interfaces.app import MONAILabelApp
 from monailabel.interfaces.datastore import Datastore
@@ -38,11 +39,13 @@ from lib.activelearning.queue import annotation_queue
 from lib.activelearning.scores import ScoreStore, ServedModelVersion
 from lib.activelearning.scoring import EpistemicScoring
 from lib.activelearning.strategies import RandomStrategy, UncertaintyStrategy
+from lib.audit import PreLabels, audit_csv, audit_rows
 from lib.config import BACKGROUND_NICENESS, DICOMWEB_WORKSPACE_ROOT, FOREGROUND_LABELS, MODEL_NAME, SCRATCH_DIR_NAME, AppConfig
 from lib.datastore import StudyFolderDatastore
 from lib.dicom.archive import Archive
 from lib.dicom.series_rules import SeriesRules
 from lib.dicomweb_datastore import DicomWebStudyDatastore
+from lib.errors import NotFound
 from lib.infers.segmentation import BratsSegmentation
 from lib.network import check_weights, read_state_dict
 from lib.trainers.segmentation import BratsSegmentationTrainer
@@ -75,6 +78,7 @@ class BratsLabelApp(MONAILabelApp):
         self.model_dir.mkdir(parents=True, exist_ok=True)
         self.scores = ScoreStore(self.workspace / "scores")
         self.handouts = HandOuts(self.workspace / "handouts.json", self.config.handout_ttl_s)
+        self.prelabels = PreLabels(self.workspace / "prelabels")
         # evaluated lazily: the infer task exists only once MONAI Label's __init__ has run
         self.served_version = ServedModelVersion(lambda: self._infers[MODEL_NAME].get_path())
         if self.config.pretrained_weights:
@@ -101,9 +105,34 @@ class BratsLabelApp(MONAILabelApp):
         if is_archive(self.studies):
             archive = Archive(self.studies, settings.MONAI_LABEL_DICOMWEB_USERNAME or "", settings.MONAI_LABEL_DICOMWEB_PASSWORD or "")
             return DicomWebStudyDatastore(
-                archive, self.workspace, SeriesRules(self.config.series_rules), self.config.dicomweb_refresh_s, self.version, listing_extras=extras
+                archive,
+                self.workspace,
+                SeriesRules(self.config.series_rules),
+                self.config.dicomweb_refresh_s,
+                self.version,
+                listing_extras=extras,
+                label_audit=self.prelabels.compare,
             )
-        return StudyFolderDatastore(Path(self.studies), self.workspace, listing_extras=extras)
+        return StudyFolderDatastore(Path(self.studies), self.workspace, listing_extras=extras, label_audit=self.prelabels.compare)
+
+    def infer(self, request, datastore=None):
+        """MONAI Label's inference, and the pre-label kept for the audit of the correction that follows."""
+        result = super().infer(request, datastore)
+        image = request.get("image")
+        if isinstance(image, str) and result.get("file") and os.path.exists(result["file"]) and not os.path.exists(image):
+            try:
+                case = self._datastore.case_id(image)  # type: ignore[attr-defined]
+            except NotFound:
+                return result
+            self.prelabels.save(case, result["file"], self.served_version(), request.get("client_id"))
+        return result
+
+    def audit(self, format: str = "json"):
+        """Every label version saved: who, when, from which client, the pre-label's model and Dice per region."""
+        rows = audit_rows(self._datastore.history_records())  # type: ignore[attr-defined]
+        if format == "csv":
+            return Response(audit_csv(rows), media_type="text/csv", headers={"Content-Disposition": "attachment; filename=label_audit.csv"})
+        return rows
 
     def init_infers(self) -> Dict[str, InferTask]:
         return {MODEL_NAME: BratsSegmentation(self.config.profile, self.model_path, self.config.pretrained_weights)}
@@ -135,6 +164,7 @@ class BratsLabelApp(MONAILabelApp):
         from monailabel.app import app as server  # the running FastAPI application
 
         server.add_api_route(f"{API_PREFIX}/queue", self.queue, methods=["GET"], summary="Annotation queue: unlabelled cases by uncertainty")
+        server.add_api_route(f"{API_PREFIX}/audit", self.audit, methods=["GET"], summary="Label audit trail (?format=csv for a CSV file)")
 
         def watch() -> None:
             scored_for = None

@@ -62,8 +62,10 @@ class StudyFolderDatastore(Datastore):
         name: str = "BraTS studies",
         description: str = "",
         listing_extras: Optional[Callable[[], Dict[str, Dict[str, Any]]]] = None,
+        label_audit: Optional[Callable[[str, np.ndarray], Dict[str, Any]]] = None,
     ):
-        """``listing_extras`` adds per-case entries to the listing (the app gives active-learning ranks)."""
+        """``listing_extras`` adds per-case entries to the listing (the app gives active-learning ranks);
+        ``label_audit`` adds to each submitted final label's record (the app compares it with the pre-label)."""
         self._studies_dir = Path(studies_dir)
         self._workspace = Path(workspace)
         self._labels_dir = self._workspace / "labels"
@@ -72,6 +74,7 @@ class StudyFolderDatastore(Datastore):
         self._name = name
         self._description = description or f"Studies in {self._studies_dir}"
         self._listing_extras = listing_extras
+        self._label_audit = label_audit
         self._lock = threading.RLock()
         self._sources: Dict[str, StudySource] = {}
         self._problems: List[StudyProblem] = []
@@ -265,7 +268,14 @@ class StudyFolderDatastore(Datastore):
             label = check_label_values(label)
         except LabelError as e:
             raise InvalidInput(f"label for '{image_id}' not saved: {e}") from None
-        return self._store_label(image_id, label, geometry, tag, label_info or {})
+        info = dict(label_info or {})
+        if tag == FINAL and self._label_audit is not None:
+            info.update(self._label_audit(image_id, label))
+        return self._store_label(image_id, label, geometry, tag, info)
+
+    def case_id(self, image_id: str) -> str:
+        """The study an id names (raises NotFound)."""
+        return self._source(image_id).study_id
 
     def remove_label(self, label_id: str, label_tag: str) -> None:
         """The current label of the tag is withdrawn; every saved version stays in the history."""
@@ -302,6 +312,12 @@ class StudyFolderDatastore(Datastore):
             current = self.get_label_info(label_id, label_tag)
             current.update(info)
             write_json(current, self._label_info_path(label_id, label_tag))
+
+    def history_records(self) -> List[tuple]:
+        """(case, record) for every label version ever saved, every case."""
+        if not self._history_dir.is_dir():
+            return []
+        return [(folder.name, read_json(p, {})) for folder in sorted(self._history_dir.iterdir()) if folder.is_dir() for p in sorted(folder.glob("*.json"))]
 
     def label_history(self, image_id: str) -> List[Dict[str, Any]]:
         folder = self._history_dir / image_id

@@ -86,6 +86,7 @@ class DicomWebStudyDatastore(StudyFolderDatastore):
         software_version: str = "0",
         name: str = "BraTS studies (DICOMweb)",
         listing_extras: Optional[Callable[[], Dict[str, Dict[str, Any]]]] = None,
+        label_audit: Optional[Callable[[str, np.ndarray], Dict[str, Any]]] = None,
     ):
         # The folder datastore's label store (local copy + history) is reused; discovery is our own.
         self._archive = archive
@@ -102,6 +103,7 @@ class DicomWebStudyDatastore(StudyFolderDatastore):
         self._name = name
         self._description = f"Studies in the DICOMweb archive {archive.url}"
         self._listing_extras = listing_extras
+        self._label_audit = label_audit
         self._lock = threading.RLock()
         self._refresh_lock = threading.Lock()
         self._sources: Dict[str, DicomStudy] = {}  # type: ignore[assignment]
@@ -215,6 +217,9 @@ class DicomWebStudyDatastore(StudyFolderDatastore):
         if study is None:
             raise NotFound(f"'{image_id}' is neither a usable study nor a series of one in {self._archive.url}: see /datastore/?output=all")
         return study
+
+    def case_id(self, image_id: str) -> str:
+        return self._resolve(image_id)
 
     def _source(self, image_id: str) -> DicomStudy:  # type: ignore[override]
         study = self._resolve(image_id)

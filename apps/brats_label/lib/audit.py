@@ -1,0 +1,91 @@
+"""Who corrected what: the pre-label each annotator started from, and how much they changed it.
+
+Every pre-segmentation the server hands out is kept per case (the latest one) with the model version
+that made it. When a final label arrives for that case, its record gains the pre-label's model
+version and the Dice between pre-label and final label for each region (TC, WT, ET): 1.0 means the
+annotator accepted the model's answer, low values mean heavy correction. The records live in the
+label history (never overwritten); ``audit_rows`` flattens them for the endpoint and the CSV export.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import shutil
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Dict, Iterable, List, Optional
+
+import nibabel as nib
+import numpy as np
+import torch
+from monai.metrics import compute_dice
+
+from .atomic import atomic_path, read_json, write_json
+from .config import REGIONS
+
+AUDIT_FIELDS = (
+    "case", "tag", "saved_at", "user", "client_id", "source",
+    "prelabel_model_version", "prelabel_made_at", "dice_tc", "dice_wt", "dice_et",
+    "voxels_necrotic_core", "voxels_edema", "voxels_enhancing_tumour",
+)  # fmt: skip
+
+
+def region_dice(prelabel: np.ndarray, final: np.ndarray) -> Dict[str, float]:
+    """Dice per region between two label maps; a region empty in both counts as unchanged (1.0)."""
+
+    def regions(label: np.ndarray) -> torch.Tensor:
+        return torch.stack([torch.as_tensor(np.isin(label, values)) for values in REGIONS.values()])[None].float()
+
+    values = compute_dice(regions(prelabel), regions(final), include_background=True, ignore_empty=False)[0]
+    return {f"dice_{name.lower()}": round(float(v), 4) for name, v in zip(REGIONS, values)}
+
+
+class PreLabels:
+    """The latest pre-label of each case, as the server returned it, with the model version that made it."""
+
+    def __init__(self, folder: Path):
+        self.folder = Path(folder)
+
+    def _paths(self, case: str) -> tuple[Path, Path]:
+        return self.folder / f"{case}.nii.gz", self.folder / f"{case}.json"
+
+    def save(self, case: str, label_file: str, model_version: Optional[str], client_id: Optional[str]) -> None:
+        label_path, info_path = self._paths(case)
+        label_path.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(label_path) as tmp:
+            shutil.copyfile(label_file, tmp)
+        made_at = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        write_json({"model_version": model_version, "made_at": made_at, "client_id": client_id}, info_path)
+
+    def compare(self, case: str, final: np.ndarray) -> Dict[str, Any]:
+        """What goes into the final label's record: the pre-label's origin and the Dice per region."""
+        label_path, info_path = self._paths(case)
+        info = read_json(info_path, None)
+        if info is None or not label_path.exists():
+            return {}
+        prelabel = np.asarray(nib.load(str(label_path)).dataobj)
+        if prelabel.shape != final.shape:
+            return {"prelabel_model_version": info["model_version"], "prelabel_made_at": info["made_at"], "prelabel_note": "grid differs"}
+        return {"prelabel_model_version": info["model_version"], "prelabel_made_at": info["made_at"], **region_dice(prelabel, final)}
+
+
+def audit_rows(history: Iterable[tuple[str, Dict[str, Any]]]) -> List[Dict[str, Any]]:
+    """One row per saved label version, oldest first: (case, history record) pairs in, flat dicts out."""
+    rows = []
+    for case, record in history:
+        if "saved_at" not in record:
+            continue  # a removal marker
+        voxels = record.get("voxels", {})
+        row = {"case": case, **{k: record.get(k) for k in AUDIT_FIELDS if k not in ("case",)}}
+        row.update({f"voxels_{name}": voxels.get(name) for name in ("necrotic_core", "edema", "enhancing_tumour")})
+        rows.append(row)
+    return sorted(rows, key=lambda r: r["saved_at"])
+
+
+def audit_csv(rows: List[Dict[str, Any]]) -> str:
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=list(AUDIT_FIELDS), extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(rows)
+    return out.getvalue()
