@@ -12,6 +12,7 @@ Start it with MONAI Label's own server, for example::
                         or ~/.cache/brats_label/<host_port> for an archive)
     series_rules        JSON file of [channel, regex] pairs naming a site's series (archive only)
     dicomweb_refresh_s  how long a listing of the archive is reused (default 30)
+    retrain_after_labels, retrain_min_interval_s   automatic fine-tune after N new labels, at most so often
     max_epochs, learning_rate, batch_size, patch_size, val_split   training defaults
 """
 
@@ -48,6 +49,7 @@ from lib.dicomweb_datastore import DicomWebStudyDatastore
 from lib.errors import NotFound
 from lib.infers.segmentation import BratsSegmentation
 from lib.network import check_weights, read_state_dict
+from lib.retrain import RetrainTrigger
 from lib.trainers.segmentation import BratsSegmentationTrainer
 
 logger = logging.getLogger(__name__)
@@ -79,6 +81,12 @@ class BratsLabelApp(MONAILabelApp):
         self.scores = ScoreStore(self.workspace / "scores")
         self.handouts = HandOuts(self.workspace / "handouts.json", self.config.handout_ttl_s)
         self.prelabels = PreLabels(self.workspace / "prelabels")
+        self.retrain = RetrainTrigger(
+            self.workspace / "retrain.json",
+            self.config.retrain,
+            history=lambda: self._datastore.history_records(),  # type: ignore[attr-defined]
+            start_training=lambda: self.async_training(MODEL_NAME, {MODEL_NAME: {"reason": "new labels"}}),
+        )
         # evaluated lazily: the infer task exists only once MONAI Label's __init__ has run
         self.served_version = ServedModelVersion(lambda: self._infers[MODEL_NAME].get_path())
         if self.config.pretrained_weights:
@@ -170,6 +178,7 @@ class BratsLabelApp(MONAILabelApp):
             scored_for = None
             while True:
                 version = self.served_version()
+                self.retrain.check()
                 if version is not None and version != scored_for:
                     logger.info(f"Served model is {version}: rescoring unlabelled cases in the background")
                     if self.async_scoring(SCORING_METHOD) is not None:  # None: refused (a scoring runs); retry
@@ -178,9 +187,17 @@ class BratsLabelApp(MONAILabelApp):
 
         threading.Thread(target=watch, name="model-watch", daemon=True).start()
 
+    def on_save_label(self, image_id, label_id):
+        """A submitted label may be the one that starts the next fine-tune (no other call needed)."""
+        answer = super().on_save_label(image_id, label_id)
+        if self._serving:
+            self.retrain.check()
+        return answer
+
     def train(self, request):
         """Normally runs in MONAI Label's training worker process: yield the CPU to the server."""
         self._lower_priority_in_worker()
+        self.retrain.note_started(self.retrain.new_labels(), request.get("reason", "requested"))  # manual or automatic
         return super().train(request)
 
     def scoring(self, request, datastore=None):
@@ -198,4 +215,5 @@ class BratsLabelApp(MONAILabelApp):
         info["profile"] = {"name": self.config.profile.name, "description": self.config.profile.description}
         info["datastore"]["problems"] = [p.__dict__ for p in self._datastore.problems()]  # type: ignore[attr-defined]
         info["scoring_progress"] = self.scores.progress()
+        info["retrain"] = self.retrain.status()
         return info

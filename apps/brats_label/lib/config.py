@@ -173,6 +173,14 @@ class ScoringSettings:
     fallback_top: int = 250  # voxels averaged when no sample sees tumour: 2 mL at 2 mm, a small lesion
 
 
+@dataclass(frozen=True)
+class RetrainPolicy:
+    """When the server fine-tunes by itself: after this many new final labels, at most this often."""
+
+    after_labels: int = 5  # 0 turns the automatic trigger off
+    min_interval_s: float = 600.0
+
+
 HANDOUT_TTL_S = 900  # a case handed to one annotator is not handed to another for this long
 BACKGROUND_NICENESS = 10  # training and scoring workers yield the CPU to the server answering annotators
 
@@ -207,6 +215,7 @@ class AppConfig:
     handout_ttl_s: float = HANDOUT_TTL_S
     series_rules: Tuple[Tuple[str, str], ...] = SERIES_RULES
     dicomweb_refresh_s: float = DICOMWEB_REFRESH_S
+    retrain: RetrainPolicy = RetrainPolicy()
 
     @property
     def patch_size(self) -> Tuple[int, int, int]:
@@ -253,8 +262,16 @@ class AppConfig:
             refresh_s = float(conf.get("dicomweb_refresh_s", DICOMWEB_REFRESH_S))
         except ValueError:
             raise ConfigError("--conf dicomweb_refresh_s takes a number of seconds") from None
+        try:
+            retrain = RetrainPolicy(
+                int(conf.get("retrain_after_labels", RetrainPolicy.after_labels)), float(conf.get("retrain_min_interval_s", RetrainPolicy.min_interval_s))
+            )
+        except ValueError:
+            raise ConfigError("--conf retrain_after_labels takes a whole number, retrain_min_interval_s seconds") from None
+        if retrain.after_labels < 0 or retrain.min_interval_s < 0:
+            raise ConfigError("--conf retrain_after_labels and retrain_min_interval_s cannot be negative")
         workspace_path = Path(workspace).expanduser().resolve() if workspace else None
-        return cls(PROFILES[name], train, weights_path, workspace_path, scoring, handout_ttl_s, rules, refresh_s)
+        return cls(PROFILES[name], train, weights_path, workspace_path, scoring, handout_ttl_s, rules, refresh_s, retrain)
 
 
 def _series_rules(path: str) -> Tuple[Tuple[str, str], ...]:

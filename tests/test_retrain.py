@@ -1,0 +1,55 @@
+"""The server fine-tunes by itself once enough corrected labels arrive: no training call from anyone."""
+
+from __future__ import annotations
+
+import shutil
+import time
+
+import nibabel as nib
+import numpy as np
+import pytest
+import requests
+from monailabel.client import MONAILabelClient
+
+pytestmark = pytest.mark.server
+
+UNLABELLED = ("BraTS-GLI-00004-000", "BraTS-GLI-00005-000")
+
+
+@pytest.fixture(scope="module")
+def server(studies_2mm, server_factory, tmp_path_factory):
+    studies = tmp_path_factory.mktemp("retrain") / "studies"
+    shutil.copytree(studies_2mm, studies, ignore=shutil.ignore_patterns(".brats_label"))
+    return server_factory(studies, max_epochs=1, retrain_after_labels=2, retrain_min_interval_s=0)
+
+
+def _submit(server, study: str, tmp_path) -> None:
+    reference = nib.load(str(server.studies / study / f"{study}-t1c.nii.gz"))
+    label = np.zeros(reference.shape, np.uint8)
+    label[40:52, 40:52, 30:38] = 2
+    label[44:48, 44:48, 33:36] = 3
+    path = tmp_path / f"{study}.nii.gz"
+    nib.save(nib.Nifti1Image(label, reference.affine), str(path))
+    MONAILabelClient(server.url, client_id="annotator").save_label(study, str(path), tag="final", params={"user": "dr_loop"})
+
+
+def _retrain(server) -> dict:
+    return requests.get(f"{server.url}/info/", timeout=30).json()["retrain"]
+
+
+def test_labels_below_the_threshold_start_nothing(server, tmp_path):
+    _submit(server, UNLABELLED[0], tmp_path)
+    time.sleep(3)
+    assert _retrain(server)["new_labels"] == 1
+    assert _retrain(server)["runs"] == []
+
+
+def test_the_label_that_reaches_the_threshold_starts_a_fine_tune(server, tmp_path):
+    _submit(server, UNLABELLED[1], tmp_path)
+    deadline = time.time() + 60
+    while time.time() < deadline and not _retrain(server)["runs"]:
+        time.sleep(1)
+    runs = _retrain(server)["runs"]
+    assert len(runs) == 1 and runs[0]["labels"] == sorted(UNLABELLED) and runs[0]["reason"] == "new labels"
+    assert server.wait_training(timeout_s=600)["status"] == "DONE"
+    assert _retrain(server)["new_labels"] == 0, "labels used by this training do not count towards the next"
