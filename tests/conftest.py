@@ -49,6 +49,24 @@ def studies_copy(studies_2mm, tmp_path) -> Path:
     return target
 
 
+@pytest.fixture(scope="session")
+def trained_weights(studies_2mm, tmp_path_factory):
+    """A cpu-profile model trained for 12 epochs on the four labelled 2 mm studies with the app's trainer."""
+    import shutil
+
+    from lib.config import PROFILES, TrainSettings
+    from lib.datastore import StudyFolderDatastore
+    from lib.trainers.segmentation import BratsSegmentationTrainer
+
+    work = tmp_path_factory.mktemp("trained")
+    shutil.copytree(studies_2mm, work / "studies", ignore=shutil.ignore_patterns(".brats_label"))
+    datastore = StudyFolderDatastore(work / "studies", work / "ws")
+    trainer = BratsSegmentationTrainer(work / "model", PROFILES["cpu"], TrainSettings(max_epochs=12), publish_path=work / "model.pt")
+    stats = trainer({"device": "cpu", "max_epochs": 12}, datastore)
+    assert stats["best_metric"] > 0.3, f"the fixture model did not learn: {stats}"
+    return work / "model.pt"
+
+
 class Server:
     """A running ``monailabel start_server`` on a free loopback port."""
 

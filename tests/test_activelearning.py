@@ -221,24 +221,6 @@ def test_scoring_without_a_model_does_nothing(tmp_path, studies_copy):
 # --- under a trained model --------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def trained_weights(studies_2mm, tmp_path_factory):
-    """A cpu-profile model trained for 12 epochs on the four labelled 2 mm studies with the app's trainer."""
-    import shutil
-
-    from lib.config import TrainSettings
-    from lib.datastore import StudyFolderDatastore
-    from lib.trainers.segmentation import BratsSegmentationTrainer
-
-    work = tmp_path_factory.mktemp("trained")
-    shutil.copytree(studies_2mm, work / "studies", ignore=shutil.ignore_patterns(".brats_label"))
-    datastore = StudyFolderDatastore(work / "studies", work / "ws")
-    trainer = BratsSegmentationTrainer(work / "model", PROFILES["cpu"], TrainSettings(max_epochs=12), publish_path=work / "model.pt")
-    stats = trainer({"device": "cpu", "max_epochs": 12}, datastore)
-    assert stats["best_metric"] > 0.3, f"the fixture model did not learn: {stats}"
-    return work / "model.pt"
-
-
 @pytest.mark.parametrize("index", [30, 31])
 def test_ambiguous_case_scores_higher_than_clean_under_the_same_model(trained_weights, tmp_path, index):
     from lib.activelearning.scoring import EpistemicScoring

@@ -13,6 +13,7 @@ Start it with MONAI Label's own server, for example::
     series_rules        JSON file of [channel, regex] pairs naming a site's series (archive only)
     dicomweb_refresh_s  how long a listing of the archive is reused (default 30)
     retrain_after_labels, retrain_min_interval_s   automatic fine-tune after N new labels, at most so often
+    promote_tolerance   a new model version is served unless its held-out mean Dice is lower by more (0.01)
     max_epochs, learning_rate, batch_size, patch_size, val_split   training defaults
 """
 
@@ -51,6 +52,7 @@ from lib.infers.segmentation import BratsSegmentation
 from lib.network import check_weights, read_state_dict
 from lib.retrain import RetrainTrigger
 from lib.trainers.segmentation import BratsSegmentationTrainer
+from lib.trainers.versions import ModelVersions
 
 logger = logging.getLogger(__name__)
 
@@ -81,6 +83,8 @@ class BratsLabelApp(MONAILabelApp):
         self.scores = ScoreStore(self.workspace / "scores")
         self.handouts = HandOuts(self.workspace / "handouts.json", self.config.handout_ttl_s)
         self.prelabels = PreLabels(self.workspace / "prelabels")
+        self.versions = ModelVersions(self.model_dir, self.model_path)
+        self._register_first_version()
         self.retrain = RetrainTrigger(
             self.workspace / "retrain.json",
             self.config.retrain,
@@ -103,6 +107,25 @@ class BratsLabelApp(MONAILabelApp):
         )
         # Rescoring follows model changes (on_init_complete), not every "next sample" request.
         self._auto_update_scoring = False
+
+    def _register_first_version(self) -> None:
+        """Starting weights (or a model served before versions existed) become version 0."""
+        if self.versions.list():
+            return
+        source = self.model_path if self.model_path.exists() else self.config.pretrained_weights
+        if source is None:
+            return
+        record = self.versions.add(Path(source), {"parent": None, "source": str(source), "reason": "starting model", "promoted": True})
+        self.versions.promote(record["id"], "starting model")
+
+    def models(self):
+        """Every model version, which one is served, and why each was or was not promoted."""
+        return {"serving": self.versions.serving(), "versions": self.versions.list()}
+
+    def promote_model(self, version: str):
+        """Serve this version (a rollback when it is older); inference switches without a restart."""
+        record = self.versions.promote(version, "promoted by hand")
+        return {"serving": version, "version": record}
 
     def queue(self):
         """Unlabelled cases, most uncertain under the served model first."""
@@ -143,7 +166,7 @@ class BratsLabelApp(MONAILabelApp):
         return rows
 
     def init_infers(self) -> Dict[str, InferTask]:
-        return {MODEL_NAME: BratsSegmentation(self.config.profile, self.model_path, self.config.pretrained_weights)}
+        return {MODEL_NAME: BratsSegmentation(self.config.profile, self.model_path, self.config.pretrained_weights, version_fn=self.versions.serving)}
 
     def init_trainers(self) -> Dict[str, TrainTask]:
         return {
@@ -153,6 +176,8 @@ class BratsLabelApp(MONAILabelApp):
                 settings=self.config.train,
                 publish_path=self.model_path,
                 load_path=self.config.pretrained_weights,
+                versions=self.versions,
+                promote_tolerance=self.config.retrain.promote_tolerance,
             )
         }
 
@@ -172,6 +197,8 @@ class BratsLabelApp(MONAILabelApp):
         from monailabel.app import app as server  # the running FastAPI application
 
         server.add_api_route(f"{API_PREFIX}/queue", self.queue, methods=["GET"], summary="Annotation queue: unlabelled cases by uncertainty")
+        server.add_api_route(f"{API_PREFIX}/models", self.models, methods=["GET"], summary="Model versions and the one served")
+        server.add_api_route(f"{API_PREFIX}/models/{{version}}/promote", self.promote_model, methods=["POST"], summary="Serve a model version (promote or roll back)")
         server.add_api_route(f"{API_PREFIX}/audit", self.audit, methods=["GET"], summary="Label audit trail (?format=csv for a CSV file)")
 
         def watch() -> None:

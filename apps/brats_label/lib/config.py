@@ -179,6 +179,7 @@ class RetrainPolicy:
 
     after_labels: int = 5  # 0 turns the automatic trigger off
     min_interval_s: float = 600.0
+    promote_tolerance: float = 0.01  # a new version is served unless its mean held-out Dice is lower by more
 
 
 HANDOUT_TTL_S = 900  # a case handed to one annotator is not handed to another for this long
@@ -264,7 +265,9 @@ class AppConfig:
             raise ConfigError("--conf dicomweb_refresh_s takes a number of seconds") from None
         try:
             retrain = RetrainPolicy(
-                int(conf.get("retrain_after_labels", RetrainPolicy.after_labels)), float(conf.get("retrain_min_interval_s", RetrainPolicy.min_interval_s))
+                int(conf.get("retrain_after_labels", RetrainPolicy.after_labels)),
+                float(conf.get("retrain_min_interval_s", RetrainPolicy.min_interval_s)),
+                float(conf.get("promote_tolerance", RetrainPolicy.promote_tolerance)),
             )
         except ValueError:
             raise ConfigError("--conf retrain_after_labels takes a whole number, retrain_min_interval_s seconds") from None

@@ -55,7 +55,14 @@ def preprocessing(profile: NetworkProfile, keys: Tuple[str, ...] = ("image",), m
 
 
 class BratsSegmentation(BasicInferTask):
-    def __init__(self, profile: NetworkProfile, model_path: Path, pretrained_path: Optional[Path], description: str = ""):
+    def __init__(
+        self,
+        profile: NetworkProfile,
+        model_path: Path,
+        pretrained_path: Optional[Path],
+        description: str = "",
+        version_fn: Optional[Callable[[], Optional[str]]] = None,
+    ):
         super().__init__(
             path=[str(p) for p in (pretrained_path, model_path) if p is not None],
             network=None,
@@ -67,6 +74,7 @@ class BratsSegmentation(BasicInferTask):
         )
         self.profile = profile
         self.model_path = Path(model_path)
+        self.version_fn = version_fn  # the served model version's id, reported with each result
         self._loaded: Dict[str, Tuple[torch.nn.Module, float, str]] = {}
 
     def is_valid(self) -> bool:
@@ -137,5 +145,10 @@ class BratsSegmentation(BasicInferTask):
             f.write(gzip.compress(image.to_bytes(), compresslevel=RESULT_GZIP_LEVEL))
         result = dict(data.get("result", {}))
         model_path = self.get_path()
-        result["model"] = {"path": model_path, "modified": os.stat(model_path).st_mtime if model_path else None, "profile": self.profile.name}
+        result["model"] = {
+            "path": model_path,
+            "modified": os.stat(model_path).st_mtime if model_path else None,
+            "profile": self.profile.name,
+            "version": self.version_fn() if self.version_fn else None,
+        }
         return path, result

@@ -8,8 +8,10 @@ with MONAI's metric each epoch; the best model is published atomically where inf
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Dict, Optional
 
@@ -35,7 +37,10 @@ from monailabel.tasks.train.basic_train import BasicTrainTask, Context
 from ..config import ENHANCING_LABEL, REGION_THRESHOLD, REGIONS, NetworkProfile, TrainSettings
 from ..infers.segmentation import preprocessing
 from ..network import build_network, set_foreground_prior
+from ..atomic import read_json, write_json
+from .evaluation import evaluate_on
 from .publish import AtomicPublishStatsAndModel
+from .versions import ModelVersions, now_iso
 
 logger = logging.getLogger(__name__)
 
@@ -61,7 +66,10 @@ class BratsSegmentationTrainer(BasicTrainTask):
         publish_path: Path,
         load_path: Optional[Path] = None,
         description: str = "Fine-tune the glioma segmentation on the labelled studies",
+        versions: Optional[ModelVersions] = None,
+        promote_tolerance: float = 0.0,
     ):
+        """With ``versions``, each run becomes a version, served only if not worse than its parent."""
         patch = settings.patch_size or profile.patch_size
         config = {
             "max_epochs": settings.max_epochs,
@@ -89,10 +97,34 @@ class BratsSegmentationTrainer(BasicTrainTask):
         )
         self.profile = profile
         self.settings = settings
+        self.versions = versions
+        self.promote_tolerance = promote_tolerance
+        self._holdout_path = Path(model_dir) / "holdout.json"
 
     # --- network and optimisation ---------------------------------------------------------------------
     def network(self, context: Context) -> torch.nn.Module:
         return set_foreground_prior(build_network(self.profile), self.settings.foreground_prior)
+
+    def load_path(self, output_dir, pretrained=True):
+        """Start from the served model (not from the last run's best, which may have been rejected)."""
+        if self.versions is not None and self.versions.serving_path.exists():
+            return str(self.versions.serving_path)
+        return super().load_path(output_dir, pretrained)
+
+    def partition_datalist(self, context: Context, shuffle=False):
+        """Validate on a held-out set of labelled cases chosen once, so versions are compared on the same cases."""
+        if self.versions is None or float(context.request.get("val_split", 0.0)) <= 0.0:
+            return super().partition_datalist(context, shuffle)
+        holdout = read_json(self._holdout_path, None)
+        if holdout is None and len(context.datalist) >= 2:
+            count = max(1, round(float(context.request["val_split"]) * len(context.datalist)))
+            holdout = sorted(sorted(d["id"] for d in context.datalist), key=lambda i: hashlib.sha256(i.encode()).hexdigest())[:count]
+            write_json(holdout, self._holdout_path)
+        holdout = set(holdout or [])
+        train = [d for d in context.datalist if d["id"] not in holdout]
+        val = [d for d in context.datalist if d["id"] in holdout]
+        logger.info(f"Training on {len(train)} cases; validating on the {len(val)} held-out cases {sorted(holdout)}")
+        return train, val
 
     def starts_from_weights(self, context: Context) -> bool:
         """True when this run loads weights (the last run's best model, or the starting weights)."""
@@ -163,10 +195,11 @@ class BratsSegmentationTrainer(BasicTrainTask):
         return SlidingWindowInferer(roi_size=self.profile.roi_size, overlap=self.profile.sw_overlap, sw_batch_size=1, mode="gaussian")
 
     def finalize(self, context: Context) -> None:
-        """Publish the best model atomically after every epoch (replaces MONAI Label's in-place copy)."""
+        """Stats and curve every epoch; the model is served at the end if its version is not worse,
+        or (without versions) the best model is published atomically after every epoch."""
         publisher = AtomicPublishStatsAndModel(
             self._stats_path,
-            self._publish_path,
+            None if self.versions is not None else self._publish_path,
             self._key_metric_filename,
             context.start_ts,
             context.run_id,
@@ -175,6 +208,47 @@ class BratsSegmentationTrainer(BasicTrainTask):
             context.evaluator,
         )
         (context.evaluator or context.trainer).add_event_handler(Events.EPOCH_COMPLETED, publisher)
+        if self.versions is not None:
+            parent_path = self.load_path(context.output_dir, context.pretrained)
+            parent = {"path": parent_path if parent_path and os.path.exists(parent_path) else None, "version": self.versions.serving()}
+            context.trainer.add_event_handler(Events.COMPLETED, lambda engine: self._make_version(context, parent))
+
+    def _make_version(self, context: Context, parent: Dict[str, Any]) -> None:
+        candidate = Path(context.output_dir) / self._key_metric_filename
+        if not candidate.exists():
+            logger.warning(f"training run {context.run_id} left no model; no version made")
+            return
+        val = context.val_datalist or []
+        dice = evaluate_on(self.profile, candidate, val, self._deterministic()) if val else {}
+        parent_dice = evaluate_on(self.profile, Path(parent["path"]), val, self._deterministic()) if val and parent["path"] else {}
+        if parent["path"] is None:
+            promote, reason = True, "first model"
+        elif not val:
+            promote, reason = True, "no held-out cases to compare on yet"
+        elif dice["mean"] >= parent_dice["mean"] - self.promote_tolerance:
+            promote, reason = True, f"mean Dice {dice['mean']:.3f} not worse than the parent's {parent_dice['mean']:.3f} (tolerance {self.promote_tolerance})"
+        else:
+            promote, reason = False, f"mean Dice {dice['mean']:.3f} below the parent's {parent_dice['mean']:.3f} by more than {self.promote_tolerance}"
+        record = self.versions.add(
+            candidate,
+            {
+                "parent": parent["version"],
+                "started_at": datetime.fromtimestamp(context.start_ts, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+                "ended_at": now_iso(),
+                "run": context.run_id,
+                "labels": sorted(d["id"] for d in context.train_datalist),
+                "held_out": sorted(d["id"] for d in val),
+                "validation_dice": dice,
+                "parent_validation_dice": parent_dice,
+                "epochs": int(context.trainer.state.epoch),
+                "promoted": promote,
+                "reason": reason,
+            },
+            curve=Path(context.output_dir) / f"training_curve_{context.run_id}.png",
+        )
+        if promote:
+            self.versions.promote(record["id"], reason)
+        logger.info(f"Model version {record['id']}: {'promoted' if promote else 'kept, not served'} ({reason})")
 
     # --- metrics --------------------------------------------------------------------------------------
     def train_key_metric(self, context: Context) -> Dict[str, Metric]:

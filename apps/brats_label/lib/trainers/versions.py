@@ -1,0 +1,86 @@
+"""Model versions: every training makes one; only one that is not worse is served.
+
+Each version keeps its weights, its parent (the model it started from), its start and end time, the
+labelled cases it trained on, its training curve, and its validation Dice (TC, WT, ET, mean) on the
+held-out cases. The parent is evaluated on the same held-out cases in the same run, so the comparison
+is exact even when more labels arrive between versions. Promoting a version (automatically when it
+is not worse than its parent beyond the tolerance, or by hand to roll back) copies its weights over
+the served model atomically; inference reloads by file time and rescoring follows the new version.
+
+    <model_dir>/versions/<id>/model.pt, version.json, training_curve.png
+    <model_dir>/serving.json        {"version": id, "history": [...]}
+"""
+
+from __future__ import annotations
+
+import shutil
+import threading
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+from ..atomic import atomic_path, read_json, write_json
+from ..errors import NotFound
+
+
+def now_iso() -> str:
+    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+class ModelVersions:
+    def __init__(self, model_dir: Path, serving_path: Path):
+        self.folder = Path(model_dir) / "versions"
+        self.serving_file = Path(model_dir) / "serving.json"
+        self.serving_path = Path(serving_path)
+        self._lock = threading.Lock()
+
+    def _record_path(self, version: str) -> Path:
+        return self.folder / version / "version.json"
+
+    def list(self) -> List[Dict[str, Any]]:
+        if not self.folder.is_dir():
+            return []
+        serving = self.serving()
+        records = [read_json(p, {}) for p in sorted(self.folder.glob("*/version.json"))]
+        return [{**r, "serving": r.get("id") == serving} for r in records]
+
+    def get(self, version: str) -> Dict[str, Any]:
+        record = read_json(self._record_path(version), None)
+        if record is None:
+            known = ", ".join(r["id"] for r in self.list()) or "none yet"
+            raise NotFound(f"model version '{version}' does not exist (versions: {known})")
+        return record
+
+    def serving(self) -> Optional[str]:
+        return read_json(self.serving_file, {}).get("version")
+
+    def add(self, weights: Path, record: Dict[str, Any], curve: Optional[Path] = None) -> Dict[str, Any]:
+        """Keep a new version (weights copied); its id is the next number."""
+        with self._lock:
+            number = len(list(self.folder.glob("*/version.json"))) if self.folder.is_dir() else 0
+            version = f"v{number}"
+            target = self.folder / version
+            target.mkdir(parents=True, exist_ok=True)
+            with atomic_path(target / "model.pt") as tmp:
+                shutil.copyfile(weights, tmp)
+            if curve is not None and curve.exists():
+                shutil.copyfile(curve, target / "training_curve.png")
+            record = {"id": version, "created_at": now_iso(), **record}
+            write_json(record, target / "version.json")
+            return record
+
+    def update(self, version: str, **fields: Any) -> Dict[str, Any]:
+        record = {**self.get(version), **fields}
+        write_json(record, self._record_path(version))
+        return record
+
+    def promote(self, version: str, reason: str) -> Dict[str, Any]:
+        """Serve this version from now on (also how a rollback is done)."""
+        record = self.get(version)
+        with self._lock:
+            with atomic_path(self.serving_path) as tmp:
+                shutil.copyfile(self.folder / version / "model.pt", tmp)
+            state = read_json(self.serving_file, {})
+            history = state.get("history", []) + [{"version": version, "at": now_iso(), "reason": reason}]
+            write_json({"version": version, "history": history}, self.serving_file)
+        return record

@@ -1,0 +1,72 @@
+"""Model versions on the running server: never serve a worse model, roll back, survive a restart."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import nibabel as nib
+import numpy as np
+import pytest
+import requests
+from monailabel.client import MONAILabelClient
+
+pytestmark = pytest.mark.server
+
+STUDY = "BraTS-GLI-00005-000"  # unlabelled: predictions are compared on it
+
+
+@pytest.fixture(scope="module")
+def setup(studies_2mm, trained_weights, tmp_path_factory):
+    studies = tmp_path_factory.mktemp("versions") / "studies"
+    shutil.copytree(studies_2mm, studies, ignore=shutil.ignore_patterns(".brats_label"))
+    conf = {"pretrained_weights": trained_weights, "retrain_after_labels": 0, "promote_tolerance": 0.05}
+    return studies, conf
+
+
+def _models(server) -> dict:
+    return requests.get(f"{server.url}/brats/models", timeout=30).json()
+
+
+def _infer(server, tmp_path) -> tuple:
+    label_file, params = MONAILabelClient(server.url, tmpdir=str(tmp_path)).infer("segmentation", STUDY, {})
+    params = json.loads(params) if isinstance(params, str) else params
+    return np.asarray(nib.load(label_file).dataobj).copy(), params["model"]["version"]
+
+
+def _train(server, **request) -> None:
+    requests.post(f"{server.url}/train/segmentation", json=request, timeout=30).raise_for_status()
+    assert server.wait_training(timeout_s=600)["status"] == "DONE"
+
+
+def test_versions_promotion_rollback_and_restart(setup, server_factory, tmp_path):
+    studies, conf = setup
+    server = server_factory(studies, **conf)
+    models = _models(server)
+    assert models["serving"] == "v0" and models["versions"][0]["reason"] == "starting model"
+    v0_label, version = _infer(server, tmp_path)
+    assert version == "v0"
+
+    _train(server, max_epochs=1)  # an ordinary fine-tune: not worse beyond the tolerance
+    v1 = _models(server)["versions"][1]
+    assert v1["parent"] == "v0" and v1["promoted"], v1["reason"]
+    assert set(v1["validation_dice"]) == {"tc", "wt", "et", "mean"} and v1["held_out"] and not set(v1["held_out"]) & set(v1["labels"])
+    assert _infer(server, tmp_path)[1] == "v1"
+
+    _train(server, max_epochs=2, fine_tune_learning_rate=0.5)  # made worse on purpose
+    models = _models(server)
+    v2 = models["versions"][2]
+    assert not v2["promoted"] and "below the parent" in v2["reason"] and v2["parent"] == "v1"
+    assert models["serving"] == "v1" and _infer(server, tmp_path)[1] == "v1"
+    assert v2["held_out"] == v1["held_out"], "every version is validated on the same held-out cases"
+
+    requests.post(f"{server.url}/brats/models/v0/promote", timeout=30).raise_for_status()  # roll back
+    label, version = _infer(server, tmp_path)
+    assert version == "v0" and np.array_equal(label, v0_label)
+    assert requests.post(f"{server.url}/brats/models/v9/promote", timeout=30).status_code == 404
+
+    server.stop()
+    restarted = server_factory(studies, **conf)
+    models = _models(restarted)
+    assert models["serving"] == "v0" and [v["id"] for v in models["versions"]] == ["v0", "v1", "v2"]
+    assert _infer(restarted, tmp_path)[1] == "v0"
