@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shutil
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import nibabel as nib
 import numpy as np
@@ -20,7 +21,7 @@ UNLABELLED = ("BraTS-GLI-00004-000", "BraTS-GLI-00005-000")
 def server(studies_2mm, server_factory, tmp_path_factory):
     studies = tmp_path_factory.mktemp("retrain") / "studies"
     shutil.copytree(studies_2mm, studies, ignore=shutil.ignore_patterns(".brats_label"))
-    return server_factory(studies, max_epochs=1, retrain_after_labels=2, retrain_min_interval_s=0)
+    return server_factory(studies, max_epochs=1, retrain_after_labels=2, retrain_min_interval_s=3600)  # one automatic run in this module
 
 
 def _submit(server, study: str, tmp_path) -> None:
@@ -51,5 +52,16 @@ def test_the_label_that_reaches_the_threshold_starts_a_fine_tune(server, tmp_pat
         time.sleep(1)
     runs = _retrain(server)["runs"]
     assert len(runs) == 1 and runs[0]["labels"] == sorted(UNLABELLED) and runs[0]["reason"] == "new labels"
+
+    # annotators keep working while it trains: four labels at once, none lost, all counted for the next run
+    during = [f"BraTS-GLI-0000{i}-000" for i in range(4)]
+    assert requests.get(f"{server.url}/train/", timeout=30).json().get("status") == "RUNNING"
+    with ThreadPoolExecutor(len(during)) as pool:
+        list(pool.map(lambda study: _submit(server, study, tmp_path), during))
     assert server.wait_training(timeout_s=600)["status"] == "DONE"
-    assert _retrain(server)["new_labels"] == 0, "labels used by this training do not count towards the next"
+    assert _retrain(server)["new_labels"] == len(during), "labels saved during a training count towards the next"
+    listing = MONAILabelClient(server.url).datastore()["objects"]
+    for study in during:
+        assert listing[study]["labels"]["final"]["info"]["user"] == "dr_loop"
+        saved = [r for r in requests.get(f"{server.url}/brats/audit", timeout=30).json() if r["case"] == study and r["user"] == "dr_loop"]
+        assert len(saved) == 1
