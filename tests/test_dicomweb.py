@@ -237,6 +237,9 @@ def test_undecodable_instance_is_a_clear_error_and_then_listed(orthanc, broken, 
     with pytest.raises(InvalidInput, match="cannot be decoded"):
         ds.get_image_uri(case)
     assert any(p.study_id == case and "cannot be decoded" in p.reason for p in ds.problems())
+    ds.refresh()
+    assert case not in ds.list_images(), "not offered as a case again until its series change"
+    assert any(p.study_id == case and "cannot be decoded" in p.reason for p in ds.problems())
 
 
 def test_seg_off_the_study_grid_is_refused_and_the_stored_label_kept(orthanc, imported, tmp_path):

@@ -111,6 +111,7 @@ class DicomWebStudyDatastore(StudyFolderDatastore):
         self._problems: List[StudyProblem] = []
         self._geometries: Dict[str, Geometry] = {}
         self._stacks: Dict[str, SliceStack | SeriesProblem] = {}  # series geometry by UID and instance count
+        self._broken: Dict[str, Tuple[str, str]] = {}  # study -> (fingerprint, reason) of pixels that failed to decode
         self._archive_error: Optional[str] = None
         self._refresh_started_at = -1.0
         self.refresh()
@@ -147,7 +148,12 @@ class DicomWebStudyDatastore(StudyFolderDatastore):
                 except SeriesProblem as e:
                     problems.append(StudyProblem(uid, study["patient_id"], str(e)))
                     continue
-                found[uid] = DicomStudy(uid, study["patient_id"], assignment.channels, [s for s in series if s.modality == "SEG"])
+                candidate = DicomStudy(uid, study["patient_id"], assignment.channels, [s for s in series if s.modality == "SEG"])
+                broken = self._broken.get(uid)
+                if broken and broken[0] == candidate.fingerprint():  # pixels found undecodable; unchanged since
+                    problems.append(StudyProblem(uid, study["patient_id"], broken[1]))
+                    continue
+                found[uid] = candidate
                 series_to_study.update({s.series_uid: uid for s in series})
         except ArchiveUnavailable as e:
             self._archive_error = str(e)
@@ -242,7 +248,9 @@ class DicomWebStudyDatastore(StudyFolderDatastore):
         try:
             return str(self._cases.get(study.study_id, study.fingerprint(), lambda: self._fetch_stack(study)))
         except SeriesProblem as e:
-            with self._lock:
+            with self._lock:  # not served again until one of its series changes
+                self._broken[study.study_id] = (study.fingerprint(), str(e))
+                self._sources.pop(study.study_id, None)
                 self._problems.append(StudyProblem(study.study_id, study.patient_id, str(e)))
             raise InvalidInput(f"study {study.patient_id} ({study.study_id}) cannot be opened: {e}") from None
 
