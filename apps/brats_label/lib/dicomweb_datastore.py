@@ -176,10 +176,18 @@ class DicomWebStudyDatastore(StudyFolderDatastore):
         """Slice order and grid of a series, checked once per UID and instance count (parsing is slow)."""
         key = f"{series.series_uid}_{series.instances}"
         if key not in self._stacks:
-            try:
-                self._stacks[key] = slice_stack([dataset_from_json(m) for m in self._metadata(study_uid, series)], f"{channel} series '{series.name}'")
-            except SeriesProblem as e:
-                self._stacks[key] = e
+            saved = read_json(self._metadata_dir / f"{key}.stack.json", None)  # checked by an earlier run
+            if saved is not None:
+                self._stacks[key] = SeriesProblem(saved["problem"]) if "problem" in saved else SliceStack(saved["order"], np.array(saved["affine"]), tuple(saved["shape"]))
+            else:
+                try:
+                    stack = slice_stack([dataset_from_json(m) for m in self._metadata(study_uid, series)], f"{channel} series '{series.name}'")
+                    self._stacks[key] = stack
+                    saved = {"order": [int(i) for i in stack.order], "affine": stack.affine.tolist(), "shape": list(stack.shape)}
+                except SeriesProblem as e:
+                    self._stacks[key] = e
+                    saved = {"problem": str(e)}
+                write_json(saved, self._metadata_dir / f"{key}.stack.json")
         stack = self._stacks[key]
         if isinstance(stack, SeriesProblem):
             raise stack
