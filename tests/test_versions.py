@@ -47,7 +47,9 @@ def test_versions_promotion_rollback_and_restart(setup, server_factory, tmp_path
     v0_label, version = _infer(server, tmp_path)
     assert version == "v0"
 
-    _train(server, max_epochs=1)  # an ordinary fine-tune: not worse beyond the tolerance
+    # a fine-tune that barely moves the weights: not worse beyond the tolerance, so served. (An ordinary
+    # epoch on three cases can lose 0.07 Dice on the one held-out case: just what promotion guards against.)
+    _train(server, max_epochs=1, fine_tune_learning_rate=1e-7)
     v1 = _models(server)["versions"][1]
     assert v1["parent"] == "v0" and v1["promoted"], v1["reason"]
     assert set(v1["validation_dice"]) == {"tc", "wt", "et", "mean"} and v1["held_out"] and not set(v1["held_out"]) & set(v1["labels"])
