@@ -187,7 +187,7 @@ def test_audit_records_who_corrected_which_prelabel_and_how_much(client, server,
     study = "BraTS-GLI-00004-000"
     annotator = MONAILabelClient(server.url, tmpdir=str(tmp_path), client_id="slicer-ws-3")
     label_file, _ = annotator.infer("segmentation", study, {})
-    served = client.info()["scoring_progress"].get("model_version") or requests.get(f"{server.url}/brats/queue", timeout=30).json()[0]["model_version"]
+    served = requests.get(f"{server.url}/brats/models", timeout=30).json()["serving"]
     prelabel = nib.load(label_file)
     final = np.asarray(prelabel.dataobj).astype(np.uint8)
     final[40:50, 40:50, 30:35] = 2  # the annotator paints edema over part of the prediction
@@ -202,6 +202,7 @@ def test_audit_records_who_corrected_which_prelabel_and_how_much(client, server,
     assert len(rows) == 1
     row = rows[0]
     assert (row["user"], row["client_id"], row["prelabel_model_version"]) == ("dr_audit", "slicer-ws-3", served)
+    assert served == "v0", "the first training of this server made version v0"
     before = np.asarray(prelabel.dataobj)
     for region, values in {"tc": (1, 3), "wt": (1, 2, 3), "et": (3,)}.items():
         assert row[f"dice_{region}"] == pytest.approx(_dice(np.isin(before, values), np.isin(final, values)), abs=1e-3), region

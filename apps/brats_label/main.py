@@ -155,7 +155,8 @@ class BratsLabelApp(MONAILabelApp):
                 case = self._datastore.case_id(image)  # type: ignore[attr-defined]
             except NotFound:
                 return result
-            self.prelabels.save(case, result["file"], self.served_version(), request.get("client_id"))
+            version = self.versions.serving() or self.served_version()  # "vN"; the weights' hash if unversioned
+            self.prelabels.save(case, result["file"], version, request.get("client_id"))
         return result
 
     def audit(self, format: str = "json"):
