@@ -20,7 +20,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "apps" / "brats_label"))
 
 from lib.dicom.archive import Archive  # noqa: E402
-from lib.dicom.study_import import study_datasets, study_uid  # noqa: E402
+from lib.dicom.study_import import content_seed, instance_count, study_datasets, study_uid  # noqa: E402
 from lib.errors import ArchiveUnavailable  # noqa: E402
 from lib.studies import find_studies  # noqa: E402
 
@@ -34,10 +34,11 @@ def import_studies(studies: Path, archive: Archive, progress: bool = True) -> di
         print(f"skipped {problem.study_id}: {problem.reason}", file=sys.stderr)
     counts = {"imported": 0, "already there": 0, "refused": len(problems)}
     for source in tqdm(sources, desc="importing studies", unit="study", disable=not progress, file=sys.stderr):
-        datasets = study_datasets(source, VERSION)
-        if archive.study_instance_count(study_uid(source)) == len(datasets):
-            counts["already there"] += 1
+        seed = content_seed(source)
+        if archive.study_instance_count(study_uid(seed)) == instance_count(source):
+            counts["already there"] += 1  # checked before converting anything
             continue
+        datasets = study_datasets(source, seed, VERSION)
         for start in range(0, len(datasets), STOW_BATCH):
             archive.store(datasets[start : start + STOW_BATCH])
         counts["imported"] += 1

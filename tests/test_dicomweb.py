@@ -19,7 +19,7 @@ from lib.config import CHANNELS, REFERENCE_CHANNEL
 from lib.dicom.mr_series import StudyTags, uid_from, volume_to_mr_series
 from lib.dicom.seg import label_to_seg
 from lib.dicom.series_volume import slice_stack
-from lib.dicom.study_import import study_datasets
+from lib.dicom.study_import import content_seed, instance_count, study_datasets
 from lib.dicomweb_datastore import DicomWebStudyDatastore
 from lib.errors import InvalidInput
 from lib.studies import find_studies
@@ -154,7 +154,8 @@ def test_modalities_at_different_resolutions_are_resampled_onto_the_reference_gr
 def test_every_object_written_passes_dciodvfy(imported, tmp_path):
     sources, _ = find_studies(imported)
     labelled = next(s for s in sources if s.ground_truth is not None)
-    datasets = study_datasets(labelled, "test")
+    datasets = study_datasets(labelled, content_seed(labelled), "test")
+    assert len(datasets) == instance_count(labelled)
     by_series = {}
     for ds in datasets:
         by_series.setdefault(str(ds.SeriesInstanceUID), ds)

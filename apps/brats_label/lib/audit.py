@@ -12,7 +12,6 @@ from __future__ import annotations
 import csv
 import io
 import shutil
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Optional
 
@@ -22,6 +21,7 @@ import torch
 from monai.metrics import compute_dice
 
 from .atomic import atomic_path, read_json, write_json
+from .clock import utc_now
 from .config import REGIONS
 
 AUDIT_FIELDS = (
@@ -55,8 +55,7 @@ class PreLabels:
         label_path.parent.mkdir(parents=True, exist_ok=True)
         with atomic_path(label_path) as tmp:
             shutil.copyfile(label_file, tmp)
-        made_at = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-        write_json({"model_version": model_version, "made_at": made_at, "client_id": client_id}, info_path)
+        write_json({"model_version": model_version, "made_at": utc_now(), "client_id": client_id}, info_path)
 
     def compare(self, case: str, final: np.ndarray) -> Dict[str, Any]:
         """What goes into the final label's record: the pre-label's origin and the Dice per region."""

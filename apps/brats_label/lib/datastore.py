@@ -21,7 +21,6 @@ import logging
 import tempfile
 import threading
 import zipfile
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional
 
@@ -31,6 +30,7 @@ from monailabel.interfaces.datastore import Datastore, DefaultLabelTag
 
 from .atomic import read_json, write_json, write_nifti
 from .case_cache import CaseCache, stack_study_files
+from .clock import utc_now
 from .config import CHANNELS, FOREGROUND_LABELS
 from .errors import InvalidInput, NotAllowed, NotFound
 from .labels import LabelError, brats_convention, check_label_values, to_project_convention
@@ -48,10 +48,6 @@ def _tag(tag: Optional[str]) -> str:
     if tag is None or tag == "":
         return FINAL
     return tag.value if isinstance(tag, DefaultLabelTag) else str(tag)
-
-
-def _now() -> str:
-    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 class StudyFolderDatastore(Datastore):
@@ -230,7 +226,7 @@ class StudyFolderDatastore(Datastore):
 
     def _store_label(self, image_id: str, label: np.ndarray, geometry: Geometry, tag: str, info: Dict[str, Any]) -> str:
         tag = _tag(tag)
-        saved_at = _now()
+        saved_at = utc_now()
         record = dict(info)
         record.update(
             {
@@ -283,7 +279,7 @@ class StudyFolderDatastore(Datastore):
         if not path.exists():
             raise NotFound(f"Label '{label_id}' with tag '{label_tag}' does not exist")
         with self._lock:
-            record = {"tag": _tag(label_tag), "removed_at": _now()}
+            record = {"tag": _tag(label_tag), "removed_at": utc_now()}
             write_json(record, self._history_dir / label_id / f"{record['removed_at'].replace(':', '')}_{record['tag']}_removed.json")
             path.unlink()
             self._label_info_path(label_id, label_tag).unlink(missing_ok=True)

@@ -32,12 +32,13 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 import nibabel as nib
 import numpy as np
 from nibabel.processing import resample_from_to
+from pydicom.dataset import Dataset
 
 from .atomic import read_json, write_json
 from .case_cache import CaseCache, stack_channels
 from .config import CHANNELS, DICOMWEB_FETCH_WORKERS, DICOMWEB_REFRESH_S, REFERENCE_CHANNEL
 from .datastore import FINAL, StudyFolderDatastore, _tag
-from .dicom.archive import Archive, dataset_from_json
+from .dicom.archive import Archive
 from .dicom.seg import SegProblem, label_to_seg, seg_to_label
 from .dicom.series_rules import SeriesRules, SeriesSummary
 from .dicom.series_volume import SeriesProblem, SliceStack, series_volume, slice_stack
@@ -181,7 +182,7 @@ class DicomWebStudyDatastore(StudyFolderDatastore):
                 self._stacks[key] = SeriesProblem(saved["problem"]) if "problem" in saved else SliceStack(saved["order"], np.array(saved["affine"]), tuple(saved["shape"]))
             else:
                 try:
-                    stack = slice_stack([dataset_from_json(m) for m in self._metadata(study_uid, series)], f"{channel} series '{series.name}'")
+                    stack = slice_stack([Dataset.from_json(m) for m in self._metadata(study_uid, series)], f"{channel} series '{series.name}'")
                     self._stacks[key] = stack
                     saved = {"order": [int(i) for i in stack.order], "affine": stack.affine.tolist(), "shape": list(stack.shape)}
                 except SeriesProblem as e:
@@ -198,7 +199,7 @@ class DicomWebStudyDatastore(StudyFolderDatastore):
         summary = study.channels[REFERENCE_CHANNEL]
         metadata = self._metadata(study.study_id, summary)
         stack = self._stack(study.study_id, REFERENCE_CHANNEL, summary)
-        return [dataset_from_json(metadata[i]) for i in stack.order]
+        return [Dataset.from_json(metadata[i]) for i in stack.order]
 
     def _metadata(self, study_uid: str, series: SeriesSummary) -> List[Dict[str, Any]]:
         """Instance metadata of a series, cached under its UID and instance count."""

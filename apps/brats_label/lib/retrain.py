@@ -11,20 +11,16 @@ from __future__ import annotations
 
 import logging
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
 
 from .atomic import read_json, write_json
+from .clock import utc_now
 from .config import RetrainPolicy
 
 logger = logging.getLogger(__name__)
 
 NOT_SUBMITTED = ("imported",)  # label sources that no annotator submitted
-
-
-def _now_iso() -> str:
-    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 class RetrainTrigger:
@@ -58,7 +54,7 @@ class RetrainTrigger:
         """Also called for trainings started by hand, so their labels are not counted twice."""
         state = self._state()
         runs = state.get("runs", [])
-        runs.append({"started_at": _now_iso(), "labels": labels, "reason": reason})
+        runs.append({"started_at": utc_now(), "labels": labels, "reason": reason})
         write_json({"started_at": runs[-1]["started_at"], "started_epoch_s": time.time(), "runs": runs[-20:]}, self.state_path)
 
     def check(self) -> Optional[Any]:

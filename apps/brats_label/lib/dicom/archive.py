@@ -119,11 +119,5 @@ class Archive:
 
     def study_instance_count(self, study_uid: str) -> Optional[int]:
         """Instances the archive holds for the study, or None when it has none."""
-        series = self._call("series search", self.client.search_for_series, study_instance_uid=study_uid, fields=["NumberOfSeriesRelatedInstances"])
-        if not series:
-            return None
-        return sum(int(_first(s.get("00201209", {}), 0) or 0) for s in series)
-
-
-def dataset_from_json(item: Dict[str, Any]) -> Dataset:
-    return Dataset.from_json(item)
+        series = self.series(study_uid)
+        return sum(s.instances for s in series) if series else None

@@ -30,8 +30,14 @@ def content_seed(source: StudySource) -> str:
     return f"{IMPORT_UID_NAMESPACE}/{source.study_id}/{digest.hexdigest()[:32]}"
 
 
-def study_uid(source: StudySource) -> str:
-    return uid_from(content_seed(source), "study")
+def study_uid(seed: str) -> str:
+    return uid_from(seed, "study")
+
+
+def instance_count(source: StudySource) -> int:
+    """How many instances ``study_datasets`` makes, from the headers alone: one per slice, and the SEG."""
+    slices = sum(nib.load(str(source.channels[modality].path)).shape[2] for modality in IMPORT_SERIES)
+    return slices + (1 if source.ground_truth is not None else 0)
 
 
 def _channel(source: StudySource, modality: str) -> tuple[np.ndarray, np.ndarray]:
@@ -41,14 +47,13 @@ def _channel(source: StudySource, modality: str) -> tuple[np.ndarray, np.ndarray
     return (data if channel.index is None else data[..., channel.index]), image.affine
 
 
-def study_datasets(source: StudySource, software_version: str) -> List[Dataset]:
-    """Every instance of the study: MR series in channel order, then the ground truth as SEG."""
-    seed = content_seed(source)
+def study_datasets(source: StudySource, seed: str, software_version: str) -> List[Dataset]:
+    """Every instance of the study (UIDs from ``content_seed``): MR series in channel order, then the ground truth as SEG."""
     now = datetime.now()
     tags = StudyTags(
         patient_id=source.study_id,
         patient_name=f"{source.study_id}^",  # family-name component only
-        study_instance_uid=uid_from(seed, "study"),
+        study_instance_uid=study_uid(seed),
         study_id=source.study_id[-16:],
         study_date=now.strftime("%Y%m%d"),
         study_time=now.strftime("%H%M%S"),

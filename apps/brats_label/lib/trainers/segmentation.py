@@ -40,7 +40,8 @@ from ..network import build_network, set_foreground_prior
 from ..atomic import read_json, write_json
 from .evaluation import evaluate_on
 from .publish import AtomicPublishStatsAndModel
-from .versions import ModelVersions, now_iso
+from ..clock import utc_now
+from .versions import ModelVersions
 
 logger = logging.getLogger(__name__)
 
@@ -234,7 +235,7 @@ class BratsSegmentationTrainer(BasicTrainTask):
             {
                 "parent": parent["version"],
                 "started_at": datetime.fromtimestamp(context.start_ts, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
-                "ended_at": now_iso(),
+                "ended_at": utc_now(),
                 "run": context.run_id,
                 "labels": sorted(d["id"] for d in context.train_datalist),
                 "held_out": sorted(d["id"] for d in val),

@@ -15,16 +15,12 @@ from __future__ import annotations
 
 import shutil
 import threading
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 from ..atomic import atomic_path, read_json, write_json
+from ..clock import utc_now
 from ..errors import NotFound
-
-
-def now_iso() -> str:
-    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 class ModelVersions:
@@ -65,7 +61,7 @@ class ModelVersions:
                 shutil.copyfile(weights, tmp)
             if curve is not None and curve.exists():
                 shutil.copyfile(curve, target / "training_curve.png")
-            record = {"id": version, "created_at": now_iso(), **record}
+            record = {"id": version, "created_at": utc_now(), **record}
             write_json(record, target / "version.json")
             return record
 
@@ -81,6 +77,6 @@ class ModelVersions:
             with atomic_path(self.serving_path) as tmp:
                 shutil.copyfile(self.folder / version / "model.pt", tmp)
             state = read_json(self.serving_file, {})
-            history = state.get("history", []) + [{"version": version, "at": now_iso(), "reason": reason}]
+            history = state.get("history", []) + [{"version": version, "at": utc_now(), "reason": reason}]
             write_json({"version": version, "history": history}, self.serving_file)
         return record
