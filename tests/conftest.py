@@ -70,8 +70,9 @@ def trained_weights(studies_2mm, tmp_path_factory):
 class Server:
     """A running ``monailabel start_server`` on a free loopback port."""
 
-    def __init__(self, studies, conf: dict, log_path: Path, env: Optional[dict] = None):
+    def __init__(self, studies, conf: dict, log_path: Path, env: Optional[dict] = None, headers: Optional[dict] = None):
         self.port = free_port()
+        self.headers = headers or {}  # e.g. a bearer token when authentication is on
         self.url = f"http://127.0.0.1:{self.port}"
         self.studies = studies
         self.log_path = log_path
@@ -92,7 +93,7 @@ class Server:
             if self.process.poll() is not None:
                 raise RuntimeError(f"server exited with {self.process.returncode}:\n{self.log_path.read_text()[-4000:]}")
             try:
-                if requests.get(f"{self.url}/info/", timeout=5).status_code == 200:
+                if requests.get(f"{self.url}/info/", headers=self.headers, timeout=5).status_code == 200:
                     return
             except requests.RequestException:
                 pass
@@ -103,7 +104,7 @@ class Server:
     def wait_training(self, timeout_s: float = 600) -> dict:
         deadline = time.time() + timeout_s
         while time.time() < deadline:
-            status = requests.get(f"{self.url}/train/", timeout=10).json()
+            status = requests.get(f"{self.url}/train/", headers=self.headers, timeout=10).json()
             if status.get("status") in ("DONE", "ERROR", "STOPPED"):
                 return status
             time.sleep(2)
@@ -124,9 +125,9 @@ class Server:
 def server_factory(tmp_path_factory) -> Iterator:
     started = []
 
-    def start(studies, env: Optional[dict] = None, **conf) -> Server:
+    def start(studies, env: Optional[dict] = None, headers: Optional[dict] = None, **conf) -> Server:
         log = tmp_path_factory.mktemp("server_logs") / "server.log"
-        server = Server(studies, {"profile": "cpu", **conf}, log, env)
+        server = Server(studies, {"profile": "cpu", **conf}, log, env, headers)
         started.append(server)
         return server
 

@@ -5,12 +5,14 @@ from __future__ import annotations
 import shutil
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 import pytest
 import requests
 from monailabel.client import MONAILabelClient
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 pytestmark = pytest.mark.server
 
@@ -56,12 +58,33 @@ def test_the_label_that_reaches_the_threshold_starts_a_fine_tune(server, tmp_pat
     # annotators keep working while it trains: four labels at once, none lost, all counted for the next run
     during = [f"BraTS-GLI-0000{i}-000" for i in range(4)]
     assert requests.get(f"{server.url}/train/", timeout=30).json().get("status") == "RUNNING"
+    assert requests.get(f"{server.url}/brats/training", timeout=30).json()["running"] is True
     with ThreadPoolExecutor(len(during)) as pool:
         list(pool.map(lambda study: _submit(server, study, tmp_path), during))
     assert server.wait_training(timeout_s=600)["status"] == "DONE"
     assert _retrain(server)["new_labels"] == len(during), "labels saved during a training count towards the next"
+    _check_progress_and_tensorboard(requests.get(f"{server.url}/brats/training", timeout=30).json())
     listing = MONAILabelClient(server.url).datastore()["objects"]
     for study in during:
         assert listing[study]["labels"]["final"]["info"]["user"] == "dr_loop"
         saved = [r for r in requests.get(f"{server.url}/brats/audit", timeout=30).json() if r["case"] == study and r["user"] == "dr_loop"]
         assert len(saved) == 1
+
+
+def _check_progress_and_tensorboard(training: dict) -> None:
+    """What a person watching the training sees: the finished run's figures, and TensorBoard's logs of it."""
+    assert training["running"] is False
+    progress = training["progress"]
+    assert progress["phase"] == "finished" and progress["remaining_s"] == 0.0
+    assert progress["epoch"] == progress["max_epochs"] == 1 and progress["iteration"] == progress["iterations"] > 0
+    assert progress["loss"] is not None and progress["elapsed_s"] > 0
+    assert set(progress["validation_dice"]) == {"TC", "WT", "ET", "mean"}
+    assert progress["version"] == training["serving"], "the first automatic version is promoted and served"
+    events = list(Path(training["tensorboard_logdir"]).rglob(f"events_{progress['run']}/events.out.tfevents.*"))
+    assert events, "TensorBoard event files are written for each run"
+    scalars = set()
+    for path in events:
+        accumulator = EventAccumulator(str(path))
+        accumulator.Reload()
+        scalars |= set(accumulator.Tags()["scalars"])
+    assert {"train_loss", "val_mean_dice"} <= scalars

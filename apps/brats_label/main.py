@@ -35,6 +35,7 @@ from monailabel.interfaces.tasks.infer_v2 import InferTask
 from monailabel.interfaces.tasks.scoring import ScoringMethod
 from monailabel.interfaces.tasks.strategy import Strategy
 from monailabel.interfaces.tasks.train import TrainTask
+from monailabel.utils.async_tasks.task import AsyncTask
 
 from lib.activelearning.handouts import HandOuts
 from lib.activelearning.queue import annotation_queue
@@ -42,15 +43,18 @@ from lib.activelearning.scores import ScoreStore, ServedModelVersion
 from lib.activelearning.scoring import EpistemicScoring
 from lib.activelearning.strategies import RandomStrategy, UncertaintyStrategy
 from lib.audit import PreLabels, audit_csv, audit_rows
-from lib.config import BACKGROUND_NICENESS, DICOMWEB_WORKSPACE_ROOT, FOREGROUND_LABELS, MODEL_NAME, SCRATCH_DIR_NAME, AppConfig
+from lib.config import BACKGROUND_NICENESS, DICOMWEB_WORKSPACE_ROOT, FOREGROUND_LABELS, MODEL_NAME, SCRATCH_DIR_NAME, TOKEN_ALGORITHMS, AppConfig
 from lib.datastore import StudyFolderDatastore
 from lib.dicom.archive import Archive
 from lib.dicom.series_rules import SeriesRules
 from lib.dicomweb_datastore import DicomWebStudyDatastore
+from lib.endpoints.save_label import install_save_label_route
+from lib.endpoints.token_check import install_token_check
 from lib.errors import NotFound
 from lib.infers.segmentation import BratsSegmentation
 from lib.network import check_weights, read_state_dict
 from lib.retrain import RetrainTrigger
+from lib.trainers.progress import read_progress
 from lib.trainers.segmentation import BratsSegmentationTrainer
 from lib.trainers.versions import ModelVersions
 
@@ -127,6 +131,18 @@ class BratsLabelApp(MONAILabelApp):
         record = self.versions.promote(version, "promoted by hand")
         return {"serving": version, "version": record}
 
+    def training(self):
+        """The running (or last) training: phase, epoch, loss, validation Dice, time left; and the retrain trigger."""
+        running, _ = AsyncTask.status("train", check_if_running=True)
+        trainer = self._trainers[MODEL_NAME]
+        return {
+            "running": bool(running),
+            "progress": read_progress(trainer.progress_path),  # type: ignore[attr-defined]
+            "retrain": self.retrain.status(),
+            "serving": self.versions.serving(),
+            "tensorboard_logdir": str(self.model_dir),  # tensorboard --logdir <this>: one events_<run> folder per run
+        }
+
     def queue(self):
         """Unlabelled cases, most uncertain under the served model first."""
         return annotation_queue(self.scores, self.served_version(), self._datastore.get_unlabeled_images())
@@ -200,9 +216,12 @@ class BratsLabelApp(MONAILabelApp):
         super().on_init_complete()
         from monailabel.app import app as server  # the running FastAPI application
 
+        install_token_check(TOKEN_ALGORITHMS)
+        install_save_label_route(server)
         server.add_api_route(f"{API_PREFIX}/queue", self.queue, methods=["GET"], summary="Annotation queue: unlabelled cases by uncertainty")
         server.add_api_route(f"{API_PREFIX}/models", self.models, methods=["GET"], summary="Model versions and the one served")
         server.add_api_route(f"{API_PREFIX}/models/{{version}}/promote", self.promote_model, methods=["POST"], summary="Serve a model version (promote or roll back)")
+        server.add_api_route(f"{API_PREFIX}/training", self.training, methods=["GET"], summary="Training progress: epoch, loss, validation Dice, time left")
         server.add_api_route(f"{API_PREFIX}/audit", self.audit, methods=["GET"], summary="Label audit trail (?format=csv for a CSV file)")
 
         def watch() -> None:

@@ -25,7 +25,7 @@ from .clock import utc_now
 from .config import REGIONS
 
 AUDIT_FIELDS = (
-    "case", "tag", "saved_at", "user", "client_id", "source",
+    "case", "tag", "saved_at", "user", "authenticated", "claimed_user", "client_id", "source",
     "prelabel_model_version", "prelabel_made_at", "dice_tc", "dice_wt", "dice_et",
     "voxels_necrotic_core", "voxels_edema", "voxels_enhancing_tumour",
 )  # fmt: skip

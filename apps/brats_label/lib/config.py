@@ -188,6 +188,7 @@ BACKGROUND_NICENESS = 10  # training and scoring workers yield the CPU to the se
 # --- the application configuration -------------------------------------------------------------------
 
 MODEL_NAME = "segmentation"
+TOKEN_ALGORITHMS = ("RS256",)  # how the identity provider (Keycloak by default) signs access tokens
 SCRATCH_DIR_NAME = ".brats_label"  # inside the studies folder unless --conf workspace is given
 DICOMWEB_WORKSPACE_ROOT = "~/.cache/brats_label"  # for an archive: <root>/<host_port> unless --conf workspace
 

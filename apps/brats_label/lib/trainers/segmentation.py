@@ -39,6 +39,7 @@ from ..infers.segmentation import preprocessing
 from ..network import build_network, set_foreground_prior
 from ..atomic import read_json, write_json
 from .evaluation import evaluate_on
+from .progress import TrainingProgress
 from .publish import AtomicPublishStatsAndModel
 from ..clock import utc_now
 from .versions import ModelVersions
@@ -101,6 +102,7 @@ class BratsSegmentationTrainer(BasicTrainTask):
         self.versions = versions
         self.promote_tolerance = promote_tolerance
         self._holdout_path = Path(model_dir) / "holdout.json"
+        self.progress_path = Path(model_dir) / "training_progress.json"
 
     # --- network and optimisation ---------------------------------------------------------------------
     def network(self, context: Context) -> torch.nn.Module:
@@ -209,17 +211,23 @@ class BratsSegmentationTrainer(BasicTrainTask):
             context.evaluator,
         )
         (context.evaluator or context.trainer).add_event_handler(Events.EPOCH_COMPLETED, publisher)
+        progress = TrainingProgress(self.progress_path, context.run_id, len(context.train_datalist), len(context.val_datalist or []))
+        progress.attach(context.trainer, context.evaluator)
         if self.versions is not None:
             parent_path = self.load_path(context.output_dir, context.pretrained)
             parent = {"path": parent_path if parent_path and os.path.exists(parent_path) else None, "version": self.versions.serving()}
-            context.trainer.add_event_handler(Events.COMPLETED, lambda engine: self._make_version(context, parent))
+            context.trainer.add_event_handler(Events.COMPLETED, lambda engine: self._make_version(context, parent, progress))
+        else:
+            context.trainer.add_event_handler(Events.COMPLETED, lambda engine: progress.update(phase="finished", remaining_s=0.0))
 
-    def _make_version(self, context: Context, parent: Dict[str, Any]) -> None:
+    def _make_version(self, context: Context, parent: Dict[str, Any], progress: TrainingProgress) -> None:
         candidate = Path(context.output_dir) / self._key_metric_filename
         if not candidate.exists():
             logger.warning(f"training run {context.run_id} left no model; no version made")
+            progress.update(phase="finished", remaining_s=0.0, version=None)
             return
         val = context.val_datalist or []
+        progress.update(phase="comparing with the served model", remaining_s=None)
         dice = evaluate_on(self.profile, candidate, val, self._deterministic()) if val else {}
         parent_dice = evaluate_on(self.profile, Path(parent["path"]), val, self._deterministic()) if val and parent["path"] else {}
         if parent["path"] is None:
@@ -249,6 +257,7 @@ class BratsSegmentationTrainer(BasicTrainTask):
         )
         if promote:
             self.versions.promote(record["id"], reason)
+        progress.update(phase="finished", remaining_s=0.0, version=record["id"], promoted=promote, reason=reason)
         logger.info(f"Model version {record['id']}: {'promoted' if promote else 'kept, not served'} ({reason})")
 
     # --- metrics --------------------------------------------------------------------------------------

@@ -1,0 +1,1 @@
+"""HTTP routes the app adds to (or replaces in) MONAI Label's server."""

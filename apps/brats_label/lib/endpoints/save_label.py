@@ -1,0 +1,63 @@
+"""``PUT /datastore/label`` that keeps the name of whoever saved the label.
+
+MONAI Label 0.8.5's route authenticates the user and then drops the name: the datastore only sees
+what the client wrote in ``params``, which anyone can set. This route replaces it (same path, form
+fields and answer). With authentication on, the label is recorded under the authenticated user and a
+different name in ``params`` is kept only as ``claimed_user``; with it off, the client's name is all
+there is, and the record says it was not authenticated.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Dict
+
+from fastapi import BackgroundTasks, Depends, FastAPI, File, Form, HTTPException, UploadFile
+from fastapi.routing import APIRoute
+from monailabel.config import settings
+from monailabel.endpoints.datastore import save_label
+from monailabel.endpoints.user.auth import RBAC, User
+from monailabel.interfaces.datastore import DefaultLabelTag
+
+SAVE_LABEL_PATH = "/datastore/label"
+
+
+def label_params(params: str, user: User, authenticated: bool) -> Dict[str, Any]:
+    """The client's params with the user fields set by the rules above."""
+    try:
+        fields = json.loads(params) if params else {}
+    except json.JSONDecodeError as e:
+        raise HTTPException(422, f"params is not valid JSON ({e}); send a JSON object such as {{\"user\": \"your name\"}}") from e
+    if not isinstance(fields, dict):
+        raise HTTPException(422, f"params must be a JSON object, not {type(fields).__name__}")
+    if authenticated:
+        claimed = fields.get("user")
+        fields["user"] = user.username
+        if claimed and claimed != user.username:
+            fields["claimed_user"] = claimed
+    fields["authenticated"] = authenticated
+    return fields
+
+
+async def save_label_as_user(
+    background_tasks: BackgroundTasks,
+    image: str,
+    params: str = Form("{}"),
+    tag: str = DefaultLabelTag.FINAL.value,
+    label: UploadFile = File(...),
+    user: User = Depends(RBAC(settings.MONAI_LABEL_AUTH_ROLE_ANNOTATOR)),
+):
+    # async, as the stock route: saves run one at a time on the event loop, in the order they arrive
+    fields = label_params(params, user, settings.MONAI_LABEL_AUTH_ENABLE)
+    return save_label(background_tasks, image, json.dumps(fields), tag, label, user.username)
+
+
+def install_save_label_route(app: FastAPI) -> None:
+    """Put ours in front of MONAI Label's route: the first match answers, and every client (OHIF, Slicer,
+    scripts) keeps calling the same URL. (FastAPI wraps included routers, so the stock route cannot be
+    picked out of the list to remove it.)"""
+    app.add_api_route(SAVE_LABEL_PATH, save_label_as_user, methods=["PUT"], summary="Save a finished label, recording who saved it")
+    ours = app.router.routes.pop()
+    if not (isinstance(ours, APIRoute) and ours.endpoint is save_label_as_user):
+        raise RuntimeError("FastAPI did not append the save-label route as expected; the user would not be recorded")
+    app.router.routes.insert(0, ours)
