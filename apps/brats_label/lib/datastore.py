@@ -33,8 +33,9 @@ from .case_cache import CaseCache, stack_study_files
 from .clock import utc_now
 from .config import CHANNELS, FOREGROUND_LABELS
 from .errors import InvalidInput, NotAllowed, NotFound
-from .labels import LabelError, brats_convention, check_label_values, to_project_convention
-from .studies import Geometry, StudyProblem, StudySource, find_studies, read_geometry, study_geometry
+from .label_files import read_uploaded_label
+from .labels import LabelError, brats_convention, to_project_convention
+from .studies import Geometry, StudyProblem, StudySource, find_studies, study_geometry
 
 logger = logging.getLogger(__name__)
 
@@ -251,17 +252,7 @@ class StudyFolderDatastore(Datastore):
         if not tag.replace("_", "").isalnum() or tag == "history":
             raise InvalidInput(f"label tag '{tag}' is not allowed: use letters, digits and '_'")
         try:
-            uploaded = read_geometry(Path(label_filename))
-            label = np.asanyarray(nib.load(label_filename).dataobj)
-        except ValueError as e:
-            raise InvalidInput(f"label for '{image_id}' not saved: {e}") from None
-        if not uploaded.matches(geometry):
-            raise InvalidInput(
-                f"label for '{image_id}' not saved: it is not on the study's grid ({uploaded.difference(geometry)}). "
-                "Save the segmentation on the image the server sent (same size and orientation)."
-            )
-        try:
-            label = check_label_values(label)
+            label = read_uploaded_label(Path(label_filename), geometry, label_info or {})
         except LabelError as e:
             raise InvalidInput(f"label for '{image_id}' not saved: {e}") from None
         info = dict(label_info or {})
