@@ -63,6 +63,7 @@ logger = logging.getLogger(__name__)
 SCORING_METHOD = "uncertainty"
 API_PREFIX = "/brats"  # endpoints MONAI Label does not have
 MODEL_WATCH_INTERVAL_S = 15
+TRAINING_ENDED = ("DONE", "ERROR", "STOPPED")  # MONAI Label's task states after a run
 
 
 def is_archive(studies: str) -> bool:
@@ -133,7 +134,8 @@ class BratsLabelApp(MONAILabelApp):
 
     def training(self):
         """The running (or last) training: phase, epoch, loss, validation Dice, time left; and the retrain trigger."""
-        running, _ = AsyncTask.status("train", check_if_running=True)
+        last, _ = AsyncTask.status("train")  # queued counts as running: the worker may not have started yet
+        running = bool(last) and last.get("status") not in TRAINING_ENDED
         trainer = self._trainers[MODEL_NAME]
         return {
             "running": bool(running),
