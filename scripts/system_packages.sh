@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Debian packages the archive mode and its tests need: Orthanc with its DICOMweb plugin, dicom3tools
-# (dciodvfy checks every DICOM object we write) and docker-compose (validates docker-compose.yml).
+# (dciodvfy checks every DICOM object we write), docker-compose (validates docker-compose.yml) and chromium (OHIF browser tests).
 # Installs only what is missing; needs root (or sudo) the first time.
 set -euo pipefail
-packages=(orthanc orthanc-dicomweb dicom3tools docker-compose)
+packages=(orthanc orthanc-dicomweb dicom3tools docker-compose chromium)  # chromium: the OHIF browser tests
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

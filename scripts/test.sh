@@ -3,5 +3,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
-bash scripts/system_packages.sh  # Orthanc, dicom3tools, docker-compose: the tests use the real ones
+bash scripts/system_packages.sh  # Orthanc, dicom3tools, docker-compose, Chromium: the tests use the real ones
+# playwright-core drives Debian's Chromium in the OHIF tests (it downloads no browser of its own)
+[ -d tests/browser/node_modules/playwright-core ] || npm install --prefix tests/browser --no-audit --no-fund --loglevel=error
 exec .venv/bin/python -m pytest "$@"
