@@ -6,9 +6,10 @@ Generates BraTS-like sample studies (a few with labels, most without) unless the
 MONAI Label server on them, starts training, follows it with a progress bar, then pre-segments an
 unlabelled study and writes a picture of the result. The server keeps running until Ctrl-C.
 
-With ``--archive`` the studies live in a local Orthanc instead (Debian's package, demo credentials
-from orthanc/demo.env, storage in data/orthanc): the sample is imported as DICOM (MR series, ground
-truth as SEG) and the server reads and writes the archive over DICOMweb.
+By default the studies live in a local Orthanc (Debian's package, demo credentials from
+orthanc/demo.env, storage in data/orthanc): the sample is imported as DICOM (MR series, ground truth
+as SEG), the server reads and writes the archive over DICOMweb, and OHIF (served by the server) shows
+it. ``--folder`` serves the NIfTI folder directly instead, with no archive.
 """
 
 from __future__ import annotations
@@ -52,7 +53,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--port", type=int, default=8000)
     parser.add_argument("--profile", default="cpu", choices=("cpu", "bundle"))
     parser.add_argument("--epochs", type=int, default=None, help="training epochs (default: the app's)")
-    parser.add_argument("--archive", action="store_true", help="serve the studies from a local Orthanc (DICOMweb) instead of the folder")
+    parser.add_argument("--folder", action="store_true", help="serve the NIfTI folder directly, with no Orthanc (OHIF needs the archive)")
+    parser.add_argument("--archive", action="store_true", help=argparse.SUPPRESS)  # the default; kept for old command lines
     parser.add_argument("--orthanc-port", type=int, default=8042)
     parser.add_argument("--no-wait", action="store_true", help="start everything and return (server keeps running)")
     return parser.parse_args()
@@ -111,19 +113,28 @@ def start_server(args: argparse.Namespace, log_path: Path, studies: str, workspa
     sys.exit(f"the server did not answer on {url} within 3 minutes; see {log_path}")
 
 
-def banner(url: str, studies: str, log_path: Path) -> None:
+def banner(url: str, studies: str, log_path: Path, first_study: str | None) -> None:
+    archive = studies.startswith("http")
+    ohif = f"{url}/ohif/" if archive else "(needs the archive: run without --folder)"
+    direct = f"\n  This study in the MONAI Label mode: {url}/ohif/monai-label?StudyInstanceUIDs={first_study}" if archive and first_study else ""
     print(
         f"""
 BraTS Label is running at {url}
+  OHIF viewer:    {ohif}
+  Slicer server:  {url}
   API and docs:   {url}/docs
   Studies:        {url}/datastore/?output=all      (from {studies})
-  Training:       {url}/train/                     (status of the background training)
+  Training:       {url}/brats/training             (epoch, loss, validation Dice, time left)
+  Model versions: {url}/brats/models
   Server log:     {log_path}
 
 Connect 3D Slicer (5.x, with the MONAI Label extension from the Extensions Manager):
   Modules > Active Learning > MONAI Label; server {url}; press the refresh button.
   Next Sample loads a study (4 channels: T1c, T1, T2, FLAIR); Run segments it; edit the
   segments with Segment Editor; Submit Label saves the correction (it counts for the next training).
+
+Open OHIF in a browser on this machine at the viewer URL, pick a study and choose the "MONAI Label"
+  mode (the panel on the right connects to {url}).{direct}
 
 Pre-segment from the command line:
   curl -X POST "{url}/infer/segmentation?image=<study id>&output=json"
@@ -183,11 +194,12 @@ def main() -> None:
     ensure_studies(args)
     log_path = args.studies.parent / "server.log"
     url = f"http://{args.host}:{args.port}"
-    orthanc = start_archive(args) if args.archive else None
+    orthanc = None if args.folder else start_archive(args)
     studies = orthanc.dicomweb if orthanc else str(args.studies)
     workspace = args.studies.parent / "archive_workspace" if orthanc else args.studies / ".brats_label"
     process = start_server(args, log_path, studies, workspace, orthanc.credentials_env if orthanc else {})
-    banner(url, studies, log_path)
+    cases = sorted(requests.get(f"{url}/datastore/?output=all", timeout=60).json()["objects"])
+    banner(url, studies, log_path, cases[0] if cases else None)
     info = requests.get(f"{url}/info/", timeout=10).json()
     epochs = args.epochs or int(info["trainers"]["segmentation"]["config"]["max_epochs"])
     started_ts = int(time.time()) - 1

@@ -39,6 +39,7 @@ def server(orthanc, server_factory, tmp_path_factory):
     weights = tmp_path_factory.mktemp("weights") / "untrained.pt"
     torch.save(build_network(PROFILES["cpu"]).state_dict(), weights)
     workspace = tmp_path_factory.mktemp("ohif_workspace")
+    ARTIFACTS.mkdir(exist_ok=True)
     return server_factory(orthanc.dicomweb, env=orthanc.credentials_env, workspace=workspace, pretrained_weights=weights, dicomweb_refresh_s=0)
 
 
@@ -65,6 +66,14 @@ def test_monai_label_mode_shows_the_four_sequences_renders_and_connects(server, 
 
     viewport = np.asarray(Image.open(tmp_path / "ohif_viewport.png").convert("L"))
     assert (viewport > BRAIN_GREY).mean() > MIN_IMAGE_FRACTION, "the viewport shows an image, not a black square"
-    ARTIFACTS.mkdir(exist_ok=True)
     for picture in ("ohif_monai_label_mode.png", "ohif_viewport.png"):
         shutil.copyfile(tmp_path / picture, ARTIFACTS / picture)
+
+
+def test_study_list_shows_the_archive_studies(server, tmp_path):
+    run = subprocess.run(["node", "ohif_study_list.mjs", server.url, str(tmp_path)], cwd=BROWSER_DIR, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    result = json.loads(run.stdout.strip().splitlines()[-1])
+    assert result["errors"] == [] and result["rows"] == 2
+    assert "BraTS-GLI-00000-000" in result["text"] and "BraTS-GLI-00001-000" in result["text"], "patients listed by name"
+    shutil.copyfile(tmp_path / "ohif_study_list.png", ARTIFACTS / "ohif_study_list.png")

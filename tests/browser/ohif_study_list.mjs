@@ -1,0 +1,25 @@
+// Opens the OHIF study list (the URL the demo prints) in Debian's Chromium. Prints one JSON line with the
+// StudyInstanceUIDs of the rows it shows (from the row links) and saves a screenshot into OUT_DIR.
+//   node ohif_study_list.mjs SERVER_URL OUT_DIR
+import { chromium } from 'playwright-core';
+
+const [server, outDir] = process.argv.slice(2);
+const CHROMIUM_FLAGS = ['--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
+  '--disable-background-networking', '--disable-component-update', '--disable-sync'];
+const browser = await chromium.launch({ executablePath: process.env.CHROMIUM || '/usr/bin/chromium', args: CHROMIUM_FLAGS });
+const result = { errors: [], rows: 0, text: '' };
+try {
+  const page = await browser.newPage({ viewport: { width: 1400, height: 700 } });
+  page.on('pageerror', (e) => result.errors.push(e.message));
+  await page.goto(`${server}/ohif/`, { timeout: 90000 });
+  await page.waitForSelector('[data-cy^="studyRow"], [data-cy="study-list-results"] tr', { timeout: 90000 });
+  await page.waitForTimeout(1500);
+  result.rows = await page.locator('[data-cy^="studyRow"]').count();
+  result.text = await page.evaluate(() => document.body.innerText);
+  await page.screenshot({ path: `${outDir}/ohif_study_list.png` });
+} catch (e) {
+  result.errors.push(String(e));
+} finally {
+  await browser.close();
+}
+console.log(JSON.stringify(result));
