@@ -124,3 +124,12 @@ def test_params_that_are_not_json_are_refused_with_the_reason(server, realm, tmp
         )
     assert answer.status_code == 422 and "not valid JSON" in answer.text
     assert _final_label_info(server)["user"] == "dr_auth", "the label stored before is untouched"
+
+
+def test_the_apps_own_endpoints_ask_for_the_same_roles(server, realm):
+    _, token = realm
+    annotator = {"Authorization": f"Bearer {token('dr_auth', ANNOTATOR)}"}
+    assert requests.get(f"{server.url}/brats/audit", timeout=30).status_code == 401
+    assert requests.get(f"{server.url}/brats/models", headers=annotator, timeout=30).status_code == 200
+    refused = requests.post(f"{server.url}/brats/models/v0/promote", headers=annotator, timeout=30)
+    assert refused.status_code == 403 and "monailabel-admin" in refused.text, "only an admin changes the served model"

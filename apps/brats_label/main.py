@@ -27,8 +27,9 @@ from pathlib import Path
 from typing import Dict
 from urllib.parse import urlparse
 
-from fastapi import Response
+from fastapi import Depends, Response
 from monailabel.config import settings
+from monailabel.endpoints.user.auth import RBAC
 from monailabel.interfaces.app import MONAILabelApp
 from monailabel.interfaces.datastore import Datastore
 from monailabel.interfaces.tasks.infer_v2 import InferTask
@@ -138,7 +139,7 @@ class BratsLabelApp(MONAILabelApp):
         running = bool(last) and last.get("status") not in TRAINING_ENDED
         trainer = self._trainers[MODEL_NAME]
         return {
-            "running": bool(running),
+            "running": running,
             "progress": read_progress(trainer.progress_path),  # type: ignore[attr-defined]
             "retrain": self.retrain.status(),
             "serving": self.versions.serving(),
@@ -220,11 +221,18 @@ class BratsLabelApp(MONAILabelApp):
 
         install_token_check(TOKEN_ALGORITHMS)
         install_save_label_route(server)
-        server.add_api_route(f"{API_PREFIX}/queue", self.queue, methods=["GET"], summary="Annotation queue: unlabelled cases by uncertainty")
-        server.add_api_route(f"{API_PREFIX}/models", self.models, methods=["GET"], summary="Model versions and the one served")
-        server.add_api_route(f"{API_PREFIX}/models/{{version}}/promote", self.promote_model, methods=["POST"], summary="Serve a model version (promote or roll back)")
-        server.add_api_route(f"{API_PREFIX}/training", self.training, methods=["GET"], summary="Training progress: epoch, loss, validation Dice, time left")
-        server.add_api_route(f"{API_PREFIX}/audit", self.audit, methods=["GET"], summary="Label audit trail (?format=csv for a CSV file)")
+        # the same roles MONAI Label's own routes ask for (no-ops while authentication is off)
+        user = [Depends(RBAC(settings.MONAI_LABEL_AUTH_ROLE_USER))]
+        admin = [Depends(RBAC(settings.MONAI_LABEL_AUTH_ROLE_ADMIN))]
+        routes = [
+            ("queue", self.queue, "GET", user, "Annotation queue: unlabelled cases by uncertainty"),
+            ("models", self.models, "GET", user, "Model versions and the one served"),
+            ("models/{version}/promote", self.promote_model, "POST", admin, "Serve a model version (promote or roll back)"),
+            ("training", self.training, "GET", user, "Training progress: epoch, loss, validation Dice, time left"),
+            ("audit", self.audit, "GET", user, "Label audit trail (?format=csv for a CSV file)"),
+        ]
+        for path, endpoint, method, roles, summary in routes:
+            server.add_api_route(f"{API_PREFIX}/{path}", endpoint, methods=[method], dependencies=roles, summary=summary)
 
         def watch() -> None:
             scored_for = None
