@@ -1,8 +1,8 @@
 """The OHIF viewer served by the server, in a real Chromium, on a study from a real Orthanc.
 
 An annotator opens the MONAI Label mode on a study: OHIF lists the four MR series (and the imported
-ground-truth SEG) through the server's DICOMweb proxy, renders an image, and the MONAI Label panel
-connects to the server. Screenshots are kept in test-artifacts/ (the README's user guide shows them).
+ground-truth SEG) through the server's DICOMweb proxy, renders an image, the MONAI Label panel connects
+to the server, and its Auto-Segmentation loads the server's result as a segmentation with our segment names. Screenshots are kept in test-artifacts/ (the README's user guide shows them).
 """
 
 from __future__ import annotations
@@ -51,7 +51,7 @@ def _open_in_ohif(server, study: str, out: Path) -> dict:
     return json.loads(run.stdout.strip().splitlines()[-1])
 
 
-def test_monai_label_mode_shows_the_four_sequences_renders_and_connects(server, tmp_path):
+def test_monai_label_mode_shows_the_four_sequences_renders_connects_and_segments(server, tmp_path):
     import requests
 
     labelled = [k for k, v in requests.get(f"{server.url}/datastore/?output=all", timeout=60).json()["objects"].items() if "final" in v["labels"]]
@@ -62,11 +62,17 @@ def test_monai_label_mode_shows_the_four_sequences_renders_and_connects(server, 
     mr = sorted(s["description"] for s in result["series"] if s["modality"] == "MR")
     assert mr == sorted(name for _, name in IMPORT_SERIES.values()), "all four sequences are listed"
     assert [s["modality"] for s in result["series"]].count("SEG") == 1, "the label is listed as a DICOM SEG"
-    assert result["connected"] and result["info"]["labels"] == {"necrotic_core": 1, "edema": 2, "enhancing_tumour": 3}
+    assert result["connected"] and result["info"]["models"]["segmentation"]["labels"] == {"necrotic_core": 1, "edema": 2, "enhancing_tumour": 3}
+    assert result["panel"], "the MONAI Label panel lists Active Learning and Auto-Segmentation once connected"
+
+    # Auto-Segmentation > Run: OHIF asks for the series on screen; the server resolves it to the study
+    mr_uids = {s["uid"] for s in result["series"] if s["modality"] == "MR"}
+    assert result["infer"]["status"] == 200 and result["infer"]["image"] in mr_uids
+    assert [sorted(labels) for labels in result["segmentations"]] == [["edema", "enhancing_tumour", "necrotic_core"]], "the result is loaded, segments named"
 
     viewport = np.asarray(Image.open(tmp_path / "ohif_viewport.png").convert("L"))
     assert (viewport > BRAIN_GREY).mean() > MIN_IMAGE_FRACTION, "the viewport shows an image, not a black square"
-    for picture in ("ohif_monai_label_mode.png", "ohif_viewport.png"):
+    for picture in ("ohif_monai_label_mode.png", "ohif_viewport.png", "ohif_after_autosegmentation.png"):
         shutil.copyfile(tmp_path / picture, ARTIFACTS / picture)
 
 

@@ -50,8 +50,9 @@ def client(server, tmp_path_factory) -> MONAILabelClient:
 
 def test_info_lists_the_model_and_label_names_before_any_training(client):
     info = client.info()
-    assert info["labels"] == {"necrotic_core": 1, "edema": 2, "enhancing_tumour": 3}
+    assert info["labels"] == ["necrotic_core", "edema", "enhancing_tumour"], "in value order, as a list (OHIF's panel needs a list)"
     model = info["models"]["segmentation"]
+    assert model["labels"] == {"necrotic_core": 1, "edema": 2, "enhancing_tumour": 3}
     assert model["trained"] is False and model["profile"] == "cpu"
     assert "segmentation" in info["trainers"]
     problems = {p["study_id"]: p["reason"] for p in info["datastore"]["problems"]}

@@ -109,7 +109,9 @@ class BratsLabelApp(MONAILabelApp):
             name="BraTS Label",
             description="Active-learning annotation of glioma sub-regions on T1, T1c, T2 and FLAIR",
             version="0.1.0",
-            labels=dict(FOREGROUND_LABELS),
+            # A list in value order (value = position + 1): OHIF's MONAI Label panel appends to this list and
+            # fails silently on a dict; Slicer takes either. Each model's labels keep the name -> value map.
+            labels=list(FOREGROUND_LABELS),
         )
         # Rescoring follows model changes (on_init_complete), not every "next sample" request.
         self._auto_update_scoring = False
