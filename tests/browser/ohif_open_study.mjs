@@ -2,14 +2,12 @@
 // in Debian's Chromium. Prints one JSON line: the series OHIF lists, the panel's connection to the server,
 // what its MONAI Label panel does (connect, Auto-Segmentation > Run), and the page errors; saves screenshots of the page and of the first viewport into OUT_DIR.
 //   node ohif_open_study.mjs SERVER_URL STUDY_UID OUT_DIR
-import { chromium } from 'playwright-core';
+import { launchChromium } from './chromium.mjs';
 
 const [server, study, outDir] = process.argv.slice(2);
-const CHROMIUM_FLAGS = ['--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
-  '--disable-background-networking', '--disable-component-update', '--disable-sync'];
 const TIMEOUT_MS = 90000;
 
-const browser = await chromium.launch({ executablePath: process.env.CHROMIUM || '/usr/bin/chromium', args: CHROMIUM_FLAGS });
+const browser = await launchChromium();
 const result = { errors: [], series: [], connected: false, info: null, panel: false, infer: null, segmentations: [] };
 try {
   const context = await browser.newContext({ viewport: { width: 1400, height: 900 } });

@@ -1,12 +1,10 @@
 // Opens the OHIF study list (the URL the demo prints) in Debian's Chromium. Prints one JSON line with the
 // StudyInstanceUIDs of the rows it shows (from the row links) and saves a screenshot into OUT_DIR.
 //   node ohif_study_list.mjs SERVER_URL OUT_DIR
-import { chromium } from 'playwright-core';
+import { launchChromium } from './chromium.mjs';
 
 const [server, outDir] = process.argv.slice(2);
-const CHROMIUM_FLAGS = ['--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
-  '--disable-background-networking', '--disable-component-update', '--disable-sync'];
-const browser = await chromium.launch({ executablePath: process.env.CHROMIUM || '/usr/bin/chromium', args: CHROMIUM_FLAGS });
+const browser = await launchChromium();
 const result = { errors: [], rows: 0, text: '' };
 try {
   const page = await browser.newPage({ viewport: { width: 1400, height: 700 } });
