@@ -120,6 +120,7 @@ def main() -> int:
                     "label_to_version_s": round(ready - submitted, 1),
                 }
             )
+            save(args, rounds)  # after every round: an interrupted run keeps what it measured
     finally:
         server.stop()
 
@@ -127,12 +128,15 @@ def main() -> int:
     for r in rounds:
         d = r["validation_dice"]
         print(f"{r['version']:8} {r['labels_used']:6d} " + " ".join(f"{d.get(k.lower(), float('nan')):6.3f}" for k in REGIONS) + f" {r['label_to_version_s'] / 60:10.1f} min  {r['promoted']}")
-    result = {"settings": vars(args) | {"out": str(args.out)}, "rounds": rounds}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2))
-    plot(rounds, args.out.with_suffix(".png"))
+    save(args, rounds)
     print(f"results: {args.out} and {args.out.with_suffix('.png')}")
     return 0
+
+
+def save(args: argparse.Namespace, rounds: list) -> None:
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps({"settings": vars(args) | {"out": str(args.out)}, "rounds": rounds}, indent=2))
+    plot(rounds, args.out.with_suffix(".png"))
 
 
 if __name__ == "__main__":
