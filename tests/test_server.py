@@ -202,14 +202,14 @@ def test_audit_records_who_corrected_which_prelabel_and_how_much(client, server,
     rows = [r for r in requests.get(f"{server.url}/brats/audit", timeout=30).json() if r["case"] == study and r["tag"] == "final"]
     assert len(rows) == 1
     row = rows[0]
-    assert (row["user"], row["client_id"], row["prelabel_model_version"]) == ("dr_audit", "slicer-ws-3", served)
+    assert (row["user"], row["authenticated"], row["client_id"], row["prelabel_model_version"]) == ("dr_audit", False, "slicer-ws-3", served)
     assert served == "v0", "the first training of this server made version v0"
     before = np.asarray(prelabel.dataobj)
     for region, values in {"tc": (1, 3), "wt": (1, 2, 3), "et": (3,)}.items():
         assert row[f"dice_{region}"] == pytest.approx(_dice(np.isin(before, values), np.isin(final, values)), abs=1e-3), region
     csv_text = requests.get(f"{server.url}/brats/audit", params={"format": "csv"}, timeout=30).text
     header, *lines = csv_text.strip().splitlines()
-    assert header.startswith("case,tag,saved_at,user,client_id") and any(line.startswith(f"{study},final,") and "dr_audit" in line for line in lines)
+    assert header.startswith("case,tag,saved_at,user,authenticated,claimed_user,client_id") and any(line.startswith(f"{study},final,") and "dr_audit" in line for line in lines)
 
 
 def test_bad_label_is_refused_with_reason_and_stored_label_is_untouched(client, server, studies, tmp_path):
