@@ -135,6 +135,52 @@ def test_a_seg_written_by_another_client_becomes_the_label(client, orthanc, stud
     assert np.array_equal(nib.as_closest_canonical(saved).get_fdata(), nib.as_closest_canonical(nib.Nifti1Image(label, stack.affine)).get_fdata())
 
 
+def test_a_seg_stored_through_the_viewer_proxy_is_the_label_or_is_refused_with_the_reason(client, server, orthanc, studies):
+    """What OHIF's Submit label does: STOW a SEG through the server's /proxy/dicom/wado (dicomweb-client here)."""
+    from dicomweb_client.api import DICOMwebClient
+    from requests.exceptions import HTTPError
+
+    from lib.dicom.seg import label_to_seg
+    from lib.dicom.series_volume import slice_stack
+
+    patient = sorted(p.name for p in studies.iterdir() if p.is_dir() and (p / f"{p.name}-seg.nii.gz").exists())[0]
+    case, info = _case(client, patient)
+    archive = orthanc.archive()
+    reference = archive.retrieve_series(case, info["series"][REFERENCE_CHANNEL]["uid"])
+    stack = slice_stack(reference)
+    viewer = DICOMwebClient(url=f"{server.url}/proxy/dicom/wado")
+    segs_in_archive = lambda: sum(len(archive.instance_uids(case, s.series_uid)) for s in archive.series(case) if s.modality == "SEG")  # noqa: E731
+    before_label, before_segs = _listing(client)[case]["labels"]["final"]["info"], segs_in_archive()
+
+    label = np.zeros(stack.shape, np.uint8)
+    label[40:50, 40:50, 30:34] = 2
+    wrong = label_to_seg(label, [reference[i] for i in stack.order], "viewer-wrong", "1", "From a viewer")
+    wrong.SegmentSequence[0].SegmentLabel = "Tumour remnant"
+    wrong.SegmentSequence[0].SegmentedPropertyTypeCodeSequence[0].CodeValue = "999999"
+    with pytest.raises(HTTPError) as refused:
+        viewer.store_instances([wrong])
+    assert refused.value.response.status_code == 422 and "Tumour remnant" in refused.value.response.json()["detail"]
+    assert _listing(client)[case]["labels"]["final"]["info"] == before_label and segs_in_archive() == before_segs, "nothing stored"
+
+    good = label_to_seg(label, [reference[i] for i in stack.order], "viewer-good", "1", "From a viewer")
+    ohif = DICOMwebClient(url=f"{server.url}/proxy/dicom/wado", headers={"Referer": f"{server.url}/ohif/monai-label"})
+    with pytest.raises(HTTPError) as from_ohif:  # OHIF's own SEG export puts frames in the wrong slice order
+        ohif.store_instances([good])
+    assert from_ohif.value.response.status_code == 422 and "Submit label" in from_ohif.value.response.json()["detail"]
+    assert _listing(client)[case]["labels"]["final"]["info"] == before_label and segs_in_archive() == before_segs
+
+    answer = viewer.store_instances([good])  # a STOW-RS answer any DICOMweb client reads
+    assert answer.ReferencedSOPSequence[0].ReferencedSOPInstanceUID == good.SOPInstanceUID
+    after = _listing(client)[case]["labels"]["final"]["info"]
+    assert after["submitted_seg_sop_instance_uid"] == good.SOPInstanceUID and after["archive"] == "stored"
+    assert after["voxels"] == {"necrotic_core": 0, "edema": int(label.astype(bool).sum()), "enhancing_tumour": 0}
+    assert segs_in_archive() == before_segs + 1, "the server's own SEG of the label, once"
+
+    # anything but SEGs goes to the archive unchanged (here an MR instance stored again: Orthanc answers as for any STOW)
+    again = viewer.store_instances([reference[stack.order[0]]])
+    assert again.ReferencedSOPSequence[0].ReferencedSOPInstanceUID == reference[stack.order[0]].SOPInstanceUID
+
+
 def test_archive_stopped_gives_clear_errors_and_the_server_recovers(client, server, orthanc, studies):
     patients = sorted(p.name for p in studies.iterdir() if p.is_dir() and not p.name.startswith("."))
     listing = _listing(client)

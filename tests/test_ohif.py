@@ -2,7 +2,10 @@
 
 An annotator opens the MONAI Label mode on a study: OHIF lists the four MR series (and the imported
 ground-truth SEG) through the server's DICOMweb proxy, renders an image, the MONAI Label panel connects
-to the server, and its Auto-Segmentation loads the server's result as a segmentation with our segment names. Screenshots are kept in test-artifacts/ (the README's user guide shows them).
+to the server; its Next Sample opens the unlabelled study, Auto-Segmentation loads the server's result as a
+segmentation with our segment names, the annotator paints a correction with OHIF's brush and presses
+Submit label: the label is stored, audited, counted for retraining and in Orthanc as a SEG. Screenshots
+are kept in test-artifacts/ (the README's user guide shows them).
 """
 
 from __future__ import annotations
@@ -12,12 +15,14 @@ import shutil
 import subprocess
 from pathlib import Path
 
+import nibabel as nib
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
-from lib.config import IMPORT_SERIES, PROFILES
+from lib.config import FOREGROUND_LABELS, IMPORT_SERIES, PROFILES
+from lib.dicom.seg import seg_to_label
 from lib.network import build_network
 from scripts.import_studies import import_studies
 from tests.conftest import ARTIFACTS, REPO, make_studies
@@ -40,23 +45,27 @@ def server(orthanc, server_factory, tmp_path_factory):
     torch.save(build_network(PROFILES["cpu"]).state_dict(), weights)
     workspace = tmp_path_factory.mktemp("ohif_workspace")
     ARTIFACTS.mkdir(exist_ok=True)
-    return server_factory(orthanc.dicomweb, env=orthanc.credentials_env, workspace=workspace, pretrained_weights=weights, dicomweb_refresh_s=0)
+    server = server_factory(orthanc.dicomweb, env=orthanc.credentials_env, workspace=workspace, pretrained_weights=weights, dicomweb_refresh_s=0)
+    server.workspace = workspace  # where the server keeps each case's pre-label
+    return server
 
 
-def _open_in_ohif(server, study: str, out: Path) -> dict:
+def _annotate_in_ohif(server, study: str, out: Path) -> dict:
     run = subprocess.run(
-        ["node", "ohif_open_study.mjs", server.url, study, str(out)], cwd=BROWSER_DIR, capture_output=True, text=True, timeout=300
+        ["node", "ohif_annotation_loop.mjs", server.url, study, str(out)], cwd=BROWSER_DIR, capture_output=True, text=True, timeout=900
     )
     assert run.returncode == 0, run.stderr[-3000:]
     return json.loads(run.stdout.strip().splitlines()[-1])
 
 
-def test_monai_label_mode_shows_the_four_sequences_renders_connects_and_segments(server, tmp_path):
+def test_an_annotator_opens_segments_corrects_and_submits_in_ohif(server, orthanc, tmp_path):
     import requests
 
-    labelled = [k for k, v in requests.get(f"{server.url}/datastore/?output=all", timeout=60).json()["objects"].items() if "final" in v["labels"]]
-    study = labelled[0]  # the one with a ground-truth SEG
-    result = _open_in_ohif(server, study, tmp_path)
+    listing = requests.get(f"{server.url}/datastore/?output=all", timeout=60).json()["objects"]
+    labelled = [k for k, v in listing.items() if "final" in v["labels"]]
+    unlabelled = [k for k, v in listing.items() if "final" not in v["labels"]]
+    counted_before = requests.get(f"{server.url}/brats/training", timeout=60).json()["retrain"]["new_labels"]
+    result = _annotate_in_ohif(server, labelled[0], tmp_path)  # the labelled study has a ground-truth SEG
     assert result["errors"] == []
 
     mr = sorted(s["description"] for s in result["series"] if s["modality"] == "MR")
@@ -64,15 +73,45 @@ def test_monai_label_mode_shows_the_four_sequences_renders_connects_and_segments
     assert [s["modality"] for s in result["series"]].count("SEG") == 1, "the label is listed as a DICOM SEG"
     assert result["connected"] and result["info"]["models"]["segmentation"]["labels"] == {"necrotic_core": 1, "edema": 2, "enhancing_tumour": 3}
     assert result["panel"], "the MONAI Label panel lists Active Learning and Auto-Segmentation once connected"
-
-    # Auto-Segmentation > Run: OHIF asks for the series on screen; the server resolves it to the study
-    mr_uids = {s["uid"] for s in result["series"] if s["modality"] == "MR"}
-    assert result["infer"]["status"] == 200 and result["infer"]["image"] in mr_uids
-    assert [sorted(labels) for labels in result["segmentations"]] == [["edema", "enhancing_tumour", "necrotic_core"]], "the result is loaded, segments named"
-
     viewport = np.asarray(Image.open(tmp_path / "ohif_viewport.png").convert("L"))
     assert (viewport > BRAIN_GREY).mean() > MIN_IMAGE_FRACTION, "the viewport shows an image, not a black square"
-    for picture in ("ohif_monai_label_mode.png", "ohif_viewport.png", "ohif_after_autosegmentation.png"):
+
+    # Next Sample names the unlabelled study by its DICOM ids, and its OK opens it
+    assert result["nextSample"]["id"] == unlabelled[0] and result["nextSample"]["StudyInstanceUID"] == unlabelled[0]
+    assert result["opened"] == unlabelled[0]
+
+    # Auto-Segmentation > Run: OHIF asks for the series on screen; the server resolves it to the study
+    series = {s.series_uid for s in orthanc.archive().series(unlabelled[0])}
+    assert result["infer"]["status"] == 200 and result["infer"]["image"] in series
+    assert [sorted(labels) for labels in result["segmentations"]] == [["edema", "enhancing_tumour", "necrotic_core"]], "the result is loaded, segments named"
+
+    # what OHIF draws is the server's pre-label, slice by slice (not flipped, not shifted)
+    prelabel = np.asarray(nib.load(str(server.workspace / "prelabels" / f"{unlabelled[0]}.nii.gz")).dataobj)
+    for name, value in FOREGROUND_LABELS.items():
+        assert result["overlay"]["perSlice"][name] == (prelabel == value).sum(axis=(0, 1)).tolist(), f"{name} drawn where the model put it"
+
+    # Submit label: the corrected segmentation is the study's final label, audited, counted, and a SEG in Orthanc
+    assert result["submit"]["status"] == 200 and result["submit"]["outcome"]["state"] == "saved", result["submit"]
+    label = requests.get(f"{server.url}/datastore/?output=all", timeout=60).json()["objects"][unlabelled[0]]["labels"]["final"]["info"]
+    assert label["client_id"] == "OHIF" and label["archive"] == "stored"
+    downloaded = tmp_path / "final.nii.gz"
+    downloaded.write_bytes(requests.get(f"{server.url}/datastore/label", params={"label": unlabelled[0], "tag": "final"}, timeout=60).content)
+    final = np.asarray(nib.load(str(downloaded)).dataobj)
+    changed = final != prelabel
+    assert changed.any() and (final[changed] == FOREGROUND_LABELS[result["corrected"]["segment"]]).all(), "the pre-label, plus the brush stroke, nothing else"
+    audit = [r for r in requests.get(f"{server.url}/brats/audit", timeout=60).json() if r["case"] == unlabelled[0]]
+    assert len(audit) == 1 and audit[0]["prelabel_model_version"] and audit[0]["client_id"] == "OHIF"
+    assert min(audit[0]["dice_tc"], audit[0]["dice_wt"], audit[0]["dice_et"]) < 1.0, "the audit sees the correction"
+    archive = orthanc.archive()
+    seg_series = [s for s in archive.series(unlabelled[0]) if s.modality == "SEG"]
+    assert label["seg_sop_instance_uid"] in [sop for s in seg_series for sop in archive.instance_uids(unlabelled[0], s.series_uid)]
+    seg = archive.retrieve_instance(unlabelled[0], label["seg_series_uid"], label["seg_sop_instance_uid"])
+    reference = nib.load(str(downloaded))
+    assert np.array_equal(seg_to_label(seg, reference.affine, reference.shape), final), "the SEG in Orthanc is the submitted label"
+    retrain = requests.get(f"{server.url}/brats/training", timeout=60).json()["retrain"]
+    assert retrain["new_labels"] == counted_before + 1 and not retrain["runs"], "the label counts towards retraining (5 needed)"
+
+    for picture in ("ohif_monai_label_mode.png", "ohif_viewport.png", "ohif_after_autosegmentation.png", "ohif_label_submitted.png"):
         shutil.copyfile(tmp_path / picture, ARTIFACTS / picture)
 
 

@@ -49,6 +49,7 @@ from lib.datastore import StudyFolderDatastore
 from lib.dicom.archive import Archive
 from lib.dicom.series_rules import SeriesRules
 from lib.dicomweb_datastore import DicomWebStudyDatastore
+from lib.endpoints.ohif_submit import install_ohif_submit_routes
 from lib.endpoints.save_label import install_save_label_route
 from lib.endpoints.token_check import install_token_check
 from lib.errors import NotFound
@@ -223,6 +224,7 @@ class BratsLabelApp(MONAILabelApp):
 
         install_token_check(TOKEN_ALGORITHMS)
         install_save_label_route(server)
+        install_ohif_submit_routes(server)
         # the same roles MONAI Label's own routes ask for (no-ops while authentication is off)
         user = [Depends(RBAC(settings.MONAI_LABEL_AUTH_ROLE_USER))]
         admin = [Depends(RBAC(settings.MONAI_LABEL_AUTH_ROLE_ADMIN))]
@@ -251,9 +253,11 @@ class BratsLabelApp(MONAILabelApp):
 
     def on_save_label(self, image_id, label_id):
         """A submitted label may be the one that starts the next fine-tune (no other call needed)."""
-        answer = super().on_save_label(image_id, label_id)
+        answer = super().on_save_label(image_id, label_id) or {}
         if self._serving:
             self.retrain.check()
+            status = self.retrain.status()
+            answer["retrain"] = {k: status[k] for k in ("enabled", "new_labels", "labels_needed")}  # OHIF's Submit label shows it
         return answer
 
     def train(self, request):
@@ -271,6 +275,13 @@ class BratsLabelApp(MONAILabelApp):
         # run_sync requests execute inside the server process, which must keep its priority
         if not self._serving and os.getpriority(os.PRIO_PROCESS, 0) < BACKGROUND_NICENESS:
             os.setpriority(os.PRIO_PROCESS, 0, BACKGROUND_NICENESS)
+
+    def next_sample(self, request):
+        """MONAI Label's answer, with the study's DICOM ids from an archive: OHIF's Next Sample opens the study by them."""
+        answer = super().next_sample(request)
+        if answer.get("id") and isinstance(self._datastore, DicomWebStudyDatastore):
+            answer.update(self._datastore.viewer_ids(answer["id"]))
+        return answer
 
     def info(self):
         info = super().info()

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import csv
 import io
-import shutil
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Optional
 
@@ -20,9 +19,10 @@ import numpy as np
 import torch
 from monai.metrics import compute_dice
 
-from .atomic import atomic_path, read_json, write_json
+from .atomic import read_json, write_json, write_nifti
 from .clock import utc_now
 from .config import REGIONS
+from .label_files import read_label_file
 
 AUDIT_FIELDS = (
     "case", "tag", "saved_at", "user", "authenticated", "claimed_user", "client_id", "source",
@@ -53,8 +53,8 @@ class PreLabels:
     def save(self, case: str, label_file: str, model_version: Optional[str], client_id: Optional[str]) -> None:
         label_path, info_path = self._paths(case)
         label_path.parent.mkdir(parents=True, exist_ok=True)
-        with atomic_path(label_path) as tmp:
-            shutil.copyfile(label_file, tmp)
+        label, affine = read_label_file(Path(label_file))  # NIfTI, or NRRD for OHIF
+        write_nifti(np.asarray(label, np.uint8), affine, label_path)
         write_json({"model_version": model_version, "made_at": utc_now(), "client_id": client_id}, info_path)
 
     def compare(self, case: str, final: np.ndarray) -> Dict[str, Any]:

@@ -65,6 +65,7 @@ REFERENCE_CHANNEL = "t1c"  # the grid every channel is resampled onto, and that 
 SLICE_SPACING_TOLERANCE = 0.01  # relative spread of slice gaps accepted as "evenly spaced"
 DICOMWEB_FETCH_WORKERS = 4  # series fetched at once (one per channel)
 DICOMWEB_REFRESH_S = 30.0  # how long a listing of the archive is reused before asking it again
+OHIF_STUDY_PATH = "/ohif/monai-label?StudyInstanceUIDs="  # a study in the MONAI Label mode of the bundled OHIF
 DICOMWEB_TIMEOUT_S = 60.0
 # SEG segments: label value -> (SegmentLabel, property type (SCT code, meaning)).
 SEG_CATEGORY = ("49755003", "Morphologically Altered Structure")

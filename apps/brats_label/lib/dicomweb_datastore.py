@@ -36,7 +36,7 @@ from pydicom.dataset import Dataset
 
 from .atomic import read_json, write_json
 from .case_cache import CaseCache, stack_channels
-from .config import CHANNELS, DICOMWEB_FETCH_WORKERS, DICOMWEB_REFRESH_S, REFERENCE_CHANNEL
+from .config import CHANNELS, DICOMWEB_FETCH_WORKERS, DICOMWEB_REFRESH_S, OHIF_STUDY_PATH, REFERENCE_CHANNEL
 from .datastore import FINAL, StudyFolderDatastore, _tag
 from .dicom.archive import Archive
 from .dicom.seg import SegProblem, label_to_seg, seg_to_label
@@ -298,6 +298,17 @@ class DicomWebStudyDatastore(StudyFolderDatastore):
             }
         )
         return info
+
+    def viewer_ids(self, image_id: str) -> Dict[str, str]:
+        """The DICOM ids OHIF's Next Sample dialog shows and opens the study by (as MONAI Label's DICOMweb datastore gives)."""
+        study = self._source(image_id)
+        return {
+            "StudyInstanceUID": study.study_id,
+            "SeriesInstanceUID": study.channels[REFERENCE_CHANNEL].series_uid,
+            "PatientID": study.patient_id,
+            "Modality": "MR",
+            "RetrieveURL": f"{OHIF_STUDY_PATH}{study.study_id}",
+        }
 
     def add_image(self, image_id: str, image_filename: str, image_info: Dict[str, Any]) -> str:
         raise NotAllowed("studies enter through the archive: send them to Orthanc (scripts/import_studies.py for NIfTI studies)")

@@ -1,10 +1,11 @@
-"""Read a label a client uploads (NIfTI label map or 3D Slicer ``.seg.nrrd``) into our label values.
+"""Read a label a client uploads (NIfTI label map, 3D Slicer ``.seg.nrrd`` or DICOM SEG) into our label values.
 
 Clients name their segments; their label values follow the order of the segments on screen, which
 shifts when an annotator deletes one (an empty necrotic core, say). So values are mapped by segment
 name whenever the client says which name each value has: the ``label_info`` list 3D Slicer's MONAI
 Label module sends with a NIfTI label map, or the segment metadata inside a ``.seg.nrrd`` (read with
-slicerio, which also handles Slicer's cropped extents and overlap layers).
+slicerio, which also handles Slicer's cropped extents and overlap layers). A DICOM SEG (OHIF's, or any
+other client's) is decoded by segment label onto the study's grid, as SEGs found in the archive are.
 """
 
 from __future__ import annotations
@@ -14,14 +15,20 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 import nibabel as nib
+import nrrd
 import numpy as np
+import pydicom
 import slicerio
+from pydicom.errors import InvalidDicomError
 
 from .config import LABELS
+from .dicom.seg import SegProblem, seg_to_label
 from .labels import LabelError, check_label_values
 from .studies import Geometry, read_geometry
 
 SEG_NRRD_SUFFIX = ".seg.nrrd"
+NRRD_SUFFIX = ".nrrd"
+DICOM_SUFFIX = ".dcm"
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 GRID_TOLERANCE = 1e-3  # voxels: how far a segmentation's grid may sit from the study's and still be the same grid
 IGNORED_SEGMENTS = ("background", "foreground_scribbles", "background_scribbles")
@@ -63,22 +70,53 @@ def remap_by_names(label: np.ndarray, names_by_value: Dict[int, str]) -> np.ndar
 
 
 def _on_study_grid(voxels: np.ndarray, ijk_to_lps: np.ndarray, geometry: Geometry) -> np.ndarray:
-    """Paste a (possibly cropped) segmentation grid into the study's grid; refuse any other grid."""
+    """Paste a (possibly cropped) segmentation grid into the study's grid. Its axes may be the study's in
+    another order or direction (a viewer's volume sorts slices its own way); any other grid is refused."""
     seg_to_ras = LPS_TO_RAS @ np.asarray(ijk_to_lps, float)
-    study_to_seg = np.linalg.inv(seg_to_ras) @ geometry.affine  # study voxel -> segmentation voxel
-    rotation, offset = study_to_seg[:3, :3], study_to_seg[:3, 3]
-    if not np.allclose(rotation, np.eye(3), atol=GRID_TOLERANCE) or not np.allclose(offset, np.round(offset), atol=GRID_TOLERANCE):
+    seg_to_study = np.linalg.inv(geometry.affine) @ seg_to_ras  # segmentation voxel -> study voxel
+    axes, offset = seg_to_study[:3, :3], seg_to_study[:3, 3]
+    signed_permutation = np.round(axes)
+    if (
+        not np.allclose(axes, signed_permutation, atol=GRID_TOLERANCE)
+        or not (np.abs(signed_permutation).sum(axis=0) == 1).all()
+        or not (np.abs(signed_permutation).sum(axis=1) == 1).all()
+        or not np.allclose(offset, np.round(offset), atol=GRID_TOLERANCE)
+    ):
         raise LabelError("the segmentation is not on the study's voxel grid (different spacing, orientation or a sub-voxel shift); segment on the image the server sent")
-    start = -np.round(offset).astype(int)  # where the segmentation's first voxel lies in the study
+    source_axis = [int(np.flatnonzero(row)[0]) for row in signed_permutation]  # segmentation axis along each study axis
+    voxels = voxels.transpose(source_axis)
+    start = np.round(offset).astype(int)  # where the segmentation's first voxel lies in the study
+    for axis, column in enumerate(source_axis):
+        if signed_permutation[axis, column] < 0:
+            voxels = np.flip(voxels, axis)
+            start[axis] -= voxels.shape[axis] - 1
     out = np.zeros(geometry.shape, voxels.dtype)
     src = tuple(slice(max(0, -s), min(n, g - s)) for s, n, g in zip(start, voxels.shape, geometry.shape))
     dst = tuple(slice(max(0, s), max(0, s) + (sl.stop - sl.start)) for s, sl in zip(start, src))
-    outside = voxels.copy()
+    outside = np.array(voxels)
     outside[src] = 0
     if outside.any():
         raise LabelError("the segmentation has voxels outside the study's image; segment on the image the server sent")
     out[dst] = voxels[src]
     return out
+
+
+def read_nrrd_label(path: Path, geometry: Geometry, params: Dict[str, Any]) -> np.ndarray:
+    """A plain NRRD label map (OHIF's Submit label sends its labelmap so), values named by ``label_info``."""
+    try:
+        data, header = nrrd.read(str(path), index_order="F")
+        ijk_to_lps = np.eye(4)
+        ijk_to_lps[:3, :3] = np.asarray(header["space directions"], float).T
+        ijk_to_lps[:3, 3] = np.asarray(header["space origin"], float)
+    except Exception as e:  # pynrrd raises many types for a damaged file or header
+        raise LabelError(f"not a readable NRRD label map with space directions and origin: {e}") from None
+    if header.get("space") not in ("left-posterior-superior", "LPS"):
+        raise LabelError(f"NRRD space '{header.get('space')}' is not supported; write it in left-posterior-superior")
+    label = np.asarray(data).astype(np.int64)
+    info = slicer_label_info(params)
+    if info is not None:
+        label = remap_by_names(label, {int(i["idx"]): str(i["name"]) for i in info})
+    return check_label_values(_on_study_grid(label.astype(np.uint8), ijk_to_lps, geometry))
 
 
 def read_seg_nrrd(path: Path, geometry: Geometry) -> np.ndarray:
@@ -104,10 +142,30 @@ def read_seg_nrrd(path: Path, geometry: Geometry) -> np.ndarray:
     return _on_study_grid(label, segmentation["ijkToLPS"], geometry)
 
 
+def _is_dicom(path: Path) -> bool:
+    with open(path, "rb") as f:
+        return f.read(132)[128:] == b"DICM"  # the Part 10 preamble
+
+
+def read_dicom_seg(path: Path, geometry: Geometry) -> np.ndarray:
+    """A DICOM SEG file → label map in our values on the study's grid."""
+    try:
+        seg = pydicom.dcmread(str(path))
+        return check_label_values(seg_to_label(seg, geometry.affine, geometry.shape))
+    except InvalidDicomError as e:
+        raise LabelError(f"not a readable DICOM file: {e}") from None
+    except (SegProblem, AttributeError, KeyError, IndexError) as e:
+        raise LabelError(f"the DICOM SEG cannot be a label of this study: {e}") from None
+
+
 def read_uploaded_label(path: Path, geometry: Geometry, params: Dict[str, Any]) -> np.ndarray:
     """The uploaded label in our values on the study's grid, or LabelError saying what is wrong."""
     if str(path).endswith(SEG_NRRD_SUFFIX):
         return read_seg_nrrd(path, geometry)
+    if str(path).endswith(DICOM_SUFFIX) or _is_dicom(path):
+        return read_dicom_seg(path, geometry)
+    if str(path).endswith(NRRD_SUFFIX):
+        return read_nrrd_label(path, geometry, params)
     try:
         uploaded = read_geometry(path)
         label = np.asanyarray(nib.load(str(path)).dataobj)
@@ -122,3 +180,30 @@ def read_uploaded_label(path: Path, geometry: Geometry, params: Dict[str, Any]) 
     if info is not None:
         label = remap_by_names(np.asarray(label).astype(np.int64), {int(i["idx"]): str(i["name"]) for i in info})
     return check_label_values(label)
+
+
+
+def write_nrrd_label(label: np.ndarray, affine: np.ndarray, path: Path, compress: bool = False) -> None:
+    """A label map (X, Y, Z; RAS ``affine``) as NRRD in LPS, x fastest: the layout OHIF's MONAI Label panel
+    copies straight into its labelmap volume (it reads the buffer, not the header's geometry)."""
+    lps = np.linalg.inv(LPS_TO_RAS) @ np.asarray(affine, float)
+    header = {
+        "space": "left-posterior-superior",
+        "space directions": lps[:3, :3].T,
+        "space origin": lps[:3, 3],
+        "kinds": ["domain", "domain", "domain"],
+        "encoding": "gzip" if compress else "raw",
+    }
+    nrrd.write(str(path), np.asarray(label, np.uint8), header, index_order="F")
+
+
+def read_label_file(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """A label map the server wrote (NIfTI or NRRD) and its RAS affine."""
+    if str(path).endswith(NRRD_SUFFIX) and not str(path).endswith(SEG_NRRD_SUFFIX):
+        data, header = nrrd.read(str(path), index_order="F")
+        lps = np.eye(4)
+        lps[:3, :3] = np.asarray(header["space directions"], float).T
+        lps[:3, 3] = np.asarray(header["space origin"], float)
+        return data, LPS_TO_RAS @ lps
+    image = nib.load(str(path))
+    return np.asanyarray(image.dataobj), image.affine

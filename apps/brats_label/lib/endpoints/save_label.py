@@ -13,11 +13,12 @@ import json
 from typing import Any, Dict
 
 from fastapi import BackgroundTasks, Depends, FastAPI, File, Form, HTTPException, UploadFile
-from fastapi.routing import APIRoute
 from monailabel.config import settings
 from monailabel.endpoints.datastore import save_label
 from monailabel.endpoints.user.auth import RBAC, User
 from monailabel.interfaces.datastore import DefaultLabelTag
+
+from .routes import add_route_in_front
 
 SAVE_LABEL_PATH = "/datastore/label"
 
@@ -53,11 +54,5 @@ async def save_label_as_user(
 
 
 def install_save_label_route(app: FastAPI) -> None:
-    """Put ours in front of MONAI Label's route: the first match answers, and every client (OHIF, Slicer,
-    scripts) keeps calling the same URL. (FastAPI wraps included routers, so the stock route cannot be
-    picked out of the list to remove it.)"""
-    app.add_api_route(SAVE_LABEL_PATH, save_label_as_user, methods=["PUT"], summary="Save a finished label, recording who saved it")
-    ours = app.router.routes.pop()
-    if not (isinstance(ours, APIRoute) and ours.endpoint is save_label_as_user):
-        raise RuntimeError("FastAPI did not append the save-label route as expected; the user would not be recorded")
-    app.router.routes.insert(0, ours)
+    """Ours answers in place of MONAI Label's route (same URL for OHIF, Slicer and scripts)."""
+    add_route_in_front(app, SAVE_LABEL_PATH, save_label_as_user, ["PUT"], "Save a finished label, recording who saved it")

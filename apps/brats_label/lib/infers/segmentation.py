@@ -35,6 +35,7 @@ from monailabel.transform.cache import CacheTransformDatad
 
 from ..config import FOREGROUND_LABELS, MODEL_NAME, PREPARED_INPUT_TTL_S, REGION_THRESHOLD, NetworkProfile
 from ..errors import ModelNotReady
+from ..label_files import NRRD_SUFFIX, write_nrrd_label
 from ..network import load_network
 from ..transforms import RegionsToLabeld, RegionVolumesd, RestoreToSourceGridd
 
@@ -132,17 +133,23 @@ class BratsSegmentation(BasicInferTask):
         return self._loaded[str(device)][0]
 
     def writer(self, data: Dict[str, Any], extension=None, dtype=None) -> Tuple[Any, Any]:
-        """Write the label as NIfTI on the study's grid; the JSON result carries volumes and the model used."""
+        """Write the label on the study's grid: NIfTI, or NRRD when the client asks for it (OHIF's panel
+        reads nothing else); the JSON result carries volumes and the model used."""
         label = data["pred"]
         array = label.detach().cpu().numpy()[0].astype(np.uint8)
         affine = np.asarray(label.affine, dtype=float)
-        image = nib.Nifti1Image(array, affine)
-        image.set_qform(affine, code=1)
-        image.set_sform(affine, code=1)
-        fd, path = tempfile.mkstemp(suffix=".nii.gz", prefix="brats_label_")
-        with os.fdopen(fd, "wb") as f:
-            # level 1: a label compresses almost as well, several times faster than the default 9
-            f.write(gzip.compress(image.to_bytes(), compresslevel=RESULT_GZIP_LEVEL))
+        if (extension or data.get("result_extension")) == NRRD_SUFFIX:
+            fd, path = tempfile.mkstemp(suffix=NRRD_SUFFIX, prefix="brats_label_")
+            os.close(fd)
+            write_nrrd_label(array, affine, Path(path), compress=bool(data.get("result_compress", False)))
+        else:
+            image = nib.Nifti1Image(array, affine)
+            image.set_qform(affine, code=1)
+            image.set_sform(affine, code=1)
+            fd, path = tempfile.mkstemp(suffix=".nii.gz", prefix="brats_label_")
+            with os.fdopen(fd, "wb") as f:
+                # level 1: a label compresses almost as well, several times faster than the default 9
+                f.write(gzip.compress(image.to_bytes(), compresslevel=RESULT_GZIP_LEVEL))
         result = dict(data.get("result", {}))
         model_path = self.get_path()
         result["model"] = {

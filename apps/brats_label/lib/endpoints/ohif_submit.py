@@ -1,0 +1,130 @@
+"""OHIF's way into the loop: the Submit label button, and DICOM SEGs stored through the server.
+
+``app-config.js`` (OHIF's executable configuration) is served with ``ohif_submit_label.js`` appended: it
+adds a Submit label button to the MONAI Label mode's toolbar, which sends the labelmap on screen to
+``PUT /datastore/label`` (as NRRD, with the segments' names), the same route 3D Slicer uses.
+
+OHIF can also STOW a segmentation as DICOM SEG through its data source, i.e. the server's DICOMweb
+proxy; that path answers here too. A body of SEG instances is saved as the study's final label through
+the datastore, as ``PUT /datastore/label`` would (validated on the study's grid first, stored with history,
+audited, counted for retraining); the datastore then stores its own SEG in the archive. A SEG that is not
+on the study's grid or names unknown segments is refused with the reason and reaches neither the label
+store nor the archive. SEGs made by OHIF's own exporter are refused: in the bundled OHIF
+(3.10.0-beta.5) it writes each frame's pixels in the opposite slice order from the frame's position
+(found with the browser test: a z-flipped label), which would store a wrong label without anyone
+noticing. Anything else sent to STOW is forwarded to the archive unchanged, as MONAI Label's proxy does.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import tempfile
+from io import BytesIO
+from pathlib import Path
+from typing import Any, Dict, List, Tuple
+
+import pydicom
+from fastapi import Depends, FastAPI, HTTPException, Request
+from fastapi.responses import Response
+from monailabel.config import settings
+from monailabel.endpoints.proxy import proxy_dicom
+from monailabel.endpoints.user.auth import RBAC, User
+from monailabel.interfaces.datastore import DefaultLabelTag
+from monailabel.interfaces.utils.app import app_instance
+from pydicom.errors import InvalidDicomError
+from requests_toolbelt.multipart.decoder import ImproperBodyPartContentException, MultipartDecoder, NonMultipartContentTypeException
+
+from .routes import add_route_in_front
+from .save_label import label_params
+
+logger = logging.getLogger(__name__)
+
+STOW_PATHS = ("/proxy/dicom/wado/studies", "/proxy/dicom/wado/studies/{study}")
+APP_CONFIG_PATH = "/ohif/app-config.js"
+OHIF_DIR = Path(__import__("monailabel").__file__).parent / "endpoints" / "static" / "ohif"
+SUBMIT_SCRIPT = Path(__file__).with_name("ohif_submit_label.js")
+OHIF_CLIENT_ID = "OHIF"
+SEG_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.66.4"
+LABEL_HEADER = "X-BraTS-Label"
+
+
+def stow_instances(body: bytes, content_type: str) -> List[Tuple[bytes, pydicom.Dataset]]:
+    """The Part 10 files of a STOW-RS body and their headers; [] if we cannot read it (then it is forwarded)."""
+    try:
+        parts = [part.content for part in MultipartDecoder(body, content_type).parts]
+        return [(part, pydicom.dcmread(BytesIO(part), stop_before_pixels=True)) for part in parts]
+    except (NonMultipartContentTypeException, ImproperBodyPartContentException, InvalidDicomError, ValueError, EOFError):
+        return []
+
+
+def client_of(request: Request) -> str:
+    """OHIF's pages are under /ohif/ and the browser names the page; other clients by their User-Agent."""
+    if "/ohif/" in request.headers.get("referer", ""):
+        return OHIF_CLIENT_ID
+    return request.headers.get("user-agent", "") or "DICOMweb STOW"
+
+
+def save_seg_as_label(part10: bytes, seg: pydicom.Dataset, user: User, client_id: str) -> Dict[str, Any]:
+    """The datastore's own label path; errors (422 wrong SEG, 404 unknown study) leave everything as it was."""
+    instance = app_instance()
+    study = str(seg.get("StudyInstanceUID", ""))
+    fields = label_params(json.dumps({"client_id": client_id}), user, settings.MONAI_LABEL_AUTH_ENABLE)
+    fields["submitted_seg_sop_instance_uid"] = str(seg.get("SOPInstanceUID", ""))
+    with tempfile.TemporaryDirectory() as scratch:
+        path = Path(scratch) / "submitted_seg.dcm"
+        path.write_bytes(part10)
+        label_id = instance.datastore().save_label(study, str(path), DefaultLabelTag.FINAL.value, fields)
+    answer = instance.on_save_label(study, label_id) or {}
+    stored = instance.datastore().get_label_info(label_id, DefaultLabelTag.FINAL.value)
+    logger.info(f"SEG from {client_id} saved as the final label of {label_id} (user '{fields.get('user', '')}')")
+    return {"image": study, "label": label_id, "info": stored, "retrain": answer.get("retrain")}
+
+
+async def store_through_proxy(request: Request, study: str = "", user: User = Depends(RBAC(settings.MONAI_LABEL_AUTH_ROLE_ANNOTATOR))):
+    body = await request.body()  # kept by Starlette: the forwarding proxy reads it again
+    instances = stow_instances(body, request.headers.get("content-type", ""))
+    if not instances or any(str(ds.get("SOPClassUID", "")) != SEG_SOP_CLASS for _, ds in instances):
+        return await proxy_dicom(request, "wado", f"studies/{study}" if study else "studies")
+    if client_of(request) == OHIF_CLIENT_ID:
+        raise HTTPException(
+            422,
+            "DICOM SEGs exported by this OHIF build have their frames in the wrong slice order, so this one was not "
+            "stored (neither as a label nor in the archive). Use the Submit label button in the MONAI Label mode.",
+        )
+    if study and any(str(ds.get("StudyInstanceUID", "")) != study for _, ds in instances):
+        raise HTTPException(422, f"the SEG belongs to another study than the one in the URL ({study})")
+    saved = [save_seg_as_label(part10, seg, user, client_of(request)) for part10, seg in instances]
+    return stow_response(instances, saved)
+
+
+def stow_response(instances: List[Tuple[bytes, pydicom.Dataset]], saved: List[Dict[str, Any]]) -> Response:
+    """A STOW-RS answer (DICOM JSON, so any DICOMweb client reads it) listing the SEGs accepted as labels;
+    what became of them (label, archive SEG, retraining count) in the ``X-BraTS-Label`` header."""
+    accepted = pydicom.Dataset()
+    accepted.ReferencedSOPSequence = [_referenced(ds) for _, ds in instances]
+    summary = [{"image": s["image"], "label": s["label"], "seg_sop_instance_uid": s["info"].get("seg_sop_instance_uid"), "retrain": s["retrain"]} for s in saved]
+    return Response(
+        json.dumps(accepted.to_json_dict()),
+        media_type="application/dicom+json",
+        headers={LABEL_HEADER: json.dumps(summary, separators=(",", ":"))},
+    )
+
+
+def _referenced(ds: pydicom.Dataset) -> pydicom.Dataset:
+    item = pydicom.Dataset()
+    item.ReferencedSOPClassUID = ds.SOPClassUID
+    item.ReferencedSOPInstanceUID = ds.SOPInstanceUID
+    return item
+
+
+def app_config_js() -> Response:
+    """OHIF's configuration as shipped, then our toolbar button."""
+    script = (OHIF_DIR / "app-config.js").read_text() + "\n" + SUBMIT_SCRIPT.read_text()
+    return Response(script, media_type="application/javascript", headers={"Cache-Control": "no-cache"})
+
+
+def install_ohif_submit_routes(app: FastAPI) -> None:
+    for path in STOW_PATHS:
+        add_route_in_front(app, path, store_through_proxy, ["POST"], "DICOMweb STOW; a DICOM SEG is saved as the study's final label", include_in_schema=False)
+    add_route_in_front(app, APP_CONFIG_PATH, app_config_js, ["GET"], "OHIF configuration with the Submit label button", include_in_schema=False)
