@@ -124,6 +124,7 @@ try {
   await page.waitForFunction(() => window.bratsLastSubmit && window.bratsLastSubmit.state !== 'sending', null, { timeout: TIMEOUT_MS });
   result.submit = { status: answer.status(), outcome: await page.evaluate(() => window.bratsLastSubmit) };
   await page.getByText('Label saved').waitFor({ timeout: TIMEOUT_MS }); // the notification the annotator sees
+  await page.waitForTimeout(1500); // it fades in
   await page.screenshot({ path: `${outDir}/ohif_label_submitted.png` });
 } catch (e) {
   result.errors.push(String(e));
