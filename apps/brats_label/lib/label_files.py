@@ -10,7 +10,6 @@ other client's) is decoded by segment label onto the study's grid, as SEGs found
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
@@ -23,7 +22,7 @@ from pydicom.errors import InvalidDicomError
 
 from .config import LABELS
 from .dicom.seg import SegProblem, seg_to_label
-from .labels import LabelError, check_label_values
+from .labels import LabelError, check_label_values, segment_name_key, value_of_segment_name
 from .studies import Geometry, read_geometry
 
 SEG_NRRD_SUFFIX = ".seg.nrrd"
@@ -34,13 +33,9 @@ GRID_TOLERANCE = 1e-3  # voxels: how far a segmentation's grid may sit from the 
 IGNORED_SEGMENTS = ("background", "foreground_scribbles", "background_scribbles")
 
 
-def _key(name: str) -> str:
-    return re.sub(r"[\s_-]+", "_", name.strip().lower())
-
-
 def label_value_of(name: str) -> int:
     """Our value for a segment name ("Enhancing tumour", "enhancing_tumour", ...); LabelError if unknown."""
-    value = {_key(k): v for k, v in LABELS.items()}.get(_key(name))
+    value = value_of_segment_name(name)
     if value is None:
         allowed = ", ".join(k for k in LABELS if k != "background")
         raise LabelError(f"segment '{name}' is not one of this server's labels ({allowed}); rename it in the Segment Editor")
@@ -63,7 +58,7 @@ def remap_by_names(label: np.ndarray, names_by_value: Dict[int, str]) -> np.ndar
         raise LabelError(f"label values {unnamed} have no segment name in the label_info sent with them")
     out = np.zeros(label.shape, np.uint8)
     for value, name in names_by_value.items():
-        if _key(name) in IGNORED_SEGMENTS:
+        if segment_name_key(name) in IGNORED_SEGMENTS:
             continue
         out[label == value] = label_value_of(name)
     return out
@@ -128,7 +123,7 @@ def read_seg_nrrd(path: Path, geometry: Geometry) -> np.ndarray:
     spatial = segmentation["voxels"].shape[-3:]
     label = np.zeros(spatial, np.uint8)
     for segment in segmentation["segments"]:
-        if _key(segment["name"]) in IGNORED_SEGMENTS:
+        if segment_name_key(segment["name"]) in IGNORED_SEGMENTS:
             continue
         value = label_value_of(segment["name"])
         mask = slicerio.segment_mask(segmentation, segment)

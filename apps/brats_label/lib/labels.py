@@ -4,13 +4,27 @@ from __future__ import annotations
 
 from typing import Dict, Iterable
 
+import re
+from typing import Optional
+
 import numpy as np
 
-from .config import LABEL_CONVENTIONS, LABEL_VALUES, REGIONS
+from .config import LABEL_CONVENTIONS, LABEL_VALUES, LABELS, REGIONS
 
 
 class LabelError(ValueError):
     """A label cannot be stored; the message says what is wrong and what to send instead."""
+
+
+def segment_name_key(name: str) -> str:
+    """Viewers spell segment names their own way: "Enhancing tumour", "enhancing_tumour", "enhancing-tumour"."""
+    return re.sub(r"[\s_-]+", "_", name.strip().lower())
+
+
+def value_of_segment_name(name: str) -> Optional[int]:
+    """Our label value for a segment name, or None; the one place names are matched (SEG, NRRD, NIfTI uploads)."""
+    value = {segment_name_key(k): v for k, v in LABELS.items() if v}.get(segment_name_key(name))
+    return int(value) if value is not None else None
 
 
 def brats_convention(values: Iterable[int]) -> str:

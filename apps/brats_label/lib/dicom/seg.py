@@ -18,7 +18,8 @@ import highdicom as hd
 import numpy as np
 from pydicom.dataset import Dataset
 
-from ..config import LABELS, MANUFACTURER, SEG_ALGORITHM, SEG_CATEGORY, SEG_SEGMENTS
+from ..config import MANUFACTURER, SEG_ALGORITHM, SEG_CATEGORY, SEG_SEGMENTS
+from ..labels import value_of_segment_name
 from .mr_series import RAS_TO_LPS, uid_from
 
 POSITION_TOLERANCE_MM = 0.05
@@ -76,13 +77,10 @@ def label_to_seg(label: np.ndarray, reference: Sequence[Dataset], seed: str, sof
 
 def _segment_values(seg: Dataset) -> Dict[int, int]:
     """Segment number -> our label value, by SegmentLabel, else by property type code."""
-    by_name = {name.lower(): value for value, (name, _) in SEG_SEGMENTS.items()}
-    by_name.update({name.lower().replace("_", " "): value for name, value in LABELS.items() if value})
     by_code = {code[0]: value for value, (_, code) in SEG_SEGMENTS.items()}
     mapping = {}
     for segment in seg.SegmentSequence:
-        label = str(segment.get("SegmentLabel", "")).strip().lower()
-        value = by_name.get(label) or by_name.get(label.replace("_", " "))
+        value = value_of_segment_name(str(segment.get("SegmentLabel", "")))
         if value is None and "SegmentedPropertyTypeCodeSequence" in segment:
             value = by_code.get(str(segment.SegmentedPropertyTypeCodeSequence[0].CodeValue))
         if value is None:
