@@ -22,7 +22,7 @@ import logging
 import tempfile
 from io import BytesIO
 from pathlib import Path
-from typing import Any, Dict, List, Tuple
+from typing import List, Tuple
 
 import pydicom
 from fastapi import Depends, FastAPI, HTTPException, Request
@@ -46,7 +46,6 @@ OHIF_DIR = Path(__import__("monailabel").__file__).parent / "endpoints" / "stati
 SUBMIT_SCRIPT = Path(__file__).with_name("ohif_submit_label.js")
 OHIF_CLIENT_ID = "OHIF"
 SEG_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.66.4"
-LABEL_HEADER = "X-BraTS-Label"
 
 
 def stow_instances(body: bytes, content_type: str) -> List[Tuple[bytes, pydicom.Dataset]]:
@@ -65,7 +64,7 @@ def client_of(request: Request) -> str:
     return request.headers.get("user-agent", "") or "DICOMweb STOW"
 
 
-def save_seg_as_label(part10: bytes, seg: pydicom.Dataset, user: User, client_id: str) -> Dict[str, Any]:
+def save_seg_as_label(part10: bytes, seg: pydicom.Dataset, user: User, client_id: str) -> str:
     """The datastore's own label path; errors (422 wrong SEG, 404 unknown study) leave everything as it was."""
     instance = app_instance()
     study = str(seg.get("StudyInstanceUID", ""))
@@ -75,10 +74,9 @@ def save_seg_as_label(part10: bytes, seg: pydicom.Dataset, user: User, client_id
         path = Path(scratch) / "submitted_seg.dcm"
         path.write_bytes(part10)
         label_id = instance.datastore().save_label(study, str(path), DefaultLabelTag.FINAL.value, fields)
-    answer = instance.on_save_label(study, label_id) or {}
-    stored = instance.datastore().get_label_info(label_id, DefaultLabelTag.FINAL.value)
+    instance.on_save_label(study, label_id)
     logger.info(f"SEG from {client_id} saved as the final label of {label_id} (user '{fields.get('user', '')}')")
-    return {"image": study, "label": label_id, "info": stored, "retrain": answer.get("retrain")}
+    return label_id
 
 
 async def store_through_proxy(request: Request, study: str = "", user: User = Depends(RBAC(settings.MONAI_LABEL_AUTH_ROLE_ANNOTATOR))):
@@ -94,21 +92,16 @@ async def store_through_proxy(request: Request, study: str = "", user: User = De
         )
     if study and any(str(ds.get("StudyInstanceUID", "")) != study for _, ds in instances):
         raise HTTPException(422, f"the SEG belongs to another study than the one in the URL ({study})")
-    saved = [save_seg_as_label(part10, seg, user, client_of(request)) for part10, seg in instances]
-    return stow_response(instances, saved)
+    for part10, seg in instances:
+        save_seg_as_label(part10, seg, user, client_of(request))
+    return stow_response(instances)
 
 
-def stow_response(instances: List[Tuple[bytes, pydicom.Dataset]], saved: List[Dict[str, Any]]) -> Response:
-    """A STOW-RS answer (DICOM JSON, so any DICOMweb client reads it) listing the SEGs accepted as labels;
-    what became of them (label, archive SEG, retraining count) in the ``X-BraTS-Label`` header."""
+def stow_response(instances: List[Tuple[bytes, pydicom.Dataset]]) -> Response:
+    """A STOW-RS answer (DICOM JSON, so any DICOMweb client reads it) listing the SEGs accepted as labels."""
     accepted = pydicom.Dataset()
     accepted.ReferencedSOPSequence = [_referenced(ds) for _, ds in instances]
-    summary = [{"image": s["image"], "label": s["label"], "seg_sop_instance_uid": s["info"].get("seg_sop_instance_uid"), "retrain": s["retrain"]} for s in saved]
-    return Response(
-        json.dumps(accepted.to_json_dict()),
-        media_type="application/dicom+json",
-        headers={LABEL_HEADER: json.dumps(summary, separators=(",", ":"))},
-    )
+    return Response(json.dumps(accepted.to_json_dict()), media_type="application/dicom+json")
 
 
 def _referenced(ds: pydicom.Dataset) -> pydicom.Dataset:
