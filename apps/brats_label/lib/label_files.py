@@ -21,6 +21,7 @@ import slicerio
 from pydicom.errors import InvalidDicomError
 
 from .config import LABELS
+from .dicom.mr_series import RAS_TO_LPS
 from .dicom.seg import SegProblem, seg_to_label
 from .labels import LabelError, check_label_values, segment_name_key, value_of_segment_name
 from .studies import Geometry, read_geometry
@@ -28,7 +29,7 @@ from .studies import Geometry, read_geometry
 SEG_NRRD_SUFFIX = ".seg.nrrd"
 NRRD_SUFFIX = ".nrrd"
 DICOM_SUFFIX = ".dcm"
-LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
+LPS_TO_RAS = RAS_TO_LPS  # the same flip of x and y, its own inverse
 GRID_TOLERANCE = 1e-3  # voxels: how far a segmentation's grid may sit from the study's and still be the same grid
 IGNORED_SEGMENTS = ("background", "foreground_scribbles", "background_scribbles")
 
@@ -62,6 +63,21 @@ def remap_by_names(label: np.ndarray, names_by_value: Dict[int, str]) -> np.ndar
             continue
         out[label == value] = label_value_of(name)
     return out
+
+
+def _named_values_to_ours(label: np.ndarray, params: Dict[str, Any]) -> np.ndarray:
+    """Client values → ours when the client named them (``label_info``); otherwise as they are."""
+    info = slicer_label_info(params)
+    if info is None:
+        return label
+    return remap_by_names(np.asarray(label).astype(np.int64), {int(i["idx"]): str(i["name"]) for i in info})
+
+
+def _nrrd_ijk_to_lps(header: Dict[str, Any]) -> np.ndarray:
+    ijk_to_lps = np.eye(4)
+    ijk_to_lps[:3, :3] = np.asarray(header["space directions"], float).T
+    ijk_to_lps[:3, 3] = np.asarray(header["space origin"], float)
+    return ijk_to_lps
 
 
 def _on_study_grid(voxels: np.ndarray, ijk_to_lps: np.ndarray, geometry: Geometry) -> np.ndarray:
@@ -100,18 +116,13 @@ def read_nrrd_label(path: Path, geometry: Geometry, params: Dict[str, Any]) -> n
     """A plain NRRD label map (OHIF's Submit label sends its labelmap so), values named by ``label_info``."""
     try:
         data, header = nrrd.read(str(path), index_order="F")
-        ijk_to_lps = np.eye(4)
-        ijk_to_lps[:3, :3] = np.asarray(header["space directions"], float).T
-        ijk_to_lps[:3, 3] = np.asarray(header["space origin"], float)
+        ijk_to_lps = _nrrd_ijk_to_lps(header)
     except Exception as e:  # pynrrd raises many types for a damaged file or header
         raise LabelError(f"not a readable NRRD label map with space directions and origin: {e}") from None
     if header.get("space") not in ("left-posterior-superior", "LPS"):
         raise LabelError(f"NRRD space '{header.get('space')}' is not supported; write it in left-posterior-superior")
-    label = np.asarray(data).astype(np.int64)
-    info = slicer_label_info(params)
-    if info is not None:
-        label = remap_by_names(label, {int(i["idx"]): str(i["name"]) for i in info})
-    return check_label_values(_on_study_grid(label.astype(np.uint8), ijk_to_lps, geometry))
+    # values checked before the uint8 grid (a stray 258 is refused, not wrapped to 2)
+    return _on_study_grid(check_label_values(_named_values_to_ours(data, params)), ijk_to_lps, geometry)
 
 
 def read_seg_nrrd(path: Path, geometry: Geometry) -> np.ndarray:
@@ -171,17 +182,13 @@ def read_uploaded_label(path: Path, geometry: Geometry, params: Dict[str, Any]) 
             f"it is not on the study's grid ({uploaded.difference(geometry)}). "
             "Save the segmentation on the image the server sent (same size and orientation)."
         )
-    info = slicer_label_info(params)
-    if info is not None:
-        label = remap_by_names(np.asarray(label).astype(np.int64), {int(i["idx"]): str(i["name"]) for i in info})
-    return check_label_values(label)
-
+    return check_label_values(_named_values_to_ours(label, params))
 
 
 def write_nrrd_label(label: np.ndarray, affine: np.ndarray, path: Path, compress: bool = False) -> None:
     """A label map (X, Y, Z; RAS ``affine``) as NRRD in LPS, x fastest: the layout OHIF's MONAI Label panel
     copies straight into its labelmap volume (it reads the buffer, not the header's geometry)."""
-    lps = np.linalg.inv(LPS_TO_RAS) @ np.asarray(affine, float)
+    lps = RAS_TO_LPS @ np.asarray(affine, float)
     header = {
         "space": "left-posterior-superior",
         "space directions": lps[:3, :3].T,
@@ -196,9 +203,6 @@ def read_label_file(path: Path) -> tuple[np.ndarray, np.ndarray]:
     """A label map the server wrote (NIfTI or NRRD) and its RAS affine."""
     if str(path).endswith(NRRD_SUFFIX) and not str(path).endswith(SEG_NRRD_SUFFIX):
         data, header = nrrd.read(str(path), index_order="F")
-        lps = np.eye(4)
-        lps[:3, :3] = np.asarray(header["space directions"], float).T
-        lps[:3, 3] = np.asarray(header["space origin"], float)
-        return data, LPS_TO_RAS @ lps
+        return data, LPS_TO_RAS @ _nrrd_ijk_to_lps(header)
     image = nib.load(str(path))
     return np.asanyarray(image.dataobj), image.affine

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Dict, Iterable
-
 import re
-from typing import Optional
+from typing import Dict, Iterable, Optional
 
 import numpy as np
 
