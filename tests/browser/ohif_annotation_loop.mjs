@@ -3,7 +3,7 @@
 // for the Next Sample and open that study, run Auto-Segmentation, correct the result with OHIF's brush, and
 // press Submit label. Prints one JSON line with what each step saw; saves screenshots into OUT_DIR.
 //   node ohif_annotation_loop.mjs SERVER_URL STUDY_UID OUT_DIR
-import { launchChromium } from './chromium.mjs';
+import { reportRun } from './chromium.mjs';
 
 const [server, study, outDir] = process.argv.slice(2);
 const TIMEOUT_MS = 90000;
@@ -63,9 +63,8 @@ async function brushStroke(page, segmentLabel) {
   return segmentIndex;
 }
 
-const browser = await launchChromium();
 const result = { errors: [], series: [], connected: false, info: null, panel: false, nextSample: null, opened: null, infer: null, segmentations: [], overlay: null, corrected: null, submit: null, console: [] };
-try {
+await reportRun(result, async (browser) => {
   const context = await browser.newContext({ viewport: { width: 1400, height: 900 } });
   // the MONAI Label panel reads its server from this cookie
   await context.addCookies([{ name: 'MONAILABEL_SERVER_URL', value: `${server}/`, url: server }]);
@@ -126,9 +125,4 @@ try {
   await page.getByText('Label saved').waitFor({ timeout: TIMEOUT_MS }); // the notification the annotator sees
   await page.waitForTimeout(1500); // it fades in
   await page.screenshot({ path: `${outDir}/ohif_label_submitted.png` });
-} catch (e) {
-  result.errors.push(String(e));
-} finally {
-  await browser.close();
-}
-console.log(JSON.stringify(result));
+});
