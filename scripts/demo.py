@@ -41,6 +41,7 @@ from synthetic.__main__ import main as generate  # noqa: E402
 from synthetic.montage import save_montage  # noqa: E402
 
 MODALITY_OF_CHANNEL = ("t1c", "t1", "t2", "flair")  # the app's channel order (apps/brats_label/lib/config.py)
+TRAINING_ENDED = ("DONE", "ERROR", "STOPPED")  # MONAI Label's states of a finished task
 
 
 def parse_args() -> argparse.Namespace:
@@ -155,7 +156,7 @@ def follow_training(url: str, epochs: int, started_ts: int) -> dict:
             done = epoch
             metrics = stats.get("eval", {}).get("metrics", {})
             bar.set_postfix({k.replace("val_dice_", "dice_"): f"{v:.2f}" for k, v in metrics.items() if k.startswith("val_dice_")})
-        if status.get("status") in ("DONE", "ERROR", "STOPPED"):
+        if status.get("status") in TRAINING_ENDED:
             bar.close()
             return {"status": status.get("status"), "stats": stats}
         time.sleep(3)
@@ -188,46 +189,87 @@ def interrupt(signum, frame) -> None:
     raise KeyboardInterrupt
 
 
-def main() -> None:
-    args = parse_args()
-    signal.signal(signal.SIGTERM, interrupt)  # a kill stops the server and Orthanc too, as Ctrl-C does
-    ensure_studies(args)
+def start_or_follow_training(url: str, epochs: int) -> int:
+    """Start the first training, or follow the one the server is already running (it may have started one by
+    itself); the time (epoch s) after which its statistics are this run's."""
+    status = requests.get(f"{url}/train/", timeout=10).json()
+    if status.get("status") not in TRAINING_ENDED and status.get("start_ts"):
+        print("==> the server is already training; following that run")
+        return int(time.mktime(time.strptime(status["start_ts"], "%Y-%m-%d %H:%M:%S"))) - 1
+    started_ts = int(time.time()) - 1
+    answer = requests.post(f"{url}/train/segmentation", json={"max_epochs": epochs}, timeout=30)
+    if answer.status_code == 429:  # started by the server between our two requests
+        print("==> the server started a training by itself; following that run")
+        return start_or_follow_training(url, epochs)
+    answer.raise_for_status()
+    return started_ts
+
+
+class Started:
+    """What the demo started, so that any way out (Ctrl-C, kill, an error) stops it."""
+
+    def __init__(self) -> None:
+        self.orthanc: LocalOrthanc | None = None
+        self.server: subprocess.Popen | None = None
+
+    def stop(self) -> None:
+        if self.server is not None and self.server.poll() is None:
+            os.killpg(self.server.pid, signal.SIGTERM)
+            try:
+                self.server.wait(30)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.server.pid, signal.SIGKILL)
+        if self.orthanc is not None:
+            self.orthanc.stop()
+
+
+def run(args: argparse.Namespace, started: Started) -> None:
     log_path = args.studies.parent / "server.log"
     url = f"http://{args.host}:{args.port}"
-    orthanc = None if args.folder else start_archive(args)
+    started.orthanc = None if args.folder else start_archive(args)
+    orthanc = started.orthanc
     studies = orthanc.dicomweb if orthanc else str(args.studies)
     workspace = args.studies.parent / "archive_workspace" if orthanc else args.studies / ".brats_label"
-    process = start_server(args, log_path, studies, workspace, orthanc.credentials_env if orthanc else {})
+    started.server = start_server(args, log_path, studies, workspace, orthanc.credentials_env if orthanc else {})
     cases = sorted(requests.get(f"{url}/datastore/?output=all", timeout=60).json()["objects"])
     banner(url, studies, log_path, cases[0] if cases else None)
     info = requests.get(f"{url}/info/", timeout=10).json()
     epochs = args.epochs or int(info["trainers"]["segmentation"]["config"]["max_epochs"])
-    started_ts = int(time.time()) - 1
-    requests.post(f"{url}/train/segmentation", json={"max_epochs": epochs}, timeout=30).raise_for_status()
+    started_ts = start_or_follow_training(url, epochs)
     if args.no_wait:
-        print(f"training started in the background; server pid {process.pid}" + (f", Orthanc pid {orthanc.process.pid}" if orthanc else ""))
+        print(f"training started in the background; server pid {started.server.pid}" + (f", Orthanc pid {orthanc.process.pid}" if orthanc else ""))
+        started.server = started.orthanc = None  # left running on purpose
         return
+    outcome = follow_training(url, epochs, started_ts)
+    if outcome["status"] != "DONE":
+        print(f"training ended with {outcome['status']}; see {log_path} and {url}/brats/training")
+    else:
+        curves = sorted((workspace / "model").glob("*/training_curve_*.png"), key=lambda p: p.stat().st_mtime)
+        if curves:
+            shutil.copyfile(curves[-1], args.studies.parent / "demo_training_curve.png")
+            print(f"==> training curve: {args.studies.parent / 'demo_training_curve.png'}")
+        first_presegmentation(url, args.studies.parent / "demo_presegmentation.png")
+    print(f"\nThe server keeps running at {url}; press Ctrl-C to stop it.")
+    started.server.wait()
+
+
+def main() -> int:
+    args = parse_args()
+    signal.signal(signal.SIGTERM, interrupt)  # a kill stops the server and Orthanc too, as Ctrl-C does
+    started = Started()
     try:
-        outcome = follow_training(url, epochs, started_ts)
-        if outcome["status"] != "DONE":
-            print(f"training ended with {outcome['status']}; see {log_path}")
-        else:
-            curves = sorted((workspace / "model").glob("*/training_curve_*.png"), key=lambda p: p.stat().st_mtime)
-            if curves:
-                shutil.copyfile(curves[-1], args.studies.parent / "demo_training_curve.png")
-                print(f"==> training curve: {args.studies.parent / 'demo_training_curve.png'}")
-            first_presegmentation(url, args.studies.parent / "demo_presegmentation.png")
-        print(f"\nThe server keeps running at {url}; press Ctrl-C to stop it.")
-        process.wait()
+        ensure_studies(args)
+        run(args, started)
     except KeyboardInterrupt:
         pass
+    except (Exception, SystemExit) as e:
+        message = str(e) if isinstance(e, SystemExit) else f"{type(e).__name__}: {e}"
+        print(f"\nThe demo stopped: {message}\n  server log: {args.studies.parent / 'server.log'}", file=sys.stderr)
+        return 1
     finally:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGTERM)
-            process.wait(30)
-        if orthanc:
-            orthanc.stop()
+        started.stop()
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

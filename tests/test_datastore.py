@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import time
@@ -139,10 +140,10 @@ def test_saved_label_replaces_current_and_keeps_history(studies_copy, tmp_path):
     info = ds.get_label_info(CASE, "final")
     assert info["user"] == "dr_a" and info["voxels"]["edema"] == 0
     history = ds.label_history(CASE)
-    assert [h.get("source", h.get("user")) for h in history] == ["imported", "dr_a"]
-    versions = sorted((ds.workspace / "labels" / "history" / CASE).glob("*.nii.gz"))
+    assert [(h["source"], h.get("user")) for h in history] == [("imported", None), ("submitted", "dr_a")]
+    versions = sorted((ds.workspace / "label_store" / CASE).glob("*/label.nii.gz"))
     assert np.array_equal(np.asarray(nib.load(str(versions[0])).dataobj), original), "the first version is kept"
-    assert not list((ds.workspace / "labels" / "final").glob(".*")), "no temporary files left behind"
+    assert not list((ds.workspace / "label_store" / CASE).glob(".commit-*")), "no temporary folders left behind"
 
 
 @pytest.mark.parametrize(
@@ -181,7 +182,8 @@ def test_removing_a_label_keeps_its_history_and_studies_cannot_be_deleted(studie
     ds = _datastore(studies_copy, tmp_path)
     ds.remove_label(CASE, "final")
     assert CASE in ds.get_unlabeled_images()
-    assert len(list((ds.workspace / "labels" / "history" / CASE).glob("*.nii.gz"))) == 1
+    assert len(list((ds.workspace / "label_store" / CASE).glob("*/label.nii.gz"))) == 1
+    assert [("removed_at" in h) for h in ds.label_history(CASE)] == [False, True]
     with pytest.raises(NotAllowed):
         ds.remove_image(CASE)
     assert (studies_copy / CASE).is_dir()
@@ -231,3 +233,77 @@ def test_find_studies_ignores_the_workspace(studies_copy, tmp_path):
     _datastore(studies_copy, studies_copy / ".brats_label")
     sources, problems = find_studies(studies_copy)
     assert len(sources) == 6 and problems == []
+
+
+def test_history_is_in_the_order_labels_were_saved_and_removed(studies_copy, tmp_path):
+    ds = _datastore(studies_copy, tmp_path)
+    label = np.asarray(nib.load(ds.get_label_uri(CASE, "final")).dataobj)
+    upload = _save(label, nib.load(ds.get_label_uri(CASE, "final")).affine, tmp_path / "u.nii.gz")
+    ds.remove_label(CASE, "final")
+    ds.save_label(CASE, str(upload), "final", {"user": "dr_c"})
+    ds.remove_label(CASE, "final")
+    ds.save_label(CASE, str(upload), "final", {"user": "dr_d"})
+    events = [("removed" if "removed_at" in h else h.get("user") or h["source"]) for h in ds.label_history(CASE)]
+    assert events == ["imported", "removed", "dr_c", "removed", "dr_d"]
+    times = [h.get("saved_at") or h["removed_at"] for h in ds.label_history(CASE)]
+    assert times == sorted(times) and len(set(times)) == len(times)
+    assert ds.get_label_info(CASE, "final")["user"] == "dr_d"
+
+
+def test_a_client_cannot_set_the_fields_the_server_computes(studies_copy, tmp_path):
+    """Source, Dice against the pre-label, the pre-label's model and the archive state are the server's to say."""
+    ds = _datastore(studies_copy, tmp_path)
+    label = np.asarray(nib.load(ds.get_label_uri(CASE, "final")).dataobj)
+    upload = _save(label, nib.load(ds.get_label_uri(CASE, "final")).affine, tmp_path / "u.nii.gz")
+    forged = {"user": "dr_e", "source": "imported", "dice_tc": 1.0, "prelabel_model_version": "v9", "archive": "stored", "saved_at": "2000"}
+    ds.save_label(CASE, str(upload), "final", forged)
+    info = ds.get_label_info(CASE, "final")
+    assert info["source"] == "submitted" and info["user"] == "dr_e"
+    assert "dice_tc" not in info and "prelabel_model_version" not in info and "archive" not in info
+    assert info["saved_at"] > "2026"
+    ds.update_label_info(CASE, "final", {"source": "imported", "note": "checked"})
+    assert ds.get_label_info(CASE, "final")["source"] == "submitted" and ds.get_label_info(CASE, "final")["note"] == "checked"
+
+
+@pytest.mark.parametrize("label_id", ["../../model/serving", "..", "a/b", ".hidden", "x" * 300])
+def test_a_label_id_never_becomes_a_path_outside_the_labels(studies_copy, tmp_path, label_id):
+    ds = _datastore(studies_copy, tmp_path)
+    for call in (lambda: ds.get_label_info(label_id, "final"), lambda: ds.remove_label(label_id, "final"), lambda: ds.update_label_info(label_id, "final", {"a": 1})):
+        with pytest.raises(InvalidInput, match="not a valid study id"):
+            call()
+    with pytest.raises(InvalidInput, match="tag"):
+        ds.get_label_info(CASE, "../final")
+
+
+def test_labels_from_the_earlier_layout_are_moved_into_the_store_in_order(studies_copy, tmp_path):
+    """A workspace written before the label store (labels/final, labels/history) keeps every version."""
+    workspace = tmp_path / "ws"
+    history = workspace / "labels" / "history" / CASE
+    history.mkdir(parents=True)
+    label = np.asarray(nib.load(str(next((studies_copy / CASE).glob("*-seg.nii.gz")))).dataobj).astype(np.uint8)
+    affine = nib.load(str(next((studies_copy / CASE).glob("*-seg.nii.gz")))).affine
+    _save(label, affine, history / "20261101T100000000000Z_final.nii.gz")
+    (history / "20261101T100000000000Z_final.json").write_text(json.dumps({"tag": "final", "saved_at": "2026-11-01T10:00:00.000000Z", "user": "dr_old"}))
+    (history / "2026-11-02T100000.000000Z_final_removed.json").write_text(json.dumps({"tag": "final", "removed_at": "2026-11-02T10:00:00.000000Z"}))
+    ds = StudyFolderDatastore(studies_copy, workspace)
+    events = [h.get("user") or ("removed" if "removed_at" in h else h["source"]) for h in ds.label_history(CASE)]
+    assert events == ["dr_old", "removed"], "the removal stays, so the shipped ground truth is not imported over it"
+    assert CASE in ds.get_unlabeled_images()
+    assert StudyFolderDatastore(studies_copy, workspace).label_history(CASE) == ds.label_history(CASE), "moved once"
+
+
+def test_a_study_with_nan_voxels_is_a_listed_problem_and_the_others_stay(studies_copy, tmp_path):
+    path = next((studies_copy / CASE).glob("*-t2w.nii.gz"))
+    image = nib.load(str(path))
+    data = np.asarray(image.dataobj, dtype=np.float32).copy()
+    data[10, 10, 10] = np.nan
+    data[11, 10, 10] = np.inf
+    _save(data, image.affine, path)
+    ds = _datastore(studies_copy, tmp_path)
+    with pytest.raises(InvalidInput, match="2 NaN or infinite"):
+        ds.get_image_uri(CASE)
+    assert CASE not in ds.list_images() and "T2 volume has 2 NaN" in _problem(ds, CASE)
+    listing = json.loads(json.dumps(ds.json(), allow_nan=False))  # what /datastore/ answers
+    assert CASE not in listing["objects"] and len(listing["objects"]) == len(ds.list_images()) > 0
+    ds.refresh()
+    assert CASE not in ds.list_images(), "not served again until its files change"

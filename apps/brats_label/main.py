@@ -21,10 +21,11 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import threading
 import time
 from pathlib import Path
-from typing import Dict
+from typing import Any, Dict, List
 from urllib.parse import urlparse
 
 from fastapi import Depends, Response
@@ -68,6 +69,26 @@ MODEL_WATCH_INTERVAL_S = 15
 TRAINING_ENDED = ("DONE", "ERROR", "STOPPED")  # MONAI Label's task states after a run
 
 
+WORKER_MODULE = "monailabel.interfaces.utils.app"  # how MONAI Label 0.8.5 runs training, scoring and batch inference
+
+
+def in_worker_process() -> bool:
+    """True in MONAI Label's task workers: they read the workspace; only the server process writes it."""
+    spec = getattr(sys.modules.get("__main__"), "__spec__", None)
+    return bool(spec and spec.name == WORKER_MODULE)
+
+
+def refuse_several_server_processes(argv: List[str]) -> None:
+    """``--workers N`` would start N server processes, each sending, importing and committing labels on its
+    own: the one-writer rule would not hold. Refused with what to do instead."""
+    for flag, value in zip(argv, argv[1:]):
+        if flag == "--workers" and value.isdigit() and int(value) > 1:
+            raise SystemExit(
+                f"BraTS Label runs as one server process (--workers {value} asked for {value}): one process writes labels, "
+                "model versions and hand-outs. Start it without --workers; training and scoring already run in processes of their own."
+            )
+
+
 def is_archive(studies: str) -> bool:
     return studies.startswith(("http://", "https://"))
 
@@ -81,7 +102,9 @@ def default_workspace(studies: str) -> Path:
 
 class BratsLabelApp(MONAILabelApp):
     def __init__(self, app_dir: str, studies: str, conf: Dict[str, str]):
+        refuse_several_server_processes(sys.argv)
         self.config = AppConfig.from_conf(conf or {})
+        self._writer = not in_worker_process()
         self._serving = False  # True only in the server process (on_init_complete)
         self.workspace = self.config.workspace or default_workspace(studies)
         self.model_dir = self.workspace / "model"
@@ -91,12 +114,14 @@ class BratsLabelApp(MONAILabelApp):
         self.handouts = HandOuts(self.workspace / "handouts.json", self.config.handout_ttl_s)
         self.prelabels = PreLabels(self.workspace / "prelabels")
         self.versions = ModelVersions(self.model_dir, self.model_path)
-        self._register_first_version()
+        if self._writer:
+            self._register_first_version()
         self.retrain = RetrainTrigger(
             self.workspace / "retrain.json",
             self.config.retrain,
             history=lambda: self._datastore.history_records(),  # type: ignore[attr-defined]
             start_training=lambda: self.async_training(MODEL_NAME, {MODEL_NAME: {"reason": "new labels"}}),
+            training_tasks=self._training_tasks,
         )
         # evaluated lazily: the infer task exists only once MONAI Label's __init__ has run
         self.served_version = ServedModelVersion(lambda: self._infers[MODEL_NAME].get_path())
@@ -143,7 +168,7 @@ class BratsLabelApp(MONAILabelApp):
         trainer = self._trainers[MODEL_NAME]
         return {
             "running": running,
-            "progress": read_progress(trainer.progress_path),  # type: ignore[attr-defined]
+            "progress": read_progress(trainer.progress_path, last),  # type: ignore[attr-defined]
             "retrain": self.retrain.status(),
             "serving": self.versions.serving(),
             "tensorboard_logdir": str(self.model_dir),  # tensorboard --logdir <this>: one events_<run> folder per run
@@ -165,8 +190,9 @@ class BratsLabelApp(MONAILabelApp):
                 self.version,
                 listing_extras=extras,
                 label_audit=self.prelabels.compare,
+                writer=self._writer,
             )
-        return StudyFolderDatastore(Path(self.studies), self.workspace, listing_extras=extras, label_audit=self.prelabels.compare)
+        return StudyFolderDatastore(Path(self.studies), self.workspace, listing_extras=extras, label_audit=self.prelabels.compare, writer=self._writer)
 
     def infer(self, request, datastore=None):
         """MONAI Label's inference, and the pre-label kept for the audit of the correction that follows."""
@@ -222,6 +248,8 @@ class BratsLabelApp(MONAILabelApp):
         super().on_init_complete()
         from monailabel.app import app as server  # the running FastAPI application
 
+        if isinstance(self._datastore, DicomWebStudyDatastore):
+            self._datastore.start_background_refresh()  # requests use the last listing; none waits for the archive
         install_token_check(TOKEN_ALGORITHMS)
         install_save_label_route(server)
         install_ohif_submit_routes(server)
@@ -238,18 +266,23 @@ class BratsLabelApp(MONAILabelApp):
         for path, endpoint, method, roles, summary in routes:
             server.add_api_route(f"{API_PREFIX}/{path}", endpoint, methods=[method], dependencies=roles, summary=summary)
 
-        def watch() -> None:
-            scored_for = None
-            while True:
+        threading.Thread(target=self._watch, name="model-watch", daemon=True).start()
+
+    def _watch(self) -> None:
+        """Retrain when enough labels came in; rescore when the served model changes. Any error is logged
+        and the loop goes on: one bad pass must not end learning from corrections until a restart."""
+        scored_for = None
+        while True:
+            try:
                 version = self.served_version()
                 self.retrain.check()
                 if version is not None and version != scored_for:
                     logger.info(f"Served model is {version}: rescoring unlabelled cases in the background")
                     if self.async_scoring(SCORING_METHOD) is not None:  # None: refused (a scoring runs); retry
                         scored_for = version
-                time.sleep(MODEL_WATCH_INTERVAL_S)
-
-        threading.Thread(target=watch, name="model-watch", daemon=True).start()
+            except Exception:
+                logger.exception("model-watch pass failed; trying again in %s s", MODEL_WATCH_INTERVAL_S)
+            time.sleep(MODEL_WATCH_INTERVAL_S)
 
     def on_save_label(self, image_id, label_id):
         """A submitted label may be the one that starts the next fine-tune (no other call needed)."""
@@ -260,10 +293,16 @@ class BratsLabelApp(MONAILabelApp):
             answer["retrain"] = {k: status[k] for k in ("enabled", "new_labels", "labels_needed")}  # OHIF's Submit label shows it
         return answer
 
+    def _training_tasks(self) -> List[Dict[str, Any]]:
+        """MONAI Label's training tasks of this server's life (only the server process knows them)."""
+        if not self._serving:
+            return []
+        tasks, _ = AsyncTask.status("train", all=True)
+        return list(tasks or [])
+
     def train(self, request):
         """Normally runs in MONAI Label's training worker process: yield the CPU to the server."""
         self._lower_priority_in_worker()
-        self.retrain.note_started(self.retrain.new_labels(), request.get("reason", "requested"))  # manual or automatic
         return super().train(request)
 
     def scoring(self, request, datastore=None):

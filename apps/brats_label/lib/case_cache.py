@@ -20,6 +20,10 @@ from .config import CHANNELS
 from .studies import StudySource
 
 
+class UnusableVolume(ValueError):
+    """The study's voxels cannot be used (NaN or infinite values); the message names the channel."""
+
+
 class CaseCache:
     def __init__(self, folder: Path):
         self.folder = Path(folder)
@@ -46,8 +50,19 @@ class CaseCache:
             return self.volume_path(study_id)
 
 
+def check_finite(channels: Sequence[np.ndarray], names: Sequence[str] = CHANNELS) -> None:
+    """Refuse NaN or infinite voxels: normalisation would spread them over the whole volume."""
+    for name, channel in zip(names, channels):
+        if np.issubdtype(channel.dtype, np.floating):
+            bad = int(channel.size - np.count_nonzero(np.isfinite(channel)))
+            if bad:
+                raise UnusableVolume(f"the {name.upper()} volume has {bad} NaN or infinite voxels; fix or re-export that series")
+
+
 def stack_channels(channels: Sequence[np.ndarray]) -> np.ndarray:
-    """(X, Y, Z, C) in the given order, in the channels' common dtype (float32 if they differ)."""
+    """(X, Y, Z, C) in the given order, in the channels' common dtype (float32 if they differ).
+    Raises UnusableVolume on NaN or infinite voxels."""
+    check_finite(channels)
     dtypes = {c.dtype for c in channels}
     dtype = dtypes.pop() if len(dtypes) == 1 else np.float32
     stacked = np.empty(channels[0].shape + (len(channels),), dtype=dtype, order="F")  # NIfTI's order: written without a copy

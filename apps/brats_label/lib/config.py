@@ -79,6 +79,11 @@ SEG_ALGORITHM = "BraTS Label"
 IMPORT_SERIES: Dict[str, Tuple[int, str]] = {"t1": (2, "T1"), "t1c": (3, "T1 POST GAD"), "t2": (4, "T2"), "flair": (5, "T2 FLAIR")}
 IMPORT_UID_NAMESPACE = "brats-label-import/1"
 MANUFACTURER = "BraTS Label"
+# ContentLabel of the SEGs the importer writes from ground truth shipped with the studies: such a SEG
+# becomes the study's label but is nobody's correction, so it never counts towards retraining.
+SEG_CONTENT_LABEL = "BRATS"
+GROUND_TRUTH_CONTENT_LABEL = "GROUND_TRUTH"
+GROUND_TRUTH_SERIES_DESCRIPTION = "Ground truth (imported)"
 
 # --- network profiles -------------------------------------------------------------------------------
 
@@ -157,6 +162,7 @@ class TrainSettings:
     samples_per_case: int = 2  # random patches drawn from each case per epoch
     foreground_ratio: float = 0.67  # share of patches centred on tumour
     foreground_prior: float = 0.02  # initial sigmoid output of a network trained from scratch
+    early_stop_patience: int = 0  # stop after this many validations without a better mean Dice; 0: run every epoch
 
 
 # --- active learning ----------------------------------------------------------------------------

@@ -35,11 +35,12 @@ from nibabel.processing import resample_from_to
 from pydicom.dataset import Dataset
 
 from .atomic import read_json, write_json
-from .case_cache import CaseCache, stack_channels
+from .case_cache import UnusableVolume, stack_channels
 from .config import CHANNELS, DICOMWEB_FETCH_WORKERS, DICOMWEB_REFRESH_S, OHIF_STUDY_PATH, REFERENCE_CHANNEL
-from .datastore import FINAL, StudyFolderDatastore, _tag
+from .shared_state import update_json
+from .study_datastore import FINAL, IMPORTED_FROM, StudyDatastore, _tag
 from .dicom.archive import Archive
-from .dicom.seg import SegProblem, label_to_seg, seg_to_label
+from .dicom.seg import SegProblem, is_shipped_ground_truth, label_to_seg, seg_to_label
 from .dicom.series_rules import SeriesRules, SeriesSummary
 from .dicom.series_volume import SeriesProblem, SliceStack, series_volume, slice_stack
 from .errors import ArchiveUnavailable, InvalidInput, NotAllowed, NotFound
@@ -77,7 +78,7 @@ class DicomStudy:
         return ";".join(f"{c}={self.channels[c].series_uid}:{self.channels[c].instances}" for c in CHANNELS)
 
 
-class DicomWebStudyDatastore(StudyFolderDatastore):
+class DicomWebStudyDatastore(StudyDatastore):
     def __init__(
         self,
         archive: Archive,
@@ -88,38 +89,43 @@ class DicomWebStudyDatastore(StudyFolderDatastore):
         name: str = "BraTS studies (DICOMweb)",
         listing_extras: Optional[Callable[[], Dict[str, Dict[str, Any]]]] = None,
         label_audit: Optional[Callable[[str, np.ndarray], Dict[str, Any]]] = None,
+        writer: bool = True,
     ):
-        # The folder datastore's label store (local copy + history) is reused; discovery is our own.
+        """``writer`` False in worker processes: they list and open studies but send, import and register nothing."""
         self._archive = archive
         self._rules = rules or SeriesRules()
         self._refresh_s = refresh_s
         self._software_version = software_version
-        self._studies_dir = Path(workspace) / "archive"
-        self._workspace = Path(workspace)
-        self._labels_dir = self._workspace / "labels"
-        self._history_dir = self._labels_dir / "history"
-        self._cases = CaseCache(self._workspace / "cases")
+        super().__init__(workspace, name, f"Studies in the DICOMweb archive {archive.url}", listing_extras, label_audit, writer)
         self._metadata_dir = self._workspace / "dicom_metadata"
         self._seg_registry_path = self._workspace / "seg_registry.json"
-        self._name = name
-        self._description = f"Studies in the DICOMweb archive {archive.url}"
-        self._listing_extras = listing_extras
-        self._label_audit = label_audit
-        self._lock = threading.RLock()
         self._refresh_lock = threading.Lock()
-        self._sources: Dict[str, DicomStudy] = {}  # type: ignore[assignment]
+        self._sources: Dict[str, DicomStudy] = {}
         self._series_to_study: Dict[str, str] = {}
-        self._problems: List[StudyProblem] = []
-        self._geometries: Dict[str, Geometry] = {}
         self._stacks: Dict[str, SliceStack | SeriesProblem] = {}  # series geometry by UID and instance count
-        self._broken: Dict[str, Tuple[str, str]] = {}  # study -> (fingerprint, reason) of pixels that failed to decode
         self._archive_error: Optional[str] = None
         self._refresh_started_at = -1.0
+        self._background = False
         self.refresh()
+
+    def start_background_refresh(self) -> None:
+        """Refresh every ``refresh_s`` in a thread of its own (the server): requests use the last listing
+        and never wait for the archive."""
+        self._background = True
+
+        def loop() -> None:
+            while True:
+                time.sleep(self._refresh_s)
+                try:
+                    self.refresh()
+                except Exception:
+                    logger.exception("listing the archive failed; serving the last listing")
+
+        threading.Thread(target=loop, name="archive-listing", daemon=True).start()
 
     # --- discovery ----------------------------------------------------------------------------------
     def refresh(self) -> None:
-        """Ask the archive for its studies; import new SEGs; send labels that are waiting for the archive."""
+        """Ask the archive for its studies; the writer also imports new SEGs and sends labels waiting for the archive."""
         asked_at = time.monotonic()
         with self._refresh_lock:
             if self._refresh_started_at >= asked_at:
@@ -139,7 +145,7 @@ class DicomWebStudyDatastore(StudyFolderDatastore):
                 series = self._archive.series(uid)
                 assignment = self._rules.assign(series)
                 if assignment.problem:
-                    problems.append(StudyProblem(uid, study["patient_id"], assignment.problem))
+                    problems.append(StudyProblem(uid, uid, assignment.problem))
                     continue
                 try:
                     for channel, summary in assignment.channels.items():
@@ -147,12 +153,12 @@ class DicomWebStudyDatastore(StudyFolderDatastore):
                         if channel == REFERENCE_CHANNEL:
                             geometries[uid] = Geometry(stack.shape, stack.affine)
                 except SeriesProblem as e:
-                    problems.append(StudyProblem(uid, study["patient_id"], str(e)))
+                    problems.append(StudyProblem(uid, uid, str(e)))
                     continue
                 candidate = DicomStudy(uid, study["patient_id"], assignment.channels, [s for s in series if s.modality == "SEG"])
                 broken = self._broken.get(uid)
                 if broken and broken[0] == candidate.fingerprint():  # pixels found undecodable; unchanged since
-                    problems.append(StudyProblem(uid, study["patient_id"], broken[1]))
+                    problems.append(StudyProblem(uid, uid, broken[1]))
                     continue
                 found[uid] = candidate
                 series_to_study.update({s.series_uid: uid for s in series})
@@ -165,12 +171,13 @@ class DicomWebStudyDatastore(StudyFolderDatastore):
             self._sources, self._series_to_study = found, series_to_study  # type: ignore[assignment]
             self._geometries = geometries
             self._problems = problems
-        self._send_pending_labels()
-        self._import_segs()
+        if self._writer:
+            self._send_pending_labels()
+            self._import_segs()
         logger.info(f"{len(found)} studies in {self._archive.url}; {len(self._problems)} with problems")
 
     def _maybe_refresh(self) -> None:
-        if time.monotonic() - self._refresh_started_at >= self._refresh_s:
+        if not self._background and time.monotonic() - self._refresh_started_at >= self._refresh_s:
             self.refresh()
 
     def _stack(self, study_uid: str, channel: str, series: SeriesSummary) -> SliceStack:
@@ -233,9 +240,6 @@ class DicomWebStudyDatastore(StudyFolderDatastore):
             raise NotFound(f"'{image_id}' is neither a usable study nor a series of one in {self._archive.url}: see /datastore/?output=all")
         return study
 
-    def case_id(self, image_id: str) -> str:
-        return self._resolve(image_id)
-
     def _source(self, image_id: str) -> DicomStudy:  # type: ignore[override]
         study = self._resolve(image_id)
         with self._lock:
@@ -256,12 +260,9 @@ class DicomWebStudyDatastore(StudyFolderDatastore):
         study = self._source(image_id)
         try:
             return str(self._cases.get(study.study_id, study.fingerprint(), lambda: self._fetch_stack(study)))
-        except SeriesProblem as e:
-            with self._lock:  # not served again until one of its series changes
-                self._broken[study.study_id] = (study.fingerprint(), str(e))
-                self._sources.pop(study.study_id, None)
-                self._problems.append(StudyProblem(study.study_id, study.patient_id, str(e)))
-            raise InvalidInput(f"study {study.patient_id} ({study.study_id}) cannot be opened: {e}") from None
+        except (SeriesProblem, UnusableVolume) as e:
+            self._mark_broken(study.study_id, study.fingerprint(), str(e))  # not served again until a series changes
+            raise InvalidInput(f"study {study.study_id} cannot be opened: {e}") from None
 
     def _fetch_stack(self, study: DicomStudy) -> Tuple[np.ndarray, np.ndarray]:
         """Fetch the four series at once, convert each, resample onto the reference grid, stack."""
@@ -317,39 +318,46 @@ class DicomWebStudyDatastore(StudyFolderDatastore):
         raise NotAllowed(f"studies are not deleted through this server; remove study '{image_id}' in the archive")
 
     # --- labels -------------------------------------------------------------------------------------
+    def case_id(self, image_id: str) -> str:  # also a series UID of the study (what OHIF sends)
+        return self._resolve(image_id)
+
     def save_label(self, image_id: str, label_filename: str, label_tag: str, label_info: Dict[str, Any]) -> str:
-        """Stored locally (atomic, with history) first; a final label then goes to the archive as SEG."""
+        """Committed locally (one unit, with history, marked pending for the archive) before the answer;
+        a final label then goes to the archive as SEG, or at the next refresh if the archive is down."""
         study = self._resolve(image_id)
         saved = super().save_label(study, label_filename, label_tag, label_info)
         if _tag(label_tag) == FINAL:
-            self.update_label_info(study, FINAL, {"archive": "pending"})
             self._send_label(study)
         return saved
 
+    def _commit_fields(self, study: str, tag: str) -> Dict[str, Any]:
+        return {"archive": "pending"} if tag == FINAL else {}
+
     def _send_label(self, study: str) -> None:
-        label_path = Path(self._label_path(study, FINAL))
-        label = np.asarray(nib.load(str(label_path)).dataobj, dtype=np.uint8)
+        version = self._labels.current(study, FINAL)
+        if version is None or version.info().get("archive") != "pending":
+            return
+        label = np.asarray(nib.load(str(version.label_path)).dataobj, dtype=np.uint8)
         reference = self._reference_datasets(self._source(study))
-        saved_at = self.get_label_info(study, FINAL).get("saved_at", "")
-        seg = label_to_seg(label, reference, seed=f"{study}/{saved_at}", software_version=self._software_version)
+        seg = label_to_seg(label, reference, seed=f"{study}/{version.record().get('saved_at', '')}", software_version=self._software_version)
         try:
             self._archive.store([seg])
         except ArchiveUnavailable as e:
             logger.warning(f"label of {study} kept on the server, not yet in the archive: {e}")
             return
         self._register_seg(str(seg.SOPInstanceUID), study, "written")
-        self.update_label_info(study, FINAL, {"archive": "stored", "seg_sop_instance_uid": str(seg.SOPInstanceUID), "seg_series_uid": str(seg.SeriesInstanceUID)})
+        self._labels.update_status(version, {"archive": "stored", "seg_sop_instance_uid": str(seg.SOPInstanceUID), "seg_series_uid": str(seg.SeriesInstanceUID)})
 
     def _send_pending_labels(self) -> None:
         for study in list(self._sources):
-            if self.get_label_info(study, FINAL).get("archive") == "pending":
+            try:
                 self._send_label(study)
+            except Exception as e:  # one study's label must not stop the others' (it stays pending)
+                logger.warning(f"label of {study} not sent to the archive: {type(e).__name__}: {e}")
 
     def _register_seg(self, sop_uid: str, study: str, status: str, reason: str = "") -> None:
-        with self._lock:
-            registry = read_json(self._seg_registry_path, {})
-            registry[sop_uid] = {"study": study, "status": status, **({"reason": reason} if reason else {})}
-            write_json(registry, self._seg_registry_path)
+        entry = {"study": study, "status": status, **({"reason": reason} if reason else {})}
+        update_json(self._seg_registry_path, lambda registry: {**registry, sop_uid: entry}, {})
 
     def _import_segs(self) -> None:
         """SEGs in the archive that this server has not seen become final labels, in the order they were made."""
@@ -388,7 +396,8 @@ class DicomWebStudyDatastore(StudyFolderDatastore):
             self._register_seg(sop, study.study_id, "superseded", f"made {made_at}, before the current label ({current})")
             return
         info = {
-            "source": SEG_SOURCE,
+            # ground truth the importer shipped is the study's label but nobody's correction: it does not count for retraining
+            "source": IMPORTED_FROM if is_shipped_ground_truth(seg) else SEG_SOURCE,
             "seg_sop_instance_uid": sop,
             "seg_series_uid": series.series_uid,
             "seg_description": series.name,
@@ -409,7 +418,7 @@ class DicomWebStudyDatastore(StudyFolderDatastore):
     def status(self) -> Dict[str, Any]:
         status = super().status()
         status["archive"] = {"url": self._archive.url, "reachable": self._archive_error is None}
-        pending = [s for s in self._sources if self.get_label_info(s, FINAL).get("archive") == "pending"]
+        pending = [s for s in list(self._sources) if self.get_label_info(s, FINAL).get("archive") == "pending"]
         status["labels_waiting_for_archive"] = len(pending)
         return status
 

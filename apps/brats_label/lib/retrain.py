@@ -1,10 +1,15 @@
 """The server learns from corrections by itself: a fine-tune starts after enough new final labels.
 
-A label counts when an annotator's final label is stored after the last automatic or manual
-training started: saved through ``PUT /datastore/label`` or arriving as a DICOM SEG in the archive
-(ground truth shipped in a studies folder does not count: nobody submitted it). Labels stored while a
-training runs were saved after it started, so they count towards the next one. MONAI Label refuses a
-second training while one runs; the trigger then simply tries again at its next check.
+A label counts when an annotator's final label is stored after the start of the last training that
+did not fail: saved through ``PUT /datastore/label`` or arriving as a DICOM SEG in the archive
+(ground truth shipped with the studies, as files or as the importer's SEGs, does not count: nobody
+submitted it). Labels stored while a training runs were saved after it started, so they count
+towards the next one; a training that fails or is killed gives its labels back to the count.
+
+Only the server process writes the record of runs: it observes MONAI Label's training tasks (each
+start, and how each ended) instead of the training worker reporting on itself, which a killed
+worker could not do. MONAI Label refuses a second training while one runs; the trigger then simply
+tries again at its next check.
 """
 
 from __future__ import annotations
@@ -14,13 +19,16 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
 
-from .atomic import read_json, write_json
-from .clock import utc_now
+from .atomic import read_json
+from .clock import task_started_utc
 from .config import RetrainPolicy
+from .shared_state import update_json
 
 logger = logging.getLogger(__name__)
 
 NOT_SUBMITTED = ("imported",)  # label sources that no annotator submitted
+TASK_ENDED = {"DONE": "done", "ERROR": "failed", "STOPPED": "failed"}  # MONAI Label's task states -> outcome
+RUNS_KEPT = 50
 
 
 class RetrainTrigger:
@@ -30,18 +38,24 @@ class RetrainTrigger:
         policy: RetrainPolicy,
         history: Callable[[], Iterable[Tuple[str, Dict[str, Any]]]],
         start_training: Callable[[], Optional[Any]],
+        training_tasks: Callable[[], List[Dict[str, Any]]] = list,
     ):
+        """``training_tasks``: MONAI Label's training tasks as the server knows them (empty in worker processes)."""
         self.state_path = Path(state_path)
         self.policy = policy
         self.history = history
         self.start_training = start_training
+        self.training_tasks = training_tasks
 
     def _state(self) -> Dict[str, Any]:
         return read_json(self.state_path, {})
 
-    def new_labels(self) -> List[str]:
-        """Cases with a submitted final label saved since the last training started."""
-        since = self._state().get("started_at", "")
+    def _counted_since(self, runs: List[Dict[str, Any]]) -> str:
+        return next((r["started_at"] for r in reversed(runs) if r.get("outcome") != "failed"), "")
+
+    def new_labels(self, runs: Optional[List[Dict[str, Any]]] = None) -> List[str]:
+        """Cases with a submitted final label saved since the last training that did not fail started."""
+        since = self._counted_since(self._state().get("runs", []) if runs is None else runs)
         return sorted(
             {
                 case
@@ -50,39 +64,61 @@ class RetrainTrigger:
             }
         )
 
-    def note_started(self, labels: List[str], reason: str) -> None:
-        """Also called for trainings started by hand, so their labels are not counted twice."""
-        state = self._state()
-        runs = state.get("runs", [])
-        runs.append({"started_at": utc_now(), "labels": labels, "reason": reason})
-        write_json({"started_at": runs[-1]["started_at"], "started_epoch_s": time.time(), "runs": runs[-20:]}, self.state_path)
+    def observe(self, tasks: Iterable[Dict[str, Any]]) -> None:
+        """Record MONAI Label's training tasks (server process): each new start, and how each ended."""
+        tasks = [t for t in tasks if t.get("id") and t.get("start_ts")]
+        if not tasks:
+            return
+
+        def record(state: Dict[str, Any]) -> Dict[str, Any]:
+            runs = state.get("runs", [])
+            by_task = {r.get("task_id"): r for r in runs}
+            for task in tasks:
+                run = by_task.get(task["id"])
+                if run is None:
+                    started_at, epoch_s = task_started_utc(task["start_ts"])
+                    labels = self.new_labels(runs)
+                    run = {"task_id": task["id"], "started_at": started_at, "started_epoch_s": epoch_s, "labels": labels, "reason": task.get("request", {}).get("reason", "requested")}
+                    runs.append(run)
+                    by_task[task["id"]] = run
+                outcome = TASK_ENDED.get(str(task.get("status")))
+                if outcome and "outcome" not in run:
+                    run["outcome"] = outcome
+                    if outcome == "failed":
+                        logger.warning(f"Training {task['id']} {task.get('status')}: its {len(run['labels'])} labels count towards the next training")
+            return {"runs": runs[-RUNS_KEPT:]}
+
+        update_json(self.state_path, record, {})
 
     def check(self) -> Optional[Any]:
         """Start a fine-tune when the policy says so; the training request's answer, else None."""
+        self.observe(self.training_tasks())
         if self.policy.after_labels <= 0:
             return None
         labels = self.new_labels()
         if len(labels) < self.policy.after_labels:
             return None
-        last = self._state().get("started_epoch_s", 0.0)
+        runs = self._state().get("runs", [])
+        last = runs[-1].get("started_epoch_s", 0.0) if runs else 0.0  # failed runs too: no tight loop of failures
         if time.time() - last < self.policy.min_interval_s:
             return None
-        answer = self.start_training()  # the training worker records its start (note_started)
+        answer = self.start_training()
         if answer is None:
             return None  # a training is running; try again at the next check
         logger.info(f"Fine-tuning on {len(labels)} new labels: {', '.join(labels)}")
         return answer
 
     def status(self) -> Dict[str, Any]:
-        state = self._state()
-        labels = self.new_labels()
-        last = state.get("started_epoch_s")
+        self.observe(self.training_tasks())
+        runs = self._state().get("runs", [])
+        labels = self.new_labels(runs)
+        last = runs[-1].get("started_epoch_s") if runs else None
         return {
             "new_labels": len(labels),
             "labels_needed": self.policy.after_labels,
             "min_interval_s": self.policy.min_interval_s,
-            "last_started_at": state.get("started_at"),
+            "last_started_at": runs[-1]["started_at"] if runs else None,
             "next_allowed_in_s": max(0.0, round(last + self.policy.min_interval_s - time.time(), 1)) if last else 0.0,
             "enabled": self.policy.after_labels > 0,
-            "runs": state.get("runs", [])[-5:],
+            "runs": runs[-5:],
         }

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Dict, Optional, Set
 
 from ..atomic import read_json, write_json
+from ..shared_state import file_lock
 
 
 class HandOuts:
@@ -30,7 +31,7 @@ class HandOuts:
             return {case for case, h in self._active().items() if h["client"] != client}
 
     def reserve(self, case: str, client: str) -> float:
-        with self.lock:
+        with self.lock, file_lock(self.path):
             active = self._active()
             for other in [c for c, h in active.items() if h["client"] == client]:
                 del active[other]  # an annotator works on one handed-out case at a time

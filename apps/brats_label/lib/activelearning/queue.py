@@ -15,8 +15,11 @@ def annotation_queue(store: ScoreStore, version: Optional[str], unlabelled: List
     entries = []
     for case in unlabelled:
         record = store.get(case) or {}
-        current = version is not None and record.get("model_version") == version
-        entries.append({"id": case, "score": record.get("score"), "model_version": record.get("model_version"), "current": current})
+        current = version is not None and record.get("model_version") == version and record.get("score") is not None
+        entry = {"id": case, "score": record.get("score"), "model_version": record.get("model_version"), "current": current}
+        if record.get("failed"):
+            entry["not_scored"] = record["failed"]  # could not be opened or scored with that model
+        entries.append(entry)
     ranked = sorted((e for e in entries if e["current"]), key=lambda e: -e["score"])
     for rank, entry in enumerate(ranked, start=1):
         entry["rank"] = rank

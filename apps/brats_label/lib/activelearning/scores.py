@@ -42,12 +42,22 @@ class ScoreStore:
         write_json(record, self._path(case))
         return record
 
+    def save_failure(self, case: str, version: str, reason: str) -> Dict[str, Any]:
+        """The case could not be scored with this model: kept with the reason, not retried until the model changes."""
+        return self.save(case, version, {"score": None, "failed": reason})
+
     def get(self, case: str) -> Optional[Dict[str, Any]]:
         return read_json(self._path(case))
 
-    def current(self, case: str, version: Optional[str]) -> Optional[Dict[str, Any]]:
+    def attempted(self, case: str, version: Optional[str]) -> Optional[Dict[str, Any]]:
+        """The record made for this model version, scored or failed."""
         record = self.get(case)
         return record if record and version and record.get("model_version") == version else None
+
+    def current(self, case: str, version: Optional[str]) -> Optional[Dict[str, Any]]:
+        """The score made for this model version (None when none, or when scoring failed)."""
+        record = self.attempted(case, version)
+        return record if record and record.get("score") is not None else None
 
     def set_progress(self, **progress: Any) -> None:
         with self._lock:

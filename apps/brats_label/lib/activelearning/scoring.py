@@ -43,7 +43,8 @@ class EpistemicScoring(ScoringMethod):
 
     def order(self, cases: List[str]) -> List[str]:
         """Previously most uncertain first; never-scored cases after them."""
-        previous = {c: (self.store.get(c) or {}).get("score", -1.0) for c in cases}
+        previous = {c: (self.store.get(c) or {}).get("score") for c in cases}
+        previous = {c: -1.0 if score is None else score for c, score in previous.items()}
         return sorted(cases, key=lambda c: -previous[c])
 
     def score_case(self, image_uri: str, network: torch.nn.Module, generator_seed: int) -> Dict[str, Any]:
@@ -60,15 +61,23 @@ class EpistemicScoring(ScoringMethod):
         version = model_version(path)
         if version is None:
             return {"scored": 0, "reason": "no model yet: nothing to score with"}
-        todo = [c for c in datastore.get_unlabeled_images() if self.store.current(c, version) is None]
+        todo = [c for c in datastore.get_unlabeled_images() if self.store.attempted(c, version) is None]
         todo = self.order(todo)
         network = load_network(self.profile, path, torch.device("cuda" if torch.cuda.is_available() else "cpu"))
         started = time.time()
         self.store.set_progress(model_version=version, done=0, total=len(todo), started=started)
+        failed: Dict[str, str] = {}
         for done, case in enumerate(tqdm(todo, desc=f"scoring for model {version}", unit="case"), start=1):
             case_started = time.time()
-            record = self.score_case(datastore.get_image_uri(case), network, generator_seed=done)
+            try:
+                record = self.score_case(datastore.get_image_uri(case), network, generator_seed=done)
+            except Exception as e:  # one study that cannot be opened or scored must not stop the others
+                failed[case] = f"{type(e).__name__}: {e}"
+                logger.warning(f"Study {case} not scored: {failed[case]}")
+                self.store.save_failure(case, version, failed[case])
+                continue
+            finally:
+                self.store.set_progress(model_version=version, done=done, total=len(todo), started=started, last=case, failed=len(failed))
             record["seconds"] = round(time.time() - case_started, 2)
             self.store.save(case, version, record)
-            self.store.set_progress(model_version=version, done=done, total=len(todo), started=started, last=case)
-        return {"scored": len(todo), "model_version": version, "seconds": round(time.time() - started, 1)}
+        return {"scored": len(todo) - len(failed), "failed": failed, "model_version": version, "seconds": round(time.time() - started, 1)}

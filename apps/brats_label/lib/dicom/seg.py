@@ -18,7 +18,7 @@ import highdicom as hd
 import numpy as np
 from pydicom.dataset import Dataset
 
-from ..config import MANUFACTURER, SEG_ALGORITHM, SEG_CATEGORY, SEG_SEGMENTS
+from ..config import GROUND_TRUTH_CONTENT_LABEL, GROUND_TRUTH_SERIES_DESCRIPTION, MANUFACTURER, SEG_ALGORITHM, SEG_CATEGORY, SEG_CONTENT_LABEL, SEG_SEGMENTS
 from ..labels import value_of_segment_name
 from .mr_series import RAS_TO_LPS, uid_from
 
@@ -49,8 +49,10 @@ def segment_descriptions(algorithm_version: str) -> list:
     ]
 
 
-def label_to_seg(label: np.ndarray, reference: Sequence[Dataset], seed: str, software_version: str, series_description: str = "BraTS Label segmentation") -> Dataset:
-    """SEG of ``label`` (X, Y, Z), on the grid of ``reference`` (its instances in slice order)."""
+def label_to_seg(label: np.ndarray, reference: Sequence[Dataset], seed: str, software_version: str, series_description: Optional[str] = None, ground_truth: bool = False) -> Dataset:
+    """SEG of ``label`` (X, Y, Z), on the grid of ``reference`` (its instances in slice order).
+
+    ``ground_truth``: the label shipped with the study (importer), marked so it is not taken for a correction."""
     if label.shape[2] != len(reference):
         raise SegProblem(f"label has {label.shape[2]} slices, the reference series {len(reference)}")
     frames = np.ascontiguousarray(np.transpose(label.astype(np.uint8), (2, 1, 0)))  # (Z, rows=Y, columns=X)
@@ -68,11 +70,19 @@ def label_to_seg(label: np.ndarray, reference: Sequence[Dataset], seed: str, sof
         manufacturer_model_name=SEG_ALGORITHM,
         software_versions=software_version,
         device_serial_number="0",
-        series_description=series_description,
-        content_label="BRATS",
+        series_description=series_description or (GROUND_TRUTH_SERIES_DESCRIPTION if ground_truth else "BraTS Label segmentation"),
+        content_label=GROUND_TRUTH_CONTENT_LABEL if ground_truth else SEG_CONTENT_LABEL,
         content_description=f"Tumour labels saved {now:%Y-%m-%d %H:%M}",
     )
     return seg
+
+
+def is_shipped_ground_truth(seg: Dataset) -> bool:
+    """True for a SEG our importer wrote from a study's own ground truth (also those written before the
+    content label existed, which carry only the series description)."""
+    if str(seg.get("Manufacturer", "")) != MANUFACTURER:
+        return False
+    return str(seg.get("ContentLabel", "")) == GROUND_TRUTH_CONTENT_LABEL or str(seg.get("SeriesDescription", "")) == GROUND_TRUTH_SERIES_DESCRIPTION
 
 
 def _segment_values(seg: Dataset) -> Dict[int, int]:

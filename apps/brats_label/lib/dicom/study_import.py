@@ -71,5 +71,5 @@ def study_datasets(source: StudySource, seed: str, software_version: str) -> Lis
         reference = series[REFERENCE_CHANNEL]
         stack = slice_stack(reference)
         ordered = label[:, :, stack.order]  # instance k is slice k; the stack sorts along the normal
-        datasets.append(label_to_seg(ordered, [reference[i] for i in stack.order], f"{seed}/ground-truth", software_version, "Ground truth (imported)"))
+        datasets.append(label_to_seg(ordered, [reference[i] for i in stack.order], f"{seed}/ground-truth", software_version, ground_truth=True))
     return datasets

@@ -14,7 +14,7 @@ from typing import Any, Dict, Optional
 from ignite.engine import Engine, Events
 
 from ..atomic import read_json, write_json
-from ..clock import utc_now
+from ..clock import task_started_utc, utc_now
 from .curves import REGION_KEYS
 
 PROGRESS_WRITE_INTERVAL_S = 2.0
@@ -100,6 +100,18 @@ class TrainingProgress:
         self._last_write = time.monotonic()
 
 
-def read_progress(path: Path) -> Dict[str, Any]:
-    """The last training's progress (empty when none has run)."""
-    return read_json(Path(path), {})
+def read_progress(path: Path, task: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+    """The last training's progress (empty when none has run).
+
+    ``task``: MONAI Label's record of the last training. A worker that was killed, or died before its
+    first progress write, cannot say so itself: when the task ended badly and the file does not say
+    finished or failed, the answer is ``failed`` with the task's exit status and last log lines."""
+    progress = read_json(Path(path), {})
+    if not task or task.get("status") not in ("ERROR", "STOPPED"):
+        return progress
+    stale = progress.get("started_at", "") < task_started_utc(task["start_ts"])[0][:19]  # written by an earlier run
+    if stale or progress.get("phase") not in ("finished", "failed"):
+        details = [str(line) for line in task.get("details", [])][-3:]
+        reason = f"the training process ended with {task['status']} (stopped, killed or crashed before it finished)"
+        progress = {**progress, "phase": "failed", "reason": reason, "log_tail": details, "remaining_s": 0.0}
+    return progress

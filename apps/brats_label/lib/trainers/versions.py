@@ -9,6 +9,9 @@ the served model atomically; inference reloads by file time and rescoring follow
 
     <model_dir>/versions/<id>/model.pt, version.json, training_curve.png
     <model_dir>/serving.json        {"version": id, "history": [...]}
+    <model_dir>/versions/next_id    the next version number: ids are never reused, even when a folder is removed
+
+Ids are ``v<N>`` and sort by N (v10 after v9).
 """
 
 from __future__ import annotations
@@ -16,11 +19,25 @@ from __future__ import annotations
 import shutil
 import threading
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 from ..atomic import atomic_path, read_json, write_json
 from ..clock import utc_now
 from ..errors import NotFound
+from ..shared_state import file_lock
+
+PREFIX = "v"
+
+
+def version_number(version: str) -> Optional[int]:
+    """N of 'vN'; None for anything else."""
+    digits = version[len(PREFIX) :]
+    return int(digits) if version.startswith(PREFIX) and digits.isdigit() else None
+
+
+def _sort_key(record: Dict[str, Any]) -> Tuple[int, str]:
+    number = version_number(str(record.get("id", "")))
+    return (number if number is not None else -1, str(record.get("id", "")))
 
 
 class ModelVersions:
@@ -37,11 +54,11 @@ class ModelVersions:
         if not self.folder.is_dir():
             return []
         serving = self.serving()
-        records = [read_json(p, {}) for p in sorted(self.folder.glob("*/version.json"))]
+        records = sorted((read_json(p, {}) for p in self.folder.glob("*/version.json")), key=_sort_key)
         return [{**r, "serving": r.get("id") == serving} for r in records]
 
     def get(self, version: str) -> Dict[str, Any]:
-        record = read_json(self._record_path(version), None)
+        record = read_json(self._record_path(version), None) if version_number(version) is not None else None
         if record is None:
             known = ", ".join(r["id"] for r in self.list()) or "none yet"
             raise NotFound(f"model version '{version}' does not exist (versions: {known})")
@@ -50,13 +67,21 @@ class ModelVersions:
     def serving(self) -> Optional[str]:
         return read_json(self.serving_file, {}).get("version")
 
+    def _take_next_number(self) -> int:
+        """One more than any number ever given (the counter file) or present (a folder), and counted up."""
+        counter = self.folder / "next_id"
+        present = [version_number(p.name) for p in self.folder.iterdir()] if self.folder.is_dir() else []
+        number = max([n + 1 for n in present if n is not None] + [int(read_json(counter, 0))])
+        write_json(number + 1, counter)
+        return number
+
     def add(self, weights: Path, record: Dict[str, Any], curve: Optional[Path] = None) -> Dict[str, Any]:
-        """Keep a new version (weights copied); its id is the next number."""
-        with self._lock:
-            number = len(list(self.folder.glob("*/version.json"))) if self.folder.is_dir() else 0
-            version = f"v{number}"
+        """Keep a new version (weights copied); its id is the next number, never one used before."""
+        self.folder.mkdir(parents=True, exist_ok=True)
+        with self._lock, file_lock(self.folder / "next_id"):
+            version = f"{PREFIX}{self._take_next_number()}"
             target = self.folder / version
-            target.mkdir(parents=True, exist_ok=True)
+            target.mkdir(parents=True, exist_ok=False)
             with atomic_path(target / "model.pt") as tmp:
                 shutil.copyfile(weights, tmp)
             if curve is not None and curve.exists():
@@ -66,14 +91,15 @@ class ModelVersions:
             return record
 
     def update(self, version: str, **fields: Any) -> Dict[str, Any]:
-        record = {**self.get(version), **fields}
-        write_json(record, self._record_path(version))
+        with file_lock(self._record_path(version)):
+            record = {**self.get(version), **fields}
+            write_json(record, self._record_path(version))
         return record
 
     def promote(self, version: str, reason: str) -> Dict[str, Any]:
         """Serve this version from now on (also how a rollback is done)."""
         record = self.get(version)
-        with self._lock:
+        with self._lock, file_lock(self.serving_file):
             with atomic_path(self.serving_path) as tmp:
                 shutil.copyfile(self.folder / version / "model.pt", tmp)
             state = read_json(self.serving_file, {})

@@ -1,0 +1,255 @@
+"""What both study datastores share: a case is a study; its labels live in one label store.
+
+The folder datastore (``datastore.py``) and the DICOMweb datastore (``dicomweb_datastore.py``) differ in how
+they find studies and open them; everything about labels (the crash-safe commit, history, records, the
+fields a client may not set) and the listing is here, once.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+import threading
+import zipfile
+from abc import abstractmethod
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Tuple
+
+import numpy as np
+from monailabel.interfaces.datastore import Datastore, DefaultLabelTag
+
+from .atomic import read_json, write_json
+from .case_cache import CaseCache
+from .config import FOREGROUND_LABELS
+from .errors import InvalidInput, NotFound
+from .label_files import read_uploaded_label
+from .label_store import LabelStore, LabelVersion, check_tag, migrate_flat_layout
+from .labels import LabelError
+from .studies import Geometry, StudyProblem
+
+logger = logging.getLogger(__name__)
+
+LABEL_SUFFIX = ".nii.gz"
+IMPORTED_FROM = "imported"
+SUBMITTED = "submitted"
+FINAL = DefaultLabelTag.FINAL.value
+# Fields of a label's record that the server computes: a client's params never set them.
+SERVER_FIELDS = ("tag", "saved_at", "removed_at", "voxels", "source", "archive", "file", "convention", "migrated_from", "authenticated_user")
+SERVER_FIELD_PREFIXES = ("dice_", "prelabel_", "seg_")
+
+
+def client_fields(params: Dict[str, Any]) -> Dict[str, Any]:
+    """The client's params without any field the server computes (source, Dice, archive state, ...)."""
+    return {k: v for k, v in (params or {}).items() if k not in SERVER_FIELDS and not k.startswith(SERVER_FIELD_PREFIXES)}
+
+
+def open_label_store(workspace: Path, writer: bool) -> LabelStore:
+    """The workspace's label store; a writer first moves labels from the layout before it."""
+    store = LabelStore(Path(workspace) / "label_store", writer)
+    if writer:
+        migrate_flat_layout(Path(workspace) / "labels", store)
+    return store
+
+
+def _tag(tag: Optional[str]) -> str:
+    """Plain string of a label tag: on Python 3.11 str() of MONAI Label's tag enum is 'DefaultLabelTag.FINAL'."""
+    if tag is None or tag == "":
+        return FINAL
+    return tag.value if isinstance(tag, DefaultLabelTag) else str(tag)
+
+
+class StudyDatastore(Datastore):
+    def __init__(
+        self,
+        workspace: Path,
+        name: str,
+        description: str,
+        listing_extras: Optional[Callable[[], Dict[str, Dict[str, Any]]]] = None,
+        label_audit: Optional[Callable[[str, np.ndarray], Dict[str, Any]]] = None,
+        writer: bool = True,
+    ):
+        """``listing_extras`` adds per-case entries to the listing (the app gives active-learning ranks);
+        ``label_audit`` adds to each submitted final label's record (the app compares it with the pre-label);
+        ``writer`` False in worker processes: they read labels and the listing, the server writes."""
+        self._workspace = Path(workspace)
+        self._labels = open_label_store(self._workspace, writer)
+        self._writer = writer
+        self._cases = CaseCache(self._workspace / "cases")
+        self._name = name
+        self._description = description
+        self._listing_extras = listing_extras
+        self._label_audit = label_audit
+        self._lock = threading.RLock()
+        self._problems: List[StudyProblem] = []
+        self._geometries: Dict[str, Geometry] = {}
+        self._broken: Dict[str, Tuple[str, str]] = {}  # study -> (fingerprint, reason) of a volume that cannot be used
+        self._sources: Dict[str, Any] = {}
+
+    # --- what each datastore provides -----------------------------------------------------------------
+    @abstractmethod
+    def case_id(self, image_id: str) -> str:
+        """The study an id names (raises NotFound)."""
+
+    @abstractmethod
+    def geometry(self, image_id: str) -> Geometry:
+        """The study's reference grid."""
+
+    @abstractmethod
+    def problems(self) -> List[StudyProblem]:
+        """Studies that are not served, with the reason."""
+
+    # --- naming -------------------------------------------------------------------------------------
+    def name(self) -> str:
+        return self._name
+
+    def set_name(self, name: str):
+        self._name = name
+
+    def description(self) -> str:
+        return self._description
+
+    def set_description(self, description: str):
+        self._description = description
+
+    @property
+    def workspace(self) -> Path:
+        return self._workspace
+
+    def _mark_broken(self, study_id: str, fingerprint: str, reason: str) -> None:
+        """Not served again (listed as a problem) until one of its files or series changes."""
+        with self._lock:
+            self._broken[study_id] = (fingerprint, reason)
+            self._sources.pop(study_id, None)
+            self._problems.append(StudyProblem(study_id, study_id, reason))
+
+    def get_image(self, image_id: str, params=None) -> Any:  # noqa: D102
+        return open(self.get_image_uri(image_id), "rb")
+
+    def _image_info_path(self, image_id: str) -> Path:
+        return self._workspace / "image_info" / f"{image_id}.json"
+
+    def update_image_info(self, image_id: str, info: Dict[str, Any]) -> None:
+        self._source(image_id)
+        with self._lock:
+            current = read_json(self._image_info_path(image_id), {})
+            current.update(info)
+            write_json(current, self._image_info_path(image_id))
+
+    # --- labels -------------------------------------------------------------------------------------
+    def _current(self, label_id: str, tag: Optional[str]) -> Optional[LabelVersion]:
+        return self._labels.current(label_id, _tag(tag))
+
+    def _label_path(self, label_id: str, tag: str) -> Path:
+        """The current label's voxels (a path that does not exist when there is none)."""
+        current = self._current(label_id, tag)
+        return current.label_path if current else self._workspace / "no-label"
+
+    def _store_label(self, image_id: str, label: np.ndarray, geometry: Geometry, tag: str, info: Dict[str, Any]) -> str:
+        record = {**info, "voxels": {name: int((label == value).sum()) for name, value in FOREGROUND_LABELS.items()}}
+        self._labels.commit(image_id, _tag(tag), label, geometry.affine, record)
+        return image_id
+
+    def save_label(self, image_id: str, label_filename: str, label_tag: str, label_info: Dict[str, Any]) -> str:
+        """Validate and store a label for the study; the previous one stays in the history."""
+        study = self.case_id(image_id)
+        geometry = self.geometry(study)
+        tag = check_tag(_tag(label_tag))
+        try:
+            label = read_uploaded_label(Path(label_filename), geometry, label_info or {})
+        except LabelError as e:
+            raise InvalidInput(f"label for '{study}' not saved: {e}") from None
+        info = {**client_fields(label_info or {}), "source": SUBMITTED, **self._commit_fields(study, tag)}
+        if tag == FINAL and self._label_audit is not None:
+            info.update(self._label_audit(study, label))
+        return self._store_label(study, label, geometry, tag, info)
+
+    def _commit_fields(self, study: str, tag: str) -> Dict[str, Any]:
+        """Fields a datastore adds to the record in the same commit (the archive's: a pending send)."""
+        return {}
+
+    def remove_label(self, label_id: str, label_tag: str) -> None:
+        """The current label of the tag is withdrawn; every saved version stays in the history."""
+        if self._current(label_id, label_tag) is None:
+            raise NotFound(f"Label '{label_id}' with tag '{_tag(label_tag)}' does not exist")
+        self._labels.commit(label_id, _tag(label_tag), None, None, {})
+
+    def get_label_uri(self, label_id: str, label_tag: str) -> str:
+        current = self._current(label_id, label_tag)
+        return str(current.label_path) if current else ""
+
+    def get_label(self, label_id: str, label_tag: str, params=None) -> Any:
+        uri = self.get_label_uri(label_id, label_tag)
+        return open(uri, "rb") if uri else None
+
+    def get_labels_by_image_id(self, image_id: str) -> Dict[str, str]:
+        return {tag: image_id for tag in self._labels.tags(image_id) if self._current(image_id, tag)}
+
+    def get_label_by_image_id(self, image_id: str, tag: str) -> str:
+        return image_id if self._current(image_id, tag) else ""
+
+    def get_label_info(self, label_id: str, label_tag: str) -> Dict[str, Any]:
+        current = self._current(label_id, label_tag)
+        return current.info() if current else {}
+
+    def update_label_info(self, label_id: str, label_tag: str, info: Dict[str, Any]) -> None:
+        """Adds the client's notes to the current label's status; its record (who, when, Dice) stays as saved."""
+        current = self._current(label_id, label_tag)
+        if current is None:
+            raise NotFound(f"Label '{label_id}' with tag '{_tag(label_tag)}' does not exist")
+        self._labels.update_status(current, client_fields(info))
+
+    def history_records(self) -> List[tuple]:
+        """(case, record) for every label version ever saved, every case."""
+        return list(self._labels.history())
+
+    def label_history(self, image_id: str) -> List[Dict[str, Any]]:
+        return [record for _, record in self._labels.history(image_id)]
+
+    def get_labeled_images(self, label_tag: Optional[str] = None, labels: Optional[List[str]] = None) -> List[str]:
+        tag = _tag(label_tag)
+        return [i for i in self.list_images() if self._current(i, tag)]
+
+    def get_unlabeled_images(self, label_tag: Optional[str] = None, labels: Optional[List[str]] = None) -> List[str]:
+        labelled = set(self.get_labeled_images(label_tag, labels))
+        return [i for i in self.list_images() if i not in labelled]
+
+    # --- training data and summaries --------------------------------------------------------------------
+    def datalist(self) -> List[Dict[str, Any]]:
+        """Labelled studies for training: the 4-channel volume and the final label."""
+        return [
+            {"image": self.get_image_uri(i), "label": str(self._label_path(i, FINAL)), "id": i}
+            for i in self.get_labeled_images()
+        ]
+
+    def get_dataset_archive(self, limit_cases: Optional[int]) -> str:
+        items = self.datalist()[: limit_cases or None]
+        path = Path(tempfile.mkdtemp()) / "dataset.zip"
+        with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_STORED) as archive:
+            for item in items:
+                archive.write(item["image"], f"images/{item['id']}.nii")
+                archive.write(item["label"], f"labels/{item['id']}{LABEL_SUFFIX}")
+        return str(path)
+
+    def status(self) -> Dict[str, Any]:
+        tags = {tag: len(self.get_labeled_images(tag)) for tag in sorted({t for case in self._labels.cases() for t in self._labels.tags(case)})}
+        return {
+            "total": len(self.list_images()),
+            "completed": len(self.get_labeled_images()),
+            "label_tags": tags,
+            "problems": len(self._problems),
+        }
+
+    def json(self) -> Dict[str, Any]:
+        extras = self._listing_extras() if self._listing_extras else {}
+        objects = {}
+        for image_id in self.list_images():
+            labels = {tag: {"ext": LABEL_SUFFIX, "info": self.get_label_info(image_id, tag)} for tag in self.get_labels_by_image_id(image_id)}
+            info = {**self.get_image_info(image_id), **extras.get(image_id, {})}
+            objects[image_id] = {"image": {"ext": ".nii", "info": info}, "labels": labels}
+        return {
+            "name": self._name,
+            "description": self._description,
+            "objects": objects,
+            "problems": [p.__dict__ for p in self.problems()],
+        }
+
