@@ -126,7 +126,7 @@ def run(args: argparse.Namespace, work: Path, record) -> List[Dict]:
                     break
                 unlabelled = datastore.get_unlabeled_images()
                 if strategy == "uncertainty":
-                    scoring = EpistemicScoring(PROFILE, lambda: str(weights), ScoreStore(work / "scores_tmp"), ScoringSettings(samples=args.samples))
+                    scoring = EpistemicScoring(PROFILE, lambda weights=weights: str(weights), ScoreStore(work / "scores_tmp"), ScoringSettings(samples=args.samples))
                     network = load_network(PROFILE, weights, torch.device("cpu"))
                     scores = {c: scoring.score_case(datastore.get_image_uri(c), network, generator_seed=round_)["score"] for c in unlabelled}
                     pick = max(scores, key=scores.get)
@@ -139,6 +139,7 @@ def run(args: argparse.Namespace, work: Path, record) -> List[Dict]:
 
 def summarise(rows: List[Dict], strategies: List[str]) -> List[str]:
     """Labels each strategy needs to reach the mean Dice random reaches with its largest budget."""
+
     def curve(strategy):
         by_labels: Dict[int, List[float]] = {}
         for r in rows:
@@ -193,9 +194,7 @@ def main() -> int:
     parser.add_argument("--initial-epochs", type=int, default=20)
     parser.add_argument("--epochs", type=int, default=6, help="fine-tuning epochs after each new label")
     parser.add_argument("--samples", type=int, default=4, help="stochastic passes per case when scoring")
-    parser.add_argument(
-        "--uniform-acquisition", dest="varied", action="store_false", help="all studies equally clean (default: contrast and noise vary by case)"
-    )
+    parser.add_argument("--uniform-acquisition", dest="varied", action="store_false", help="all studies equally clean (default: contrast and noise vary by case)")
     parser.add_argument("--strategies", default="uncertainty,random")
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--plot-only", type=Path, default=None, help="re-make the PNG and summary from this CSV")

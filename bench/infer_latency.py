@@ -35,9 +35,9 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO), str(REPO / "apps" / "brats_label")]
 
-from monailabel.client import MONAILabelClient  # noqa: E402
 from monai.inferers import SlidingWindowInferer  # noqa: E402
 from monai.transforms import Compose  # noqa: E402
+from monailabel.client import MONAILabelClient  # noqa: E402
 
 from lib.config import PROFILES  # noqa: E402
 from lib.datastore import StudyFolderDatastore  # noqa: E402
@@ -139,7 +139,9 @@ def main() -> int:
     print(f"\n{'profile':8} {'forward s':>10} {'cold /infer s':>14} {'ratio':>6} {'warm /infer s':>14} {'ratio':>6} {'server peak MB':>15}   (target ratio <= 1.5)")
     for name, r in results["profiles"].items():
         e = r["end_to_end"]
-        print(f"{name:8} {r['forward']['median_s']:10.2f} {e['cold_s']:14.2f} {r['ratio_cold']:6.2f} {e['warm_median_s']:14.2f} {r['ratio_warm']:6.2f} {e['server_peak_rss_mb']:15.0f}")
+        print(
+            f"{name:8} {r['forward']['median_s']:10.2f} {e['cold_s']:14.2f} {r['ratio_cold']:6.2f} {e['warm_median_s']:14.2f} {r['ratio_warm']:6.2f} {e['server_peak_rss_mb']:15.0f}"
+        )
     for name, r in results["profiles"].items():
         stages = {k: v for k, v in r["end_to_end"]["cold_server_stages_s"].items() if k != "transform"}
         print(f"{name} server stages, cold request (s): {json.dumps(stages)}")

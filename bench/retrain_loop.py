@@ -127,7 +127,11 @@ def main() -> int:
     print(f"\n{'version':8} {'labels':>6} {'TC':>6} {'WT':>6} {'ET':>6} {'mean':>6} {'label→ready':>12}  promoted")
     for r in rounds:
         d = r["validation_dice"]
-        print(f"{r['version']:8} {r['labels_used']:6d} " + " ".join(f"{d.get(k.lower(), float('nan')):6.3f}" for k in REGIONS) + f" {r['label_to_version_s'] / 60:10.1f} min  {r['promoted']}")
+        print(
+            f"{r['version']:8} {r['labels_used']:6d} "
+            + " ".join(f"{d.get(k.lower(), float('nan')):6.3f}" for k in REGIONS)
+            + f" {r['label_to_version_s'] / 60:10.1f} min  {r['promoted']}"
+        )
     save(args, rounds)
     print(f"results: {args.out} and {args.out.with_suffix('.png')}")
     return 0

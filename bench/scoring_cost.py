@@ -78,8 +78,10 @@ def main() -> int:
     }
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(result, indent=2))
-    print(f"scoring one 240x240x155 study, {args.samples} samples: {result['seconds_per_case']:.1f} s "
-          f"({result['ratio_to_forward']:.1f}x one forward pass of {forward_s:.2f} s); written to {RESULTS}")
+    print(
+        f"scoring one 240x240x155 study, {args.samples} samples: {result['seconds_per_case']:.1f} s "
+        f"({result['ratio_to_forward']:.1f}x one forward pass of {forward_s:.2f} s); written to {RESULTS}"
+    )
     return 0
 
 

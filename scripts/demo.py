@@ -86,7 +86,9 @@ def start_archive(args: argparse.Namespace) -> LocalOrthanc:
     subprocess.run(["bash", str(REPO / "scripts" / "system_packages.sh")], check=True)
     demo = read_env_file(REPO / "orthanc" / "demo.env")
     storage = args.studies.parent / "orthanc"
-    orthanc = LocalOrthanc(storage, args.studies.parent / "orthanc.log", demo["ORTHANC_USER"], demo["ORTHANC_PASSWORD"], http_port=args.orthanc_port, dicom_port=args.orthanc_port + 200)
+    orthanc = LocalOrthanc(
+        storage, args.studies.parent / "orthanc.log", demo["ORTHANC_USER"], demo["ORTHANC_PASSWORD"], http_port=args.orthanc_port, dicom_port=args.orthanc_port + 200
+    )
     print(f"==> Orthanc at {orthanc.url} (DICOMweb {orthanc.dicomweb}; user {orthanc.user}, see orthanc/demo.env)")
     counts = import_studies(args.studies, orthanc.archive())
     print("==> sample in Orthanc: " + ", ".join(f"{n} {k}" for k, n in counts.items()))

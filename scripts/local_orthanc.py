@@ -23,9 +23,7 @@ ORTHANC_START_TIMEOUT_S = 30
 class LocalOrthanc:
     """A real Orthanc (Debian's package, with its DICOMweb plugin) on free loopback ports."""
 
-    def __init__(
-        self, storage: Path, log_path: Path, user: str = "brats", password: Optional[str] = None, http_port: Optional[int] = None, dicom_port: Optional[int] = None
-    ):
+    def __init__(self, storage: Path, log_path: Path, user: str = "brats", password: Optional[str] = None, http_port: Optional[int] = None, dicom_port: Optional[int] = None):
         self.storage = storage
         self.log_path = log_path
         self.http_port, self.dicom_port = http_port or free_port(), dicom_port or free_port()
@@ -81,8 +79,6 @@ class LocalOrthanc:
 
     def get(self, path: str) -> requests.Response:
         return requests.get(f"{self.url}{path}", auth=(self.user, self.password), timeout=30)
-
-
 
 
 def free_port() -> int:

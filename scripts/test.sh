@@ -6,4 +6,9 @@ bash scripts/setup.sh
 bash scripts/system_packages.sh  # Orthanc, dicom3tools, docker-compose, Chromium: the tests use the real ones
 # playwright-core drives Debian's Chromium in the OHIF tests (it downloads no browser of its own)
 [ -d tests/browser/node_modules/playwright-core ] || npm install --prefix tests/browser --no-audit --no-fund --loglevel=error
+# lint, format and types first (settings in pyproject.toml): seconds, and a failure names the line
+echo "==> ruff, mypy"
+.venv/bin/ruff check .
+.venv/bin/ruff format --check .
+.venv/bin/mypy
 exec .venv/bin/python -m pytest "$@"

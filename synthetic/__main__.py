@@ -43,9 +43,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--layout", choices=LAYOUTS, default="brats2023")
     parser.add_argument("--ground-truth", type=Path, default=None, help="also write the labels of unlabelled studies here (for simulated annotators)")
     parser.add_argument("--montage", type=Path, default=None, help="write a PNG montage per study into this folder")
-    parser.add_argument(
-        "--varied-acquisition", action="store_true", help="vary tumour contrast and noise from case to case, as in a multi-site collection"
-    )
+    parser.add_argument("--varied-acquisition", action="store_true", help="vary tumour contrast and noise from case to case, as in a multi-site collection")
     parser.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1))
     args = parser.parse_args(argv)
     if args.cases < 1:

@@ -57,19 +57,14 @@ def healthy_t1(anatomy: Anatomy) -> np.ndarray:
     return anatomy.t1 * (INTENSITY["t1"]["wm"] / wm_level)
 
 
-def synthesise(
-    anatomy: Anatomy, label: np.ndarray, rng: np.random.Generator, tumour_contrast: float = 1.0, noise_scale: float = 1.0
-) -> Dict[str, np.ndarray]:
+def synthesise(anatomy: Anatomy, label: np.ndarray, rng: np.random.Generator, tumour_contrast: float = 1.0, noise_scale: float = 1.0) -> Dict[str, np.ndarray]:
     """Return {modality: (X, Y, Z) int16}, one image per modality, on the anatomy's grid.
 
     ``tumour_contrast`` < 1 pulls the tumour's intensities towards the healthy tissue it replaces and
     ``noise_scale`` > 1 adds noise: together they make a case an expert would find ambiguous.
     """
     sigma_vox = PARTIAL_VOLUME_MM / anatomy.spacing_mm
-    region_weights = {
-        name: np.clip(ndimage.gaussian_filter((label == value).astype(np.float32), sigma_vox), 0, 1)
-        for value, name in REGION_OF_LABEL.items()
-    }
+    region_weights = {name: np.clip(ndimage.gaussian_filter((label == value).astype(np.float32), sigma_vox), 0, 1) for value, name in REGION_OF_LABEL.items()}
     total_weight = sum(region_weights.values())
     tumour_weight = np.clip(total_weight, 0, 1)
     texture = ndimage.gaussian_filter(rng.standard_normal(label.shape).astype(np.float32), 1.5 / anatomy.spacing_mm)

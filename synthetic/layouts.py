@@ -39,9 +39,7 @@ def _save(array: np.ndarray, affine: np.ndarray, path: Path) -> None:
 
 
 def case_name(layout: str, index: int) -> str:
-    return {"brats2023": f"BraTS-GLI-{index:05d}-000", "brats2021": f"BraTS2021_{index:05d}", "msd": f"BRATS_{index:03d}"}[
-        layout
-    ]
+    return {"brats2023": f"BraTS-GLI-{index:05d}-000", "brats2021": f"BraTS2021_{index:05d}", "msd": f"BRATS_{index:03d}"}[layout]
 
 
 def write_study(study: SyntheticStudy, out_dir: Path, layout: str, with_label: bool, label_dir: Optional[Path] = None) -> Dict[str, str]:

@@ -25,9 +25,7 @@ def _slices(volume: np.ndarray, centre: tuple[int, int, int]) -> Dict[str, np.nd
     return {view: np.fliplr(np.rot90(plane)) for view, plane in planes.items()}
 
 
-def save_montage(
-    images: Dict[str, np.ndarray], label: Optional[np.ndarray], path: Path, title: str = "", channel_order=("t1", "t1c", "t2", "flair")
-) -> Path:
+def save_montage(images: Dict[str, np.ndarray], label: Optional[np.ndarray], path: Path, title: str = "", channel_order=("t1", "t1c", "t2", "flair")) -> Path:
     """``images`` are (X, Y, Z) arrays in RAS; ``label`` (X, Y, Z) with values 0-3, or None."""
     reference = label if label is not None and label.any() else images[channel_order[-1]]
     centre = tuple(int(c) for c in np.round(np.argwhere(reference > 0).mean(axis=0)))

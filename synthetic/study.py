@@ -40,9 +40,7 @@ def varied_acquisition(seed: int, index: int) -> Dict[str, float]:
     return {"tumour_contrast": float(rng.uniform(*VARIED_TUMOUR_CONTRAST)), "noise_scale": float(rng.uniform(*VARIED_NOISE_SCALE))}
 
 
-def generate_study(
-    seed: int, index: int, spacing_mm: float = 1.0, case_id: str | None = None, tumour_contrast: float = 1.0, noise_scale: float = 1.0
-) -> SyntheticStudy:
+def generate_study(seed: int, index: int, spacing_mm: float = 1.0, case_id: str | None = None, tumour_contrast: float = 1.0, noise_scale: float = 1.0) -> SyntheticStudy:
     """Deterministic in all its arguments; the same (seed, index) has the same tumour at any contrast."""
     anatomy = load_anatomy(spacing_mm)
     rng = study_rng(seed, index)

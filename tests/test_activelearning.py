@@ -7,6 +7,8 @@ import random
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
+import nibabel as nib
+import numpy as np
 import pytest
 import torch
 
@@ -17,7 +19,6 @@ from lib.activelearning.strategies import RandomStrategy, UncertaintyStrategy
 from lib.activelearning.uncertainty import binary_entropy, case_uncertainty, voxel_entropy
 from lib.config import PROFILES
 from lib.network import build_network
-
 
 # --- the measure ------------------------------------------------------------------------------------
 
@@ -198,7 +199,7 @@ def test_scoring_resumes_after_restart_and_redoes_everything_for_a_new_model(stu
     store.save(unlabelled[0], version, {"score": 0.123})  # scored before the "restart"
 
     scoring = EpistemicScoring(PROFILES["cpu"], lambda: str(weights), store, ScoringSettings(samples=2))
-    assert scoring({}, datastore) == {"scored": 1, "model_version": version, "seconds": pytest.approx(0, abs=120)}
+    assert scoring({}, datastore) == {"scored": 1, "failed": {}, "model_version": version, "seconds": pytest.approx(0, abs=120)}
     assert store.current(unlabelled[0], version)["score"] == 0.123, "a current score is not redone"
     fresh = store.current(unlabelled[1], version)
     assert 0.0 <= fresh["score"] <= math.log(2) and fresh["samples"] == 2
@@ -207,6 +208,34 @@ def test_scoring_resumes_after_restart_and_redoes_everything_for_a_new_model(stu
     torch.save(build_network(PROFILES["cpu"]).state_dict(), weights)  # another model is served
     assert scoring({}, datastore)["scored"] == 2
     assert all(store.current(case, model_version(str(weights))) for case in unlabelled)
+
+
+def test_a_study_that_cannot_be_opened_is_skipped_and_the_others_are_scored(studies_copy, tmp_path):
+    from lib.activelearning.queue import annotation_queue
+    from lib.activelearning.scoring import EpistemicScoring
+    from lib.config import ScoringSettings
+    from lib.datastore import StudyFolderDatastore
+
+    datastore = StudyFolderDatastore(studies_copy, tmp_path / "ws")
+    broken, good = datastore.get_unlabeled_images()
+    path = next((studies_copy / broken).glob("*-flair.nii.gz")) if list((studies_copy / broken).glob("*-flair.nii.gz")) else next((studies_copy / broken).glob("*-t2f.nii.gz"))
+    image = nib.load(str(path))
+    data = np.asarray(image.dataobj, dtype=np.float32).copy()
+    data[5, 5, 5] = np.nan
+    nib.save(nib.Nifti1Image(data, image.affine), str(path))
+    weights = tmp_path / "model.pt"
+    torch.save(build_network(PROFILES["cpu"]).state_dict(), weights)
+    store = ScoreStore(tmp_path / "scores")
+    scoring = EpistemicScoring(PROFILES["cpu"], lambda: str(weights), store, ScoringSettings(samples=2))
+
+    answer = scoring({}, datastore)
+    assert answer["scored"] == 1 and list(answer["failed"]) == [broken] and "NaN" in answer["failed"][broken]
+    version = model_version(str(weights))
+    assert store.current(good, version)["score"] >= 0.0 and store.current(broken, version) is None
+    assert store.progress()["done"] == 2 and store.progress()["failed"] == 1
+    queue = annotation_queue(store, version, [broken, good])
+    assert [e["id"] for e in queue] == [good, broken] and queue[0]["rank"] == 1 and "NaN" in queue[1]["not_scored"]
+    assert scoring({}, datastore)["scored"] == 0, "not retried until the model changes"
 
 
 def test_scoring_without_a_model_does_nothing(tmp_path, studies_copy):

@@ -119,9 +119,7 @@ def test_params_that_are_not_json_are_refused_with_the_reason(server, realm, tmp
     path = tmp_path / "label.nii.gz"
     nib.save(nib.Nifti1Image(np.zeros(reference.shape, np.uint8), reference.affine), str(path))
     with open(path, "rb") as f:
-        answer = requests.put(
-            f"{server.url}/datastore/label", params={"image": STUDY}, data={"params": "{user: dr_auth"}, files={"label": f}, headers=headers, timeout=60
-        )
+        answer = requests.put(f"{server.url}/datastore/label", params={"image": STUDY}, data={"params": "{user: dr_auth"}, files={"label": f}, headers=headers, timeout=60)
     assert answer.status_code == 422 and "not valid JSON" in answer.text
     assert _final_label_info(server)["user"] == "dr_auth", "the label stored before is untouched"
 

@@ -14,7 +14,6 @@ import numpy as np
 import pytest
 from scipy.spatial.transform import Rotation
 
-from tests.conftest import dciodvfy_errors, make_studies
 from lib.config import CHANNELS, REFERENCE_CHANNEL
 from lib.dicom.mr_series import StudyTags, uid_from, volume_to_mr_series
 from lib.dicom.seg import label_to_seg
@@ -24,6 +23,7 @@ from lib.dicomweb_datastore import DicomWebStudyDatastore
 from lib.errors import InvalidInput
 from lib.studies import find_studies
 from scripts.import_studies import import_studies
+from tests.conftest import dciodvfy_errors, make_studies
 
 FILE_SUFFIX = {"t1c": "t1c", "t1": "t1n", "t2": "t2w", "flair": "t2f"}
 
@@ -76,7 +76,7 @@ def test_imported_study_has_one_mr_series_per_modality_and_its_ground_truth_as_s
     label = np.asarray(nib.load(ds.get_label_uri(case, "final")).dataobj)
     truth = np.asarray(nib.load(str(imported / labelled / f"{labelled}-seg.nii.gz")).dataobj)
     assert np.array_equal(label, truth)
-    assert ds.get_label_info(case, "final")["source"] == "dicom-seg"
+    assert ds.get_label_info(case, "final")["source"] == "imported", "shipped ground truth: nobody's correction, not counted for retraining"
 
 
 def _import_variant(orthanc, source: Path, target: Path, transform) -> str:
@@ -221,14 +221,16 @@ def broken(orthanc, imported):
 )
 def test_broken_study_is_listed_with_its_reason_not_as_a_case(orthanc, broken, tmp_path, patient, reason):
     ds = datastore(orthanc, tmp_path)
-    problems = {p.path: p.reason for p in ds.problems()}
-    assert patient in problems and reason in problems[patient], problems
+    problems = {p.study_id: p.reason for p in ds.problems()}
+    uid = uid_from("test", patient)  # the StudyInstanceUID of _study(patient)
+    assert uid in problems and reason in problems[uid], problems
+    assert patient not in str([p.__dict__ for p in ds.problems()]), "problems name studies by UID, never by patient"
     assert patient not in {ds.get_image_info(c)["patient_id"] for c in ds.list_images()}
 
 
 def test_non_mr_series_is_named_as_ignored(orthanc, broken, tmp_path):
     ds = datastore(orthanc, tmp_path)
-    reason = next(p.reason for p in ds.problems() if p.path == "BAD-not-mr")
+    reason = next(p.reason for p in ds.problems() if p.study_id == uid_from("test", "BAD-not-mr"))
     assert "'AX T1'" not in reason.split("MR series:")[1], "the CT series is not offered as an MR series"
 
 
@@ -286,7 +288,6 @@ def test_orthanc_down_keeps_the_listing_and_a_label_saved_meanwhile_reaches_it_l
     info = ds.get_label_info(case, "final")
     assert info["archive"] == "stored" and info["user"] == "dr_offline"
     assert orthanc.archive().instance_uids(case, info["seg_series_uid"]) == [info["seg_sop_instance_uid"]]
-
 
 
 def test_changed_series_is_fetched_again_never_served_stale(orthanc, imported, tmp_path):

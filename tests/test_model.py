@@ -141,3 +141,16 @@ def test_fine_tuning_from_existing_weights_uses_the_lower_learning_rate(tmp_path
         context = SimpleNamespace(output_dir=str(tmp_path / "m" / "train_01"), pretrained=True, request=trainer.config(), network=build_network(PROFILES["cpu"]))
         assert trainer.optimizer(context).param_groups[0]["lr"] == expected
     assert settings.fine_tune_learning_rate < settings.learning_rate / 5
+
+
+def test_early_stopping_is_honoured_when_asked(studies_copy, tmp_path):
+    """early_stop_patience 1 with a model that cannot improve (learning rate 0): the second validation ends it."""
+    from lib.config import TrainSettings
+    from lib.datastore import StudyFolderDatastore
+    from lib.trainers.segmentation import BratsSegmentationTrainer
+
+    datastore = StudyFolderDatastore(studies_copy, tmp_path / "ws")
+    trainer = BratsSegmentationTrainer(tmp_path / "model", PROFILES["cpu"], TrainSettings(max_epochs=4), publish_path=tmp_path / "model.pt")
+    assert trainer.config()["early_stop_patience"] == 0, "off unless asked"
+    request = {"device": "cpu", "max_epochs": 4, "learning_rate": 0.0, "early_stop_patience": 1, "samples_per_case": 1}
+    assert trainer(request, datastore)["epoch"] == 2

@@ -51,9 +51,7 @@ def server(orthanc, server_factory, tmp_path_factory):
 
 
 def _annotate_in_ohif(server, study: str, out: Path) -> dict:
-    run = subprocess.run(
-        ["node", "ohif_annotation_loop.mjs", server.url, study, str(out)], cwd=BROWSER_DIR, capture_output=True, text=True, timeout=900
-    )
+    run = subprocess.run(["node", "ohif_annotation_loop.mjs", server.url, study, str(out)], cwd=BROWSER_DIR, capture_output=True, text=True, timeout=900)
     assert run.returncode == 0, run.stderr[-3000:]
     return json.loads(run.stdout.strip().splitlines()[-1])
 

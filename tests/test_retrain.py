@@ -88,3 +88,30 @@ def _check_progress_and_tensorboard(training: dict) -> None:
         accumulator.Reload()
         scalars |= set(accumulator.Tags()["scalars"])
     assert {"train_loss", "val_mean_dice"} <= scalars
+
+
+def test_a_killed_training_keeps_the_served_model_says_failed_and_gives_its_labels_back(server):
+    import psutil
+
+    before = requests.get(f"{server.url}/brats/training", timeout=30).json()
+    versions_before = requests.get(f"{server.url}/brats/models", timeout=30).json()["versions"]
+    assert before["retrain"]["new_labels"] == 4
+    requests.post(f"{server.url}/train/segmentation", json={"max_epochs": 50}, timeout=30).raise_for_status()
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        progress = requests.get(f"{server.url}/brats/training", timeout=30).json()["progress"]
+        if progress.get("run") != before["progress"]["run"] and progress.get("phase") == "training":
+            break
+        time.sleep(1)
+    assert requests.get(f"{server.url}/brats/training", timeout=30).json()["retrain"]["new_labels"] == 0, "its labels are in use"
+    workers = [p for p in psutil.Process(server.process.pid).children(recursive=True) if "monailabel.interfaces.utils.app" in " ".join(p.cmdline())]
+    assert len(workers) == 1
+    workers[0].kill()  # SIGKILL: the worker cannot say anything about it
+    assert server.wait_training(timeout_s=60)["status"] == "ERROR"
+
+    after = requests.get(f"{server.url}/brats/training", timeout=30).json()
+    assert after["progress"]["phase"] == "failed" and "ERROR" in after["progress"]["reason"], after["progress"]
+    assert after["serving"] == before["serving"], "the served model stays"
+    assert requests.get(f"{server.url}/brats/models", timeout=30).json()["versions"] == versions_before, "no version made"
+    assert after["retrain"]["runs"][-1]["outcome"] == "failed"
+    assert after["retrain"]["new_labels"] == 4, "a failed training gives its labels back to the count"

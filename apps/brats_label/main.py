@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any, Dict, List
 from urllib.parse import urlparse
 
+import anyio
 from fastapi import Depends, Response
 from monailabel.config import settings
 from monailabel.endpoints.user.auth import RBAC
@@ -51,9 +52,11 @@ from lib.dicom.archive import Archive
 from lib.dicom.series_rules import SeriesRules
 from lib.dicomweb_datastore import DicomWebStudyDatastore
 from lib.endpoints.ohif_submit import install_ohif_submit_routes
+from lib.endpoints.routes import check_monai_label_version, offload_blocking_stock_routes
 from lib.endpoints.save_label import install_save_label_route
 from lib.endpoints.token_check import install_token_check
 from lib.errors import NotFound
+from lib.infer_queue import FairQueue
 from lib.infers.segmentation import BratsSegmentation
 from lib.network import check_weights, read_state_dict
 from lib.retrain import RetrainTrigger
@@ -66,6 +69,7 @@ logger = logging.getLogger(__name__)
 SCORING_METHOD = "uncertainty"
 API_PREFIX = "/brats"  # endpoints MONAI Label does not have
 MODEL_WATCH_INTERVAL_S = 15
+REQUEST_THREADS = 128  # anyio's default is 40: 32 annotators' queued auto-segmentations would take them all
 TRAINING_ENDED = ("DONE", "ERROR", "STOPPED")  # MONAI Label's task states after a run
 
 
@@ -114,6 +118,7 @@ class BratsLabelApp(MONAILabelApp):
         self.handouts = HandOuts(self.workspace / "handouts.json", self.config.handout_ttl_s)
         self.prelabels = PreLabels(self.workspace / "prelabels")
         self.versions = ModelVersions(self.model_dir, self.model_path)
+        self.infer_queue = FairQueue(self.config.infer_concurrency)
         if self._writer:
             self._register_first_version()
         self.retrain = RetrainTrigger(
@@ -171,6 +176,7 @@ class BratsLabelApp(MONAILabelApp):
             "progress": read_progress(trainer.progress_path, last),  # type: ignore[attr-defined]
             "retrain": self.retrain.status(),
             "serving": self.versions.serving(),
+            "inference_queue": self.infer_queue.status(),
             "tensorboard_logdir": str(self.model_dir),  # tensorboard --logdir <this>: one events_<run> folder per run
         }
 
@@ -195,8 +201,10 @@ class BratsLabelApp(MONAILabelApp):
         return StudyFolderDatastore(Path(self.studies), self.workspace, listing_extras=extras, label_audit=self.prelabels.compare, writer=self._writer)
 
     def infer(self, request, datastore=None):
-        """MONAI Label's inference, and the pre-label kept for the audit of the correction that follows."""
-        result = super().infer(request, datastore)
+        """MONAI Label's inference, one request at a time in arrival order (``infer_concurrency``), and the
+        pre-label kept for the audit of the correction that follows."""
+        with self.infer_queue.turn():
+            result = super().infer(request, datastore)
         image = request.get("image")
         if isinstance(image, str) and result.get("file") and os.path.exists(result["file"]) and not os.path.exists(image):
             try:
@@ -250,6 +258,10 @@ class BratsLabelApp(MONAILabelApp):
 
         if isinstance(self._datastore, DicomWebStudyDatastore):
             self._datastore.start_background_refresh()  # requests use the last listing; none waits for the archive
+        check_monai_label_version()
+        # requests now wait in threads (auto-segmentations queue there): room for a team's worth of them
+        anyio.to_thread.current_default_thread_limiter().total_tokens = REQUEST_THREADS
+        offload_blocking_stock_routes(server)  # first: our own routes then go in front of these
         install_token_check(TOKEN_ALGORITHMS)
         install_save_label_route(server)
         install_ohif_submit_routes(server)
@@ -328,4 +340,5 @@ class BratsLabelApp(MONAILabelApp):
         info["datastore"]["problems"] = [p.__dict__ for p in self._datastore.problems()]  # type: ignore[attr-defined]
         info["scoring_progress"] = self.scores.progress()
         info["retrain"] = self.retrain.status()
+        info["inference_queue"] = self.infer_queue.status()
         return info

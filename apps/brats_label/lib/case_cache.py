@@ -84,4 +84,5 @@ def stack_study_files(source: StudySource) -> Tuple[np.ndarray, np.ndarray]:
             affine = image.affine if affine is None else affine
         data = loaded[channel.path]
         channels.append(data if channel.index is None else data[..., channel.index])
+    assert affine is not None, "a study has at least one channel"
     return stack_channels(channels), affine

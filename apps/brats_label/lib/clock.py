@@ -6,17 +6,17 @@ only right while every writer uses this format.
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Tuple
 
 MONAI_LABEL_TIME_FORMAT = "%Y-%m-%d %H:%M:%S"  # a MONAI Label task's start_ts: server-local time, whole seconds
 
 
 def utc_now() -> str:
-    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 def task_started_utc(start_ts: str) -> Tuple[str, float]:
     """MONAI Label's local ``start_ts`` as this workspace's UTC text and as epoch seconds."""
     local = datetime.strptime(start_ts, MONAI_LABEL_TIME_FORMAT).astimezone()
-    return local.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ"), local.timestamp()
+    return local.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ"), local.timestamp()

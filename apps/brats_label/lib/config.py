@@ -225,13 +225,14 @@ class AppConfig:
     series_rules: Tuple[Tuple[str, str], ...] = SERIES_RULES
     dicomweb_refresh_s: float = DICOMWEB_REFRESH_S
     retrain: RetrainPolicy = RetrainPolicy()
+    infer_concurrency: int = 1  # auto-segmentations run at once (the others queue in arrival order); more only on a GPU
 
     @property
     def patch_size(self) -> Tuple[int, int, int]:
         return self.train.patch_size or self.profile.patch_size
 
     @classmethod
-    def from_conf(cls, conf: Mapping[str, str]) -> "AppConfig":
+    def from_conf(cls, conf: Mapping[str, str]) -> AppConfig:
         """Parse MONAI Label's ``--conf key value`` pairs. Unknown keys are left to MONAI Label."""
         name = conf.get("profile", DEFAULT_PROFILE)
         if name not in PROFILES:
@@ -246,7 +247,7 @@ class AppConfig:
                     raise ConfigError(f"--conf {key} {conf[key]!r}: expected a number") from None
         if "patch_size" in conf:
             overrides["patch_size"] = _tuple3("patch_size", conf["patch_size"])
-        train = dataclasses.replace(train, **overrides)
+        train = dataclasses.replace(train, **overrides)  # type: ignore[arg-type]  # each value checked above
         if train.max_epochs < 1 or train.batch_size < 1 or train.learning_rate <= 0 or train.fine_tune_learning_rate <= 0:
             raise ConfigError("--conf max_epochs and batch_size must be at least 1, learning rates positive")
         if not 0.0 <= train.val_split < 1.0:
@@ -281,8 +282,14 @@ class AppConfig:
             raise ConfigError("--conf retrain_after_labels takes a whole number, retrain_min_interval_s seconds") from None
         if retrain.after_labels < 0 or retrain.min_interval_s < 0:
             raise ConfigError("--conf retrain_after_labels and retrain_min_interval_s cannot be negative")
+        try:
+            infer_concurrency = int(conf.get("infer_concurrency", cls.infer_concurrency))
+        except ValueError:
+            raise ConfigError("--conf infer_concurrency takes a whole number") from None
+        if infer_concurrency < 1:
+            raise ConfigError("--conf infer_concurrency must be at least 1")
         workspace_path = Path(workspace).expanduser().resolve() if workspace else None
-        return cls(PROFILES[name], train, weights_path, workspace_path, scoring, handout_ttl_s, rules, refresh_s, retrain)
+        return cls(PROFILES[name], train, weights_path, workspace_path, scoring, handout_ttl_s, rules, refresh_s, retrain, infer_concurrency)
 
 
 def _series_rules(path: str) -> Tuple[Tuple[str, str], ...]:

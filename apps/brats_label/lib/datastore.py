@@ -29,10 +29,11 @@ from .case_cache import UnusableVolume, stack_study_files
 from .config import CHANNELS
 from .errors import InvalidInput, NotAllowed, NotFound
 from .labels import LabelError, brats_convention, to_project_convention
-from .study_datastore import FINAL, IMPORTED_FROM, StudyDatastore
 from .studies import Geometry, StudyProblem, StudySource, find_studies, study_geometry
+from .study_datastore import FINAL, IMPORTED_FROM, StudyDatastore
 
 logger = logging.getLogger(__name__)
+
 
 class StudyFolderDatastore(StudyDatastore):
     def __init__(
@@ -160,10 +161,7 @@ class StudyFolderDatastore(StudyDatastore):
         return image_id
 
     def remove_image(self, image_id: str) -> None:
-        raise NotAllowed(
-            f"studies are not deleted through the API (labels are kept for audit); "
-            f"remove the folder of '{image_id}' from {self._studies_dir} on the server"
-        )
+        raise NotAllowed(f"studies are not deleted through the API (labels are kept for audit); remove the folder of '{image_id}' from {self._studies_dir} on the server")
 
     def case_id(self, image_id: str) -> str:
         return self._source(image_id).study_id

@@ -23,9 +23,9 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from datetime import datetime, timedelta, timezone
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
@@ -37,15 +37,15 @@ from pydicom.dataset import Dataset
 from .atomic import read_json, write_json
 from .case_cache import UnusableVolume, stack_channels
 from .config import CHANNELS, DICOMWEB_FETCH_WORKERS, DICOMWEB_REFRESH_S, OHIF_STUDY_PATH, REFERENCE_CHANNEL
-from .shared_state import update_json
-from .study_datastore import FINAL, IMPORTED_FROM, StudyDatastore, _tag
 from .dicom.archive import Archive
 from .dicom.seg import SegProblem, is_shipped_ground_truth, label_to_seg, seg_to_label
 from .dicom.series_rules import SeriesRules, SeriesSummary
 from .dicom.series_volume import SeriesProblem, SliceStack, series_volume, slice_stack
 from .errors import ArchiveUnavailable, InvalidInput, NotAllowed, NotFound
 from .labels import LabelError, check_label_values
+from .shared_state import update_json
 from .studies import Geometry, StudyProblem
+from .study_datastore import FINAL, IMPORTED_FROM, StudyDatastore, _tag
 
 logger = logging.getLogger(__name__)
 
@@ -64,7 +64,7 @@ def content_time(ds) -> str:
         sign = -1 if offset.startswith("-") else 1
         local -= sign * timedelta(hours=int(offset[1:3]), minutes=int(offset[3:5]))
         return local.strftime("%Y-%m-%dT%H:%M:%S.000000Z")
-    return local.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.000000Z")  # no offset: server's time zone
+    return local.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.000000Z")  # no offset: server's time zone
 
 
 @dataclass
@@ -189,9 +189,9 @@ class DicomWebStudyDatastore(StudyDatastore):
                 self._stacks[key] = SeriesProblem(saved["problem"]) if "problem" in saved else SliceStack(saved["order"], np.array(saved["affine"]), tuple(saved["shape"]))
             else:
                 try:
-                    stack = slice_stack([Dataset.from_json(m) for m in self._metadata(study_uid, series)], f"{channel} series '{series.name}'")
-                    self._stacks[key] = stack
-                    saved = {"order": [int(i) for i in stack.order], "affine": stack.affine.tolist(), "shape": list(stack.shape)}
+                    checked = slice_stack([Dataset.from_json(m) for m in self._metadata(study_uid, series)], f"{channel} series '{series.name}'")
+                    self._stacks[key] = checked
+                    saved = {"order": [int(i) for i in checked.order], "affine": checked.affine.tolist(), "shape": list(checked.shape)}
                 except SeriesProblem as e:
                     self._stacks[key] = e
                     saved = {"problem": str(e)}
@@ -421,4 +421,3 @@ class DicomWebStudyDatastore(StudyDatastore):
         pending = [s for s in list(self._sources) if self.get_label_info(s, FINAL).get("archive") == "pending"]
         status["labels_waiting_for_archive"] = len(pending)
         return status
-

@@ -178,10 +178,7 @@ def read_uploaded_label(path: Path, geometry: Geometry, params: Dict[str, Any]) 
     except ValueError as e:
         raise LabelError(str(e)) from None
     if not uploaded.matches(geometry):
-        raise LabelError(
-            f"it is not on the study's grid ({uploaded.difference(geometry)}). "
-            "Save the segmentation on the image the server sent (same size and orientation)."
-        )
+        raise LabelError(f"it is not on the study's grid ({uploaded.difference(geometry)}). Save the segmentation on the image the server sent (same size and orientation).")
     return check_label_values(_named_values_to_ours(label, params))
 
 

@@ -29,7 +29,7 @@ import tempfile
 import threading
 from collections import defaultdict
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional, Tuple
 
@@ -159,9 +159,7 @@ class LabelStore:
         if not self.writer:
             raise RuntimeError("labels are written by the server process only (this is a worker)")
 
-    def commit(
-        self, case: str, tag: str, label: Optional[np.ndarray], affine: Optional[np.ndarray], record: Dict[str, Any], saved_at: Optional[str] = None
-    ) -> LabelVersion:
+    def commit(self, case: str, tag: str, label: Optional[np.ndarray], affine: Optional[np.ndarray], record: Dict[str, Any], saved_at: Optional[str] = None) -> LabelVersion:
         """Write one version (``label`` None: a removal) as a unit; returns it once it is on disk.
 
         ``saved_at`` (UTC, ``clock.utc_now`` format) only for versions made earlier (migration)."""
@@ -197,7 +195,7 @@ class LabelStore:
         latest = self.versions(case)
         if not latest:
             return saved_at
-        newest = datetime.strptime(latest[-1].name.split("_", 1)[0], STAMP_FORMAT).replace(tzinfo=timezone.utc)
+        newest = datetime.strptime(latest[-1].name.split("_", 1)[0], STAMP_FORMAT).replace(tzinfo=UTC)
         if stamp_of(saved_at) > latest[-1].name.split("_", 1)[0]:
             return saved_at
         return (newest + timedelta(microseconds=1)).strftime("%Y-%m-%dT%H:%M:%S.%fZ")

@@ -57,11 +57,7 @@ class RetrainTrigger:
         """Cases with a submitted final label saved since the last training that did not fail started."""
         since = self._counted_since(self._state().get("runs", []) if runs is None else runs)
         return sorted(
-            {
-                case
-                for case, record in self.history()
-                if record.get("tag") == "final" and record.get("saved_at", "") > since and record.get("source") not in NOT_SUBMITTED
-            }
+            {case for case, record in self.history() if record.get("tag") == "final" and record.get("saved_at", "") > since and record.get("source") not in NOT_SUBMITTED}
         )
 
     def observe(self, tasks: Iterable[Dict[str, Any]]) -> None:
@@ -78,7 +74,13 @@ class RetrainTrigger:
                 if run is None:
                     started_at, epoch_s = task_started_utc(task["start_ts"])
                     labels = self.new_labels(runs)
-                    run = {"task_id": task["id"], "started_at": started_at, "started_epoch_s": epoch_s, "labels": labels, "reason": task.get("request", {}).get("reason", "requested")}
+                    run = {
+                        "task_id": task["id"],
+                        "started_at": started_at,
+                        "started_epoch_s": epoch_s,
+                        "labels": labels,
+                        "reason": task.get("request", {}).get("reason", "requested"),
+                    }
                     runs.append(run)
                     by_task[task["id"]] = run
                 outcome = TASK_ENDED.get(str(task.get("status")))

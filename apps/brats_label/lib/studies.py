@@ -82,10 +82,10 @@ class Geometry:
     def spacing_mm(self) -> Tuple[float, float, float]:
         return tuple(float(s) for s in np.linalg.norm(self.affine[:3, :3], axis=0))  # type: ignore[return-value]
 
-    def matches(self, other: "Geometry") -> bool:
+    def matches(self, other: Geometry) -> bool:
         return self.shape == other.shape and np.allclose(self.affine, other.affine, atol=GEOMETRY_TOLERANCE_MM)
 
-    def difference(self, other: "Geometry") -> str:
+    def difference(self, other: Geometry) -> str:
         if self.shape != other.shape:
             return f"shape {_fmt_shape(self.shape)} vs {_fmt_shape(other.shape)}"
         return f"affines differ by up to {np.abs(self.affine - other.affine).max():.3g} mm"
@@ -196,7 +196,8 @@ def msd_channel_order(root: Path) -> Tuple[str, ...]:
 
 def _find_msd(root: Path) -> Tuple[List[StudySource], List[StudyProblem]]:
     order = msd_channel_order(root)
-    sources, problems = [], []
+    sources: List[StudySource] = []
+    problems: List[StudyProblem] = []
     for image_dir in MSD_IMAGE_DIRS:
         if not (root / image_dir).is_dir():
             continue

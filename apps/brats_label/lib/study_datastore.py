@@ -216,10 +216,7 @@ class StudyDatastore(Datastore):
     # --- training data and summaries --------------------------------------------------------------------
     def datalist(self) -> List[Dict[str, Any]]:
         """Labelled studies for training: the 4-channel volume and the final label."""
-        return [
-            {"image": self.get_image_uri(i), "label": str(self._label_path(i, FINAL)), "id": i}
-            for i in self.get_labeled_images()
-        ]
+        return [{"image": self.get_image_uri(i), "label": str(self._label_path(i, FINAL)), "id": i} for i in self.get_labeled_images()]
 
     def get_dataset_archive(self, limit_cases: Optional[int]) -> str:
         items = self.datalist()[: limit_cases or None]
@@ -252,4 +249,3 @@ class StudyDatastore(Datastore):
             "objects": objects,
             "problems": [p.__dict__ for p in self.problems()],
         }
-

@@ -12,7 +12,7 @@ def annotation_queue(store: ScoreStore, version: Optional[str], unlabelled: List
 
     A score from an earlier model is shown for information (``current`` False) but never ranks.
     """
-    entries = []
+    entries: List[Dict[str, Any]] = []
     for case in unlabelled:
         record = store.get(case) or {}
         current = version is not None and record.get("model_version") == version and record.get("score") is not None

@@ -27,9 +27,7 @@ def enable_mc_dropout(network: nn.Module) -> nn.Module:
     return network
 
 
-def stochastic_predictions(
-    image: torch.Tensor, network: nn.Module, inferer: Callable, samples: int, mc_dropout: bool = True, flips: bool = True
-) -> torch.Tensor:
+def stochastic_predictions(image: torch.Tensor, network: nn.Module, inferer: Callable, samples: int, mc_dropout: bool = True, flips: bool = True) -> torch.Tensor:
     """(1, C_in, X, Y, Z) prepared input -> (samples, C_out, X, Y, Z) sigmoid probabilities."""
     if mc_dropout:
         enable_mc_dropout(network)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import threading
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Dict, Optional
 
@@ -38,7 +38,7 @@ class ScoreStore:
         return self.folder / f"{case}.json"
 
     def save(self, case: str, version: str, record: Dict[str, Any]) -> Dict[str, Any]:
-        record = {**record, "model_version": version, "scored_at": datetime.now(timezone.utc).isoformat()}
+        record = {**record, "model_version": version, "scored_at": datetime.now(UTC).isoformat()}
         write_json(record, self._path(case))
         return record
 

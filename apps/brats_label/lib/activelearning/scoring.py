@@ -43,8 +43,8 @@ class EpistemicScoring(ScoringMethod):
 
     def order(self, cases: List[str]) -> List[str]:
         """Previously most uncertain first; never-scored cases after them."""
-        previous = {c: (self.store.get(c) or {}).get("score") for c in cases}
-        previous = {c: -1.0 if score is None else score for c, score in previous.items()}
+        scores = {c: (self.store.get(c) or {}).get("score") for c in cases}
+        previous = {c: -1.0 if score is None else float(score) for c, score in scores.items()}
         return sorted(cases, key=lambda c: -previous[c])
 
     def score_case(self, image_uri: str, network: torch.nn.Module, generator_seed: int) -> Dict[str, Any]:

@@ -51,9 +51,7 @@ class CaseUncertainty:
     tumour_ml: float  # mean-probability whole tumour volume, for the record
 
 
-def case_uncertainty(
-    samples: torch.Tensor, voxel_ml: float, roi_threshold: float = 0.5, margin_vox: int = 3, fallback_top: int = 250
-) -> CaseUncertainty:
+def case_uncertainty(samples: torch.Tensor, voxel_ml: float, roi_threshold: float = 0.5, margin_vox: int = 3, fallback_top: int = 250) -> CaseUncertainty:
     entropy = voxel_entropy(samples)
     roi = tumour_roi(samples, roi_threshold, margin_vox)
     tumour_ml = float((samples.mean(0)[WT_CHANNEL] > 0.5).sum()) * voxel_ml

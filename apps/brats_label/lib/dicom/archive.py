@@ -56,7 +56,9 @@ class Archive:
         except requests.exceptions.HTTPError as e:
             status = e.response.status_code if e.response is not None else "?"
             if status in (401, 403):
-                raise ArchiveUnavailable(f"the DICOMweb archive at {self.url} refused the credentials ({what}, HTTP {status}); set MONAI_LABEL_DICOMWEB_USERNAME/PASSWORD") from None
+                raise ArchiveUnavailable(
+                    f"the DICOMweb archive at {self.url} refused the credentials ({what}, HTTP {status}); set MONAI_LABEL_DICOMWEB_USERNAME/PASSWORD"
+                ) from None
             raise ArchiveUnavailable(f"the DICOMweb archive at {self.url} answered HTTP {status} to {what}") from None
 
     def studies(self) -> List[Dict[str, Any]]:

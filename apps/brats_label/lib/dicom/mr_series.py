@@ -15,7 +15,7 @@ from typing import List, Optional
 
 import numpy as np
 from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, PYDICOM_IMPLEMENTATION_UID, generate_uid
+from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, ExplicitVRLittleEndian, MRImageStorage, generate_uid
 
 from ..config import MANUFACTURER
 
@@ -28,7 +28,7 @@ class GeometryNotRepresentable(ValueError):
     """The affine shears slices out of their plane: classic MR instances cannot describe it."""
 
 
-def uid_from(*parts: str) -> str:
+def uid_from(*parts: object) -> str:
     """A UID that is the same for the same parts (pydicom hashes them under its root)."""
     return generate_uid(entropy_srcs=[str(p) for p in parts])
 
@@ -58,16 +58,14 @@ class PlaneGeometry:
     origin: np.ndarray  # position of the first voxel of the first slice
 
     @classmethod
-    def from_ras_affine(cls, affine: np.ndarray) -> "PlaneGeometry":
+    def from_ras_affine(cls, affine: np.ndarray) -> PlaneGeometry:
         lps = RAS_TO_LPS @ np.asarray(affine, dtype=float)
         u, v, w = lps[:3, 0], lps[:3, 1], lps[:3, 2]
         normal = np.cross(u, v)
         normal /= np.linalg.norm(normal)
         cosine = abs(float(np.dot(w / np.linalg.norm(w), normal)))
         if abs(cosine - 1.0) > ORTHOGONALITY_TOLERANCE:
-            raise GeometryNotRepresentable(
-                f"slices are not perpendicular to their plane (cos {cosine:.5f}); resample the volume to an unsheared grid first"
-            )
+            raise GeometryNotRepresentable(f"slices are not perpendicular to their plane (cos {cosine:.5f}); resample the volume to an unsheared grid first")
         return cls(u / np.linalg.norm(u), v / np.linalg.norm(v), (float(np.linalg.norm(v)), float(np.linalg.norm(u))), w, lps[:3, 3])
 
     def position(self, k: int) -> np.ndarray:

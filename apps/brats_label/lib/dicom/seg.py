@@ -49,7 +49,9 @@ def segment_descriptions(algorithm_version: str) -> list:
     ]
 
 
-def label_to_seg(label: np.ndarray, reference: Sequence[Dataset], seed: str, software_version: str, series_description: Optional[str] = None, ground_truth: bool = False) -> Dataset:
+def label_to_seg(
+    label: np.ndarray, reference: Sequence[Dataset], seed: str, software_version: str, series_description: Optional[str] = None, ground_truth: bool = False
+) -> Dataset:
     """SEG of ``label`` (X, Y, Z), on the grid of ``reference`` (its instances in slice order).
 
     ``ground_truth``: the label shipped with the study (importer), marked so it is not taken for a correction."""

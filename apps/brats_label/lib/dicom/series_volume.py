@@ -74,8 +74,7 @@ def slice_stack(datasets: Sequence[Dataset], series: str = "series") -> SliceSta
         if uneven.any():
             at = float(distance[:-1][uneven][0])
             raise SeriesProblem(
-                f"{series}: slices are not evenly spaced (gap of {gaps[uneven][0]:.2f} mm after {at:.2f} mm, expected {step:.2f}): "
-                "a slice is missing or the series mixes stacks"
+                f"{series}: slices are not evenly spaced (gap of {gaps[uneven][0]:.2f} mm after {at:.2f} mm, expected {step:.2f}): a slice is missing or the series mixes stacks"
             )
     sorted_positions = positions[order]
     if len(datasets) > 1:

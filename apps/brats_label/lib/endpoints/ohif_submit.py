@@ -26,6 +26,7 @@ from typing import List, Tuple
 
 import pydicom
 from fastapi import Depends, FastAPI, HTTPException, Request
+from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import Response
 from monailabel.config import settings
 from monailabel.endpoints.proxy import proxy_dicom
@@ -42,7 +43,7 @@ logger = logging.getLogger(__name__)
 
 STOW_PATHS = ("/proxy/dicom/wado/studies", "/proxy/dicom/wado/studies/{study}")
 APP_CONFIG_PATH = "/ohif/app-config.js"
-OHIF_DIR = Path(__import__("monailabel").__file__).parent / "endpoints" / "static" / "ohif"
+OHIF_DIR = Path(str(__import__("monailabel").__file__)).parent / "endpoints" / "static" / "ohif"
 SUBMIT_SCRIPT = Path(__file__).with_name("ohif_submit_label.js")
 OHIF_CLIENT_ID = "OHIF"
 SEG_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.66.4"
@@ -81,7 +82,7 @@ def save_seg_as_label(part10: bytes, seg: pydicom.Dataset, user: User, client_id
 
 async def store_through_proxy(request: Request, study: str = "", user: User = Depends(RBAC(settings.MONAI_LABEL_AUTH_ROLE_ANNOTATOR))):
     body = await request.body()  # kept by Starlette: the forwarding proxy reads it again
-    instances = stow_instances(body, request.headers.get("content-type", ""))
+    instances = await run_in_threadpool(stow_instances, body, request.headers.get("content-type", ""))
     if not instances or any(str(ds.get("SOPClassUID", "")) != SEG_SOP_CLASS for _, ds in instances):
         return await proxy_dicom(request, "wado", f"studies/{study}" if study else "studies")
     if client_of(request) == OHIF_CLIENT_ID:
@@ -92,8 +93,8 @@ async def store_through_proxy(request: Request, study: str = "", user: User = De
         )
     if study and any(str(ds.get("StudyInstanceUID", "")) != study for _, ds in instances):
         raise HTTPException(422, f"the SEG belongs to another study than the one in the URL ({study})")
-    for part10, seg in instances:
-        save_seg_as_label(part10, seg, user, client_of(request))
+    for part10, seg in instances:  # decode, commit and send off the event loop
+        await run_in_threadpool(save_seg_as_label, part10, seg, user, client_of(request))
     return stow_response(instances)
 
 

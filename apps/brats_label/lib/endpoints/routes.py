@@ -1,15 +1,40 @@
-"""Put one of our routes in front of one of MONAI Label's at the same path.
+"""Changes to MONAI Label's server (0.8.5), gathered in one place; each checks its assumption.
 
-FastAPI wraps included routers, so a stock route cannot be picked out of the list and removed; the
-first route that matches answers, so ours goes first and every client keeps calling the same URL.
+- Put one of our routes in front of one of MONAI Label's at the same path: FastAPI wraps included
+  routers, so a stock route cannot be picked out of the list and removed; the first route that
+  matches answers, so ours goes first and every client keeps calling the same URL.
+- Take slow work off the event loop: MONAI Label 0.8.5 declares its routes ``async def`` and calls
+  blocking code from them (inference, the datastore listing, label saves), so one auto-segmentation
+  stalled every other request, Next Sample included, for seconds. Each such route is answered
+  instead by a plain function with the same signature, which FastAPI runs in its thread pool.
 """
 
 from __future__ import annotations
 
+import asyncio
+import functools
+import inspect
+import logging
 from typing import Any, Callable, Sequence
 
 from fastapi import FastAPI
 from fastapi.routing import APIRoute
+
+logger = logging.getLogger(__name__)
+
+MONAI_LABEL_VERSION = "0.8.5"  # the server these changes were written for
+STOCK_ENDPOINTS = "monailabel.endpoints."
+ASYNC_BY_NATURE = ("monailabel.endpoints.proxy",)  # awaits its HTTP client: stays on the loop
+
+
+def check_monai_label_version() -> None:
+    import monailabel
+
+    if monailabel.__version__ != MONAI_LABEL_VERSION:
+        raise RuntimeError(
+            f"BraTS Label changes MONAI Label {MONAI_LABEL_VERSION}'s server (lib/endpoints/routes.py); "
+            f"monailabel {monailabel.__version__} is installed. Install the version in requirements.txt."
+        )
 
 
 def add_route_in_front(app: FastAPI, path: str, endpoint: Callable[..., Any], methods: Sequence[str], summary: str, **kwargs: Any) -> None:
@@ -18,3 +43,40 @@ def add_route_in_front(app: FastAPI, path: str, endpoint: Callable[..., Any], me
     if not (isinstance(ours, APIRoute) and ours.endpoint is endpoint and ours.path == path):
         raise RuntimeError(f"FastAPI did not append the route {path} as expected; MONAI Label's own route would answer")
     app.router.routes.insert(0, ours)
+
+
+def in_thread_pool(endpoint: Callable[..., Any]) -> Callable[..., Any]:
+    """A plain function with the endpoint's signature (FastAPI reads it through ``__wrapped__``) that runs the
+    coroutine to completion in its own loop; FastAPI calls plain functions in its thread pool."""
+
+    @functools.wraps(endpoint)
+    def run(*args: Any, **kwargs: Any) -> Any:
+        return asyncio.run(endpoint(*args, **kwargs))
+
+    return run
+
+
+def offload_blocking_stock_routes(app: FastAPI) -> int:
+    """Answer every stock ``async def`` route that blocks from the thread pool; how many were moved."""
+    moved = 0
+    for route in list(app.router.routes):
+        if not isinstance(route, APIRoute) or not inspect.iscoroutinefunction(route.endpoint):
+            continue
+        module = getattr(route.endpoint, "__module__", "")
+        if not module.startswith(STOCK_ENDPOINTS) or module.startswith(ASYNC_BY_NATURE):
+            continue
+        add_route_in_front(
+            app,
+            route.path,
+            in_thread_pool(route.endpoint),
+            sorted(route.methods or []),
+            route.summary or "",
+            response_model=route.response_model,
+            include_in_schema=route.include_in_schema,
+            tags=route.tags,
+        )
+        moved += 1
+    if moved == 0:
+        raise RuntimeError("no blocking MONAI Label routes found to take off the event loop: MONAI Label's server changed")
+    logger.info(f"{moved} MONAI Label routes answer from the thread pool")
+    return moved

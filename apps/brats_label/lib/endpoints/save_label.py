@@ -9,10 +9,13 @@ there is, and the record says it was not authenticated.
 
 from __future__ import annotations
 
+import asyncio
 import json
+from collections import defaultdict
 from typing import Any, Dict
 
 from fastapi import BackgroundTasks, Depends, FastAPI, File, Form, HTTPException, UploadFile
+from fastapi.concurrency import run_in_threadpool
 from monailabel.config import settings
 from monailabel.endpoints.datastore import save_label
 from monailabel.endpoints.user.auth import RBAC, User
@@ -28,7 +31,7 @@ def label_params(params: str, user: User, authenticated: bool) -> Dict[str, Any]
     try:
         fields = json.loads(params) if params else {}
     except json.JSONDecodeError as e:
-        raise HTTPException(422, f"params is not valid JSON ({e}); send a JSON object such as {{\"user\": \"your name\"}}") from e
+        raise HTTPException(422, f'params is not valid JSON ({e}); send a JSON object such as {{"user": "your name"}}') from e
     if not isinstance(fields, dict):
         raise HTTPException(422, f"params must be a JSON object, not {type(fields).__name__}")
     if authenticated:
@@ -40,6 +43,9 @@ def label_params(params: str, user: User, authenticated: bool) -> Dict[str, Any]
     return fields
 
 
+_case_turns: Dict[str, asyncio.Lock] = defaultdict(asyncio.Lock)  # per study: saves commit in arrival order
+
+
 async def save_label_as_user(
     background_tasks: BackgroundTasks,
     image: str,
@@ -48,9 +54,11 @@ async def save_label_as_user(
     label: UploadFile = File(...),
     user: User = Depends(RBAC(settings.MONAI_LABEL_AUTH_ROLE_ANNOTATOR)),
 ):
-    # async, as the stock route: saves run one at a time on the event loop, in the order they arrive
+    # The commit (and the SEG sent to the archive) runs in the thread pool, off the event loop; saves of one
+    # study wait their turn in arrival order (asyncio's lock is first come, first served).
     fields = label_params(params, user, settings.MONAI_LABEL_AUTH_ENABLE)
-    return save_label(background_tasks, image, json.dumps(fields), tag, label, user.username)
+    async with _case_turns[image]:
+        return await run_in_threadpool(save_label, background_tasks, image, json.dumps(fields), tag, label, user.username)
 
 
 def install_save_label_route(app: FastAPI) -> None:

@@ -8,7 +8,7 @@ identity provider signs with (never taken from the token's own header, which an 
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Any, Sequence
 
 import jwt
 from monailabel.config import settings
@@ -17,7 +17,7 @@ from monailabel.endpoints.user import auth
 
 def _claim(payload: dict, path: str):
     """A claim by MONAI Label's ``#``-separated path, e.g. ``realm_access#roles``."""
-    value = payload
+    value: Any = payload
     for key in path.split("#"):
         value = value.get(key) if isinstance(value, dict) else None
     return value
@@ -29,7 +29,7 @@ def install_token_check(algorithms: Sequence[str]) -> None:
             return auth.DEFAULT_USER
         key = auth.get_public_key(settings.MONAI_LABEL_AUTH_REALM_URI)
         options = {"verify_signature": True, "verify_aud": False, "verify_exp": True}
-        payload = jwt.decode(token, key, algorithms=list(algorithms), options=options)
+        payload = jwt.decode(token, key, algorithms=list(algorithms), options=options)  # type: ignore[arg-type]
         return auth.User(
             username=payload.get(settings.MONAI_LABEL_AUTH_TOKEN_USERNAME),
             email=payload.get(settings.MONAI_LABEL_AUTH_TOKEN_EMAIL),

@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Dict, Optional
 
@@ -35,14 +35,14 @@ from monai.transforms import (
 )
 from monailabel.tasks.train.basic_train import BasicTrainTask, Context
 
+from ..atomic import read_json, write_json
+from ..clock import utc_now
 from ..config import ENHANCING_LABEL, REGION_THRESHOLD, REGIONS, NetworkProfile, TrainSettings
 from ..infers.segmentation import preprocessing
 from ..network import build_network, set_foreground_prior
-from ..atomic import read_json, write_json
 from .evaluation import evaluate_on
 from .progress import TrainingProgress
 from .publish import AtomicPublishStatsAndModel
-from ..clock import utc_now
 from .versions import ModelVersions
 
 logger = logging.getLogger(__name__)
@@ -237,6 +237,7 @@ class BratsSegmentationTrainer(BasicTrainTask):
         context.evaluator.add_event_handler(Events.EPOCH_COMPLETED, stopper)
 
     def _make_version(self, context: Context, parent: Dict[str, Any], progress: TrainingProgress) -> None:
+        assert self.versions is not None, "attached only with versions"
         candidate = Path(context.output_dir) / self._key_metric_filename
         if not candidate.exists():
             logger.warning(f"training run {context.run_id} left no model; no version made")
@@ -258,7 +259,7 @@ class BratsSegmentationTrainer(BasicTrainTask):
             candidate,
             {
                 "parent": parent["version"],
-                "started_at": datetime.fromtimestamp(context.start_ts, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+                "started_at": datetime.fromtimestamp(context.start_ts, UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
                 "ended_at": utc_now(),
                 "run": context.run_id,
                 "labels": sorted(d["id"] for d in context.train_datalist),
@@ -284,7 +285,4 @@ class BratsSegmentationTrainer(BasicTrainTask):
         return {self.VAL_METRIC_MEAN_DICE: MeanDice(output_transform=from_engine(["pred", "label"]), include_background=True)}
 
     def val_additional_metrics(self, context: Context) -> Dict[str, Metric]:
-        return {
-            f"{REGION_METRIC_PREFIX}{name.lower()}": MeanDice(output_transform=_region(i), include_background=True)
-            for i, name in enumerate(REGIONS)
-        }
+        return {f"{REGION_METRIC_PREFIX}{name.lower()}": MeanDice(output_transform=_region(i), include_background=True) for i, name in enumerate(REGIONS)}
