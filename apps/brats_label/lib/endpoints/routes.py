@@ -12,10 +12,9 @@
 from __future__ import annotations
 
 import asyncio
-import functools
 import inspect
 import logging
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence, Tuple
 
 from fastapi import FastAPI
 from fastapi.routing import APIRoute
@@ -46,28 +45,43 @@ def add_route_in_front(app: FastAPI, path: str, endpoint: Callable[..., Any], me
 
 
 def in_thread_pool(endpoint: Callable[..., Any]) -> Callable[..., Any]:
-    """A plain function with the endpoint's signature (FastAPI reads it through ``__wrapped__``) that runs the
-    coroutine to completion in its own loop; FastAPI calls plain functions in its thread pool."""
+    """A plain function with the endpoint's signature that runs the coroutine to completion in a loop of its
+    own; FastAPI calls plain functions in its thread pool. No ``__wrapped__``: FastAPI would unwrap it and
+    find the coroutine function again."""
 
-    @functools.wraps(endpoint)
     def run(*args: Any, **kwargs: Any) -> Any:
         return asyncio.run(endpoint(*args, **kwargs))
 
+    run.__signature__ = inspect.signature(endpoint, eval_str=True)  # type: ignore[attr-defined]
+    run.__name__ = endpoint.__name__
+    run.__doc__ = endpoint.__doc__
+    if inspect.iscoroutinefunction(run):
+        raise RuntimeError("the thread-pool wrapper is itself a coroutine function")
     return run
+
+
+def served_routes(routes: Sequence[Any], prefix: str = "") -> Iterator[Tuple[str, APIRoute]]:
+    """(full path, route) of every API route, also those of included routers (FastAPI >= 0.16x keeps an
+    included router as one entry holding the original router and its include prefix)."""
+    for route in routes:
+        if isinstance(route, APIRoute):
+            yield prefix + route.path, route
+        elif hasattr(route, "original_router"):
+            yield from served_routes(route.original_router.routes, prefix + getattr(route.include_context, "prefix", ""))
 
 
 def offload_blocking_stock_routes(app: FastAPI) -> int:
     """Answer every stock ``async def`` route that blocks from the thread pool; how many were moved."""
     moved = 0
-    for route in list(app.router.routes):
-        if not isinstance(route, APIRoute) or not inspect.iscoroutinefunction(route.endpoint):
+    for path, route in list(served_routes(app.router.routes)):
+        if not inspect.iscoroutinefunction(route.endpoint):
             continue
         module = getattr(route.endpoint, "__module__", "")
         if not module.startswith(STOCK_ENDPOINTS) or module.startswith(ASYNC_BY_NATURE):
             continue
         add_route_in_front(
             app,
-            route.path,
+            path,
             in_thread_pool(route.endpoint),
             sorted(route.methods or []),
             route.summary or "",
