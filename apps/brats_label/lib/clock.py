@@ -6,7 +6,7 @@ only right while every writer uses this format.
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Tuple
 
 MONAI_LABEL_TIME_FORMAT = "%Y-%m-%d %H:%M:%S"  # a MONAI Label task's start_ts: server-local time, whole seconds
@@ -17,6 +17,7 @@ def utc_now() -> str:
 
 
 def task_started_utc(start_ts: str) -> Tuple[str, float]:
-    """MONAI Label's local ``start_ts`` as this workspace's UTC text and as epoch seconds."""
-    local = datetime.strptime(start_ts, MONAI_LABEL_TIME_FORMAT).astimezone()
+    """MONAI Label's local ``start_ts`` as this workspace's UTC text and as epoch seconds: the end of that
+    whole second, since a label saved within it came before the worker read its training data."""
+    local = datetime.strptime(start_ts, MONAI_LABEL_TIME_FORMAT).astimezone() + timedelta(microseconds=999_999)
     return local.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ"), local.timestamp()

@@ -72,7 +72,7 @@ class RetrainTrigger:
             for task in tasks:
                 run = by_task.get(task["id"])
                 if run is None:
-                    started_at, epoch_s = task_started_utc(task["start_ts"])
+                    started_at, epoch_s = (task["started_at"], task["started_epoch_s"]) if "started_at" in task else task_started_utc(task["start_ts"])
                     labels = self.new_labels(runs)
                     run = {
                         "task_id": task["id"],

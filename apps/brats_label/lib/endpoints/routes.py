@@ -3,6 +3,7 @@
 - Put one of our routes in front of one of MONAI Label's at the same path: FastAPI wraps included
   routers, so a stock route cannot be picked out of the list and removed; the first route that
   matches answers, so ours goes first and every client keeps calling the same URL.
+- Record when each background task (training, scoring) started, to the microsecond.
 - Take slow work off the event loop: MONAI Label 0.8.5 declares its routes ``async def`` and calls
   blocking code from them (inference, the datastore listing, label saves), so one auto-segmentation
   stalled every other request, Next Sample included, for seconds. Each such route is answered
@@ -14,16 +15,41 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
+import time
 from typing import Any, Callable, Iterator, Sequence, Tuple
 
 from fastapi import FastAPI
 from fastapi.routing import APIRoute
+
+from ..clock import utc_now
 
 logger = logging.getLogger(__name__)
 
 MONAI_LABEL_VERSION = "0.8.5"  # the server these changes were written for
 STOCK_ENDPOINTS = "monailabel.endpoints."
 ASYNC_BY_NATURE = ("monailabel.endpoints.proxy",)  # awaits its HTTP client: stays on the loop
+
+
+def record_task_start_times() -> None:
+    """MONAI Label stamps a background task's start in whole local seconds; labels saved in the same second
+    could not be told before or after it. Each task also gets ``started_at`` (this workspace's UTC format,
+    microseconds) and ``started_epoch_s`` at submission."""
+    import monailabel.utils.async_tasks.task as task_module
+
+    original = task_module.run_background_task
+    if getattr(original, "records_start_time", False):
+        return
+    if list(inspect.signature(original).parameters)[:2] != ["request", "method"]:
+        raise RuntimeError("MONAI Label's run_background_task changed: cannot record task start times")
+
+    def run_background_task(request: Any, method: str, *args: Any, **kwargs: Any) -> Any:
+        started_at, started_epoch_s = utc_now(), time.time()
+        task = original(request, method, *args, **kwargs)
+        task.update(started_at=started_at, started_epoch_s=started_epoch_s)
+        return task
+
+    run_background_task.records_start_time = True  # type: ignore[attr-defined]
+    task_module.run_background_task = run_background_task
 
 
 def check_monai_label_version() -> None:
