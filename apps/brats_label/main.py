@@ -11,7 +11,8 @@ Start it with MONAI Label's own server, for example::
     workspace           where labels, caches and models are written (default <studies>/.brats_label,
                         or ~/.cache/brats_label/<host_port> for an archive)
     series_rules        JSON file of [channel, regex] pairs naming a site's series (archive only)
-    dicomweb_refresh_s  how long a listing of the archive is reused (default 30)
+    dicomweb_refresh_s  how often the archive is listed again, in the background (default 30; 0: inside every request)
+    infer_concurrency   auto-segmentations run at once, the others queue in arrival order (default 1)
     retrain_after_labels, retrain_min_interval_s   automatic fine-tune after N new labels, at most so often
     promote_tolerance   a new model version is served unless its held-out mean Dice is lower by more (0.01)
     max_epochs, learning_rate, batch_size, patch_size, val_split   training defaults

@@ -110,7 +110,10 @@ class DicomWebStudyDatastore(StudyDatastore):
 
     def start_background_refresh(self) -> None:
         """Refresh every ``refresh_s`` in a thread of its own (the server): requests use the last listing
-        and never wait for the archive."""
+        and never wait for the archive. ``refresh_s`` 0 keeps listing inside each request (tests that must see
+        the archive's state at once)."""
+        if self._refresh_s <= 0:
+            return
         self._background = True
 
         def loop() -> None:
