@@ -43,8 +43,8 @@ from lib.config import PROFILES  # noqa: E402
 from lib.datastore import StudyFolderDatastore  # noqa: E402
 from lib.infers.segmentation import preprocessing  # noqa: E402
 from lib.network import build_network, load_network  # noqa: E402
+from scripts.local_server import LocalServer as Server  # noqa: E402
 from synthetic.__main__ import main as generate  # noqa: E402
-from tests.conftest import Server  # noqa: E402
 
 RESULTS = REPO / "bench" / "results" / "infer_latency.json"
 STUDY = "BraTS-GLI-00000-000"

@@ -31,8 +31,8 @@ from tqdm import tqdm  # noqa: E402
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO), str(REPO / "apps" / "brats_label")]
 
+from scripts.local_server import LocalServer as Server  # noqa: E402
 from synthetic.__main__ import main as generate  # noqa: E402
-from tests.conftest import Server  # noqa: E402
 
 RESULTS = REPO / "bench" / "results"
 REGIONS = ("TC", "WT", "ET", "mean")

@@ -7,24 +7,19 @@ except in the tests that generate 1 mm studies on purpose.
 
 from __future__ import annotations
 
-import os
 import shutil
-import signal
 import subprocess
-import sys
-import time
 from pathlib import Path
 from typing import Iterator, Optional
 
 import pytest
-import requests
 
-from scripts.local_orthanc import LocalOrthanc, free_port
+from scripts.local_orthanc import LocalOrthanc
+from scripts.local_server import LocalServer as Server
 from synthetic.__main__ import main as generate
 
 REPO = Path(__file__).resolve().parents[1]
 APP_DIR = REPO / "apps" / "brats_label"
-SERVER_START_TIMEOUT_S = 180
 ARTIFACTS = REPO / "test-artifacts"
 
 
@@ -65,60 +60,6 @@ def trained_weights(studies_2mm, tmp_path_factory):
     stats = trainer({"device": "cpu", "max_epochs": 12}, datastore)
     assert stats["best_metric"] > 0.3, f"the fixture model did not learn: {stats}"
     return work / "model.pt"
-
-
-class Server:
-    """A running ``monailabel start_server`` on a free loopback port."""
-
-    def __init__(self, studies, conf: dict, log_path: Path, env: Optional[dict] = None, headers: Optional[dict] = None):
-        self.port = free_port()
-        self.headers = headers or {}  # e.g. a bearer token when authentication is on
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.studies = studies
-        self.log_path = log_path
-        args = [sys.executable, "-m", "monailabel.main", "start_server", "--app", str(APP_DIR), "--studies", str(studies)]
-        for key, value in conf.items():
-            args += ["--conf", key, str(value)]
-        args += ["--host", "127.0.0.1", "--port", str(self.port)]
-        env = {**os.environ, **(env or {})}
-        env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
-        env["PYTHONUNBUFFERED"] = "1"
-        self._log = open(log_path, "w")
-        self.process = subprocess.Popen(args, stdout=self._log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
-        self._wait_ready()
-
-    def _wait_ready(self) -> None:
-        deadline = time.time() + SERVER_START_TIMEOUT_S
-        while time.time() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"server exited with {self.process.returncode}:\n{self.log_path.read_text()[-4000:]}")
-            try:
-                if requests.get(f"{self.url}/info/", headers=self.headers, timeout=5).status_code == 200:
-                    return
-            except requests.RequestException:
-                pass
-            time.sleep(1)
-        self.stop()
-        raise RuntimeError(f"server did not answer within {SERVER_START_TIMEOUT_S} s:\n{self.log_path.read_text()[-4000:]}")
-
-    def wait_training(self, timeout_s: float = 600) -> dict:
-        deadline = time.time() + timeout_s
-        while time.time() < deadline:
-            status = requests.get(f"{self.url}/train/", headers=self.headers, timeout=10).json()
-            if status.get("status") in ("DONE", "ERROR", "STOPPED"):
-                return status
-            time.sleep(2)
-        raise TimeoutError(f"training did not finish within {timeout_s} s")
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGTERM)
-            try:
-                self.process.wait(30)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait()
-        self._log.close()
 
 
 @pytest.fixture(scope="module")

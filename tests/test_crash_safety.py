@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 from monailabel.client import MONAILabelClient
 
-from tests.conftest import Server
+from scripts.local_server import LocalServer as Server
 
 pytestmark = pytest.mark.server
 

@@ -11,7 +11,8 @@ import time
 import requests
 import yaml
 
-from tests.conftest import REPO, free_port
+from scripts.local_orthanc import free_port
+from tests.conftest import REPO
 
 DEMO_ENV = {"ORTHANC_USER": "demo", "ORTHANC_PASSWORD": "demo-only-change-me"}
 

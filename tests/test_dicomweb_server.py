@@ -70,7 +70,7 @@ def test_studies_in_the_archive_are_listed_as_cases(client, studies):
     listing = _listing(client)
     assert sorted(e["image"]["info"]["patient_id"] for e in listing.values()) == patients
     labelled = [e for e in listing.values() if "final" in e["labels"]]
-    assert len(labelled) == 1 and labelled[0]["labels"]["final"]["info"]["source"] == "dicom-seg"
+    assert len(labelled) == 1 and labelled[0]["labels"]["final"]["info"]["source"] == "imported"
 
 
 def test_next_case_comes_from_the_archive_and_is_unlabelled(client):
