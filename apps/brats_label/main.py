@@ -53,7 +53,7 @@ from lib.dicom.archive import Archive
 from lib.dicom.series_rules import SeriesRules
 from lib.dicomweb_datastore import DicomWebStudyDatastore
 from lib.endpoints.ohif_submit import install_ohif_submit_routes
-from lib.endpoints.routes import check_monai_label_version, offload_blocking_stock_routes, record_task_start_times
+from lib.endpoints.routes import answer_domain_errors, check_monai_label_version, offload_blocking_stock_routes, record_task_start_times
 from lib.endpoints.save_label import install_save_label_route
 from lib.endpoints.token_check import install_token_check
 from lib.errors import NotFound
@@ -261,6 +261,7 @@ class BratsLabelApp(MONAILabelApp):
             self._datastore.start_background_refresh()  # requests use the last listing; none waits for the archive
         check_monai_label_version()
         record_task_start_times()
+        answer_domain_errors(server)
         # requests now wait in threads (auto-segmentations queue there): room for a team's worth of them
         anyio.to_thread.current_default_thread_limiter().total_tokens = REQUEST_THREADS
         offload_blocking_stock_routes(server)  # first: our own routes then go in front of these

@@ -158,6 +158,12 @@ class DicomWebStudyDatastore(StudyDatastore):
                 except SeriesProblem as e:
                     problems.append(StudyProblem(uid, uid, str(e)))
                     continue
+                except ArchiveUnavailable:
+                    raise
+                except Exception as e:  # malformed metadata of one study must not stop the listing of the others
+                    logger.warning(f"Study {uid} not listed: {type(e).__name__}: {e}")
+                    problems.append(StudyProblem(uid, uid, f"its series' metadata could not be read ({type(e).__name__}: {e})"))
+                    continue
                 candidate = DicomStudy(uid, study["patient_id"], assignment.channels, [s for s in series if s.modality == "SEG"])
                 broken = self._broken.get(uid)
                 if broken and broken[0] == candidate.fingerprint():  # pixels found undecodable; unchanged since
@@ -373,9 +379,15 @@ class DicomWebStudyDatastore(StudyDatastore):
                 except ArchiveUnavailable as e:
                     logger.warning(str(e))
                     return
-            decoded = [d for d in (self._decode_seg(study, series, sop) for series, sop in new) if d is not None]
-            for made_at, series, sop, seg, label in sorted(decoded, key=lambda d: d[0]):
-                self._import_seg(study, series, sop, seg, label, made_at)
+            try:
+                decoded = [d for d in (self._decode_seg(study, series, sop) for series, sop in new) if d is not None]
+                for made_at, series, sop, seg, label in sorted(decoded, key=lambda d: d[0]):
+                    self._import_seg(study, series, sop, seg, label, made_at)
+            except ArchiveUnavailable as e:
+                logger.warning(str(e))
+                return
+            except Exception as e:  # one study's SEG must not stop the others' (tried again at the next refresh)
+                logger.warning(f"SEGs of study {study.study_id} not imported: {type(e).__name__}: {e}")
 
     def _decode_seg(self, study: DicomStudy, series: SeriesSummary, sop: str):
         geometry = self.geometry(study.study_id)

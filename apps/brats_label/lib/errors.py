@@ -1,19 +1,18 @@
-"""Errors a user can act on. Each carries the HTTP status MONAI Label's endpoints should answer with.
+"""Errors a user can act on: plain exceptions, each naming the HTTP status it stands for.
 
-MONAI Label turns any other exception into a bare 500; these subclass FastAPI's HTTPException, so the
-client sees the status and the message, while code outside the server can still catch them.
+Domain code raises these and knows nothing of HTTP; ``endpoints.routes.answer_domain_errors`` turns each
+into an answer with its status and message, in one place (MONAI Label would turn any other exception
+into a bare 500).
 """
 
 from __future__ import annotations
 
-from fastapi import HTTPException
 
-
-class BratsLabelError(HTTPException):
+class BratsLabelError(Exception):
     status_code = 400
 
     def __init__(self, message: str):
-        super().__init__(status_code=self.status_code, detail=message)
+        super().__init__(message)
         self.message = message
 
     def __str__(self) -> str:

@@ -3,6 +3,7 @@
 - Put one of our routes in front of one of MONAI Label's at the same path: FastAPI wraps included
   routers, so a stock route cannot be picked out of the list and removed; the first route that
   matches answers, so ours goes first and every client keeps calling the same URL.
+- Answer the app's domain errors (``lib/errors.py``) with their status and message.
 - Record when each background task (training, scoring) started, to the microsecond.
 - Take slow work off the event loop: MONAI Label 0.8.5 declares its routes ``async def`` and calls
   blocking code from them (inference, the datastore listing, label saves), so one auto-segmentation
@@ -18,10 +19,12 @@ import logging
 import time
 from typing import Any, Callable, Iterator, Sequence, Tuple
 
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
 
 from ..clock import utc_now
+from ..errors import BratsLabelError
 
 logger = logging.getLogger(__name__)
 
@@ -50,6 +53,21 @@ def record_task_start_times() -> None:
 
     run_background_task.records_start_time = True  # type: ignore[attr-defined]
     task_module.run_background_task = run_background_task
+
+
+def answer_domain_errors(app: FastAPI) -> None:
+    """Every ``BratsLabelError`` becomes an answer with its status and message. Starlette builds its
+    exception middleware when the server starts (before the app exists), so the stack is rebuilt with the
+    handler at the next request."""
+    if not hasattr(app, "middleware_stack"):
+        raise RuntimeError("Starlette no longer keeps a middleware_stack: domain errors would answer 500")
+
+    def answer(request: Request, error: Exception) -> JSONResponse:
+        status = getattr(error, "status_code", 500)
+        return JSONResponse({"detail": str(error)}, status_code=status)
+
+    app.add_exception_handler(BratsLabelError, answer)
+    app.middleware_stack = None
 
 
 def check_monai_label_version() -> None:
