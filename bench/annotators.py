@@ -14,15 +14,19 @@ configured by default, automatic fine-tuning included (it starts after 5 new lab
 
 Afterwards every acknowledged save is looked for in the audit trail and in the study's label history
 (by its user and study). Prints a table and writes ``bench/results/annotators_<N>x<minutes>min.json``.
-The archive and the imported studies are kept under ``--workdir`` for the next run.
+Each run starts from a fresh archive with the same studies (generated once under ``--workdir``). ``--baseline REV``
+first runs the same team against the app as it was at git revision REV (a worktree under ``--workdir``)
+and reports each call's p95 and the throughput as ratios, this build over the baseline.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
-import statistics
+import shutil
+import subprocess
 import sys
 import tempfile
 import threading
@@ -113,12 +117,17 @@ class Annotator(threading.Thread):
             saves += 1
 
 
-def prepare_archive(workdir: Path, studies: int, spacing: float) -> LocalOrthanc:
-    folder = workdir / "studies"
+def prepare_studies(workdir: Path, studies: int, spacing: float) -> Path:
+    folder = workdir / f"studies_{studies}x{spacing:g}mm"
     if not folder.is_dir():
         generate(["--out", str(folder), "--cases", str(studies), "--labelled", "4", "--spacing", str(spacing), "--seed", "5"])
-    orthanc = LocalOrthanc(workdir / "orthanc", workdir / "orthanc.log", user="bench", password="bench-only")
-    print("==> archive:", import_studies(folder, orthanc.archive()))
+    return folder
+
+
+def fresh_archive(studies: Path, scratch: Path) -> LocalOrthanc:
+    """An empty Orthanc with the studies imported: every run starts from the same archive (a run's SEGs stay in its own)."""
+    orthanc = LocalOrthanc(scratch / "orthanc", scratch / "orthanc.log", user="bench", password="bench-only")
+    print("==> archive:", import_studies(studies, orthanc.archive()))
     return orthanc
 
 
@@ -132,7 +141,10 @@ def check_kept(url: str, acknowledged: list) -> dict:
 
 
 def count_versions(workspace: Path, acknowledged: list) -> dict:
-    """The same saves, looked for in the label store on disk (a version's record carries the note)."""
+    """The same saves, looked for in the label store on disk (a version's record carries the note); None
+    for a build without a label store (a baseline)."""
+    if not (workspace / "label_store").is_dir():
+        return {"found_in_label_store": None, "missing_in_label_store": None}
     notes = set()
     for record in (workspace / "label_store").glob("*/*/record.json"):
         note = json.loads(record.read_text()).get("note")
@@ -142,25 +154,19 @@ def count_versions(workspace: Path, acknowledged: list) -> dict:
     return {"found_in_label_store": len(acknowledged) - len(missing), "missing_in_label_store": len(missing)}
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--annotators", type=int, default=8)
-    parser.add_argument("--minutes", type=float, default=10.0)
-    parser.add_argument("--studies", type=int, default=50)
-    parser.add_argument("--spacing", type=float, default=2.0, help="mm of the generated studies (2: the cpu profile's own)")
-    parser.add_argument("--workdir", type=Path, default=REPO / "bench" / ".annotators", help="archive and studies, kept between runs")
-    args = parser.parse_args()
-
-    args.workdir.mkdir(parents=True, exist_ok=True)
-    orthanc = prepare_archive(args.workdir, args.studies, args.spacing)
+def run_team(args: argparse.Namespace, studies: Path, app_dir: Path, label: str) -> dict:
+    """One timed run of the team against a fresh archive and server (its own workspace) built from ``app_dir``."""
     scratch = Path(tempfile.mkdtemp(prefix="annotators_"))
+    orthanc = fresh_archive(studies, scratch)
     weights = scratch / "untrained.pt"
     torch.manual_seed(0)
     torch.save(build_network(PROFILES["cpu"]).state_dict(), weights)
     workspace = scratch / "workspace"
-    server = LocalServer(orthanc.dicomweb, {"profile": "cpu", "workspace": workspace, "pretrained_weights": weights}, scratch / "server.log", env=orthanc.credentials_env)
+    conf = {"profile": "cpu", "workspace": workspace, "pretrained_weights": weights}
+    server = LocalServer(orthanc.dicomweb, conf, scratch / "server.log", env=orthanc.credentials_env, app_dir=app_dir)
     log: dict = {"latency": defaultdict(list), "done_at": defaultdict(list), "errors": [], "acknowledged": []}
     lock = threading.Lock()
+    print(f"==> {label}: {args.annotators} annotators for {args.minutes} min (server log {scratch / 'server.log'})")
     try:
         started = time.time()
         deadline = started + args.minutes * 60
@@ -177,44 +183,88 @@ def main() -> int:
         elapsed_min = (time.time() - started) / 60
         kept = check_kept(server.url, log["acknowledged"])
         kept.update(count_versions(workspace, log["acknowledged"]))
-        training = requests.get(f"{server.url}/brats/training", timeout=60).json()
+        runs = requests.get(f"{server.url}/info/", timeout=60).json().get("retrain", {}).get("runs", [])
     finally:
         server.stop()
         orthanc.stop()
-
+        shutil.rmtree(scratch / "orthanc", ignore_errors=True)
     calls = {
         c: {"count": len(log["latency"][c]), "p50_s": percentile(log["latency"][c], 0.5), "p95_s": percentile(log["latency"][c], 0.95), "max_s": percentile(log["latency"][c], 1.0)}
         for c in CALLS
     }
-    result = {
-        "annotators": args.annotators,
+    return {
+        "build": label,
         "minutes": round(elapsed_min, 2),
-        "studies": args.studies,
-        "spacing_mm": args.spacing,
-        "profile": "cpu",
         "calls": calls,
         "infer_throughput_per_min": round(len(log["latency"]["infer"]) / elapsed_min, 1),
         "errors": len(log["errors"]),
         "error_examples": log["errors"][:10],
         "saves": kept,
-        "trainings_started": len(training["retrain"]["runs"]),
-        "targets": {"errors": 0, "lost": 0, "next_sample_p95_s": 1.0, "save_p95_s": 2.0},
-        "machine": f"{torch.get_num_threads()} torch threads, {__import__('os').cpu_count()} cores",
-        "mean_save_s": round(statistics.mean(log["latency"]["save"]), 3) if log["latency"]["save"] else None,
+        "trainings_started": len(runs),
     }
-    print(f"\n{args.annotators} annotators for {elapsed_min:.1f} min, {args.studies} studies in Orthanc ({args.spacing} mm, cpu profile)")
+
+
+def print_run(result: dict) -> None:
+    print(f"\n{result['build']}: {result['minutes']:.1f} min")
     print(f"{'call':<12} {'count':>6} {'p50 s':>7} {'p95 s':>7} {'max s':>7}")
-    for call, figures in calls.items():
+    for call, figures in result["calls"].items():
         print(f"{call:<12} {figures['count']:>6} {figures['p50_s'] or 0:>7.3f} {figures['p95_s'] or 0:>7.3f} {figures['max_s'] or 0:>7.3f}")
+    kept = result["saves"]
     print(
         f"errors {result['errors']}; saves acknowledged {kept['acknowledged']}, in the audit {kept['found_in_audit']}, in the label store {kept['found_in_label_store']}, lost {kept['lost']}"
     )
     print(f"auto-segmentation throughput {result['infer_throughput_per_min']} cases/min; trainings started by the server {result['trainings_started']}")
+
+
+def baseline_app(revision: str, workdir: Path) -> Path:
+    """The app as it was at ``revision`` (a git worktree, made once)."""
+    tree = workdir / f"baseline-{revision}"
+    if not tree.is_dir():
+        subprocess.run(["git", "-C", str(REPO), "worktree", "add", "--detach", str(tree), revision], check=True)
+    return tree / "apps" / "brats_label"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--annotators", type=int, default=8)
+    parser.add_argument("--minutes", type=float, default=10.0)
+    parser.add_argument("--studies", type=int, default=50)
+    parser.add_argument("--spacing", type=float, default=2.0, help="mm of the generated studies (2: the cpu profile's own)")
+    parser.add_argument("--workdir", type=Path, default=REPO / "bench" / ".annotators", help="archive and studies, kept between runs")
+    parser.add_argument("--baseline", help="a git revision: run the same team against that build first, and report ratios")
+    args = parser.parse_args()
+
+    args.workdir.mkdir(parents=True, exist_ok=True)
+    studies = prepare_studies(args.workdir, args.studies, args.spacing)
+    runs = []
+    if args.baseline:
+        runs.append(run_team(args, studies, baseline_app(args.baseline, args.workdir), f"baseline {args.baseline}"))
+    runs.append(run_team(args, studies, REPO / "apps" / "brats_label", "this build"))
+    for run in runs:
+        print_run(run)
+    result = {
+        "annotators": args.annotators,
+        "minutes": args.minutes,
+        "studies": args.studies,
+        "spacing_mm": args.spacing,
+        "profile": "cpu",
+        "machine": f"{os.cpu_count()} cores, torch {torch.__version__}",
+        "targets": {"errors": 0, "lost": 0, "next_sample_p95_s": 1.0, "save_p95_s": 2.0},
+        "runs": runs,
+    }
+    if len(runs) == 2:
+        base, ours = runs
+        result["p95_ratio_this_build_to_baseline"] = {
+            c: round(ours["calls"][c]["p95_s"] / base["calls"][c]["p95_s"], 3) for c in CALLS if ours["calls"][c]["p95_s"] and base["calls"][c]["p95_s"]
+        }
+        result["throughput_ratio_this_build_to_baseline"] = round(ours["infer_throughput_per_min"] / max(base["infer_throughput_per_min"], 1e-9), 3)
+        print(f"\np95 this build / baseline: {result['p95_ratio_this_build_to_baseline']}; throughput ratio {result['throughput_ratio_this_build_to_baseline']}")
     RESULTS.mkdir(parents=True, exist_ok=True)
     out = RESULTS / f"annotators_{args.annotators}x{args.minutes:g}min.json"
     out.write_text(json.dumps(result, indent=2))
     print(f"written {out}")
-    return 0 if result["errors"] == 0 and kept["lost"] == 0 and kept["missing_in_label_store"] == 0 else 1
+    ours = runs[-1]
+    return 0 if ours["errors"] == 0 and ours["saves"]["lost"] == 0 and not ours["saves"]["missing_in_label_store"] else 1
 
 
 if __name__ == "__main__":

@@ -22,13 +22,14 @@ SERVER_START_TIMEOUT_S = 180
 class LocalServer:
     """A running ``monailabel start_server`` on a free loopback port."""
 
-    def __init__(self, studies, conf: dict, log_path: Path, env: Optional[dict] = None, headers: Optional[dict] = None):
+    def __init__(self, studies, conf: dict, log_path: Path, env: Optional[dict] = None, headers: Optional[dict] = None, app_dir: Path = APP_DIR):
+        """``app_dir``: another build of the app (a benchmark's baseline), else this checkout's."""
         self.port = free_port()
         self.headers = headers or {}  # e.g. a bearer token when authentication is on
         self.url = f"http://127.0.0.1:{self.port}"
         self.studies = studies
         self.log_path = log_path
-        args = [sys.executable, "-m", "monailabel.main", "start_server", "--app", str(APP_DIR), "--studies", str(studies)]
+        args = [sys.executable, "-m", "monailabel.main", "start_server", "--app", str(app_dir), "--studies", str(studies)]
         for key, value in conf.items():
             args += ["--conf", key, str(value)]
         args += ["--host", "127.0.0.1", "--port", str(self.port)]

@@ -227,3 +227,22 @@ def test_bad_label_is_refused_with_reason_and_stored_label_is_untouched(client, 
 def test_unknown_study_is_a_clear_404(server):
     answer = requests.post(f"{server.url}/infer/segmentation", params={"image": "no-such-study"}, timeout=60)
     assert answer.status_code in (404, 422) and "no-such-study" in answer.text
+
+
+def test_a_path_as_a_label_id_is_refused_and_reads_nothing(server):
+    """What the route answers is the domain error's status and message (mapped in one place)."""
+    answer = requests.get(f"{server.url}/datastore/label/info", params={"label": "../../model/serving", "tag": "final"}, timeout=30)
+    assert answer.status_code == 422 and "not a valid study id" in answer.json()["detail"]
+
+
+def test_several_server_processes_are_refused_with_the_reason(studies, tmp_path):
+    """--workers 2 would make two writers of the same labels: the server does not start, and says why."""
+    import subprocess
+    import sys
+
+    from scripts.local_server import APP_DIR
+
+    command = [sys.executable, "-m", "monailabel.main", "start_server", "--app", str(APP_DIR), "--studies", str(studies),
+               "--conf", "profile", "cpu", "--conf", "workspace", str(tmp_path / "ws"), "--port", "0", "--workers", "2"]  # fmt: skip
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300)  # returns: nothing keeps serving
+    assert "BraTS Label runs as one server process (--workers 2" in done.stdout + done.stderr

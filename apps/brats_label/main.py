@@ -25,6 +25,7 @@ import os
 import sys
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Dict, List
 from urllib.parse import urlparse
@@ -120,6 +121,7 @@ class BratsLabelApp(MONAILabelApp):
         self.prelabels = PreLabels(self.workspace / "prelabels")
         self.versions = ModelVersions(self.model_dir, self.model_path)
         self.infer_queue = FairQueue(self.config.infer_concurrency)
+        self._case_preparation = ThreadPoolExecutor(1, thread_name_prefix="case-preparation")  # studies handed out, opened ahead
         if self._writer:
             self._register_first_version()
         self.retrain = RetrainTrigger(
@@ -331,11 +333,31 @@ class BratsLabelApp(MONAILabelApp):
             os.setpriority(os.PRIO_PROCESS, 0, BACKGROUND_NICENESS)
 
     def next_sample(self, request):
-        """MONAI Label's answer, with the study's DICOM ids from an archive: OHIF's Next Sample opens the study by them."""
-        answer = super().next_sample(request)
-        if answer.get("id") and isinstance(self._datastore, DicomWebStudyDatastore):
+        """The strategy's pick, with the study's DICOM ids from an archive (OHIF's Next Sample opens the study by
+        them). MONAI Label's own answer also opens the study to give its server-side ``path``: under load that
+        made Next Sample wait seconds for a fetch from the archive. Here the study is prepared in the background
+        for the auto-segmentation and download that follow; ``path`` is given when it is ready already."""
+        name = request.get("strategy") or "random"
+        strategy = self._strategies.get(name)
+        if strategy is None:
+            raise NotFound(f"no active-learning strategy '{name}' (strategies: {', '.join(self._strategies)})")
+        answer = strategy(request, self.datastore())
+        if not answer or not answer.get("id"):
+            return {}
+        path = self._datastore.cached_image_uri(answer["id"])  # type: ignore[attr-defined]
+        if path:
+            answer["path"] = path
+        else:
+            self._case_preparation.submit(self._prepare_case, answer["id"])
+        if isinstance(self._datastore, DicomWebStudyDatastore):
             answer.update(self._datastore.viewer_ids(answer["id"]))
         return answer
+
+    def _prepare_case(self, case: str) -> None:
+        try:
+            self._datastore.get_image_uri(case)
+        except Exception as e:  # listed as a problem by the datastore; the annotator's next request says why
+            logger.warning(f"Study {case} could not be prepared: {e}")
 
     def info(self):
         info = super().info()

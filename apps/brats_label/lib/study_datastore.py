@@ -18,13 +18,13 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 import numpy as np
 from monailabel.interfaces.datastore import Datastore, DefaultLabelTag
 
-from .atomic import read_json, write_json
 from .case_cache import CaseCache
 from .config import FOREGROUND_LABELS
 from .errors import InvalidInput, NotFound
 from .label_files import read_uploaded_label
 from .label_store import LabelStore, LabelVersion, check_tag, migrate_flat_layout
 from .labels import LabelError
+from .shared_state import update_json
 from .studies import Geometry, StudyProblem
 
 logger = logging.getLogger(__name__)
@@ -95,6 +95,16 @@ class StudyDatastore(Datastore):
         """The study's reference grid."""
 
     @abstractmethod
+    def _source(self, image_id: str) -> Any:
+        """The study's source (files or series); raises NotFound."""
+
+    def cached_image_uri(self, image_id: str) -> str:
+        """The stacked volume's path if it is ready and current, else '' (never builds it)."""
+        source = self._source(image_id)
+        current = self._cases.is_current(source.study_id, source.fingerprint())
+        return str(self._cases.volume_path(source.study_id)) if current else ""
+
+    @abstractmethod
     def problems(self) -> List[StudyProblem]:
         """Studies that are not served, with the reason."""
 
@@ -129,11 +139,8 @@ class StudyDatastore(Datastore):
         return self._workspace / "image_info" / f"{image_id}.json"
 
     def update_image_info(self, image_id: str, info: Dict[str, Any]) -> None:
-        self._source(image_id)
-        with self._lock:
-            current = read_json(self._image_info_path(image_id), {})
-            current.update(info)
-            write_json(current, self._image_info_path(image_id))
+        study = self.case_id(image_id)
+        update_json(self._image_info_path(study), lambda current: {**current, **info}, {})
 
     # --- labels -------------------------------------------------------------------------------------
     def _current(self, label_id: str, tag: Optional[str]) -> Optional[LabelVersion]:
