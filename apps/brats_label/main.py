@@ -61,6 +61,7 @@ from lib.errors import NotFound
 from lib.infer_queue import FairQueue
 from lib.infers.segmentation import BratsSegmentation
 from lib.network import check_weights, read_state_dict
+from lib.processes import in_worker_process
 from lib.retrain import RetrainTrigger
 from lib.trainers.progress import read_progress
 from lib.trainers.segmentation import BratsSegmentationTrainer
@@ -73,15 +74,6 @@ API_PREFIX = "/brats"  # endpoints MONAI Label does not have
 MODEL_WATCH_INTERVAL_S = 15
 REQUEST_THREADS = 128  # anyio's default is 40: 32 annotators' queued auto-segmentations would take them all
 TRAINING_ENDED = ("DONE", "ERROR", "STOPPED")  # MONAI Label's task states after a run
-
-
-WORKER_MODULE = "monailabel.interfaces.utils.app"  # how MONAI Label 0.8.5 runs training, scoring and batch inference
-
-
-def in_worker_process() -> bool:
-    """True in MONAI Label's task workers: they read the workspace; only the server process writes it."""
-    spec = getattr(sys.modules.get("__main__"), "__spec__", None)
-    return bool(spec and spec.name == WORKER_MODULE)
 
 
 def refuse_several_server_processes(argv: List[str]) -> None:
@@ -162,6 +154,7 @@ class BratsLabelApp(MONAILabelApp):
 
     def models(self):
         """Every model version, which one is served, and why each was or was not promoted."""
+        self.versions.apply_promotions()
         return {"serving": self.versions.serving(), "versions": self.versions.list()}
 
     def promote_model(self, version: str):
@@ -171,6 +164,7 @@ class BratsLabelApp(MONAILabelApp):
 
     def training(self):
         """The running (or last) training: phase, epoch, loss, validation Dice, time left; and the retrain trigger."""
+        self.versions.apply_promotions()
         last, _ = AsyncTask.status("train")  # queued counts as running: the worker may not have started yet
         running = bool(last) and last.get("status") not in TRAINING_ENDED
         trainer = self._trainers[MODEL_NAME]
@@ -207,6 +201,7 @@ class BratsLabelApp(MONAILabelApp):
         """MONAI Label's inference, one request at a time in arrival order (``infer_concurrency``), and the
         pre-label kept for the audit of the correction that follows."""
         with self.infer_queue.turn():
+            self.versions.apply_promotions()  # a training that just ended may have made a version to serve
             result = super().infer(request, datastore)
         image = request.get("image")
         if isinstance(image, str) and result.get("file") and os.path.exists(result["file"]) and not os.path.exists(image):
@@ -291,6 +286,7 @@ class BratsLabelApp(MONAILabelApp):
         scored_for = None
         while True:
             try:
+                self.versions.apply_promotions()
                 version = self.served_version()
                 self.retrain.check()
                 if version is not None and version != scored_for:
@@ -360,6 +356,7 @@ class BratsLabelApp(MONAILabelApp):
             logger.warning(f"Study {case} could not be prepared: {e}")
 
     def info(self):
+        self.versions.apply_promotions()
         info = super().info()
         info["profile"] = {"name": self.config.profile.name, "description": self.config.profile.description}
         info["datastore"]["problems"] = [p.__dict__ for p in self._datastore.problems()]  # type: ignore[attr-defined]

@@ -273,7 +273,7 @@ class BratsSegmentationTrainer(BasicTrainTask):
             curve=Path(context.output_dir) / f"training_curve_{context.run_id}.png",
         )
         if promote:
-            self.versions.promote(record["id"], reason)
+            self.versions.request_promotion(record["id"], reason)  # served by the server process (at once if this is it)
         progress.update(phase="finished", remaining_s=0.0, version=record["id"], promoted=promote, reason=reason)
         logger.info(f"Model version {record['id']}: {'promoted' if promote else 'kept, not served'} ({reason})")
 

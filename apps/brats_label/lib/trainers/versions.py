@@ -6,6 +6,8 @@ held-out cases. The parent is evaluated on the same held-out cases in the same r
 is exact even when more labels arrive between versions. Promoting a version (automatically when it
 is not worse than its parent beyond the tolerance, or by hand to roll back) copies its weights over
 the served model atomically; inference reloads by file time and rescoring follows the new version.
+A training worker only asks for its version to be served (``promotion: pending``); the server process
+serves it, before it answers anything that depends on the served model.
 
     <model_dir>/versions/<id>/model.pt, version.json, training_curve.png
     <model_dir>/serving.json        {"version": id, "history": [...]}
@@ -24,6 +26,7 @@ from typing import Any, Dict, List, Optional, Tuple
 from ..atomic import atomic_path, read_json, write_json
 from ..clock import utc_now
 from ..errors import NotFound
+from ..processes import in_worker_process
 from ..shared_state import file_lock
 
 PREFIX = "v"
@@ -46,6 +49,7 @@ class ModelVersions:
         self.serving_file = Path(model_dir) / "serving.json"
         self.serving_path = Path(serving_path)
         self._lock = threading.Lock()
+        self._applying = threading.Lock()
 
     def _record_path(self, version: str) -> Path:
         return self.folder / version / "version.json"
@@ -95,6 +99,24 @@ class ModelVersions:
             record = {**self.get(version), **fields}
             write_json(record, self._record_path(version))
         return record
+
+    def request_promotion(self, version: str, reason: str) -> None:
+        """A training decided this version is to be served. The server process serves it (``apply_promotions``);
+        a training run inside the server (tests, benchmarks) serves it at once."""
+        self.update(version, promotion="pending", promotion_reason=reason)
+        if not in_worker_process():
+            self.apply_promotions()
+
+    def apply_promotions(self) -> List[str]:
+        """Serve the versions trainings asked for, oldest first (server process only); the ids served."""
+        if in_worker_process() or not self.folder.is_dir():
+            return []
+        with self._applying:
+            pending = [r for r in self.list() if r.get("promotion") == "pending"]
+            for record in pending:
+                self.promote(record["id"], record.get("promotion_reason", "training"))
+                self.update(record["id"], promotion="applied")
+        return [r["id"] for r in pending]
 
     def promote(self, version: str, reason: str) -> Dict[str, Any]:
         """Serve this version from now on (also how a rollback is done)."""
