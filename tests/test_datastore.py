@@ -261,8 +261,9 @@ def test_a_client_cannot_set_the_fields_the_server_computes(studies_copy, tmp_pa
     assert info["source"] == "submitted" and info["user"] == "dr_e"
     assert "dice_tc" not in info and "prelabel_model_version" not in info and "archive" not in info
     assert info["saved_at"] > "2026"
-    ds.update_label_info(CASE, "final", {"source": "imported", "note": "checked"})
-    assert ds.get_label_info(CASE, "final")["source"] == "submitted" and ds.get_label_info(CASE, "final")["note"] == "checked"
+    ds.update_label_info(CASE, "final", {"source": "imported", "user": "dr_forger", "note": "checked"})
+    info = ds.get_label_info(CASE, "final")
+    assert info["source"] == "submitted" and info["user"] == "dr_e" and info["note"] == "checked", "who saved it stays"
 
 
 @pytest.mark.parametrize("label_id", ["../../model/serving", "..", "a/b", ".hidden", "x" * 300])

@@ -34,13 +34,14 @@ IMPORTED_FROM = "imported"
 SUBMITTED = "submitted"
 FINAL = DefaultLabelTag.FINAL.value
 # Fields of a label's record that the server computes: a client's params never set them.
-SERVER_FIELDS = ("tag", "saved_at", "removed_at", "voxels", "source", "archive", "file", "convention", "migrated_from", "authenticated_user")
+SERVER_FIELDS = ("tag", "saved_at", "removed_at", "voxels", "source", "archive", "file", "convention", "migrated_from")
 SERVER_FIELD_PREFIXES = ("dice_", "prelabel_", "seg_")
+WHO_SAVED = ("user", "authenticated", "claimed_user", "client_id")  # set once, when the label is saved
 
 
-def client_fields(params: Dict[str, Any]) -> Dict[str, Any]:
-    """The client's params without any field the server computes (source, Dice, archive state, ...)."""
-    return {k: v for k, v in (params or {}).items() if k not in SERVER_FIELDS and not k.startswith(SERVER_FIELD_PREFIXES)}
+def client_fields(params: Dict[str, Any], fixed: Tuple[str, ...] = ()) -> Dict[str, Any]:
+    """The client's params without any field the server computes (source, Dice, archive state, ...) or ``fixed``."""
+    return {k: v for k, v in (params or {}).items() if k not in SERVER_FIELDS + fixed and not k.startswith(SERVER_FIELD_PREFIXES)}
 
 
 def open_label_store(workspace: Path, writer: bool) -> LabelStore:
@@ -132,7 +133,7 @@ class StudyDatastore(Datastore):
             self._sources.pop(study_id, None)
             self._problems.append(StudyProblem(study_id, study_id, reason))
 
-    def get_image(self, image_id: str, params=None) -> Any:  # noqa: D102
+    def get_image(self, image_id: str, params=None) -> Any:
         return open(self.get_image_uri(image_id), "rb")
 
     def _image_info_path(self, image_id: str) -> Path:
@@ -203,7 +204,7 @@ class StudyDatastore(Datastore):
         current = self._current(label_id, label_tag)
         if current is None:
             raise NotFound(f"Label '{label_id}' with tag '{_tag(label_tag)}' does not exist")
-        self._labels.update_status(current, client_fields(info))
+        self._labels.update_status(current, client_fields(info, fixed=WHO_SAVED))
 
     def history_records(self) -> List[tuple]:
         """(case, record) for every label version ever saved, every case."""
