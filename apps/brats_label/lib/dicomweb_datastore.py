@@ -9,12 +9,15 @@ cannot be segmented as one. Here:
 - the four series are fetched in parallel (WADO-RS), converted, resampled onto the reference
   channel's grid and stacked in ``config.CHANNELS`` order; the stack is cached under the series
   UIDs and instance counts, so a changed series is fetched again and a stale volume never served;
-- a final label is kept locally with its history (as in the folder datastore) and stored in the
-  archive as a DICOM SEG referencing the reference series; a SEG written by any other client
+- a final label is committed to the label store (with its history, as in the folder datastore, marked
+  ``archive: pending`` in the same commit) and then stored in the archive as a DICOM SEG referencing the
+  reference series; a send cut short (archive down, crash) is resumed at the next listing; a SEG written by any other client
   (OHIF, Slicer) becomes the study's final label once it decodes onto the study's grid;
 - a SeriesInstanceUID of any of the study's series (what OHIF sends) resolves to the study.
 
-When the archive does not answer, listing keeps what it knew, cached studies still open, labels are
+Only the server process (``writer``) sends SEGs, imports SEGs and writes the SEG registry; the listing is
+refreshed in a background thread of the server (``start_background_refresh``). When the archive does not
+answer, listing keeps what it knew, cached studies still open, labels are
 still saved locally and sent when the archive is back; everything else answers 503 with the reason.
 """
 
