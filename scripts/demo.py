@@ -23,6 +23,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 
 import nibabel as nib
@@ -146,21 +147,22 @@ Pre-segment from the command line:
 
 
 def follow_training(url: str, epochs: int, started_ts: int) -> dict:
-    """Progress bar over epochs of the training started at ``started_ts`` (older stats are ignored)."""
+    """Progress bar over epochs of the training started at ``started_ts`` (an earlier run's progress is ignored),
+    from the server's training progress (``/brats/training``: epoch, validation Dice per region)."""
     bar = tqdm(total=epochs, desc="==> training the first model", unit="epoch")
+    since = datetime.fromtimestamp(started_ts, UTC).strftime("%Y-%m-%dT%H:%M:%S")
     done = 0
     while True:
         status = requests.get(f"{url}/train/", timeout=10).json()
-        stats = requests.get(f"{url}/info/", timeout=10).json()["train_stats"].get("segmentation", {})
-        epoch = int(stats.get("epoch", 0)) if stats.get("start_ts", 0) >= started_ts else 0
+        progress = requests.get(f"{url}/brats/training", timeout=10).json()["progress"]
+        epoch = int(progress.get("epoch") or 0) if progress.get("started_at", "") >= since else 0
         if epoch > done:
             bar.update(epoch - done)
             done = epoch
-            metrics = stats.get("eval", {}).get("metrics", {})
-            bar.set_postfix({k.replace("val_dice_", "dice_"): f"{v:.2f}" for k, v in metrics.items() if k.startswith("val_dice_")})
+            bar.set_postfix({f"dice_{k.lower()}": f"{v:.2f}" for k, v in progress.get("validation_dice", {}).items()})
         if status.get("status") in TRAINING_ENDED:
             bar.close()
-            return {"status": status.get("status"), "stats": stats}
+            return {"status": status.get("status"), "progress": progress}
         time.sleep(3)
 
 
