@@ -219,8 +219,8 @@ def migrate_flat_layout(labels_dir: Path, store: LabelStore) -> int:
         return 0
     moved = 0
     for case_dir in sorted(p for p in history.iterdir() if p.is_dir()):
-        for record_path in sorted(case_dir.glob("*.json"), key=lambda p: read_json(p, {}).get("saved_at") or read_json(p, {}).get("removed_at", "")):
-            record = read_json(record_path, {})
+        records = {p: read_json(p, {}) for p in case_dir.glob("*.json")}
+        for record_path, record in sorted(records.items(), key=lambda item: item[1].get("saved_at") or item[1].get("removed_at", "")):
             tag = record.get("tag", "final")
             image_path = record_path.with_name(record_path.name[: -len(".json")] + ".nii.gz")
             if image_path.exists():

@@ -9,6 +9,7 @@ processes and, since each call opens its own file description, between threads o
 
 from __future__ import annotations
 
+import copy
 import fcntl
 import os
 from contextlib import contextmanager
@@ -37,8 +38,11 @@ def file_lock(path: Path) -> Iterator[None]:
 
 
 def update_json(path: Path, change: Callable[[Any], Any], default: Any = None) -> Any:
-    """Apply ``change`` to the file's content under the lock and write the result atomically; returns it."""
+    """Apply ``change`` to the file's content under the lock and write the result atomically (only when it
+    differs: an unchanged file is not rewritten and flushed); returns it."""
     with file_lock(path):
-        value = change(read_json(path, default))
-        write_json(value, path)
+        current = read_json(path, default)
+        value = change(copy.deepcopy(current))
+        if value != current or not Path(path).exists():
+            write_json(value, path)
         return value
