@@ -13,6 +13,7 @@ Start it with MONAI Label's own server, for example::
     series_rules        JSON file of [channel, regex] pairs naming a site's series (archive only)
     dicomweb_refresh_s  how often the archive is listed again, in the background (default 30; 0: inside every request)
     infer_concurrency   auto-segmentations run at once, the others queue in arrival order (default 1)
+    max_upload_mb       request bodies over this are refused before they are read (default 256)
     retrain_after_labels, retrain_min_interval_s   automatic fine-tune after N new labels, at most so often
     promote_tolerance   a new model version is served unless its held-out mean Dice is lower by more (0.01)
     max_epochs, learning_rate, batch_size, patch_size, val_split   training defaults
@@ -31,9 +32,8 @@ from typing import Any, Dict, List
 from urllib.parse import urlparse
 
 import anyio
-from fastapi import Depends, Response
+from fastapi import Response
 from monailabel.config import settings
-from monailabel.endpoints.user.auth import RBAC
 from monailabel.interfaces.app import MONAILabelApp
 from monailabel.interfaces.datastore import Datastore
 from monailabel.interfaces.tasks.infer_v2 import InferTask
@@ -53,11 +53,13 @@ from lib.datastore import StudyFolderDatastore
 from lib.dicom.archive import Archive
 from lib.dicom.series_rules import SeriesRules
 from lib.dicomweb_datastore import DicomWebStudyDatastore
+from lib.endpoints.dicomweb_proxy import install_dicomweb_proxy
+from lib.endpoints.next_sample import install_next_sample_route
 from lib.endpoints.ohif_submit import install_ohif_submit_routes
-from lib.endpoints.routes import answer_domain_errors, check_monai_label_version, offload_blocking_stock_routes, record_task_start_times
+from lib.endpoints.routes import answer_domain_errors, check_monai_label_version, install_route_guard, offload_blocking_stock_routes, record_task_start_times
 from lib.endpoints.save_label import install_save_label_route
-from lib.endpoints.token_check import install_token_check
-from lib.errors import NotFound
+from lib.endpoints.token_check import TokenVerifier, install_token_check
+from lib.errors import InvalidInput, NotFound
 from lib.infer_queue import FairQueue
 from lib.infers.segmentation import BratsSegmentation
 from lib.network import check_weights, read_state_dict
@@ -200,6 +202,7 @@ class BratsLabelApp(MONAILabelApp):
     def infer(self, request, datastore=None):
         """MONAI Label's inference, one request at a time in arrival order (``infer_concurrency``), and the
         pre-label kept for the audit of the correction that follows."""
+        request["save_label"] = False  # the model's own output is a pre-label, never a stored label
         with self.infer_queue.turn():
             self.versions.apply_promotions()  # a training that just ended may have made a version to serve
             result = super().infer(request, datastore)
@@ -262,21 +265,23 @@ class BratsLabelApp(MONAILabelApp):
         # requests now wait in threads (auto-segmentations queue there): room for a team's worth of them
         anyio.to_thread.current_default_thread_limiter().total_tokens = REQUEST_THREADS
         offload_blocking_stock_routes(server)  # first: our own routes then go in front of these
-        install_token_check(TOKEN_ALGORITHMS)
+        verifier = TokenVerifier(settings.MONAI_LABEL_AUTH_REALM_URI, settings.MONAI_LABEL_AUTH_CLIENT_ID, TOKEN_ALGORITHMS) if settings.MONAI_LABEL_AUTH_ENABLE else None
+        if verifier is not None:
+            install_token_check(verifier)
         install_save_label_route(server)
         install_ohif_submit_routes(server)
-        # the same roles MONAI Label's own routes ask for (no-ops while authentication is off)
-        user = [Depends(RBAC(settings.MONAI_LABEL_AUTH_ROLE_USER))]
-        admin = [Depends(RBAC(settings.MONAI_LABEL_AUTH_ROLE_ADMIN))]
-        routes = [
-            ("queue", self.queue, "GET", user, "Annotation queue: unlabelled cases by uncertainty"),
-            ("models", self.models, "GET", user, "Model versions and the one served"),
-            ("models/{version}/promote", self.promote_model, "POST", admin, "Serve a model version (promote or roll back)"),
-            ("training", self.training, "GET", user, "Training progress: epoch, loss, validation Dice, time left"),
-            ("audit", self.audit, "GET", user, "Label audit trail (?format=csv for a CSV file)"),
+        install_dicomweb_proxy(server)
+        install_next_sample_route(server)
+        routes = [  # each route's role is in lib/endpoints/routes.py ROUTE_ROLES
+            ("queue", self.queue, "GET", "Annotation queue: unlabelled cases by uncertainty"),
+            ("models", self.models, "GET", "Model versions and the one served"),
+            ("models/{version}/promote", self.promote_model, "POST", "Serve a model version (promote or roll back)"),
+            ("training", self.training, "GET", "Training progress: epoch, loss, validation Dice, time left"),
+            ("audit", self.audit, "GET", "Label audit trail (?format=csv for a CSV file)"),
         ]
-        for path, endpoint, method, roles, summary in routes:
-            server.add_api_route(f"{API_PREFIX}/{path}", endpoint, methods=[method], dependencies=roles, summary=summary)
+        for path, endpoint, method, summary in routes:
+            server.add_api_route(f"{API_PREFIX}/{path}", endpoint, methods=[method], summary=summary)
+        install_route_guard(server, verifier, int(self.config.max_upload_mb * 2**20))  # last: every route exists
 
         threading.Thread(target=self._watch, name="model-watch", daemon=True).start()
 
@@ -314,17 +319,22 @@ class BratsLabelApp(MONAILabelApp):
         return list(tasks or [])
 
     def train(self, request):
-        """Normally runs in MONAI Label's training worker process: yield the CPU to the server."""
+        """Runs in MONAI Label's training worker process, yielding the CPU to the server; never in the server
+        itself (``run_sync``): the served model changes only through a training worker's version."""
+        if self._serving:
+            raise InvalidInput("training runs in the background only (drop run_sync); /brats/training shows its progress")
         self._lower_priority_in_worker()
         return super().train(request)
 
     def scoring(self, request, datastore=None):
-        """Normally runs in MONAI Label's scoring worker process: yield the CPU to the server."""
+        """Runs in MONAI Label's scoring worker process, yielding the CPU to the server; never in the server
+        itself (``run_sync``), where it would hold a request thread and the CPU for minutes."""
+        if self._serving:
+            raise InvalidInput("scoring runs in the background only (drop run_sync); /brats/queue shows its progress")
         self._lower_priority_in_worker()
         return super().scoring(request, datastore)
 
     def _lower_priority_in_worker(self) -> None:
-        # run_sync requests execute inside the server process, which must keep its priority
         if not self._serving and os.getpriority(os.PRIO_PROCESS, 0) < BACKGROUND_NICENESS:
             os.setpriority(os.PRIO_PROCESS, 0, BACKGROUND_NICENESS)
 

@@ -190,6 +190,13 @@ class RetrainPolicy:
 
 
 HANDOUT_TTL_S = 900  # a case handed to one annotator is not handed to another for this long
+
+# --- what the server accepts from clients -------------------------------------------------------------
+MAX_UPLOAD_MB = 256  # request bodies over this are refused before they are read (--conf max_upload_mb)
+# An uploaded label may declare at most this many voxels per study voxel (a Slicer .seg.nrrd keeps overlapping
+# segments in layers) and a DICOM SEG at most one frame per slice and segment; checked before decoding.
+MAX_LABEL_LAYERS = len(LABELS) - 1
+MAX_DECOMPRESSION_RATIO = 2000  # declared bytes per compressed byte an upload may claim (a 10 kB file may hold 20 MB)
 BACKGROUND_NICENESS = 10  # training and scoring workers yield the CPU to the server answering annotators
 
 # --- the application configuration -------------------------------------------------------------------
@@ -226,6 +233,7 @@ class AppConfig:
     dicomweb_refresh_s: float = DICOMWEB_REFRESH_S
     retrain: RetrainPolicy = RetrainPolicy()
     infer_concurrency: int = 1  # auto-segmentations run at once (the others queue in arrival order); more only on a GPU
+    max_upload_mb: float = MAX_UPLOAD_MB
 
     @property
     def patch_size(self) -> Tuple[int, int, int]:
@@ -288,8 +296,14 @@ class AppConfig:
             raise ConfigError("--conf infer_concurrency takes a whole number") from None
         if infer_concurrency < 1:
             raise ConfigError("--conf infer_concurrency must be at least 1")
+        try:
+            max_upload_mb = float(conf.get("max_upload_mb", MAX_UPLOAD_MB))
+        except ValueError:
+            raise ConfigError("--conf max_upload_mb takes a number of megabytes") from None
+        if max_upload_mb <= 0:
+            raise ConfigError("--conf max_upload_mb must be positive")
         workspace_path = Path(workspace).expanduser().resolve() if workspace else None
-        return cls(PROFILES[name], train, weights_path, workspace_path, scoring, handout_ttl_s, rules, refresh_s, retrain, infer_concurrency)
+        return cls(PROFILES[name], train, weights_path, workspace_path, scoring, handout_ttl_s, rules, refresh_s, retrain, infer_concurrency, max_upload_mb)
 
 
 def _series_rules(path: str) -> Tuple[Tuple[str, str], ...]:

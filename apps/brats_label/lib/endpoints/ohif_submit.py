@@ -12,7 +12,7 @@ on the study's grid or names unknown segments is refused with the reason and rea
 store nor the archive. SEGs made by OHIF's own exporter are refused: in the bundled OHIF
 (3.10.0-beta.5) it writes each frame's pixels in the opposite slice order from the frame's position
 (found with the browser test: a z-flipped label), which would store a wrong label without anyone
-noticing. Anything else sent to STOW is forwarded to the archive unchanged, as MONAI Label's proxy does.
+noticing. Anything else sent to STOW is refused: annotators store labels, nothing else, in the archive.
 """
 
 from __future__ import annotations
@@ -29,7 +29,6 @@ from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import Response
 from monailabel.config import settings
-from monailabel.endpoints.proxy import proxy_dicom
 from monailabel.endpoints.user.auth import RBAC, User
 from monailabel.interfaces.datastore import DefaultLabelTag
 from monailabel.interfaces.utils.app import app_instance
@@ -41,7 +40,7 @@ from .save_label import label_params
 
 logger = logging.getLogger(__name__)
 
-STOW_PATHS = ("/proxy/dicom/wado/studies", "/proxy/dicom/wado/studies/{study}")
+STOW_PATHS = ("/proxy/dicom/wado/studies", "/proxy/dicom/wado/studies/{study}", "/proxy/dicom/stow/studies", "/proxy/dicom/stow/studies/{study}")
 APP_CONFIG_PATH = "/ohif/app-config.js"
 OHIF_DIR = Path(str(__import__("monailabel").__file__)).parent / "endpoints" / "static" / "ohif"
 SUBMIT_SCRIPT = Path(__file__).with_name("ohif_submit_label.js")
@@ -50,7 +49,7 @@ SEG_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.66.4"
 
 
 def stow_instances(body: bytes, content_type: str) -> List[Tuple[bytes, pydicom.Dataset]]:
-    """The Part 10 files of a STOW-RS body and their headers; [] if we cannot read it (then it is forwarded)."""
+    """The Part 10 files of a STOW-RS body and their headers; [] if we cannot read it."""
     try:
         parts = [part.content for part in MultipartDecoder(body, content_type).parts]
         return [(part, pydicom.dcmread(BytesIO(part), stop_before_pixels=True)) for part in parts]
@@ -81,10 +80,12 @@ def save_seg_as_label(part10: bytes, seg: pydicom.Dataset, user: User, client_id
 
 
 async def store_through_proxy(request: Request, study: str = "", user: User = Depends(RBAC(settings.MONAI_LABEL_AUTH_ROLE_ANNOTATOR))):
-    body = await request.body()  # kept by Starlette: the forwarding proxy reads it again
+    body = await request.body()  # bounded by the route guard's upload limit
     instances = await run_in_threadpool(stow_instances, body, request.headers.get("content-type", ""))
-    if not instances or any(str(ds.get("SOPClassUID", "")) != SEG_SOP_CLASS for _, ds in instances):
-        return await proxy_dicom(request, "wado", f"studies/{study}" if study else "studies")
+    if not instances:
+        raise HTTPException(400, 'not a STOW-RS body: send multipart/related; type="application/dicom" with DICOM Part 10 files')
+    if any(str(ds.get("SOPClassUID", "")) != SEG_SOP_CLASS for _, ds in instances):
+        raise HTTPException(422, "only DICOM SEG labels are stored through this server; other objects go to the archive by its own means")
     if client_of(request) == OHIF_CLIENT_ID:
         raise HTTPException(
             422,

@@ -1,5 +1,12 @@
 """Changes to MONAI Label's server (0.8.5), gathered in one place; each checks its assumption.
 
+- The route table: every route the server answers, MONAI Label's and ours, with the least role that may
+  call it (``ROUTE_ROLES``), enforced by one guard in front of every route. A route the server serves but
+  the table does not name stops start-up; routes a deployment must not have (tar sessions, raw model
+  upload and delete, Orthanc's REST API through the proxy, ...) are answered 403 with the reason. The
+  guard also refuses encoded path tricks (``%2F``, ``..``, NUL) and bodies over the upload limit before
+  any route reads them.
+
 - Put one of our routes in front of one of MONAI Label's at the same path: FastAPI wraps included
   routers, so a stock route cannot be picked out of the list and removed; the first route that
   matches answers, so ours goes first and every client keeps calling the same URL.
@@ -16,15 +23,23 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
+import re
 import time
-from typing import Any, Callable, Iterator, Sequence, Tuple
+from dataclasses import dataclass
+from enum import IntEnum
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
+from monailabel.config import settings
+from starlette.middleware import Middleware
+from starlette.routing import Mount, compile_path
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ..clock import utc_now
 from ..errors import BratsLabelError
+from .token_check import TokenRefused, TokenVerifier, role_names
 
 logger = logging.getLogger(__name__)
 
@@ -138,3 +153,242 @@ def offload_blocking_stock_routes(app: FastAPI) -> int:
         raise RuntimeError("no blocking MONAI Label routes found to take off the event loop: MONAI Label's server changed")
     logger.info(f"{moved} MONAI Label routes answer from the thread pool")
     return moved
+
+
+# --- the route table ---------------------------------------------------------------------------------
+
+
+class Role(IntEnum):
+    """The least role a route asks for; each role includes those below it (MONAI Label's four, and none)."""
+
+    ANONYMOUS = 0
+    USER = 1  # sees studies, labels, models, progress
+    ANNOTATOR = 2  # is handed studies, runs pre-segmentation, saves labels
+    REVIEWER = 3  # removes labels, reads the audit
+    ADMIN = 4  # trains, scores, serves model versions, reads logs
+
+
+@dataclass(frozen=True)
+class Disabled:
+    """A route this server never answers, and what to use instead."""
+
+    reason: str
+
+
+Access = Union[Role, Disabled]
+NO_TAR_SESSIONS = Disabled("sessions upload tar files that are extracted on the server; this server does not offer them")
+VERSIONS_ONLY = Disabled("models change only through model versions (training, then POST /brats/models/{version}/promote)")
+NOT_WSI = Disabled("whole-slide inference is for pathology apps, not this one")
+NO_ARCHIVE_REST = Disabled("the proxy forwards DICOMweb only (/proxy/dicom/qido, /wado, /stow), never the archive's own API")
+
+# (methods, path as the server declares it, least role). HEAD goes with GET. Ordered like the README's table.
+ROUTE_ROLES: Tuple[Tuple[str, str, Access], ...] = (
+    ("GET", "/", Role.ANONYMOUS),  # API page
+    ("GET", "/favicon.ico", Role.ANONYMOUS),
+    ("GET", "/openapi.json", Role.ANONYMOUS),
+    ("GET", "/static", Role.ANONYMOUS),  # the API page's assets
+    ("GET", "/ohif/{path:path}", Role.ANONYMOUS),  # the viewer's files; its data come through the proxy
+    ("GET", "/ohif/app-config.js", Role.ANONYMOUS),
+    ("GET", "/auth/", Role.ANONYMOUS),  # login routes, present when authentication is on
+    ("POST", "/auth/token", Role.ANONYMOUS),
+    ("GET", "/auth/token/valid", Role.ANONYMOUS),
+    ("GET", "/info/", Role.USER),
+    ("GET", "/datastore/", Role.USER),
+    ("GET", "/datastore/image", Role.USER),
+    ("GET", "/datastore/image/info", Role.USER),
+    ("GET", "/datastore/label", Role.USER),
+    ("GET", "/datastore/label/info", Role.USER),
+    ("GET", "/train/", Role.USER),
+    ("GET", "/scoring/", Role.USER),
+    ("GET", "/batch/infer", Role.USER),
+    ("GET", "/brats/queue", Role.USER),
+    ("GET", "/brats/models", Role.USER),
+    ("GET", "/brats/training", Role.USER),
+    ("GET", "/proxy/dicom/qido/{path:path}", Role.USER),
+    ("GET", "/proxy/dicom/wado/{path:path}", Role.USER),
+    ("POST", "/activelearning/{strategy}", Role.ANNOTATOR),
+    ("POST", "/infer/{model}", Role.ANNOTATOR),
+    ("PUT", "/datastore/label", Role.ANNOTATOR),
+    ("PUT", "/datastore/label/info", Role.ANNOTATOR),
+    ("PUT", "/datastore/updatelabelinfo", Role.ANNOTATOR),
+    ("POST", "/proxy/dicom/wado/studies", Role.ANNOTATOR),  # STOW-RS of a SEG (OHIF posts to its wado root)
+    ("POST", "/proxy/dicom/wado/studies/{study}", Role.ANNOTATOR),
+    ("POST", "/proxy/dicom/stow/studies", Role.ANNOTATOR),
+    ("POST", "/proxy/dicom/stow/studies/{study}", Role.ANNOTATOR),
+    ("DELETE", "/datastore/label", Role.REVIEWER),  # a removal is a new version without voxels; history keeps all
+    ("GET", "/brats/audit", Role.REVIEWER),
+    ("GET", "/datastore/dataset", Role.ADMIN),  # every study and label in one download
+    ("PUT", "/datastore/image/info", Role.ADMIN),
+    ("GET", "/model/{model}", Role.ADMIN),
+    ("GET", "/model/info/{model}", Role.ADMIN),
+    ("POST", "/train/", Role.ADMIN),
+    ("POST", "/train/{model}", Role.ADMIN),
+    ("DELETE", "/train/", Role.ADMIN),
+    ("POST", "/scoring/", Role.ADMIN),
+    ("POST", "/scoring/{method}", Role.ADMIN),
+    ("DELETE", "/scoring/", Role.ADMIN),
+    ("POST", "/brats/models/{version}/promote", Role.ADMIN),
+    ("GET", "/logs/", Role.ADMIN),
+    ("GET", "/logs/gpu", Role.ADMIN),
+    ("PUT", "/model/{model}", VERSIONS_ONLY),
+    ("DELETE", "/model/{model}", VERSIONS_ONLY),
+    ("PUT", "/datastore/image", Disabled("studies come from the archive or the studies folder, not from uploads")),
+    ("PUT", "/datastore/", Disabled("studies come from the archive or the studies folder, not from uploads")),
+    ("DELETE", "/datastore/image", Disabled("studies are removed in the archive or the studies folder, not here")),
+    ("DELETE", "/datastore/", Disabled("studies are removed in the archive or the studies folder, not here")),
+    ("POST", "/batch/infer/{model}", Disabled("pre-labels are never stored as labels; Next Sample pre-segments each study when it is opened")),
+    ("DELETE", "/batch/infer", Disabled("batch inference is not offered")),
+    ("POST", "/infer/wsi/{model}", NOT_WSI),
+    ("POST", "/infer/wsi_v2/{model}", NOT_WSI),
+    ("GET", "/session/{session_id}", NO_TAR_SESSIONS),
+    ("PUT", "/session/", NO_TAR_SESSIONS),
+    ("DELETE", "/session/{session_id}", NO_TAR_SESSIONS),
+    ("POST", "/reload", Disabled("restart the server to reload the app")),
+    ("POST", "/proxy/dicom/qido/{path:path}", Disabled("QIDO-RS is GET only")),
+    ("POST", "/proxy/dicom/wado/{path:path}", Disabled("STOW-RS goes to /proxy/dicom/wado/studies[/{study}]")),
+    ("GET", "/proxy/dicom/stow/{path:path}", Disabled("STOW-RS is POST only")),
+    ("POST", "/proxy/dicom/stow/{path:path}", Disabled("STOW-RS goes to /proxy/dicom/stow/studies[/{study}]")),
+    ("GET", "/proxy/dicom/{path:path}", NO_ARCHIVE_REST),
+    ("POST", "/proxy/dicom/{path:path}", NO_ARCHIVE_REST),
+)
+
+OPTIONAL_ROUTES = ("/auth/", "/auth/token", "/auth/token/valid")  # served only with authentication on
+UNSAFE_RAW_PATH = re.compile(rb"%2f|%5c|%2e|%00|%3f|%23|\\|(^|/)\.\.?(/|$)|//", re.IGNORECASE)
+
+
+def access_of(method: str, path: str) -> Optional[Access]:
+    """The table's entry for a request (the first declared route that matches, as the server picks), or None."""
+    method = "GET" if method == "HEAD" else method
+    for methods, template, access in _compiled_table():
+        if method == methods and template.fullmatch(path):
+            return access
+    return None
+
+
+_COMPILED: List[Tuple[str, re.Pattern[str], Access]] = []
+
+
+def _compiled_table() -> List[Tuple[str, re.Pattern[str], Access]]:
+    if not _COMPILED:
+        for method, path, access in _specific_first(ROUTE_ROLES):
+            pattern = re.compile(re.escape(path) + "(/.*)?") if path == "/static" else compile_path(path)[0]
+            _COMPILED.append((method, pattern, access))
+    return _COMPILED
+
+
+def _specific_first(table: Sequence[Tuple[str, str, Access]]) -> List[Tuple[str, str, Access]]:
+    """Literal paths before templates, and of templates the longest literal start first: the order in which
+    the server's own routes answer (ours, in front, are the specific ones)."""
+
+    def key(entry: Tuple[str, str, Access]) -> Tuple[int, int]:
+        path = entry[1]
+        literal = path.split("{", 1)[0]
+        return (0 if "{" not in path else 1, -len(literal))
+
+    return sorted(table, key=key)
+
+
+def check_route_table(app: FastAPI) -> int:
+    """Every route the server answers has an entry; start-up stops on one that does not."""
+    served = {(method, path) for path, route in served_routes(app.router.routes) for method in (route.methods or []) if method != "HEAD"}
+    served |= {("GET", route.path) for route in app.router.routes if isinstance(route, Mount) and route.path}
+    served |= {("GET", app.openapi_url)} if app.openapi_url else set()
+    declared = {(method, path) for method, path, _ in ROUTE_ROLES}
+    unnamed = sorted(served - declared)
+    if unnamed:
+        raise RuntimeError(f"routes without a role in lib/endpoints/routes.py ROUTE_ROLES: {unnamed}")
+    missing = sorted(p for m, p in declared - served if p not in OPTIONAL_ROUTES)
+    if missing:
+        raise RuntimeError(f"ROUTE_ROLES names routes the server does not serve (MONAI Label's server changed?): {missing}")
+    return len(served)
+
+
+def _json_answer(status: int, detail: str, headers: Optional[Dict[str, str]] = None) -> JSONResponse:
+    return JSONResponse({"detail": detail}, status_code=status, headers=headers)
+
+
+class RouteGuard:
+    """In front of every route: path tricks refused, the route's least role checked, bodies bounded."""
+
+    def __init__(self, app: ASGIApp, verifier: Optional[TokenVerifier], max_body_bytes: int):
+        self.app = app
+        self.verifier = verifier
+        self.max_body_bytes = max_body_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] == "OPTIONS":  # CORS pre-flights are answered outside
+            await self.app(scope, receive, send)
+            return
+        refusal = self._refusal(scope)
+        if refusal is not None:
+            await refusal(scope, receive, send)
+            return
+        length = dict(scope.get("headers") or []).get(b"content-length")
+        if length is not None and (not length.isdigit() or int(length) > self.max_body_bytes):
+            await self._too_large()(scope, receive, send)
+            return
+        await self.app(scope, receive if length is not None else self._bounded(receive), send)
+
+    def _too_large(self) -> JSONResponse:
+        mb = self.max_body_bytes / 2**20
+        return _json_answer(413, f"the request body is over this server's upload limit ({mb:.0f} MB, --conf max_upload_mb); nothing was stored")
+
+    def _bounded(self, receive: Receive) -> Receive:
+        """A body without Content-Length (chunked) is cut off at the limit."""
+        seen = 0
+
+        async def bounded() -> Message:
+            nonlocal seen
+            message = await receive()
+            seen += len(message.get("body", b""))
+            if seen > self.max_body_bytes:
+                raise BodyTooLarge()
+            return message
+
+        return bounded
+
+    def _refusal(self, scope: Scope) -> Optional[JSONResponse]:
+        raw = scope.get("raw_path") or scope["path"].encode()
+        if UNSAFE_RAW_PATH.search(raw) or "\x00" in scope["path"]:
+            return _json_answer(400, "the path holds an encoded '/', '\\', '.', '?', '#' or NUL, or a '.' or '..' segment; no route of this server needs one")
+        access = access_of(scope["method"], scope["path"])
+        if access is None:
+            return None  # the server answers 404 or 405 itself: every route it serves is in the table (checked at start)
+        if isinstance(access, Disabled):
+            return _json_answer(403, f"{scope['method']} {scope['path']} is not offered by this server: {access.reason}")
+        if access == Role.ANONYMOUS or not settings.MONAI_LABEL_AUTH_ENABLE:
+            return None
+        return self._role_refusal(scope, access)
+
+    def _role_refusal(self, scope: Scope, least: Role) -> Optional[JSONResponse]:
+        header = dict(scope.get("headers") or []).get(b"authorization", b"").decode("latin-1")
+        scheme, _, token = header.partition(" ")
+        challenge = {"WWW-Authenticate": "Bearer"}
+        if scheme.lower() != "bearer" or not token:
+            return _json_answer(401, "sign in first: this route needs a bearer token from the identity provider", challenge)
+        if self.verifier is None:
+            return _json_answer(500, "authentication is on but no identity provider is configured (MONAI_LABEL_AUTH_REALM_URI)")
+        try:
+            user = self.verifier.user(token.strip())
+        except TokenRefused as e:
+            return _json_answer(401, str(e), challenge)
+        needed = role_names()[least - 1]
+        if needed not in user.roles:
+            return _json_answer(403, f"this route needs the role '{needed}' (or one above it); the token's user has {sorted(user.roles)}")
+        return None
+
+
+class BodyTooLarge(BratsLabelError):
+    status_code = 413
+
+    def __init__(self) -> None:
+        super().__init__("the request body is over this server's upload limit (--conf max_upload_mb); nothing was stored")
+
+
+def install_route_guard(app: FastAPI, verifier: Optional[TokenVerifier], max_body_bytes: int) -> int:
+    """The guard goes inside CORS (pre-flights keep working) and in front of every route; how many routes."""
+    count = check_route_table(app)
+    app.middleware_stack = None  # rebuilt at the next request, with the guard
+    app.user_middleware.append(Middleware(RouteGuard, verifier=verifier, max_body_bytes=max_body_bytes))  # type: ignore[arg-type]
+    logger.info(f"route guard: {count} routes, each with its least role")
+    return count
