@@ -82,9 +82,20 @@ def audit_rows(history: Iterable[tuple[str, Dict[str, Any]]]) -> List[Dict[str, 
     return sorted(rows, key=lambda r: r["saved_at"])
 
 
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")  # a spreadsheet runs a cell that starts so as a formula
+
+
+def inert_cell(value: Any) -> Any:
+    """A text cell a spreadsheet shows as text (OWASP's advice: a leading apostrophe); numbers stay numbers."""
+    if isinstance(value, str) and value.startswith(FORMULA_STARTS):
+        return "'" + value
+    return value
+
+
 def audit_csv(rows: List[Dict[str, Any]]) -> str:
+    """The audit as CSV; client-written text (user names, client ids) cannot run as a formula when opened."""
     out = io.StringIO()
     writer = csv.DictWriter(out, fieldnames=list(AUDIT_FIELDS), extrasaction="ignore")
     writer.writeheader()
-    writer.writerows(rows)
+    writer.writerows({k: inert_cell(v) for k, v in row.items()} for row in rows)
     return out.getvalue()

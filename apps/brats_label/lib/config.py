@@ -194,9 +194,9 @@ HANDOUT_TTL_S = 900  # a case handed to one annotator is not handed to another f
 # --- what the server accepts from clients -------------------------------------------------------------
 MAX_UPLOAD_MB = 256  # request bodies over this are refused before they are read (--conf max_upload_mb)
 # An uploaded label may declare at most this many voxels per study voxel (a Slicer .seg.nrrd keeps overlapping
-# segments in layers) and a DICOM SEG at most one frame per slice and segment; checked before decoding.
+# segments in layers) and a DICOM SEG at most one frame per slice and segment; checked before decoding, and
+# compressed data is never decompressed past what the header declares.
 MAX_LABEL_LAYERS = len(LABELS) - 1
-MAX_DECOMPRESSION_RATIO = 2000  # declared bytes per compressed byte an upload may claim (a 10 kB file may hold 20 MB)
 BACKGROUND_NICENESS = 10  # training and scoring workers yield the CPU to the server answering annotators
 
 # --- the application configuration -------------------------------------------------------------------

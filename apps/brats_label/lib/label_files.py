@@ -6,10 +6,17 @@ name whenever the client says which name each value has: the ``label_info`` list
 Label module sends with a NIfTI label map, or the segment metadata inside a ``.seg.nrrd`` (read with
 slicerio, which also handles Slicer's cropped extents and overlap layers). A DICOM SEG (OHIF's, or any
 other client's) is decoded by segment label onto the study's grid, as SEGs found in the archive are.
+
+An upload is hostile until its header says otherwise: before any voxel is decoded, the size the header
+declares must fit the study's grid (``MAX_LABEL_LAYERS`` values per voxel, a SEG one frame per slice and
+segment), NRRD may not point at a detached data file (``data file:`` would read any file on the server),
+and compressed data is read no further than the declared size (a few kB of gzip cannot become gigabytes).
 """
 
 from __future__ import annotations
 
+import math
+import zlib
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
@@ -20,7 +27,7 @@ import pydicom
 import slicerio
 from pydicom.errors import InvalidDicomError
 
-from .config import LABELS
+from .config import LABELS, MAX_LABEL_LAYERS
 from .dicom.mr_series import RAS_TO_LPS
 from .dicom.seg import SegProblem, seg_to_label
 from .labels import LabelError, check_label_values, segment_name_key, value_of_segment_name
@@ -32,6 +39,78 @@ DICOM_SUFFIX = ".dcm"
 LPS_TO_RAS = RAS_TO_LPS  # the same flip of x and y, its own inverse
 GRID_TOLERANCE = 1e-3  # voxels: how far a segmentation's grid may sit from the study's and still be the same grid
 IGNORED_SEGMENTS = ("background", "foreground_scribbles", "background_scribbles")
+DETACHED_DATA_FIELDS = ("data file", "datafile")
+NRRD_ENCODINGS = ("raw", "gzip", "gz")
+NRRD_BYTES = {"uint8": 1, "int8": 1, "uchar": 1, "signed char": 1, "unsigned char": 1, "short": 2, "ushort": 2, "int16": 2, "uint16": 2, "int": 4, "uint": 4, "int32": 4, "uint32": 4, "float": 4, "double": 8, "int64": 8, "uint64": 8, "longlong": 8, "ulonglong": 8}  # fmt: skip
+READ_CHUNK = 1 << 20
+
+
+def _check_declared_voxels(declared: int, geometry: Geometry, what: str) -> None:
+    allowed = math.prod(geometry.shape) * MAX_LABEL_LAYERS
+    if declared > allowed:
+        raise LabelError(
+            f"{what} declares {declared} voxels, more than this study's grid holds ({'x'.join(map(str, geometry.shape))}, "
+            f"{MAX_LABEL_LAYERS} values per voxel at most); it was not decoded. Segment on the image the server sent"
+        )
+
+
+def _nrrd_data_offset(path: Path) -> int:
+    """Where a NRRD file's data start (after the blank line that ends the header)."""
+    with open(path, "rb") as f:
+        head = f.read(READ_CHUNK)
+    end = head.find(b"\n\n")
+    if end < 0:
+        raise LabelError("not a NRRD file: no blank line ends its header within 1 MB")
+    return end + 2
+
+
+def _check_compressed_payload(path: Path, offset: int, declared_bytes: int) -> None:
+    """Decompress at most one chunk past the declared size: data beyond it means a decompression bomb."""
+    decoder = zlib.decompressobj(zlib.MAX_WBITS | 32)  # gzip or zlib
+    produced = 0
+    with open(path, "rb") as f:
+        f.seek(offset)
+        while chunk := f.read(READ_CHUNK):
+            try:
+                produced += len(decoder.decompress(chunk, READ_CHUNK))
+                while produced <= declared_bytes and decoder.unconsumed_tail:
+                    produced += len(decoder.decompress(decoder.unconsumed_tail, READ_CHUNK))
+            except zlib.error as e:
+                raise LabelError(f"its gzip data are damaged ({e}); save it again") from None
+            if produced > declared_bytes:
+                raise LabelError(f"its compressed data hold more than the {declared_bytes} bytes its header declares; it was not decoded")
+
+
+def check_nrrd_header(path: Path, geometry: Geometry) -> Dict[str, Any]:
+    """A NRRD upload's header, refused unless its data are inline and fit the study's grid."""
+    try:
+        header = nrrd.read_header(str(path))
+    except Exception as e:  # pynrrd raises many types for a damaged header
+        raise LabelError(f"not a readable NRRD header: {e}") from None
+    if any(field in header for field in DETACHED_DATA_FIELDS):
+        raise LabelError("NRRD files that point to a separate data file are not accepted; save the segmentation as one file (.nrrd or .seg.nrrd)")
+    sizes = [int(n) for n in header.get("sizes", [])]
+    if not sizes or min(sizes) < 1:
+        raise LabelError(f"NRRD sizes {header.get('sizes')} are not a volume")
+    _check_declared_voxels(math.prod(sizes), geometry, "the NRRD header")
+    encoding = str(header.get("encoding", "raw")).lower()
+    if encoding not in NRRD_ENCODINGS:
+        raise LabelError(f"NRRD encoding '{encoding}' is not accepted; save it raw or gzip-compressed (as 3D Slicer and OHIF do)")
+    if encoding in ("gzip", "gz"):
+        bytes_per_value = NRRD_BYTES.get(str(header.get("type", "")).lower(), 8)
+        _check_compressed_payload(path, _nrrd_data_offset(path), math.prod(sizes) * bytes_per_value)
+    return header
+
+
+def check_seg_header(seg: pydicom.Dataset, geometry: Geometry) -> None:
+    """A DICOM SEG's frame count and frame size, before its pixel data are decoded."""
+    frames, rows, columns = int(seg.get("NumberOfFrames", 1) or 1), int(seg.get("Rows", 0) or 0), int(seg.get("Columns", 0) or 0)
+    if frames > max(geometry.shape) * MAX_LABEL_LAYERS:
+        raise LabelError(f"the SEG has {frames} frames; a label of this study has at most one per slice and segment ({max(geometry.shape) * MAX_LABEL_LAYERS})")
+    if sorted((rows, columns)) not in [
+        sorted(pair) for pair in ((geometry.shape[0], geometry.shape[1]), (geometry.shape[0], geometry.shape[2]), (geometry.shape[1], geometry.shape[2]))
+    ]:
+        raise LabelError(f"the SEG's frames are {columns}x{rows}, which no plane of this study's grid ({'x'.join(map(str, geometry.shape))}) is")
 
 
 def label_value_of(name: str) -> int:
@@ -114,6 +193,7 @@ def _on_study_grid(voxels: np.ndarray, ijk_to_lps: np.ndarray, geometry: Geometr
 
 def read_nrrd_label(path: Path, geometry: Geometry, params: Dict[str, Any]) -> np.ndarray:
     """A plain NRRD label map (OHIF's Submit label sends its labelmap so), values named by ``label_info``."""
+    check_nrrd_header(path, geometry)
     try:
         data, header = nrrd.read(str(path), index_order="F")
         ijk_to_lps = _nrrd_ijk_to_lps(header)
@@ -127,6 +207,7 @@ def read_nrrd_label(path: Path, geometry: Geometry, params: Dict[str, Any]) -> n
 
 def read_seg_nrrd(path: Path, geometry: Geometry) -> np.ndarray:
     """A Slicer segmentation file → label map in our values on the study's grid."""
+    check_nrrd_header(path, geometry)
     try:
         segmentation = slicerio.read_segmentation(str(path))
     except Exception as e:  # slicerio/pynrrd raise many types for a damaged file
@@ -157,6 +238,7 @@ def read_dicom_seg(path: Path, geometry: Geometry) -> np.ndarray:
     """A DICOM SEG file → label map in our values on the study's grid."""
     try:
         seg = pydicom.dcmread(str(path))
+        check_seg_header(seg, geometry)
         return check_label_values(seg_to_label(seg, geometry.affine, geometry.shape))
     except InvalidDicomError as e:
         raise LabelError(f"not a readable DICOM file: {e}") from None
@@ -173,12 +255,15 @@ def read_uploaded_label(path: Path, geometry: Geometry, params: Dict[str, Any]) 
     if str(path).endswith(NRRD_SUFFIX):
         return read_nrrd_label(path, geometry, params)
     try:
-        uploaded = read_geometry(path)
-        label = np.asanyarray(nib.load(str(path)).dataobj)
+        uploaded = read_geometry(path)  # the header only: the grid is checked before any voxel is decoded
     except ValueError as e:
         raise LabelError(str(e)) from None
     if not uploaded.matches(geometry):
         raise LabelError(f"it is not on the study's grid ({uploaded.difference(geometry)}). Save the segmentation on the image the server sent (same size and orientation).")
+    try:
+        label = np.asanyarray(nib.load(str(path)).dataobj)  # nibabel reads no more than the declared voxels
+    except (ValueError, OSError, EOFError, zlib.error) as e:
+        raise LabelError(f"its voxel data cannot be read ({type(e).__name__}); save it again") from None
     return check_label_values(_named_values_to_ours(label, params))
 
 
