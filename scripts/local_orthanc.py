@@ -6,6 +6,7 @@ from the environment, exactly as ``scripts/orthanc.sh`` does for users.
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -18,16 +19,28 @@ import requests
 REPO = Path(__file__).resolve().parents[1]
 ORTHANC_CONFIG = REPO / "orthanc" / "orthanc.json"
 ORTHANC_START_TIMEOUT_S = 30
+ORTHANC_AET = "BRATSLABEL"
 
 
 class LocalOrthanc:
     """A real Orthanc (Debian's package, with its DICOMweb plugin) on free loopback ports."""
 
-    def __init__(self, storage: Path, log_path: Path, user: str = "brats", password: Optional[str] = None, http_port: Optional[int] = None, dicom_port: Optional[int] = None):
+    def __init__(
+        self,
+        storage: Path,
+        log_path: Path,
+        user: str = "brats",
+        password: Optional[str] = None,
+        http_port: Optional[int] = None,
+        dicom_port: Optional[int] = None,
+        modalities: Optional[dict] = None,
+    ):
+        """``modalities``: Orthanc's DicomModalities (name -> [AE title, host, port]); only these may store over DICOM."""
         self.storage = storage
         self.log_path = log_path
         self.http_port, self.dicom_port = http_port or free_port(), dicom_port or free_port()
         self.user, self.password = user, password or f"pw-{os.getpid()}-{self.http_port}"
+        self.aet, self.modalities = ORTHANC_AET, modalities or {}
         self.url = f"http://127.0.0.1:{self.http_port}"
         self.dicomweb = f"{self.url}/dicom-web"
         self.process: Optional[subprocess.Popen] = None
@@ -45,6 +58,8 @@ class LocalOrthanc:
             "ORTHANC_DICOM_PORT": str(self.dicom_port),
             "ORTHANC_USER": self.user,
             "ORTHANC_PASSWORD": self.password,
+            "ORTHANC_AET": self.aet,
+            "ORTHANC_DICOM_MODALITIES": json.dumps(self.modalities),
         }
         log = open(self.log_path, "a")
         self.process = subprocess.Popen(["Orthanc", str(ORTHANC_CONFIG)], stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
@@ -79,6 +94,13 @@ class LocalOrthanc:
 
     def get(self, path: str) -> requests.Response:
         return requests.get(f"{self.url}{path}", auth=(self.user, self.password), timeout=30)
+
+    def study_uid_of(self, patient_id: str) -> str:
+        """The StudyInstanceUID of a patient's one study (the server lists studies by UID, never by patient)."""
+        found = requests.get(f"{self.dicomweb}/studies", params={"PatientID": patient_id}, auth=(self.user, self.password), timeout=30).json()
+        if len(found) != 1:
+            raise LookupError(f"{len(found)} studies in the archive for patient {patient_id}")
+        return found[0]["0020000D"]["Value"][0]
 
 
 def free_port() -> int:

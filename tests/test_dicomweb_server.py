@@ -57,18 +57,19 @@ def _listing(client) -> dict:
     return client.datastore()["objects"]
 
 
-def _case(client, patient: str) -> tuple:
-    for case, entry in _listing(client).items():
-        info = entry["image"]["info"]
-        if info["patient_id"] == patient:
-            return case, info
-    raise AssertionError(f"{patient} not listed")
+def _case(client, patient: str, orthanc) -> tuple:
+    """A test patient's case and its info: the server lists studies by StudyInstanceUID, never by patient."""
+    case = orthanc.study_uid_of(patient)
+    listing = _listing(client)
+    assert case in listing, f"{patient} ({case}) not listed"
+    return case, listing[case]["image"]["info"]
 
 
-def test_studies_in_the_archive_are_listed_as_cases(client, studies):
+def test_studies_in_the_archive_are_listed_as_cases(client, studies, orthanc):
     patients = sorted(p.name for p in studies.iterdir() if p.is_dir() and not p.name.startswith("."))
     listing = _listing(client)
-    assert sorted(e["image"]["info"]["patient_id"] for e in listing.values()) == patients
+    assert sorted(listing) == sorted(orthanc.study_uid_of(p) for p in patients)
+    assert not any("patient" in key.lower() for e in listing.values() for key in e["image"]["info"]), "patient attributes in the listing"
     labelled = [e for e in listing.values() if "final" in e["labels"]]
     assert len(labelled) == 1 and labelled[0]["labels"]["final"]["info"]["source"] == "imported"
 
@@ -84,7 +85,7 @@ def test_next_case_comes_from_the_archive_and_is_unlabelled(client):
 
 def test_infer_from_the_series_on_screen_and_save_the_correction_as_seg(client, server, orthanc, studies, tmp_path):
     patient = sorted(p.name for p in studies.iterdir() if p.is_dir() and not (p / f"{p.name}-seg.nii.gz").exists())[0]
-    case, info = _case(client, patient)
+    case, info = _case(client, patient, orthanc)
     flair_series = info["series"]["flair"]["uid"]  # what OHIF sends: the series on screen
     label_file, params = client.infer("segmentation", flair_series, {})
     params = json.loads(params) if isinstance(params, str) else params
@@ -114,7 +115,7 @@ def test_infer_from_the_series_on_screen_and_save_the_correction_as_seg(client, 
 
 def test_a_seg_written_by_another_client_becomes_the_label(client, orthanc, studies, tmp_path):
     patient = sorted(p.name for p in studies.iterdir() if p.is_dir() and not (p / f"{p.name}-seg.nii.gz").exists())[-1]
-    case, info = _case(client, patient)
+    case, info = _case(client, patient, orthanc)
     archive = orthanc.archive()
     from lib.dicom.seg import label_to_seg
     from lib.dicom.series_volume import slice_stack
@@ -144,7 +145,7 @@ def test_a_seg_stored_through_the_viewer_proxy_is_the_label_or_is_refused_with_t
     from lib.dicom.series_volume import slice_stack
 
     patient = sorted(p.name for p in studies.iterdir() if p.is_dir() and (p / f"{p.name}-seg.nii.gz").exists())[0]
-    case, info = _case(client, patient)
+    case, info = _case(client, patient, orthanc)
     archive = orthanc.archive()
     reference = archive.retrieve_series(case, info["series"][REFERENCE_CHANNEL]["uid"])
     stack = slice_stack(reference)
@@ -184,7 +185,7 @@ def test_a_seg_stored_through_the_viewer_proxy_is_the_label_or_is_refused_with_t
 def test_archive_stopped_gives_clear_errors_and_the_server_recovers(client, server, orthanc, studies):
     patients = sorted(p.name for p in studies.iterdir() if p.is_dir() and not p.name.startswith("."))
     listing = _listing(client)
-    uncached = [c for c, e in listing.items() if e["image"]["info"]["patient_id"] == patients[0]][0]  # the labelled one: not scored
+    uncached = orthanc.study_uid_of(patients[0])  # the labelled one: not scored
     orthanc.stop()
     try:
         assert requests.get(f"{server.url}/info/", timeout=30).status_code == 200

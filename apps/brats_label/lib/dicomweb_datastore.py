@@ -35,6 +35,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 import nibabel as nib
 import numpy as np
 from nibabel.processing import resample_from_to
+from pydicom.datadict import tag_for_keyword
 from pydicom.dataset import Dataset
 
 from .atomic import read_json, write_json
@@ -53,6 +54,17 @@ from .study_datastore import FINAL, IMPORTED_FROM, StudyDatastore, _tag
 logger = logging.getLogger(__name__)
 
 SEG_SOURCE = "dicom-seg"
+SOP_INSTANCE_UID_TAG = "00080018"
+# What the metadata cache keeps of each instance: what places and decodes its slices, nothing about the patient.
+CACHED_METADATA = frozenset(
+    f"{tag_for_keyword(k):08X}"
+    for k in (
+        "SOPInstanceUID", "SOPClassUID", "SeriesInstanceUID", "StudyInstanceUID", "FrameOfReferenceUID", "Modality", "ImageType",
+        "InstanceNumber", "ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing", "SliceThickness", "SpacingBetweenSlices",
+        "Rows", "Columns", "NumberOfFrames", "SamplesPerPixel", "BitsAllocated", "BitsStored", "HighBit", "PixelRepresentation",
+        "PhotometricInterpretation", "RescaleSlope", "RescaleIntercept", "TransferSyntaxUID",
+    )
+)  # fmt: skip
 
 
 def content_time(ds) -> str:
@@ -72,8 +84,7 @@ def content_time(ds) -> str:
 
 @dataclass
 class DicomStudy:
-    study_id: str  # StudyInstanceUID
-    patient_id: str
+    study_id: str  # StudyInstanceUID (no patient attributes: they stay in the archive)
     channels: Dict[str, SeriesSummary]
     segs: List[SeriesSummary] = field(default_factory=list)
 
@@ -167,7 +178,7 @@ class DicomWebStudyDatastore(StudyDatastore):
                     logger.warning(f"Study {uid} not listed: {type(e).__name__}: {e}")
                     problems.append(StudyProblem(uid, uid, f"its series' metadata could not be read ({type(e).__name__}: {e})"))
                     continue
-                candidate = DicomStudy(uid, study["patient_id"], assignment.channels, [s for s in series if s.modality == "SEG"])
+                candidate = DicomStudy(uid, assignment.channels, [s for s in series if s.modality == "SEG"])
                 broken = self._broken.get(uid)
                 if broken and broken[0] == candidate.fingerprint():  # pixels found undecodable; unchanged since
                     problems.append(StudyProblem(uid, uid, broken[1]))
@@ -214,18 +225,23 @@ class DicomWebStudyDatastore(StudyDatastore):
         return stack
 
     def _reference_datasets(self, study: DicomStudy) -> list:
-        """The reference series' instances (metadata only) in slice order: what a SEG refers to."""
+        """The reference series' instances (metadata only) in slice order: what a SEG refers to. Read from the
+        archive each time, never cached: a SEG carries the patient module of its source images."""
         summary = study.channels[REFERENCE_CHANNEL]
-        metadata = self._metadata(study.study_id, summary)
+        by_uid = {m.get(SOP_INSTANCE_UID_TAG, {}).get("Value", [""])[0]: m for m in self._archive.series_metadata(study.study_id, summary.series_uid)}
+        ordered = [by_uid.get(m.get(SOP_INSTANCE_UID_TAG, {}).get("Value", [""])[0]) for m in self._metadata(study.study_id, summary)]
+        if any(m is None for m in ordered):
+            raise ArchiveUnavailable(f"the reference series of study {study.study_id} changed in the archive; its label is sent at the next listing")
         stack = self._stack(study.study_id, REFERENCE_CHANNEL, summary)
-        return [Dataset.from_json(metadata[i]) for i in stack.order]
+        return [Dataset.from_json(ordered[i]) for i in stack.order]
 
     def _metadata(self, study_uid: str, series: SeriesSummary) -> List[Dict[str, Any]]:
-        """Instance metadata of a series, cached under its UID and instance count."""
+        """Instance metadata of a series, cached under its UID and instance count: only the attributes that
+        place and decode slices (``CACHED_METADATA``), no patient or study attributes."""
         path = self._metadata_dir / f"{series.series_uid}_{series.instances}.json"
         cached = read_json(path, None)
         if cached is None:
-            cached = self._archive.series_metadata(study_uid, series.series_uid)
+            cached = [{tag: value for tag, value in item.items() if tag in CACHED_METADATA} for item in self._archive.series_metadata(study_uid, series.series_uid)]
             write_json(cached, path)
         return cached
 
@@ -302,7 +318,6 @@ class DicomWebStudyDatastore(StudyDatastore):
         info.update(
             {
                 "layout": "dicomweb",
-                "patient_id": study.patient_id,
                 "channels": list(CHANNELS),
                 "series": {c: {"uid": s.series_uid, "description": s.name, "instances": s.instances} for c, s in study.channels.items()},
                 "reference_channel": REFERENCE_CHANNEL,
@@ -318,7 +333,6 @@ class DicomWebStudyDatastore(StudyDatastore):
         return {
             "StudyInstanceUID": study.study_id,
             "SeriesInstanceUID": study.channels[REFERENCE_CHANNEL].series_uid,
-            "PatientID": study.patient_id,
             "Modality": "MR",
             "RetrieveURL": f"{OHIF_STUDY_PATH}{study.study_id}",
         }
@@ -350,9 +364,9 @@ class DicomWebStudyDatastore(StudyDatastore):
         if version is None or version.info().get("archive") != "pending":
             return
         label = np.asarray(nib.load(str(version.label_path)).dataobj, dtype=np.uint8)
-        reference = self._reference_datasets(self._source(study))
-        seg = label_to_seg(label, reference, seed=f"{study}/{version.record().get('saved_at', '')}", software_version=self._software_version)
         try:
+            reference = self._reference_datasets(self._source(study))
+            seg = label_to_seg(label, reference, seed=f"{study}/{version.record().get('saved_at', '')}", software_version=self._software_version)
             self._archive.store([seg])
         except ArchiveUnavailable as e:
             logger.warning(f"label of {study} kept on the server, not yet in the archive: {e}")

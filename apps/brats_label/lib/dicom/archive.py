@@ -62,8 +62,9 @@ class Archive:
             raise ArchiveUnavailable(f"the DICOMweb archive at {self.url} answered HTTP {status} to {what}") from None
 
     def studies(self) -> List[Dict[str, Any]]:
-        found = self._call("study search", self.client.search_for_studies, fields=["PatientID", "StudyDescription", "StudyDate"])
-        return [{"study_uid": _text(s, "0020000D"), "patient_id": _text(s, "00100020"), "description": _text(s, "00081030")} for s in found]
+        """Every study's UID; patient attributes are neither asked for nor kept."""
+        found = self._call("study search", self.client.search_for_studies, fields=["StudyInstanceUID"])
+        return [{"study_uid": _text(s, "0020000D")} for s in found]
 
     def series(self, study_uid: str) -> List[SeriesSummary]:
         found = self._call("series search", self.client.search_for_series, study_instance_uid=study_uid, fields=SERIES_FIELDS)
