@@ -1,71 +1,54 @@
-"""With authentication on, a label is recorded under the user the identity provider vouched for.
+"""With authentication on: every route asks for its least role, tokens are verified as any OpenID provider's,
+and a label is recorded under the user the identity provider vouched for.
 
-Keycloak (MONAI Label's identity provider) cannot run on this machine, so a small realm endpoint in the
-test publishes an RSA public key the way Keycloak does, and tokens are signed with the matching private
-key. The server verifies them with MONAI Label's own code, exactly as it would Keycloak's.
+Keycloak cannot run on this machine; ``tests/oidc_issuer.py`` publishes an OpenID discovery document and a
+JWKS with a key made at test time, and signs tokens with it. The server verifies them with the code that
+verifies Keycloak's (discovery, JWKS, audience, expiry).
 """
 
 from __future__ import annotations
 
-import base64
 import json
-import threading
-import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import jwt
 import nibabel as nib
 import numpy as np
 import pytest
 import requests
-from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
+
+from lib.endpoints.routes import ROUTE_ROLES, Disabled
+from tests.oidc_issuer import LocalIssuer
 
 pytestmark = pytest.mark.server
 
-ANNOTATOR = ["monailabel-annotator", "monailabel-user"]
+ANNOTATOR = ["monailabel-annotator"]
 VIEWER_ONLY = ["monailabel-user"]
 STUDY = "BraTS-GLI-00004-000"
+CALLERS = ("anonymous", "user", "annotator", "reviewer", "admin")
+PROBE = "probe-0"  # a value for path parameters that names nothing
 
 
 @pytest.fixture(scope="module")
-def realm():
-    """A realm URL publishing the public key, and a function that signs tokens for a user and roles."""
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    public = key.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
-    body = json.dumps({"realm": "brats", "public_key": base64.b64encode(public).decode()}).encode()
-
-    class Realm(BaseHTTPRequestHandler):
-        def do_GET(self):
-            self.send_response(200)
-            self.send_header("Content-Type", "application/json")
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, *args):
-            pass
-
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Realm)
-    threading.Thread(target=httpd.serve_forever, daemon=True).start()
-
-    def token(username: str, roles: list) -> str:
-        claims = {"preferred_username": username, "name": username, "realm_access": {"roles": roles}, "exp": int(time.time()) + 3600}
-        return jwt.encode(claims, key, algorithm="RS256")
-
-    yield f"http://127.0.0.1:{httpd.server_port}/realms/brats", token
-    httpd.shutdown()
+def issuer():
+    local = LocalIssuer()
+    yield local
+    local.stop()
 
 
 @pytest.fixture(scope="module")
-def server(realm, server_factory, studies_2mm, tmp_path_factory):
+def realm(issuer):
+    """The issuer's URL and a function that signs tokens for a user and roles."""
+    return issuer.url, issuer.token
+
+
+@pytest.fixture(scope="module")
+def server(issuer, server_factory, studies_2mm, tmp_path_factory):
     import shutil
 
     studies = tmp_path_factory.mktemp("auth") / "studies"
     shutil.copytree(studies_2mm, studies, ignore=shutil.ignore_patterns(".brats_label"))
-    url, token = realm
-    env = {"MONAI_LABEL_AUTH_ENABLE": "true", "MONAI_LABEL_AUTH_REALM_URI": url}
-    admin = {"Authorization": f"Bearer {token('admin', ['monailabel-admin', *ANNOTATOR])}"}
-    return server_factory(studies, env=env, headers=admin, retrain_after_labels=0)
+    return server_factory(studies, env=issuer.env, headers=issuer.headers("admin", "admin"), retrain_after_labels=0)
 
 
 def _put_label(server, tmp_path, headers: dict, params: dict) -> requests.Response:
@@ -131,3 +114,82 @@ def test_the_apps_own_endpoints_ask_for_the_same_roles(server, realm):
     assert requests.get(f"{server.url}/brats/models", headers=annotator, timeout=30).status_code == 200
     refused = requests.post(f"{server.url}/brats/models/v0/promote", headers=annotator, timeout=30)
     assert refused.status_code == 403 and "monailabel-admin" in refused.text, "only an admin changes the served model"
+
+
+@pytest.mark.parametrize(
+    "claims, reason",
+    [
+        ({"expires_in_s": -120}, "expired"),
+        ({"audience": "another-app"}, "audience"),
+        ({"issuer": "http://127.0.0.1:1/realms/other"}, "issuer"),
+        ({"key": rsa.generate_private_key(public_exponent=65537, key_size=2048)}, "signature"),
+    ],
+    ids=["expired", "other-audience", "other-issuer", "other-key"],
+)
+def test_tokens_that_are_not_the_issuers_for_this_server_are_refused(server, issuer, claims, reason):
+    token = issuer.token("dr_auth", ["monailabel-admin"], **claims)
+    answer = requests.get(f"{server.url}/info/", headers={"Authorization": f"Bearer {token}"}, timeout=30)
+    assert answer.status_code == 401 and reason in answer.text.lower(), answer.text
+
+
+def test_an_unsigned_token_is_refused(server):
+    unsigned = jwt.encode({"preferred_username": "x", "realm_access": {"roles": ["monailabel-admin"]}, "aud": "monailabel-app"}, None, algorithm="none")
+    assert requests.get(f"{server.url}/info/", headers={"Authorization": f"Bearer {unsigned}"}, timeout=30).status_code == 401
+
+
+def _fill(method: str, path: str) -> str:
+    """A concrete URL for a route template: path parameters name nothing that exists."""
+    import re
+
+    dicomweb_read = method == "GET" and ("/qido/" in path or "/wado/" in path)
+    filled = path.replace("{path:path}", "studies" if dicomweb_read else "index.html" if path.startswith("/ohif") else PROBE)
+    return re.sub(r"\{[^}]+\}", PROBE, filled)
+
+
+def _call(server, method: str, path: str, headers: dict) -> requests.Response:
+    # A body that is not JSON: a route the guard lets through then refuses it (422) before doing anything.
+    body = {"data": b"{not json", "headers": {**headers, "Content-Type": "application/json"}} if method in ("POST", "PUT") else {"headers": headers}
+    return requests.request(method, server.url + _fill(method, path), timeout=60, **body)
+
+
+def test_every_route_answers_each_role_as_the_route_table_says(server, issuer):
+    """The matrix: every route of the table against no token and each of the four roles."""
+    refused_wrongly, let_through_wrongly = [], []
+    for method, path, access in ROUTE_ROLES:
+        if method == "DELETE" and path in ("/train/", "/scoring/") or path == "/datastore/dataset":
+            continue  # below: they act without a body to refuse
+        for rank, caller in enumerate(CALLERS):
+            headers = {} if caller == "anonymous" else issuer.headers(f"dr_{caller}", caller)
+            answer = _call(server, method, path, headers)
+            if isinstance(access, Disabled):
+                allowed = False
+            else:
+                allowed = rank >= int(access)
+            guard_refused = answer.status_code in (401, 403) and not path.startswith("/auth/")
+            if allowed and guard_refused:
+                refused_wrongly.append((method, path, caller, answer.status_code, answer.text[:120]))
+            if not allowed and not guard_refused:
+                let_through_wrongly.append((method, path, caller, answer.status_code, answer.text[:120]))
+            if not allowed and caller == "anonymous" and not isinstance(access, Disabled):
+                assert answer.status_code == 401 and answer.headers.get("WWW-Authenticate") == "Bearer", (method, path)
+    assert not refused_wrongly, refused_wrongly
+    assert not let_through_wrongly, let_through_wrongly
+
+
+@pytest.mark.parametrize("method, path", [("DELETE", "/train/"), ("DELETE", "/scoring/"), ("GET", "/datastore/dataset")])
+def test_admin_routes_that_act_at_once_refuse_everyone_below_admin(server, issuer, method, path):
+    for caller in ("user", "annotator", "reviewer"):
+        answer = requests.request(method, server.url + path, headers=issuer.headers(f"dr_{caller}", caller), timeout=30)
+        assert answer.status_code == 403 and "monailabel-admin" in answer.text, (caller, answer.text)
+    assert requests.request(method, server.url + path, timeout=30).status_code == 401
+
+
+def test_next_sample_hands_out_to_the_signed_in_user_whatever_client_id_is_sent(server, issuer):
+    headers = issuer.headers("dr_handout", "annotator")
+    first = requests.post(f"{server.url}/activelearning/random", json={"client_id": "made-up-1"}, headers=headers, timeout=60).json()
+    second = requests.post(f"{server.url}/activelearning/random", json={"client_id": "made-up-2"}, headers=headers, timeout=60).json()
+    assert first["client_id"] == second["client_id"] == "dr_handout"
+    holders = json.loads((server.studies / ".brats_label" / "handouts.json").read_text())
+    held = [case for case, h in holders.items() if h["client"] == "dr_handout"]
+    assert held == [second["id"]], f"one study per user at a time: {holders}"
+    assert not any(h["client"].startswith("made-up") for h in holders.values())

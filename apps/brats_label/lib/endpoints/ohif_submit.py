@@ -27,7 +27,7 @@ from typing import List, Tuple
 import pydicom
 from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import Response
+from fastapi.responses import FileResponse, Response
 from monailabel.config import settings
 from monailabel.endpoints.user.auth import RBAC, User
 from monailabel.interfaces.datastore import DefaultLabelTag
@@ -119,7 +119,19 @@ def app_config_js() -> Response:
     return Response(script, media_type="application/javascript", headers={"Cache-Control": "no-cache"})
 
 
+def ohif_file(path: str) -> Response:
+    """A file of the bundled viewer, or its page for the viewer's own routes (``/ohif/viewer?...``). Served
+    to anyone: the viewer's data come through the proxy, which asks for a role. MONAI Label's route joined
+    the client's path onto the folder unchecked (``/ohif//etc/passwd`` served that file)."""
+    root = OHIF_DIR.resolve()
+    wanted = (root / path).resolve() if path else root / "index.html"
+    if not wanted.is_relative_to(root):
+        raise HTTPException(404, "no such file in the viewer")
+    return FileResponse(wanted if wanted.is_file() else root / "index.html")
+
+
 def install_ohif_submit_routes(app: FastAPI) -> None:
+    add_route_in_front(app, "/ohif/{path:path}", ohif_file, ["GET"], "The OHIF viewer's files", include_in_schema=False)
     for path in STOW_PATHS:
         add_route_in_front(app, path, store_through_proxy, ["POST"], "DICOMweb STOW; a DICOM SEG is saved as the study's final label", include_in_schema=False)
     add_route_in_front(app, APP_CONFIG_PATH, app_config_js, ["GET"], "OHIF configuration with the Submit label button", include_in_schema=False)

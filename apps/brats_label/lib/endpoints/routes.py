@@ -385,8 +385,25 @@ class BodyTooLarge(BratsLabelError):
         super().__init__("the request body is over this server's upload limit (--conf max_upload_mb); nothing was stored")
 
 
+def defer_role_checks_to_route_table() -> None:
+    """MONAI Label's routes each ask for a role of their own (``RBAC``), some stricter than the table (label
+    removal: admin), some looser (model upload: annotator). The guard has checked the table's role before any
+    route runs, so ``RBAC`` keeps only its authentication (the user it hands to the route)."""
+    from monailabel.endpoints.user import auth
+
+    if list(inspect.signature(auth.RBAC.__call__).parameters) != ["self", "user"]:
+        raise RuntimeError("MONAI Label's RBAC changed: its role checks cannot be handed to the route table")
+
+    async def authenticated_user(self: Any, user: Any = None) -> Any:
+        return user
+
+    authenticated_user.__signature__ = inspect.signature(auth.RBAC.__call__)  # type: ignore[attr-defined]
+    auth.RBAC.__call__ = authenticated_user  # type: ignore[method-assign]
+
+
 def install_route_guard(app: FastAPI, verifier: Optional[TokenVerifier], max_body_bytes: int) -> int:
     """The guard goes inside CORS (pre-flights keep working) and in front of every route; how many routes."""
+    defer_role_checks_to_route_table()
     count = check_route_table(app)
     app.middleware_stack = None  # rebuilt at the next request, with the guard
     app.user_middleware.append(Middleware(RouteGuard, verifier=verifier, max_body_bytes=max_body_bytes))  # type: ignore[arg-type]
