@@ -28,6 +28,7 @@ class LocalServer:
         self.headers = headers or {}  # e.g. a bearer token when authentication is on
         self.url = f"http://127.0.0.1:{self.port}"
         self.studies = studies
+        self.conf = dict(conf)
         self.log_path = log_path
         args = [sys.executable, "-m", "monailabel.main", "start_server", "--app", str(app_dir), "--studies", str(studies)]
         for key, value in conf.items():

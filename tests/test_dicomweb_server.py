@@ -177,9 +177,69 @@ def test_a_seg_stored_through_the_viewer_proxy_is_the_label_or_is_refused_with_t
     assert after["voxels"] == {"necrotic_core": 0, "edema": int(label.astype(bool).sum()), "enhancing_tumour": 0}
     assert segs_in_archive() == before_segs + 1, "the server's own SEG of the label, once"
 
-    # anything but SEGs goes to the archive unchanged (here an MR instance stored again: Orthanc answers as for any STOW)
-    again = viewer.store_instances([reference[stack.order[0]]])
-    assert again.ReferencedSOPSequence[0].ReferencedSOPInstanceUID == reference[stack.order[0]].SOPInstanceUID
+    # annotators store labels through the server, nothing else (here an MR instance)
+    with pytest.raises(HTTPError) as not_a_seg:
+        viewer.store_instances([reference[stack.order[0]]])
+    assert not_a_seg.value.response.status_code == 422 and "only DICOM SEG" in not_a_seg.value.response.json()["detail"]
+
+
+def test_the_proxy_forwards_qido_queries_as_asked(server, orthanc, studies):
+    patients = sorted(p.name for p in studies.iterdir() if p.is_dir() and not p.name.startswith("."))
+    proxy = f"{server.url}/proxy/dicom/qido/studies"
+    everything = requests.get(proxy, timeout=30).json()
+    assert len(everything) == len(patients)
+    one = requests.get(proxy, params={"PatientID": patients[1]}, timeout=30).json()
+    assert [s["0020000D"]["Value"][0] for s in one] == [orthanc.study_uid_of(patients[1])], "matching keys reach the archive"
+    assert len(requests.get(proxy, params={"limit": 1}, timeout=30).json()) == 1
+    assert len(requests.get(proxy, params={"limit": 2, "offset": len(patients) - 1}, timeout=30).json()) == 1
+    for query in ({"PatientName": f"{patients[1]}^", "fuzzymatching": "true"}, {"StudyDate": "19000101-"}, {"ModalitiesInStudy": "MR", "includefield": "00081030,StudyDescription"}):
+        uids = lambda answer: sorted(s["0020000D"]["Value"][0] for s in answer.json())  # noqa: E731
+        direct = requests.get(f"{orthanc.dicomweb}/studies", params=query, auth=(orthanc.user, orthanc.password), timeout=30)
+        assert uids(requests.get(proxy, params=query, timeout=30)) == uids(direct), f"{query}: the proxy answers what the archive answers"
+    series = requests.get(f"{server.url}/proxy/dicom/qido/studies/{one[0]['0020000D']['Value'][0]}/series", params={"Modality": "MR"}, timeout=30).json()
+    assert len(series) == 4 and {s["00080060"]["Value"][0] for s in series} == {"MR"}
+
+
+@pytest.mark.parametrize(
+    "method, path, params",
+    [
+        ("GET", "/proxy/dicom/qido/patients", {}),  # Orthanc's REST resources under the DICOMweb root
+        ("GET", "/proxy/dicom/qido/studies", {"expand": ""}),  # not a QIDO key
+        ("GET", "/proxy/dicom/qido/studies", {"limit": "1; DROP"}),
+        ("GET", "/proxy/dicom/qido/studies", {"includefield": "../../patients"}),
+        ("GET", "/proxy/dicom/wado/studies/1.2.3/series/4.5.6/instances/7.8.9/file", {}),
+        ("GET", "/proxy/dicom/wado/studies/1.2.3/archive", {}),
+        ("GET", "/proxy/dicom/wado/studies/1.2.3", {"url": "http://evil.example/"}),
+        ("GET", "/proxy/dicom/qido/http:/evil.example/studies", {}),
+        ("GET", "/proxy/dicom/tools/find", {}),
+        ("POST", "/proxy/dicom/tools/reset", {}),
+        ("POST", "/proxy/dicom/tools/shutdown", {}),
+        ("GET", "/proxy/dicom/patients", {"expand": ""}),
+        ("GET", "/proxy/dicom/stow/studies", {}),
+        ("POST", "/proxy/dicom/qido/studies", {}),
+    ],
+)
+def test_the_proxy_refuses_everything_but_dicomweb(server, orthanc, method, path, params):
+    answer = requests.request(method, server.url + path, params=params, timeout=30)
+    assert answer.status_code in (400, 403), (answer.status_code, answer.text[:200])
+    assert "PatientName" not in answer.text and "00100010" not in answer.text
+    assert orthanc.get("/system").status_code == 200, "the archive is still up"
+
+
+def test_the_proxy_refuses_encoded_paths_before_they_leave_the_server(server, orthanc):
+    import http.client
+
+    for target in (
+        "/proxy/dicom/..%2Fpatients%3Fexpand",
+        "/proxy/dicom/qido/..%2F..%2Ftools%2Ffind",
+        "/proxy/dicom/wado/studies%2F..%2F..%2Fpatients",
+        "/proxy/dicom/qido/studies%3Fexpand",
+    ):
+        connection = http.client.HTTPConnection("127.0.0.1", int(server.url.rsplit(":", 1)[1]), timeout=30)
+        connection.request("GET", target)
+        answer = connection.getresponse()
+        body = answer.read().decode()
+        assert answer.status == 400 and "encoded" in body, (target, answer.status, body[:200])
 
 
 def test_archive_stopped_gives_clear_errors_and_the_server_recovers(client, server, orthanc, studies):
@@ -200,3 +260,16 @@ def test_archive_stopped_gives_clear_errors_and_the_server_recovers(client, serv
     assert client.datastore()["archive"]["reachable"] is True
     label_file, _ = client.infer("segmentation", uncached, {})
     assert nib.load(label_file).shape[:3] == nib.load(str(studies / patients[0] / f"{patients[0]}-t1c.nii.gz")).shape
+
+
+def test_no_patient_identifier_in_anything_the_server_wrote(server, studies):
+    """After the whole module's run (listing, inference, saves, STOW, archive outage): the test patients' IDs
+    and names appear in none of the server's logs and none of the files in its workspace."""
+    patients = sorted(p.name for p in studies.iterdir() if p.is_dir() and not p.name.startswith("."))
+    written = [server.log_path, *(p for p in Path(server.conf["workspace"]).rglob("*") if p.is_file())]
+    found = []
+    for path in written:
+        content = path.read_bytes()
+        found += [(str(path), patient) for patient in patients if patient.encode() in content]
+    print(f"{len(written)} files the server wrote checked for {len(patients)} patients' IDs and names")
+    assert not found, found

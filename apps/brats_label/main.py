@@ -62,6 +62,7 @@ from lib.endpoints.token_check import TokenVerifier, install_token_check
 from lib.errors import InvalidInput, NotFound
 from lib.infer_queue import FairQueue
 from lib.infers.segmentation import BratsSegmentation
+from lib.label_store import check_case_id
 from lib.network import check_weights, read_state_dict
 from lib.processes import in_worker_process
 from lib.retrain import RetrainTrigger
@@ -203,15 +204,14 @@ class BratsLabelApp(MONAILabelApp):
         """MONAI Label's inference, one request at a time in arrival order (``infer_concurrency``), and the
         pre-label kept for the audit of the correction that follows."""
         request["save_label"] = False  # the model's own output is a pre-label, never a stored label
+        # MONAI Label reads ``image`` as a file wherever such a path exists on the server (/etc/passwd, another
+        # workspace): only a listed study's id (or, from an archive, one of its series' UIDs) is taken.
+        case = self._datastore.case_id(check_case_id(str(request.get("image", ""))))  # type: ignore[attr-defined]
+        request["image"] = self._datastore.get_image_uri(case)
         with self.infer_queue.turn():
             self.versions.apply_promotions()  # a training that just ended may have made a version to serve
             result = super().infer(request, datastore)
-        image = request.get("image")
-        if isinstance(image, str) and result.get("file") and os.path.exists(result["file"]) and not os.path.exists(image):
-            try:
-                case = self._datastore.case_id(image)  # type: ignore[attr-defined]
-            except NotFound:
-                return result
+        if result.get("file") and os.path.exists(result["file"]):
             version = self.versions.serving() or self.served_version()  # "vN"; the weights' hash if unversioned
             self.prelabels.save(case, result["file"], version, request.get("client_id"))
         return result

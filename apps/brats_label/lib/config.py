@@ -192,6 +192,7 @@ class RetrainPolicy:
 HANDOUT_TTL_S = 900  # a case handed to one annotator is not handed to another for this long
 
 # --- what the server accepts from clients -------------------------------------------------------------
+LABEL_TAGS = ("final", "original")  # MONAI Label's label tags: the annotator's label, and the model's pre-label
 MAX_UPLOAD_MB = 256  # request bodies over this are refused before they are read (--conf max_upload_mb)
 # An uploaded label may declare at most this many voxels per study voxel (a Slicer .seg.nrrd keeps overlapping
 # segments in layers) and a DICOM SEG at most one frame per slice and segment; checked before decoding, and

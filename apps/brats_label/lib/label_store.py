@@ -38,6 +38,7 @@ import numpy as np
 
 from .atomic import read_json, write_json
 from .clock import utc_now
+from .config import LABEL_TAGS
 from .errors import InvalidInput
 from .shared_state import file_lock
 
@@ -47,19 +48,18 @@ LABEL_FILE = "label.nii.gz"
 RECORD_FILE = "record.json"
 STATUS_FILE = "status.json"
 TMP_PREFIX = ".commit-"
-CASE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
-TAG = re.compile(r"^[A-Za-z0-9_]{1,32}$")
+CASE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")  # fullmatch: '$' would let a trailing newline through
 
 
 def check_case_id(case: str) -> str:
-    if not isinstance(case, str) or not CASE_ID.match(case) or ".." in case:
-        raise InvalidInput(f"'{case}' is not a valid study id: letters, digits, '.', '_' and '-' only")
+    if not isinstance(case, str) or not CASE_ID.fullmatch(case) or ".." in case:
+        raise InvalidInput(f"'{case[:80] if isinstance(case, str) else case!r}' is not a valid study id: letters, digits, '.', '_' and '-' only")
     return case
 
 
 def check_tag(tag: str) -> str:
-    if not isinstance(tag, str) or not TAG.match(tag):
-        raise InvalidInput(f"label tag '{tag}' is not allowed: use letters, digits and '_'")
+    if tag not in LABEL_TAGS:
+        raise InvalidInput(f"label tag '{str(tag)[:40]}' is not one of this server's tags ({', '.join(LABEL_TAGS)})")
     return tag
 
 

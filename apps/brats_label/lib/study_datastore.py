@@ -22,7 +22,7 @@ from .case_cache import CaseCache
 from .config import FOREGROUND_LABELS
 from .errors import InvalidInput, NotFound
 from .label_files import read_uploaded_label
-from .label_store import LabelStore, LabelVersion, check_tag, migrate_flat_layout
+from .label_store import LabelStore, LabelVersion, check_case_id, check_tag, migrate_flat_layout
 from .labels import LabelError
 from .shared_state import update_json
 from .studies import Geometry, StudyProblem
@@ -145,7 +145,8 @@ class StudyDatastore(Datastore):
 
     # --- labels -------------------------------------------------------------------------------------
     def _current(self, label_id: str, tag: Optional[str]) -> Optional[LabelVersion]:
-        return self._labels.current(label_id, _tag(tag))
+        """The current label of a listed study (NotFound for any other id), or None."""
+        return self._labels.current(self.case_id(check_case_id(label_id)), check_tag(_tag(tag)))
 
     def _label_path(self, label_id: str, tag: str) -> Path:
         """The current label's voxels (a path that does not exist when there is none)."""

@@ -83,7 +83,7 @@ def archive_url(prefix: str, path: str) -> str:
     root = settings.MONAI_LABEL_STUDIES.rstrip("/")
     if not root.startswith(("http://", "https://")):
         raise HTTPException(404, "this server reads a studies folder, not a DICOMweb archive: there is nothing to proxy")
-    return "/".join(p.strip("/") for p in (root, prefix, path) if p.strip("/"))
+    return "/".join(p.strip("/") for p in (root, prefix or "", path) if p.strip("/"))
 
 
 def _archive_auth():

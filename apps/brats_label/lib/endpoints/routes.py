@@ -323,29 +323,51 @@ class RouteGuard:
         if refusal is not None:
             await refusal(scope, receive, send)
             return
-        length = dict(scope.get("headers") or []).get(b"content-length")
+        headers = dict(scope.get("headers") or [])
+        length = headers.get(b"content-length")
         if length is not None and (not length.isdigit() or int(length) > self.max_body_bytes):
             await self._too_large()(scope, receive, send)
             return
-        await self.app(scope, receive if length is not None else self._bounded(receive), send)
+        if length is None and b"chunked" in headers.get(b"transfer-encoding", b"").lower():
+            body = await self._read_bounded(receive)
+            if body is None:
+                await self._too_large()(scope, receive, send)
+                return
+            receive = self._replay(body, receive)
+        await self.app(scope, receive, send)
 
     def _too_large(self) -> JSONResponse:
         mb = self.max_body_bytes / 2**20
         return _json_answer(413, f"the request body is over this server's upload limit ({mb:.0f} MB, --conf max_upload_mb); nothing was stored")
 
-    def _bounded(self, receive: Receive) -> Receive:
-        """A body without Content-Length (chunked) is cut off at the limit."""
-        seen = 0
-
-        async def bounded() -> Message:
-            nonlocal seen
+    async def _read_bounded(self, receive: Receive) -> Optional[bytes]:
+        """A chunked body (no Content-Length to check first), read up to the limit; None past it."""
+        parts, size = [], 0
+        while True:
             message = await receive()
-            seen += len(message.get("body", b""))
-            if seen > self.max_body_bytes:
-                raise BodyTooLarge()
-            return message
+            if message["type"] != "http.request":
+                break
+            parts.append(message.get("body", b""))
+            size += len(parts[-1])
+            if size > self.max_body_bytes:
+                return None
+            if not message.get("more_body", False):
+                break
+        return b"".join(parts)
 
-        return bounded
+    @staticmethod
+    def _replay(body: bytes, receive: Receive) -> Receive:
+        """The body read already, then the connection's own messages (a disconnect when the client leaves)."""
+        sent = False
+
+        async def replay() -> Message:
+            nonlocal sent
+            if sent:
+                return await receive()
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        return replay
 
     def _refusal(self, scope: Scope) -> Optional[JSONResponse]:
         raw = scope.get("raw_path") or scope["path"].encode()
@@ -376,13 +398,6 @@ class RouteGuard:
         if needed not in user.roles:
             return _json_answer(403, f"this route needs the role '{needed}' (or one above it); the token's user has {sorted(user.roles)}")
         return None
-
-
-class BodyTooLarge(BratsLabelError):
-    status_code = 413
-
-    def __init__(self) -> None:
-        super().__init__("the request body is over this server's upload limit (--conf max_upload_mb); nothing was stored")
 
 
 def defer_role_checks_to_route_table() -> None:
