@@ -22,9 +22,9 @@ SERVER_START_TIMEOUT_S = 180
 class LocalServer:
     """A running ``monailabel start_server`` on a free loopback port."""
 
-    def __init__(self, studies, conf: dict, log_path: Path, env: Optional[dict] = None, headers: Optional[dict] = None, app_dir: Path = APP_DIR):
-        """``app_dir``: another build of the app (a benchmark's baseline), else this checkout's."""
-        self.port = free_port()
+    def __init__(self, studies, conf: dict, log_path: Path, env: Optional[dict] = None, headers: Optional[dict] = None, app_dir: Path = APP_DIR, port: Optional[int] = None):
+        """``app_dir``: another build of the app (a benchmark's baseline), else this checkout's; ``port``: a free one if not given."""
+        self.port = port or free_port()
         self.headers = headers or {}  # e.g. a bearer token when authentication is on
         self.url = f"http://127.0.0.1:{self.port}"
         self.studies = studies

@@ -27,7 +27,8 @@ ROLES = {
 
 
 class LocalIssuer:
-    def __init__(self) -> None:
+    def __init__(self, public_base: Optional[str] = None, path_prefix: str = "") -> None:
+        """``public_base``/``path_prefix``: the issuer as seen through a reverse proxy (https://host:port, "/idp")."""
         self.key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
         self.kid = uuid.uuid4().hex
         jwk = json.loads(jwt.algorithms.RSAAlgorithm.to_jwk(self.key.public_key()))
@@ -46,9 +47,11 @@ class LocalIssuer:
                 pass
 
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_port}/realms/brats"
-        documents["/realms/brats/.well-known/openid-configuration"] = json.dumps({"issuer": self.url, "jwks_uri": f"{self.url}/jwks"}).encode()
-        documents["/realms/brats/jwks"] = json.dumps({"keys": [jwk]}).encode()
+        self.port = self.httpd.server_port
+        realm = f"{path_prefix}/realms/brats"
+        self.url = f"{public_base or f'http://127.0.0.1:{self.port}'}{realm}"
+        documents[f"{realm}/.well-known/openid-configuration"] = json.dumps({"issuer": self.url, "jwks_uri": f"{self.url}/jwks"}).encode()
+        documents[f"{realm}/jwks"] = json.dumps({"keys": [jwk]}).encode()
         threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
 
     @property

@@ -192,7 +192,11 @@ def test_the_proxy_forwards_qido_queries_as_asked(server, orthanc, studies):
     assert [s["0020000D"]["Value"][0] for s in one] == [orthanc.study_uid_of(patients[1])], "matching keys reach the archive"
     assert len(requests.get(proxy, params={"limit": 1}, timeout=30).json()) == 1
     assert len(requests.get(proxy, params={"limit": 2, "offset": len(patients) - 1}, timeout=30).json()) == 1
-    for query in ({"PatientName": f"{patients[1]}^", "fuzzymatching": "true"}, {"StudyDate": "19000101-"}, {"ModalitiesInStudy": "MR", "includefield": "00081030,StudyDescription"}):
+    for query in (
+        {"PatientName": f"{patients[1]}^", "fuzzymatching": "true"},
+        {"StudyDate": "19000101-"},
+        {"ModalitiesInStudy": "MR", "includefield": "00081030,StudyDescription"},
+    ):
         uids = lambda answer: sorted(s["0020000D"]["Value"][0] for s in answer.json())  # noqa: E731
         direct = requests.get(f"{orthanc.dicomweb}/studies", params=query, auth=(orthanc.user, orthanc.password), timeout=30)
         assert uids(requests.get(proxy, params=query, timeout=30)) == uids(direct), f"{query}: the proxy answers what the archive answers"

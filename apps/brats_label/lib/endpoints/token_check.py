@@ -3,7 +3,7 @@
 MONAI Label 0.8.5 (``monailabel.endpoints.user.auth.from_token``) reads Keycloak's realm page for one
 public key, checks no audience, and calls ``jwt.decode`` without ``algorithms`` (which PyJWT 2 refuses:
 every request answered 401). Here the issuer's standard ``/.well-known/openid-configuration`` names its
-``jwks_uri``; the token's ``kid`` picks the key (keys are re-read when the provider rotates them); the
+``jwks_uri``; the token's ``kid`` picks the key (keys are read again when the provider rotates them); the
 signature algorithm is one we name, never the token's own header; issuer, audience and expiry are
 required. So Keycloak, or any OpenID provider, works unchanged.
 
@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Sequence
 
@@ -28,6 +29,7 @@ logger = logging.getLogger(__name__)
 DISCOVERY_PATH = "/.well-known/openid-configuration"
 DISCOVERY_TIMEOUT_S = 10
 LEEWAY_S = 30  # clock difference tolerated between the provider and this server
+JWKS_REFRESH_MIN_S = 10  # an unknown key id reads the JWKS again, at most this often
 
 
 class TokenRefused(jwt.InvalidTokenError):  # MONAI Label's get_current_user answers these with 401
@@ -63,36 +65,50 @@ class TokenVerifier:
 
     def __post_init__(self) -> None:
         self.issuer = self.issuer.rstrip("/")
-        self._keys: Optional[jwt.PyJWKClient] = None
+        self._jwks_uri: Optional[str] = None
+        self._keys: Dict[str, Any] = {}
+        self._fetched_at = 0.0
         self._lock = threading.Lock()
 
-    def _jwks(self) -> jwt.PyJWKClient:
+    def _get(self, url: str, what: str) -> Dict[str, Any]:
+        """Through requests, so a deployment's own CA (REQUESTS_CA_BUNDLE) is trusted as for every other call."""
+        try:
+            answer = requests.get(url, timeout=DISCOVERY_TIMEOUT_S)
+            answer.raise_for_status()
+            return answer.json()
+        except (requests.RequestException, ValueError) as e:
+            raise TokenRefused(f"the identity provider {self.issuer} did not answer its {what} ({type(e).__name__})") from None
+
+    def _key(self, kid: str) -> Any:
+        """The issuer's signing key named by the token; keys are read again (at most every few seconds) when a
+        token names one not seen yet, which is how providers rotate them."""
         with self._lock:
-            if self._keys is None:
-                try:
-                    answer = requests.get(self.issuer + DISCOVERY_PATH, timeout=DISCOVERY_TIMEOUT_S)
-                    answer.raise_for_status()
-                    discovery = answer.json()
-                except (requests.RequestException, ValueError) as e:
-                    raise TokenRefused(f"the identity provider {self.issuer} did not answer its OpenID discovery ({type(e).__name__})") from None
-                if discovery.get("issuer", "").rstrip("/") != self.issuer:
+            if self._jwks_uri is None:
+                discovery = self._get(self.issuer + DISCOVERY_PATH, "OpenID discovery")
+                if str(discovery.get("issuer", "")).rstrip("/") != self.issuer:
                     raise TokenRefused(f"the identity provider calls itself {discovery.get('issuer')!r}, not {self.issuer!r}: check MONAI_LABEL_AUTH_REALM_URI")
-                self._keys = jwt.PyJWKClient(discovery["jwks_uri"], cache_keys=True, lifespan=300)
-            return self._keys
+                self._jwks_uri = str(discovery["jwks_uri"])
+            if kid not in self._keys and time.monotonic() - self._fetched_at > JWKS_REFRESH_MIN_S:
+                self._fetched_at = time.monotonic()
+                keys = jwt.PyJWKSet.from_dict(self._get(self._jwks_uri, "signing keys (JWKS)")).keys
+                self._keys = {str(k.key_id): k.key for k in keys if k.public_key_use in (None, "sig")}
+            if kid not in self._keys:
+                raise TokenRefused(f"the token's signing key {kid!r} is not one of the identity provider's")
+            return self._keys[kid]
 
     def claims(self, token: str) -> Dict[str, Any]:
         try:
-            key = self._jwks().get_signing_key_from_jwt(token)
+            key = self._key(str(jwt.get_unverified_header(token).get("kid")))  # "None": a key published without an id
             return jwt.decode(
                 token,
-                key.key,
+                key,
                 algorithms=list(self.algorithms),
                 audience=self.audience,
                 issuer=self.issuer,
                 leeway=LEEWAY_S,
                 options={"require": ["exp", "iss", "aud"]},
             )
-        except (jwt.PyJWTError, jwt.PyJWKClientError) as e:
+        except jwt.PyJWTError as e:
             raise TokenRefused(f"the bearer token was refused: {e}") from None
 
     def user(self, token: str) -> auth.User:
