@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # Debian packages the archive mode and its tests need: Orthanc with its DICOMweb plugin, dicom3tools
-# (dciodvfy checks every DICOM object we write), docker-compose (validates docker-compose.yml) and chromium (OHIF browser tests).
+# (dciodvfy checks every DICOM object we write), dcmtk (storescu: a modality sending studies), docker-compose
+# (validates the compose files), chromium (OHIF browser tests), nginx and gettext-base (the team deployment's
+# TLS proxy and its envsubst).
 # Installs only what is missing; needs root (or sudo) the first time.
 set -euo pipefail
-packages=(orthanc orthanc-dicomweb dicom3tools docker-compose chromium)  # chromium: the OHIF browser tests
+packages=(orthanc orthanc-dicomweb dicom3tools dcmtk docker-compose chromium nginx gettext-base)
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -18,3 +20,6 @@ $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 # Debian starts an Orthanc service on 8042 with its own configuration: ours runs from orthanc/orthanc.json.
 if command -v systemctl >/dev/null && systemctl is-active --quiet orthanc 2>/dev/null; then $SUDO systemctl stop orthanc || true; fi
 if command -v service >/dev/null; then $SUDO service orthanc stop >/dev/null 2>&1 || true; fi
+# Likewise nginx: the deployment's TLS proxy runs from deploy/nginx with its own configuration.
+if command -v systemctl >/dev/null && systemctl is-active --quiet nginx 2>/dev/null; then $SUDO systemctl stop nginx || true; fi
+if command -v service >/dev/null; then $SUDO service nginx stop >/dev/null 2>&1 || true; fi

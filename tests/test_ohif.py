@@ -120,3 +120,52 @@ def test_study_list_shows_the_archive_studies(server, tmp_path):
     assert result["errors"] == [] and result["rows"] == 2
     assert "BraTS-GLI-00000-000" in result["text"] and "BraTS-GLI-00001-000" in result["text"], "patients listed by name"
     shutil.copyfile(tmp_path / "ohif_study_list.png", ARTIFACTS / "ohif_study_list.png")
+
+
+def test_the_study_list_search_reaches_the_archive(server, tmp_path):
+    """OHIF's study list search is a QIDO-RS query (PatientID here): the proxy forwards it, so one study shows."""
+    run = subprocess.run(["node", "ohif_study_list.mjs", server.url, str(tmp_path), "mrn=BraTS-GLI-00001-000"], cwd=BROWSER_DIR, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    result = json.loads(run.stdout.strip().splitlines()[-1])
+    assert result["errors"] == [] and result["rows"] == 1, result["rows"]
+    assert "BraTS-GLI-00001-000" in result["text"] and "BraTS-GLI-00000-000" not in result["text"]
+
+
+@pytest.fixture(scope="module")
+def auth_server(orthanc, server, server_factory, tmp_path_factory):
+    """A second server on the same archive with authentication on (tokens from a local OpenID issuer)."""
+    from tests.oidc_issuer import LocalIssuer
+
+    issuer = LocalIssuer()
+    weights = tmp_path_factory.mktemp("auth_weights") / "untrained.pt"
+    torch.save(build_network(PROFILES["cpu"]).state_dict(), weights)
+    env = {**orthanc.credentials_env, **issuer.env}
+    started = server_factory(
+        orthanc.dicomweb,
+        env=env,
+        headers=issuer.headers("admin", "admin"),
+        workspace=tmp_path_factory.mktemp("ohif_auth_workspace"),
+        pretrained_weights=weights,
+        dicomweb_refresh_s=0,
+    )
+    yield started, issuer
+    issuer.stop()
+
+
+def test_with_authentication_on_the_viewer_sends_the_users_token_and_the_label_is_theirs(auth_server, tmp_path):
+    import requests
+
+    server, issuer = auth_server
+    admin = issuer.headers("admin", "admin")
+    listing = requests.get(f"{server.url}/datastore/?output=all", headers=admin, timeout=60).json()["objects"]
+    study = sorted(listing)[0]
+    token = issuer.token("dr_ohif", ["monailabel-annotator"])
+    run = subprocess.run(["node", "ohif_annotation_loop.mjs", server.url, study, str(tmp_path), token], cwd=BROWSER_DIR, capture_output=True, text=True, timeout=900)
+    assert run.returncode == 0, run.stderr[-3000:]
+    result = json.loads(run.stdout.strip().splitlines()[-1])
+    assert result["errors"] == [], result["errors"]
+    assert result["requestsWithoutToken"] == 0, "every request to the server (DICOMweb, the MONAI Label panel, Submit label) carries the token"
+    assert result["connected"] and result["infer"]["status"] == 200
+    assert result["submit"]["status"] == 200 and result["submit"]["outcome"]["state"] == "saved", result["submit"]
+    label = requests.get(f"{server.url}/datastore/label/info", params={"label": study, "tag": "final"}, headers=admin, timeout=60).json()
+    assert label["user"] == "dr_ohif" and label["authenticated"] is True and label["client_id"] == "OHIF"

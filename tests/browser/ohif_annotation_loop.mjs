@@ -2,10 +2,13 @@
 // Chromium: open a study, check its series and that an image renders, connect the MONAI Label panel, ask it
 // for the Next Sample and open that study, run Auto-Segmentation, correct the result with OHIF's brush, and
 // press Submit label. Prints one JSON line with what each step saw; saves screenshots into OUT_DIR.
-//   node ohif_annotation_loop.mjs SERVER_URL STUDY_UID OUT_DIR
+// With TOKEN (authentication on) the viewer opens as OHIF does with ?token=: the user's token is sent with
+// every request. Next Sample is skipped then: its page reload drops a ?token= sign-in (a deployment signs in
+// through the identity provider instead).
+//   node ohif_annotation_loop.mjs SERVER_URL STUDY_UID OUT_DIR [TOKEN]
 import { reportRun } from './chromium.mjs';
 
-const [server, study, outDir] = process.argv.slice(2);
+const [server, study, outDir, token] = process.argv.slice(2);
 const TIMEOUT_MS = 90000;
 const INFER_TIMEOUT_MS = 300000;
 const CORRECTED_SEGMENT = 'edema'; // painted with the brush, so the submitted label differs from the pre-label
@@ -63,7 +66,7 @@ async function brushStroke(page, segmentLabel) {
   return segmentIndex;
 }
 
-const result = { errors: [], series: [], connected: false, info: null, panel: false, nextSample: null, opened: null, infer: null, segmentations: [], overlay: null, corrected: null, submit: null, console: [] };
+const result = { errors: [], requestsWithoutToken: 0, series: [], connected: false, info: null, panel: false, nextSample: null, opened: null, infer: null, segmentations: [], overlay: null, corrected: null, submit: null, console: [] };
 await reportRun(result, async (browser) => {
   const context = await browser.newContext({ viewport: { width: 1400, height: 900 } });
   // the MONAI Label panel reads its server from this cookie
@@ -73,7 +76,8 @@ await reportRun(result, async (browser) => {
   page.on('crash', () => result.errors.push('the page crashed'));
   page.on('console', (m) => { if (m.type() === 'error' || m.text().startsWith('BraTS')) result.console.push(m.text().slice(0, 500)); });
   page.on('dialog', (d) => d.accept()); // Next Sample's "This action will reload current page" confirmation
-  await page.goto(`${server}/ohif/monai-label?StudyInstanceUIDs=${study}`, { timeout: TIMEOUT_MS });
+  page.on('request', (r) => { if (token && r.url().startsWith(server) && !r.url().includes('/ohif/')) result.requestsWithoutToken += r.headers().authorization ? 0 : 1; });
+  await page.goto(`${server}/ohif/monai-label?StudyInstanceUIDs=${study}${token ? `&token=${token}` : ''}`, { timeout: TIMEOUT_MS });
 
   // the study's series, as OHIF's display-set service holds them once loaded
   await waitForStudy(page);
@@ -88,16 +92,18 @@ await reportRun(result, async (browser) => {
   await page.locator('.cornerstone-canvas').first().screenshot({ path: `${outDir}/ohif_viewport.png` });
 
   // Active Learning > Next Sample: the server picks a study; its dialog's OK opens it
-  const [picked] = await Promise.all([
-    page.waitForResponse((r) => r.url().startsWith(`${server}/activelearning/`), { timeout: TIMEOUT_MS }),
-    page.getByRole('button', { name: 'Next Sample' }).click(),
-  ]);
-  result.nextSample = await picked.json();
-  await page.getByRole('button', { name: 'OK' }).click();
-  await page.waitForURL((url) => url.searchParams.get('StudyInstanceUIDs') === result.nextSample.StudyInstanceUID, { timeout: TIMEOUT_MS });
-  await waitForStudy(page);
-  result.opened = new URL(page.url()).searchParams.get('StudyInstanceUIDs');
-  await connectPanel(page);
+  if (!token) {
+    const [picked] = await Promise.all([
+      page.waitForResponse((r) => r.url().startsWith(`${server}/activelearning/`), { timeout: TIMEOUT_MS }),
+      page.getByRole('button', { name: 'Next Sample' }).click(),
+    ]);
+    result.nextSample = await picked.json();
+    await page.getByRole('button', { name: 'OK' }).click();
+    await page.waitForURL((url) => url.searchParams.get('StudyInstanceUIDs') === result.nextSample.StudyInstanceUID, { timeout: TIMEOUT_MS });
+    await waitForStudy(page);
+    result.opened = new URL(page.url()).searchParams.get('StudyInstanceUIDs');
+    await connectPanel(page);
+  }
 
   // Auto-Segmentation > Run: the server segments the series on screen; OHIF loads the result as a segmentation
   const [infer] = await Promise.all([

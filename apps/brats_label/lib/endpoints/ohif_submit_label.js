@@ -92,6 +92,11 @@
     await new Promise((resolve) => {
       request.onloadend = resolve;
       request.open('PUT', `${window.location.origin}/datastore/label?image=${encodeURIComponent(study)}&tag=final`);
+      // With authentication on, OHIF holds the user's token (signed in, or ?token= in the viewer's URL): send it.
+      const auth = window.services.userAuthenticationService?.getAuthorizationHeader?.();
+      if (auth && auth.Authorization) {
+        request.setRequestHeader('Authorization', auth.Authorization);
+      }
       request.send(form);
     });
     if (request.status !== 200) {
@@ -132,6 +137,33 @@
     const tools = section.splice(0);
     toolbarService.createButtonSection('primary', [BUTTON_ID, ...tools]);
   }
+
+  // With authentication on, every request the viewer makes to this server carries the user's token. OHIF adds it
+  // to its DICOMweb requests; the bundled MONAI Label panel (info, Next Sample, Auto-Segmentation) sends none,
+  // so it would be refused. Same-origin requests that set no Authorization header get OHIF's.
+  (function sendTokenToThisServer() {
+    const open = XMLHttpRequest.prototype.open;
+    const setHeader = XMLHttpRequest.prototype.setRequestHeader;
+    const send = XMLHttpRequest.prototype.send;
+    XMLHttpRequest.prototype.open = function openTracked(method, url, ...rest) {
+      this.bratsSameOrigin = new URL(url, window.location.href).origin === window.location.origin;
+      this.bratsHasAuthorization = false;
+      return open.call(this, method, url, ...rest);
+    };
+    XMLHttpRequest.prototype.setRequestHeader = function setHeaderTracked(name, value) {
+      if (String(name).toLowerCase() === 'authorization') {
+        this.bratsHasAuthorization = true;
+      }
+      return setHeader.call(this, name, value);
+    };
+    XMLHttpRequest.prototype.send = function sendWithToken(body) {
+      const auth = this.bratsSameOrigin && !this.bratsHasAuthorization && window.services?.userAuthenticationService?.getAuthorizationHeader?.();
+      if (auth && auth.Authorization) {
+        setHeader.call(this, 'Authorization', auth.Authorization);
+      }
+      return send.call(this, body);
+    };
+  })();
 
   // The mode rebuilds its toolbar each time it is entered, so keep looking.
   window.setInterval(() => {
