@@ -193,3 +193,10 @@ def test_next_sample_hands_out_to_the_signed_in_user_whatever_client_id_is_sent(
     held = [case for case, h in holders.items() if h["client"] == "dr_handout"]
     assert held == [second["id"]], f"one study per user at a time: {holders}"
     assert not any(h["client"].startswith("made-up") for h in holders.values())
+
+
+def test_the_readme_shows_the_route_table_the_server_enforces():
+    from scripts.route_table import markdown
+    from tests.conftest import REPO
+
+    assert markdown() in (REPO / "README.md").read_text(), "run: .venv/bin/python scripts/route_table.py and paste it into the README"
