@@ -14,6 +14,7 @@ Start it with MONAI Label's own server, for example::
     dicomweb_refresh_s  how often the archive is listed again, in the background (default 30; 0: inside every request)
     infer_concurrency   auto-segmentations run at once, the others queue in arrival order (default 1)
     max_upload_mb       request bodies over this are refused before they are read (default 256)
+    auth_audience       the audience a token must name (default MONAI_LABEL_AUTH_CLIENT_ID, monailabel-app)
     retrain_after_labels, retrain_min_interval_s   automatic fine-tune after N new labels, at most so often
     promote_tolerance   a new model version is served unless its held-out mean Dice is lower by more (0.01)
     max_epochs, learning_rate, batch_size, patch_size, val_split   training defaults
@@ -265,7 +266,8 @@ class BratsLabelApp(MONAILabelApp):
         # requests now wait in threads (auto-segmentations queue there): room for a team's worth of them
         anyio.to_thread.current_default_thread_limiter().total_tokens = REQUEST_THREADS
         offload_blocking_stock_routes(server)  # first: our own routes then go in front of these
-        verifier = TokenVerifier(settings.MONAI_LABEL_AUTH_REALM_URI, settings.MONAI_LABEL_AUTH_CLIENT_ID, TOKEN_ALGORITHMS) if settings.MONAI_LABEL_AUTH_ENABLE else None
+        audience = self.config.auth_audience or settings.MONAI_LABEL_AUTH_CLIENT_ID
+        verifier = TokenVerifier(settings.MONAI_LABEL_AUTH_REALM_URI, audience, TOKEN_ALGORITHMS) if settings.MONAI_LABEL_AUTH_ENABLE else None
         if verifier is not None:
             install_token_check(verifier)
         install_save_label_route(server)

@@ -235,6 +235,7 @@ class AppConfig:
     retrain: RetrainPolicy = RetrainPolicy()
     infer_concurrency: int = 1  # auto-segmentations run at once (the others queue in arrival order); more only on a GPU
     max_upload_mb: float = MAX_UPLOAD_MB
+    auth_audience: Optional[str] = None  # the token audience the server accepts; None: MONAI_LABEL_AUTH_CLIENT_ID
 
     @property
     def patch_size(self) -> Tuple[int, int, int]:
@@ -304,7 +305,20 @@ class AppConfig:
         if max_upload_mb <= 0:
             raise ConfigError("--conf max_upload_mb must be positive")
         workspace_path = Path(workspace).expanduser().resolve() if workspace else None
-        return cls(PROFILES[name], train, weights_path, workspace_path, scoring, handout_ttl_s, rules, refresh_s, retrain, infer_concurrency, max_upload_mb)
+        return cls(
+            PROFILES[name],
+            train,
+            weights_path,
+            workspace_path,
+            scoring,
+            handout_ttl_s,
+            rules,
+            refresh_s,
+            retrain,
+            infer_concurrency,
+            max_upload_mb,
+            conf.get("auth_audience") or None,
+        )
 
 
 def _series_rules(path: str) -> Tuple[Tuple[str, str], ...]:
