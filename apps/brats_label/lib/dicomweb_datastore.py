@@ -120,7 +120,18 @@ class DicomWebStudyDatastore(StudyDatastore):
         self._archive_error: Optional[str] = None
         self._refresh_started_at = -1.0
         self._background = False
+        if writer:
+            self._strip_metadata_cache()
         self.refresh()
+
+    def _strip_metadata_cache(self) -> None:
+        """Caches written before ``CACHED_METADATA`` held whole instance headers (names, birth dates): cut to it."""
+        for path in self._metadata_dir.glob("*.json") if self._metadata_dir.is_dir() else []:
+            if path.name.endswith(".stack.json"):
+                continue
+            cached = read_json(path, None)
+            if isinstance(cached, list) and any(set(item) - CACHED_METADATA for item in cached if isinstance(item, dict)):
+                write_json([{t: v for t, v in item.items() if t in CACHED_METADATA} for item in cached if isinstance(item, dict)], path)
 
     def start_background_refresh(self) -> None:
         """Refresh every ``refresh_s`` in a thread of its own (the server): requests use the last listing
