@@ -34,7 +34,7 @@ from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
 from monailabel.config import settings
 from starlette.middleware import Middleware
-from starlette.routing import Mount, compile_path
+from starlette.routing import Mount, Route, compile_path
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ..clock import utc_now
@@ -186,6 +186,7 @@ ROUTE_ROLES: Tuple[Tuple[str, str, Access], ...] = (
     ("GET", "/", Role.ANONYMOUS),  # API page
     ("GET", "/favicon.ico", Role.ANONYMOUS),
     ("GET", "/openapi.json", Role.ANONYMOUS),
+    ("GET", "/docs", Role.ANONYMOUS),
     ("GET", "/static", Role.ANONYMOUS),  # the API page's assets
     ("GET", "/ohif/{path:path}", Role.ANONYMOUS),  # the viewer's files; its data come through the proxy
     ("GET", "/ohif/app-config.js", Role.ANONYMOUS),
@@ -292,7 +293,8 @@ def check_route_table(app: FastAPI) -> int:
     """Every route the server answers has an entry; start-up stops on one that does not."""
     served = {(method, path) for path, route in served_routes(app.router.routes) for method in (route.methods or []) if method != "HEAD"}
     served |= {("GET", route.path) for route in app.router.routes if isinstance(route, Mount) and route.path}
-    served |= {("GET", app.openapi_url)} if app.openapi_url else set()
+    plain = [r for r in app.router.routes if isinstance(r, Route) and not isinstance(r, APIRoute)]  # the API pages
+    served |= {(method, route.path) for route in plain for method in (route.methods or []) if method != "HEAD"}
     declared = {(method, path) for method, path, _ in ROUTE_ROLES}
     unnamed = sorted(served - declared)
     if unnamed:
