@@ -200,6 +200,8 @@ def test_the_proxy_forwards_qido_queries_as_asked(server, orthanc, studies):
         uids = lambda answer: sorted(s["0020000D"]["Value"][0] for s in answer.json())  # noqa: E731
         direct = requests.get(f"{orthanc.dicomweb}/studies", params=query, auth=(orthanc.user, orthanc.password), timeout=30)
         assert uids(requests.get(proxy, params=query, timeout=30)) == uids(direct), f"{query}: the proxy answers what the archive answers"
+    wildcard = requests.get(f"{proxy}?PatientID={patients[1][:12]}*", timeout=30).json()  # as OHIF's search sends it: '*' unencoded
+    assert len(wildcard) == len([p for p in patients if p.startswith(patients[1][:12])]) > 0
     series = requests.get(f"{server.url}/proxy/dicom/qido/studies/{one[0]['0020000D']['Value'][0]}/series", params={"Modality": "MR"}, timeout=30).json()
     assert len(series) == 4 and {s["00080060"]["Value"][0] for s in series} == {"MR"}
 

@@ -92,9 +92,14 @@ def _archive_auth():
 
 
 async def forward(request: Request, url: str, params: List[Tuple[str, str]]) -> StreamingResponse:
+    """``params`` were checked; the query goes on as the client wrote it: Orthanc's DICOMweb plugin takes an
+    encoded wildcard (``%2A``) literally, so re-encoding ``PatientID=B*`` would match nothing."""
     headers = {k: v for k, v in request.headers.items() if k.lower() in FORWARDED_REQUEST_HEADERS}
+    query = request.scope.get("query_string", b"").decode("latin-1")
+    if params and query:
+        url = f"{url}?{query}"
     try:
-        answer = await run_in_threadpool(requests.get, url, params=params, headers=headers, auth=_archive_auth(), stream=True, timeout=ARCHIVE_TIMEOUT_S, allow_redirects=False)
+        answer = await run_in_threadpool(requests.get, url, headers=headers, auth=_archive_auth(), stream=True, timeout=ARCHIVE_TIMEOUT_S, allow_redirects=False)
     except requests.RequestException as e:
         raise HTTPException(503, f"the archive did not answer ({type(e).__name__}); try again when it is back") from None
     kept: Dict[str, str] = {k: v for k, v in answer.headers.items() if k.lower() in FORWARDED_ANSWER_HEADERS}
