@@ -30,6 +30,7 @@ from enum import IntEnum
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 from fastapi import FastAPI, Request
+from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
 from monailabel.config import settings
@@ -321,7 +322,7 @@ class RouteGuard:
         if scope["type"] != "http" or scope["method"] == "OPTIONS":  # CORS pre-flights are answered outside
             await self.app(scope, receive, send)
             return
-        refusal = self._refusal(scope)
+        refusal = await self._refusal(scope)
         if refusal is not None:
             await refusal(scope, receive, send)
             return
@@ -371,7 +372,7 @@ class RouteGuard:
 
         return replay
 
-    def _refusal(self, scope: Scope) -> Optional[JSONResponse]:
+    async def _refusal(self, scope: Scope) -> Optional[JSONResponse]:
         raw = scope.get("raw_path") or scope["path"].encode()
         if UNSAFE_RAW_PATH.search(raw) or "\x00" in scope["path"]:
             return _json_answer(400, "the path holds an encoded '/', '\\', '.', '?', '#' or NUL, or a '.' or '..' segment; no route of this server needs one")
@@ -382,9 +383,9 @@ class RouteGuard:
             return _json_answer(403, f"{scope['method']} {scope['path']} is not offered by this server: {access.reason}")
         if access == Role.ANONYMOUS or not settings.MONAI_LABEL_AUTH_ENABLE:
             return None
-        return self._role_refusal(scope, access)
+        return await self._role_refusal(scope, access)
 
-    def _role_refusal(self, scope: Scope, least: Role) -> Optional[JSONResponse]:
+    async def _role_refusal(self, scope: Scope, least: Role) -> Optional[JSONResponse]:
         header = dict(scope.get("headers") or []).get(b"authorization", b"").decode("latin-1")
         scheme, _, token = header.partition(" ")
         challenge = {"WWW-Authenticate": "Bearer"}
@@ -393,7 +394,7 @@ class RouteGuard:
         if self.verifier is None:
             return _json_answer(500, "authentication is on but no identity provider is configured (MONAI_LABEL_AUTH_REALM_URI)")
         try:
-            user = self.verifier.user(token.strip())
+            user = await run_in_threadpool(self.verifier.user, token.strip())  # may read the issuer's keys
         except TokenRefused as e:
             return _json_answer(401, str(e), challenge)
         needed = role_names()[least - 1]
