@@ -192,7 +192,7 @@ class BratsLabelApp(MONAILabelApp):
             return DicomWebStudyDatastore(
                 archive,
                 self.workspace,
-                SeriesRules(self.config.series_rules),
+                SeriesRules(site_rules=self.config.series_rules),
                 self.config.dicomweb_refresh_s,
                 self.version,
                 listing_extras=extras,

@@ -52,7 +52,9 @@ GEOMETRY_TOLERANCE_MM = 1e-3
 # --- DICOM ---------------------------------------------------------------------------------------------
 # Which SeriesDescription/ProtocolName means which channel. Rules are tried in order on the lower-cased
 # text; the first whose pattern matches wins, so the post-contrast T1 patterns come before plain T1 and
-# FLAIR before T2. Extend with --conf series_rules=<json file> (same shape) for a site's own naming.
+# FLAIR before T2. These decide only where a series' header has no acquisition timing
+# (dicom/sequence_classifier.py decides from TR, TE, TI and the sequence first); a site's own rules
+# (--conf series_rules=<json file>, same shape) override both.
 SERIES_RULES: Tuple[Tuple[str, str], ...] = (
     ("flair", r"flair|\bt2f\b|dark[ _-]?fluid|\btirm\b"),
     ("t1c", r"t1.*(\+ ?c\b|\bpost|gad|gd\b|\bce\b|contrast|\bc\+)|t1ce|t1gd|t1c\b|mprage.*post|post.*t1|t1w?_?ce"),
@@ -230,7 +232,7 @@ class AppConfig:
     workspace: Optional[Path]
     scoring: ScoringSettings = ScoringSettings()
     handout_ttl_s: float = HANDOUT_TTL_S
-    series_rules: Tuple[Tuple[str, str], ...] = SERIES_RULES
+    series_rules: Tuple[Tuple[str, str], ...] = ()  # a site's own [channel, regex] rules: tried before anything else
     dicomweb_refresh_s: float = DICOMWEB_REFRESH_S
     retrain: RetrainPolicy = RetrainPolicy()
     infer_concurrency: int = 1  # auto-segmentations run at once (the others queue in arrival order); more only on a GPU
@@ -275,7 +277,7 @@ class AppConfig:
             raise ConfigError("--conf scoring_samples and handout_ttl_s take numbers") from None
         if scoring.samples < 2 or handout_ttl_s <= 0:
             raise ConfigError("--conf scoring_samples must be at least 2 and handout_ttl_s positive (seconds)")
-        rules = SERIES_RULES
+        rules: Tuple[Tuple[str, str], ...] = ()
         if "series_rules" in conf:
             rules = _series_rules(conf["series_rules"])
         try:

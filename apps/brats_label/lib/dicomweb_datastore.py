@@ -23,6 +23,7 @@ still saved locally and sent when the archive is back; everything else answers 5
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 import time
@@ -43,6 +44,7 @@ from .case_cache import UnusableVolume, stack_channels
 from .config import CHANNELS, DICOMWEB_FETCH_WORKERS, DICOMWEB_REFRESH_S, OHIF_STUDY_PATH, REFERENCE_CHANNEL
 from .dicom.archive import Archive
 from .dicom.seg import SegProblem, is_shipped_ground_truth, label_to_seg, seg_to_label
+from .dicom.sequence_classifier import Acquisition
 from .dicom.series_rules import SeriesRules, SeriesSummary
 from .dicom.series_volume import SeriesProblem, SliceStack, series_volume, slice_stack
 from .errors import ArchiveUnavailable, InvalidInput, NotAllowed, NotFound
@@ -87,6 +89,7 @@ class DicomStudy:
     study_id: str  # StudyInstanceUID (no patient attributes: they stay in the archive)
     channels: Dict[str, SeriesSummary]
     segs: List[SeriesSummary] = field(default_factory=list)
+    evidence: Dict[str, str] = field(default_factory=dict)  # channel -> why its series was given it
 
     def fingerprint(self) -> str:
         return ";".join(f"{c}={self.channels[c].series_uid}:{self.channels[c].instances}" for c in CHANNELS)
@@ -117,6 +120,7 @@ class DicomWebStudyDatastore(StudyDatastore):
         self._sources: Dict[str, DicomStudy] = {}
         self._series_to_study: Dict[str, str] = {}
         self._stacks: Dict[str, SliceStack | SeriesProblem] = {}  # series geometry by UID and instance count
+        self._acquisitions: Dict[str, Acquisition] = {}  # by series UID: how it was acquired does not change
         self._archive_error: Optional[str] = None
         self._refresh_started_at = -1.0
         self._background = False
@@ -170,7 +174,7 @@ class DicomWebStudyDatastore(StudyDatastore):
             geometries: Dict[str, Geometry] = {}
             for study in studies:
                 uid = study["study_uid"]
-                series = self._archive.series(uid)
+                series = [self._with_acquisition(uid, s) for s in self._archive.series(uid)]
                 assignment = self._rules.assign(series)
                 if assignment.problem:
                     problems.append(StudyProblem(uid, uid, assignment.problem))
@@ -189,7 +193,7 @@ class DicomWebStudyDatastore(StudyDatastore):
                     logger.warning(f"Study {uid} not listed: {type(e).__name__}: {e}")
                     problems.append(StudyProblem(uid, uid, f"its series' metadata could not be read ({type(e).__name__}: {e})"))
                     continue
-                candidate = DicomStudy(uid, assignment.channels, [s for s in series if s.modality == "SEG"])
+                candidate = DicomStudy(uid, assignment.channels, [s for s in series if s.modality == "SEG"], assignment.evidence)
                 broken = self._broken.get(uid)
                 if broken and broken[0] == candidate.fingerprint():  # pixels found undecodable; unchanged since
                     problems.append(StudyProblem(uid, uid, broken[1]))
@@ -209,6 +213,14 @@ class DicomWebStudyDatastore(StudyDatastore):
             self._send_pending_labels()
             self._import_segs()
         logger.info(f"{len(found)} studies in {self._archive.url}; {len(self._problems)} with problems")
+
+    def _with_acquisition(self, study_uid: str, series: SeriesSummary) -> SeriesSummary:
+        """The series with how it was acquired (one instance's header, asked once per series UID)."""
+        if series.modality != "MR":
+            return series
+        if series.series_uid not in self._acquisitions:
+            self._acquisitions[series.series_uid] = self._archive.acquisition(study_uid, series.series_uid)
+        return dataclasses.replace(series, acquisition=self._acquisitions[series.series_uid])
 
     def _maybe_refresh(self) -> None:
         if not self._background and time.monotonic() - self._refresh_started_at >= self._refresh_s:
@@ -330,7 +342,7 @@ class DicomWebStudyDatastore(StudyDatastore):
             {
                 "layout": "dicomweb",
                 "channels": list(CHANNELS),
-                "series": {c: {"uid": s.series_uid, "description": s.name, "instances": s.instances} for c, s in study.channels.items()},
+                "series": {c: {"uid": s.series_uid, "description": s.name, "instances": s.instances, "why": study.evidence.get(c, "")} for c, s in study.channels.items()},
                 "reference_channel": REFERENCE_CHANNEL,
                 "shape": list(geometry.shape),
                 "spacing_mm": list(geometry.spacing_mm),

@@ -20,10 +20,24 @@ from requests_toolbelt.multipart.decoder import ImproperBodyPartContentException
 
 from ..config import DICOMWEB_TIMEOUT_S
 from ..errors import ArchiveUnavailable
+from .sequence_classifier import Acquisition
 from .series_rules import SeriesSummary
 
 PIXEL_DATA_TAG = "7FE00010"
 SERIES_FIELDS = ["SeriesDescription", "ProtocolName", "Modality", "NumberOfSeriesRelatedInstances", "SeriesNumber", "SeriesDate", "SeriesTime"]
+# What one instance says of how its series was acquired (sequence_classifier): tags, as QIDO-RS names them.
+ACQUISITION_FIELDS = {
+    "image_type": "00080008",
+    "repetition_time": "00180080",
+    "echo_time": "00180081",
+    "inversion_time": "00180082",
+    "scanning_sequence": "00180020",
+    "sequence_variant": "00180021",
+    "acquisition_type": "00180023",
+    "contrast_agent": "00180010",
+    "diffusion_b_value": "00189087",
+    "temporal_positions": "00200105",
+}
 
 
 def _first(element: Dict[str, Any], default: Any = "") -> Any:
@@ -76,9 +90,45 @@ class Archive:
                 protocol=_text(s, "00181030"),
                 instances=int(_first(s.get("00201209", {}), 0) or 0),
                 number=int(_first(s.get("00200011", {}), 0) or 0) or None,
+                time=_text(s, "00080031"),
             )
             for s in found
         ]
+
+    def acquisition(self, study_uid: str, series_uid: str) -> Acquisition:
+        """How a series was acquired, from the header of one of its instances (one QIDO-RS request)."""
+        found = self._call(
+            "acquisition search",
+            self.client.search_for_instances,
+            study_instance_uid=study_uid,
+            series_instance_uid=series_uid,
+            fields=list(ACQUISITION_FIELDS.values()),
+            limit=1,
+        )
+        item = found[0] if found else {}
+
+        def values(tag: str) -> tuple:
+            return tuple(str(v) for v in (item.get(tag, {}) or {}).get("Value", []) if v is not None)
+
+        def number(tag: str) -> Optional[float]:
+            try:
+                return float(values(tag)[0])
+            except (IndexError, ValueError):
+                return None
+
+        temporal = number(ACQUISITION_FIELDS["temporal_positions"])
+        return Acquisition(
+            repetition_time=number(ACQUISITION_FIELDS["repetition_time"]),
+            echo_time=number(ACQUISITION_FIELDS["echo_time"]),
+            inversion_time=number(ACQUISITION_FIELDS["inversion_time"]),
+            scanning_sequence=values(ACQUISITION_FIELDS["scanning_sequence"]),
+            sequence_variant=values(ACQUISITION_FIELDS["sequence_variant"]),
+            acquisition_type=(values(ACQUISITION_FIELDS["acquisition_type"]) or ("",))[0],
+            contrast_agent=" ".join(values(ACQUISITION_FIELDS["contrast_agent"])),
+            image_type=values(ACQUISITION_FIELDS["image_type"]),
+            diffusion_b_value=number(ACQUISITION_FIELDS["diffusion_b_value"]),
+            temporal_positions=int(temporal) if temporal is not None else None,
+        )
 
     def instance_uids(self, study_uid: str, series_uid: str) -> List[str]:
         found = self._call("instance search", self.client.search_for_instances, study_instance_uid=study_uid, series_instance_uid=series_uid)
