@@ -8,8 +8,9 @@
 3. Where the header has no timing, the built-in name rules (``config.SERIES_RULES``) decide.
 
 Non-MR series (SEG, SR, presentation states) and localisers are never channels. When two series claim a
-channel and one of them is an ORIGINAL acquisition and the others not, the original is taken; otherwise the
-study is refused naming the candidates and the evidence for each, rather than guessing.
+channel, an ORIGINAL acquisition is taken over derived ones, then a 3D acquisition over 2D ones (BraTS
+protocols prefer the 3D T1c: thin slices, reformattable); if that does not decide, the study is refused
+naming the candidates and the evidence for each, rather than guessing.
 """
 
 from __future__ import annotations
@@ -46,6 +47,14 @@ class ChannelAssignment:
     ignored: List[Tuple[str, str]] = field(default_factory=list)  # (series name, why)
     evidence: Dict[str, str] = field(default_factory=dict)  # channel -> why its series was given it
     problem: Optional[str] = None
+
+
+def _is_original(series: SeriesSummary) -> bool:
+    return bool(series.acquisition) and ORIGINAL_IMAGE_TYPE in [t.upper() for t in series.acquisition.image_type[:1]]  # type: ignore[union-attr]
+
+
+def _is_3d(series: SeriesSummary) -> bool:
+    return bool(series.acquisition) and series.acquisition.acquisition_type.upper() == "3D"  # type: ignore[union-attr]
 
 
 class SeriesRules:
@@ -103,12 +112,13 @@ class SeriesRules:
             else:
                 claims.setdefault(channel, []).append((s, why))
         for channel, candidates in claims.items():
-            originals = [c for c in candidates if c[0].acquisition and ORIGINAL_IMAGE_TYPE in [t.upper() for t in c[0].acquisition.image_type[:1]]]
-            if len(candidates) > 1 and len(originals) == 1:
-                result.ignored += [
-                    (s.name, f"not an original acquisition; the original {originals[0][0].name!r} is the {channel}") for s, _ in candidates if s is not originals[0][0]
-                ]
-                claims[channel] = originals
+            for preferred, what in ((_is_original, "an original acquisition"), (_is_3d, "a 3D acquisition (thin slices, any plane)")):
+                chosen = [c for c in candidates if preferred(c[0])]
+                if len(candidates) > 1 and len(chosen) == 1:
+                    winner = chosen[0][0]
+                    result.ignored += [(s.name, f"another {channel} candidate; {winner.name!r} is {what} and this is not") for s, _ in candidates if s is not winner]
+                    candidates = chosen
+            claims[channel] = candidates
         clashes = {c: ss for c, ss in claims.items() if len(ss) > 1}
         missing = [c for c in CHANNELS if c not in claims]
         if clashes:
