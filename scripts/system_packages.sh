@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # Debian packages the archive mode and its tests need: Orthanc with its DICOMweb plugin, dicom3tools
-# (dciodvfy checks every DICOM object we write), dcmtk (storescu: a modality sending studies), docker-compose
+# (dciodvfy checks every DICOM object we write), dcmtk and GDCM's tools (storescu: a modality sending studies;
+# dcmcjpeg, dcmcjpls, dcmcrle, gdcmconv: compressed test studies), docker-compose
 # (validates the compose files), chromium (OHIF browser tests), nginx and gettext-base (the team deployment's
 # TLS proxy and its envsubst).
 # Installs only what is missing; needs root (or sudo) the first time.
 set -euo pipefail
-packages=(orthanc orthanc-dicomweb dicom3tools dcmtk docker-compose chromium nginx gettext-base)
+packages=(orthanc orthanc-dicomweb dicom3tools dcmtk libgdcm-tools docker-compose chromium nginx gettext-base)
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -24,6 +24,9 @@ from .sequence_classifier import Acquisition
 from .series_rules import SeriesSummary
 
 PIXEL_DATA_TAG = "7FE00010"
+ACCEPT_UNCOMPRESSED = 'multipart/related; type="application/dicom"; transfer-syntax=1.2.840.10008.1.2.1'  # explicit VR little endian
+ACCEPT_AS_STORED = 'multipart/related; type="application/dicom"; transfer-syntax=*'
+CANNOT_TRANSCODE = (400, 406, 415, 500, 501)  # what archives answer when they cannot send a syntax
 SERIES_FIELDS = ["SeriesDescription", "ProtocolName", "Modality", "NumberOfSeriesRelatedInstances", "SeriesNumber", "SeriesDate", "SeriesTime"]
 # What one instance says of how its series was acquired (sequence_classifier): tags, as QIDO-RS names them.
 ACQUISITION_FIELDS = {
@@ -147,14 +150,25 @@ class Archive:
         The whole multipart body is split by requests-toolbelt rather than streamed through
         dicomweb-client's parser, which costs more than the transfer itself (half the time to open a
         BraTS-size study, measured by bench/dicomweb_fetch.py).
+
+        Archives keep MR compressed (JPEG Lossless, JPEG-LS, JPEG 2000, RLE, deflated): the archive is asked to
+        send it uncompressed (WADO-RS transfer-syntax; Orthanc 1.10 transcodes all but JPEG 2000 with DCMTK).
+        What an archive cannot transcode comes as stored, and pydicom decodes it here (pylibjpeg and its plugins).
         """
         url = f"{self.url}/studies/{study_uid}/series/{series_uid}"
-        response = self._call("series retrieval", self._get, url, {"Accept": 'multipart/related; type="application/dicom"; transfer-syntax=*'})
+        response = self._call("series retrieval", self._get_transcoded, url)
         try:
             parts = MultipartDecoder(response.content, response.headers.get("Content-Type", "")).parts
             return [pydicom.dcmread(io.BytesIO(part.content), force=True) for part in parts]
         except (ImproperBodyPartContentException, NonMultipartContentTypeException, InvalidDicomError) as e:
             raise ArchiveUnavailable(f"the archive at {self.url} sent an unreadable answer for series {series_uid} ({e})") from None
+
+    def _get_transcoded(self, url: str) -> requests.Response:
+        response = self.client._session.get(url, headers={"Accept": ACCEPT_UNCOMPRESSED})
+        if response.status_code in CANNOT_TRANSCODE:
+            response = self.client._session.get(url, headers={"Accept": ACCEPT_AS_STORED})
+        response.raise_for_status()
+        return response
 
     def _get(self, url: str, headers: Dict[str, str]) -> requests.Response:
         response = self.client._session.get(url, headers=headers)
