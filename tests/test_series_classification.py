@@ -104,3 +104,18 @@ def test_of_two_post_contrast_t1s_the_3d_one_is_taken_and_the_other_named():
     assert assignment.problem is None and assignment.channels["t1c"].description == "Sag 3D BRAVO C+"
     assert ("Ax T1 FLAIR +C", "another t1c candidate; 'Sag 3D BRAVO C+' is a 3D acquisition (thin slices, any plane) and this is not") in assignment.ignored
     assert assignment.channels["t1"].description == "Ax T1 FLAIR" and "TI 860 ms" in assignment.evidence["t1"]
+
+
+def test_acquisitions_are_asked_once_per_series_and_kept_across_restarts(orthanc, vendor_archive, tmp_path):
+    first = DicomWebStudyDatastore(orthanc.archive(), tmp_path / "workspace", refresh_s=0)
+    listed = first.list_images()
+
+    class NoAcquisitionQueries(type(orthanc.archive())):  # type: ignore[misc]
+        def acquisition(self, study_uid, series_uid):
+            raise AssertionError(f"asked again for series {series_uid}")
+
+    archive = orthanc.archive()
+    archive.__class__ = NoAcquisitionQueries
+    restarted = DicomWebStudyDatastore(archive, tmp_path / "workspace", refresh_s=0)
+    assert restarted.list_images() == listed
+    assert {s: restarted.get_image_info(s)["series"] for s in listed} == {s: first.get_image_info(s)["series"] for s in listed}

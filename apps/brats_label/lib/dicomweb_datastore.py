@@ -84,6 +84,11 @@ def content_time(ds) -> str:
     return local.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.000000Z")  # no offset: server's time zone
 
 
+def _acquisition_from_json(fields: Dict[str, Any]) -> Acquisition:
+    tuples = {k: tuple(v) for k, v in fields.items() if isinstance(v, list)}
+    return Acquisition(**{**fields, **tuples})
+
+
 @dataclass
 class DicomStudy:
     study_id: str  # StudyInstanceUID (no patient attributes: they stay in the archive)
@@ -120,7 +125,10 @@ class DicomWebStudyDatastore(StudyDatastore):
         self._sources: Dict[str, DicomStudy] = {}
         self._series_to_study: Dict[str, str] = {}
         self._stacks: Dict[str, SliceStack | SeriesProblem] = {}  # series geometry by UID and instance count
-        self._acquisitions: Dict[str, Acquisition] = {}  # by series UID: how it was acquired does not change
+        # by series UID (how a series was acquired does not change), kept across restarts: one request per series, ever
+        self._acquisitions_path = self._metadata_dir / "acquisitions.json"
+        self._acquisitions: Dict[str, Acquisition] = {uid: _acquisition_from_json(a) for uid, a in read_json(self._acquisitions_path, {}).items()}
+        self._acquisitions_saved = len(self._acquisitions)
         self._archive_error: Optional[str] = None
         self._refresh_started_at = -1.0
         self._background = False
@@ -210,9 +218,15 @@ class DicomWebStudyDatastore(StudyDatastore):
             self._geometries = geometries
             self._problems = problems
         if self._writer:
+            self._save_acquisitions()
             self._send_pending_labels()
             self._import_segs()
         logger.info(f"{len(found)} studies in {self._archive.url}; {len(self._problems)} with problems")
+
+    def _save_acquisitions(self) -> None:
+        if len(self._acquisitions) != self._acquisitions_saved:
+            write_json({uid: dataclasses.asdict(a) for uid, a in self._acquisitions.items()}, self._acquisitions_path)
+            self._acquisitions_saved = len(self._acquisitions)
 
     def _with_acquisition(self, study_uid: str, series: SeriesSummary) -> SeriesSummary:
         """The series with how it was acquired (one instance's header, asked once per series UID)."""
