@@ -43,6 +43,7 @@ from .atomic import read_json, write_json
 from .case_cache import UnusableVolume, stack_channels
 from .config import CHANNELS, DICOMWEB_FETCH_WORKERS, DICOMWEB_REFRESH_S, OHIF_STUDY_PATH, REFERENCE_CHANNEL
 from .dicom.archive import Archive
+from .dicom.multiframe import frames_as_slices
 from .dicom.seg import SegProblem, is_shipped_ground_truth, label_to_seg, seg_to_label
 from .dicom.sequence_classifier import Acquisition
 from .dicom.series_rules import SeriesRules, SeriesSummary
@@ -65,6 +66,7 @@ CACHED_METADATA = frozenset(
         "InstanceNumber", "ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing", "SliceThickness", "SpacingBetweenSlices",
         "Rows", "Columns", "NumberOfFrames", "SamplesPerPixel", "BitsAllocated", "BitsStored", "HighBit", "PixelRepresentation",
         "PhotometricInterpretation", "RescaleSlope", "RescaleIntercept", "TransferSyntaxUID",
+        "SharedFunctionalGroupsSequence", "PerFrameFunctionalGroupsSequence",  # multi-frame geometry
     )
 )  # fmt: skip
 
@@ -249,7 +251,8 @@ class DicomWebStudyDatastore(StudyDatastore):
                 self._stacks[key] = SeriesProblem(saved["problem"]) if "problem" in saved else SliceStack(saved["order"], np.array(saved["affine"]), tuple(saved["shape"]))
             else:
                 try:
-                    checked = slice_stack([Dataset.from_json(m) for m in self._metadata(study_uid, series)], f"{channel} series '{series.name}'")
+                    metadata = [Dataset.from_json(m) for m in self._metadata(study_uid, series)]
+                    checked = slice_stack(frames_as_slices(metadata, with_pixels=False), f"{channel} series '{series.name}'")
                     self._stacks[key] = checked
                     saved = {"order": [int(i) for i in checked.order], "affine": checked.affine.tolist(), "shape": list(checked.shape)}
                 except SeriesProblem as e:
@@ -270,7 +273,8 @@ class DicomWebStudyDatastore(StudyDatastore):
         if any(m is None for m in ordered):
             raise ArchiveUnavailable(f"the reference series of study {study.study_id} changed in the archive; its label is sent at the next listing")
         stack = self._stack(study.study_id, REFERENCE_CHANNEL, summary)
-        return [Dataset.from_json(ordered[i]) for i in stack.order]
+        slices = frames_as_slices([Dataset.from_json(m) for m in ordered], with_pixels=False)  # type: ignore[arg-type]
+        return [slices[i] for i in stack.order]
 
     def _metadata(self, study_uid: str, series: SeriesSummary) -> List[Dict[str, Any]]:
         """Instance metadata of a series, cached under its UID and instance count: only the attributes that
@@ -335,7 +339,7 @@ class DicomWebStudyDatastore(StudyDatastore):
         def fetch(channel: str) -> Tuple[np.ndarray, np.ndarray]:
             summary = study.channels[channel]
             datasets = self._archive.retrieve_series(study.study_id, summary.series_uid)
-            return series_volume(datasets, f"{channel} series '{summary.name}'")
+            return series_volume(frames_as_slices(datasets), f"{channel} series '{summary.name}'")
 
         with ThreadPoolExecutor(min(DICOMWEB_FETCH_WORKERS, len(CHANNELS))) as pool:
             volumes = dict(zip(CHANNELS, pool.map(fetch, CHANNELS)))
@@ -407,6 +411,10 @@ class DicomWebStudyDatastore(StudyDatastore):
             self._archive.store([seg])
         except ArchiveUnavailable as e:
             logger.warning(f"label of {study} kept on the server, not yet in the archive: {e}")
+            return
+        except SegProblem as e:  # no SEG can be written for this reference series: kept here, said so
+            logger.warning(f"label of {study} kept on the server; no SEG written: {e}")
+            self._labels.update_status(version, {"archive": "not sent", "archive_reason": str(e)})
             return
         self._register_seg(str(seg.SOPInstanceUID), study, "written")
         self._labels.update_status(version, {"archive": "stored", "seg_sop_instance_uid": str(seg.SOPInstanceUID), "seg_series_uid": str(seg.SeriesInstanceUID)})

@@ -58,9 +58,16 @@ def label_to_seg(
     if label.shape[2] != len(reference):
         raise SegProblem(f"label has {label.shape[2]} slices, the reference series {len(reference)}")
     frames = np.ascontiguousarray(np.transpose(label.astype(np.uint8), (2, 1, 0)))  # (Z, rows=Y, columns=X)
+    sources = list(reference)
+    multiframe = {id(s.source_instance): s.source_instance for s in reference if hasattr(s, "source_instance")}
+    if multiframe:  # slices are frames of multi-frame instances (lib/dicom/multiframe.py): refer to the instance
+        if len(multiframe) > 1 or any(not hasattr(s, "source_instance") for s in reference):
+            raise SegProblem("the reference series is split over several multi-frame instances; a SEG can refer to one (highdicom)")
+        frames = frames[np.argsort([s.source_frame for s in reference])]  # in the instance's own frame order
+        sources = list(multiframe.values())
     now = datetime.now()
     seg = hd.seg.Segmentation(
-        source_images=list(reference),
+        source_images=sources,
         pixel_array=frames,
         segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
         segment_descriptions=segment_descriptions(software_version),
