@@ -355,15 +355,18 @@ class BratsLabelApp(MONAILabelApp):
         path = self._datastore.cached_image_uri(answer["id"])  # type: ignore[attr-defined]
         if path:
             answer["path"] = path
-        else:
-            self._case_preparation.submit(self._prepare_case, answer["id"])
+        self._case_preparation.submit(self._prepare_case, answer["id"])  # the model's input too, not only the volume
         if isinstance(self._datastore, DicomWebStudyDatastore):
             answer.update(self._datastore.viewer_ids(answer["id"]))
         return answer
 
     def _prepare_case(self, case: str) -> None:
+        """A study just handed out: its 4-channel volume built, and the model's input read and resampled, before
+        the annotator asks for its auto-segmentation."""
         try:
-            self._datastore.get_image_uri(case)
+            path = self._datastore.get_image_uri(case)
+            if self._infers[MODEL_NAME].is_valid():
+                self._infers[MODEL_NAME].prepare(path)  # type: ignore[attr-defined]
         except Exception as e:  # listed as a problem by the datastore; the annotator's next request says why
             logger.warning(f"Study {case} could not be prepared: {e}")
 

@@ -8,6 +8,7 @@ SegResNet (3 sigmoid outputs TC, WT, ET) -> probabilities resampled onto the stu
 
 from __future__ import annotations
 
+import copy
 import gzip
 import logging
 import os
@@ -87,11 +88,19 @@ class BratsSegmentation(BasicInferTask):
         info.update({"profile": self.profile.name, "spacing_mm": list(self.profile.spacing_mm), "trained": self.get_path() is not None})
         return info
 
-    def __call__(self, request, callbacks=None):
-        # Key of the prepared-input cache: this profile, this case file, this version of it.
-        image = request.get("image")
+    def _case_version(self, image: Any) -> str:
+        """Key of the prepared-input cache: this profile, this case file, this version of it."""
         version = f"{os.stat(image).st_mtime_ns}" if isinstance(image, str) and os.path.isfile(image) else os.urandom(8).hex()
-        return super().__call__({**request, "case_version": f"{self.profile.name}:{image}@{version}"}, callbacks)
+        return f"{self.profile.name}:{image}@{version}"
+
+    def __call__(self, request, callbacks=None):
+        return super().__call__({**request, "case_version": self._case_version(request.get("image"))}, callbacks)
+
+    def prepare(self, image: str) -> None:
+        """Read and resample a study's input now (it was just handed out), so that its first auto-segmentation
+        finds it in the prepared-input cache and costs little more than the forward pass."""
+        data = {**copy.deepcopy(self._config), "image": image, "image_path": image, "case_version": self._case_version(image)}
+        self.run_pre_transforms(data, self.pre_transforms(data))
 
     def pre_transforms(self, data=None) -> Sequence[Callable]:
         return [
