@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
 import subprocess
 import time
@@ -18,6 +19,7 @@ import requests
 
 REPO = Path(__file__).resolve().parents[1]
 ORTHANC_CONFIG = REPO / "orthanc" / "orthanc.json"
+ORTHANC_POSTGRESQL_CONFIG = REPO / "orthanc" / "postgresql.json"
 ORTHANC_START_TIMEOUT_S = 30
 ORTHANC_AET = "BRATSLABEL"
 
@@ -34,13 +36,17 @@ class LocalOrthanc:
         http_port: Optional[int] = None,
         dicom_port: Optional[int] = None,
         modalities: Optional[dict] = None,
+        postgresql_env: Optional[dict] = None,
     ):
-        """``modalities``: Orthanc's DicomModalities (name -> [AE title, host, port]); only these may store over DICOM."""
+        """``modalities``: Orthanc's DicomModalities (name -> [AE title, host, port]); only these may store over DICOM.
+        ``postgresql_env``: the index in PostgreSQL (``orthanc/postgresql.json`` added to the configuration, its
+        settings from this environment, e.g. ``LocalPostgres.orthanc_env``), instead of SQLite."""
         self.storage = storage
         self.log_path = log_path
         self.http_port, self.dicom_port = http_port or free_port(), dicom_port or free_port()
         self.user, self.password = user, password or f"pw-{os.getpid()}-{self.http_port}"
         self.aet, self.modalities = ORTHANC_AET, modalities or {}
+        self.postgresql_env = postgresql_env
         self.url = f"http://127.0.0.1:{self.http_port}"
         self.dicomweb = f"{self.url}/dicom-web"
         self.process: Optional[subprocess.Popen] = None
@@ -61,8 +67,15 @@ class LocalOrthanc:
             "ORTHANC_AET": self.aet,
             "ORTHANC_DICOM_MODALITIES": json.dumps(self.modalities),
         }
+        config = ORTHANC_CONFIG
+        if self.postgresql_env is not None:  # Orthanc merges every .json of a configuration folder
+            config = self.log_path.parent / f"orthanc-config-{self.http_port}"
+            config.mkdir(exist_ok=True)
+            for source in (ORTHANC_CONFIG, ORTHANC_POSTGRESQL_CONFIG):
+                shutil.copyfile(source, config / source.name)
+            env.update(self.postgresql_env)
         log = open(self.log_path, "a")
-        self.process = subprocess.Popen(["Orthanc", str(ORTHANC_CONFIG)], stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        self.process = subprocess.Popen(["Orthanc", str(config)], stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
         deadline = time.time() + ORTHANC_START_TIMEOUT_S
         while time.time() < deadline:
             if self.process.poll() is not None:

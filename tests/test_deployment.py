@@ -143,3 +143,18 @@ def test_orthanc_takes_dicom_only_from_the_modalities_it_names(tmp_path):
         assert len(archive.get("/instances").json()) == 1
     finally:
         archive.stop()
+
+
+def test_the_postgresql_profile_puts_orthancs_index_in_postgresql():
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("ORTHANC_")}
+    env = {**clean, **DEMO_ENV, "ORTHANC_DB_PASSWORD": "from-the-environment"}
+    command = ["docker-compose", "-f", "docker-compose.yml", "-f", "docker-compose.postgresql.yml", "config"]
+    result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    services = yaml.safe_load(result.stdout)["services"]
+    orthanc = services["orthanc"]["environment"]
+    assert orthanc["ORTHANC_INDEX"] == "postgresql" and orthanc["ORTHANC_POSTGRESQL_PASSWORD"] == "from-the-environment"
+    assert services["orthanc-db"]["image"].startswith("postgres:")
+    assert "postgresql.json" in (REPO / "orthanc" / "Dockerfile").read_text(), "the image holds the PostgreSQL configuration"
+    missing = subprocess.run(command, cwd=REPO, env={**clean, **DEMO_ENV}, capture_output=True, text=True)
+    assert missing.returncode != 0 and "set ORTHANC_DB_PASSWORD" in missing.stderr
