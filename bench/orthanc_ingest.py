@@ -34,6 +34,7 @@ RESULTS = REPO / "bench" / "results" / "orthanc_ingest.json"
 
 
 def ingest(studies: Path, work: Path, index: str) -> dict:
+    work.mkdir(parents=True, exist_ok=True)
     database = LocalPostgres() if index == "postgresql" else None
     orthanc = LocalOrthanc(work / f"storage_{index}", work / f"orthanc_{index}.log", postgresql_env=database.orthanc_env if database else None)
     try:
