@@ -68,7 +68,6 @@ class Verdict:
 
     sequence: Optional[str]
     evidence: str
-    excluded: bool = False  # derived, diffusion, perfusion, localiser: never a channel, whatever its name
 
 
 def _ms(value: Optional[float]) -> str:
