@@ -279,3 +279,17 @@ def test_no_patient_identifier_in_anything_the_server_wrote(server, studies):
         found += [(str(path), patient) for patient in patients if patient.encode() in content]
     print(f"{len(written)} files the server wrote checked for {len(patients)} patients' IDs and names")
     assert not found, found
+
+
+def test_the_proxy_answers_in_the_encoding_the_client_accepts(server):
+    import http.client
+
+    port = int(server.url.rsplit(":", 1)[1])
+    for accept, expected in ((None, None), ("gzip", "gzip")):
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        connection.request("GET", "/proxy/dicom/qido/studies", headers={"Accept-Encoding": accept} if accept else {})
+        answer = connection.getresponse()
+        body = answer.read()
+        assert answer.status == 200 and answer.getheader("Content-Encoding") == expected
+        if expected is None:
+            assert isinstance(json.loads(body), list), "plain JSON for a client that accepts no compression"

@@ -40,7 +40,7 @@ TAG = re.compile(r"[0-9A-Fa-f]{8}")
 ATTRIBUTE_PATH = re.compile(r"[A-Za-z0-9]+(?:\.[A-Za-z0-9]+)*")  # a keyword or tag, or a sequence path of them
 QIDO_CONTROL = {"limit", "offset", "includefield", "fuzzymatching"}
 WADO_PARAMS = {"accept", "quality", "viewport", "window", "annotation"}  # rendered / thumbnail options
-FORWARDED_REQUEST_HEADERS = ("accept",)
+FORWARDED_REQUEST_HEADERS = ("accept", "accept-encoding")  # the body is passed on as the archive encodes it
 FORWARDED_ANSWER_HEADERS = ("content-type", "content-length", "content-encoding", "etag", "last-modified")
 CHUNK_BYTES = 1 << 16
 ARCHIVE_TIMEOUT_S = (10, 300)  # connect, read
@@ -94,7 +94,7 @@ def _archive_auth():
 async def forward(request: Request, url: str, params: List[Tuple[str, str]]) -> StreamingResponse:
     """``params`` were checked; the query goes on as the client wrote it: Orthanc's DICOMweb plugin takes an
     encoded wildcard (``%2A``) literally, so re-encoding ``PatientID=B*`` would match nothing."""
-    headers = {k: v for k, v in request.headers.items() if k.lower() in FORWARDED_REQUEST_HEADERS}
+    headers = {"Accept-Encoding": "identity", **{k: v for k, v in request.headers.items() if k.lower() in FORWARDED_REQUEST_HEADERS}}
     query = request.scope.get("query_string", b"").decode("latin-1")
     if params and query:
         url = f"{url}?{query}"
