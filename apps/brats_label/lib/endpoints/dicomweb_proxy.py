@@ -113,16 +113,16 @@ async def forward(request: Request, url: str, params: List[Tuple[str, str]]) -> 
     return StreamingResponse(body(), status_code=answer.status_code, headers=kept)
 
 
-async def qido(request: Request, path: str) -> StreamingResponse:
-    items = list(request.query_params.multi_items())
-    if METADATA.fullmatch(path):  # MONAI Label's proxy did this too: metadata is WADO-RS
-        return await forward(request, archive_url(settings.MONAI_LABEL_WADO_PREFIX, checked_path(path, WADO_PATHS, "WADO-RS")), wado_params(items))
-    return await forward(request, archive_url(settings.MONAI_LABEL_QIDO_PREFIX, checked_path(path, QIDO_PATHS, "QIDO-RS")), qido_params(items))
-
-
 async def wado(request: Request, path: str) -> StreamingResponse:
     items = list(request.query_params.multi_items())
     return await forward(request, archive_url(settings.MONAI_LABEL_WADO_PREFIX, checked_path(path, WADO_PATHS, "WADO-RS")), wado_params(items))
+
+
+async def qido(request: Request, path: str) -> StreamingResponse:
+    if METADATA.fullmatch(path):  # MONAI Label's proxy did this too: metadata is WADO-RS
+        return await wado(request, path)
+    items = list(request.query_params.multi_items())
+    return await forward(request, archive_url(settings.MONAI_LABEL_QIDO_PREFIX, checked_path(path, QIDO_PATHS, "QIDO-RS")), qido_params(items))
 
 
 def install_dicomweb_proxy(app: FastAPI) -> None:

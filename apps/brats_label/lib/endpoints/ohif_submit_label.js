@@ -92,11 +92,7 @@
     await new Promise((resolve) => {
       request.onloadend = resolve;
       request.open('PUT', `${window.location.origin}/datastore/label?image=${encodeURIComponent(study)}&tag=final`);
-      // With authentication on, OHIF holds the user's token (signed in, or ?token= in the viewer's URL): send it.
-      const auth = window.services.userAuthenticationService?.getAuthorizationHeader?.();
-      if (auth && auth.Authorization) {
-        request.setRequestHeader('Authorization', auth.Authorization);
-      }
+      // the user's token, with authentication on, is added by sendTokenToThisServer below, as to every request
       request.send(form);
     });
     if (request.status !== 200) {

@@ -258,26 +258,6 @@ OPTIONAL_ROUTES = ("/auth/", "/auth/token", "/auth/token/valid")  # served only 
 UNSAFE_RAW_PATH = re.compile(rb"%2f|%5c|%2e|%00|%3f|%23|\\|(^|/)\.\.?(/|$)", re.IGNORECASE)  # '//' is harmless: routes never join paths
 
 
-def access_of(method: str, path: str) -> Optional[Access]:
-    """The table's entry for a request (the first declared route that matches, as the server picks), or None."""
-    method = "GET" if method == "HEAD" else method
-    for methods, template, access in _compiled_table():
-        if method == methods and template.fullmatch(path):
-            return access
-    return None
-
-
-_COMPILED: List[Tuple[str, re.Pattern[str], Access]] = []
-
-
-def _compiled_table() -> List[Tuple[str, re.Pattern[str], Access]]:
-    if not _COMPILED:
-        for method, path, access in _specific_first(ROUTE_ROLES):
-            pattern = re.compile(re.escape(path) + "(/.*)?") if path == "/static" else compile_path(path)[0]
-            _COMPILED.append((method, pattern, access))
-    return _COMPILED
-
-
 def _specific_first(table: Sequence[Tuple[str, str, Access]]) -> List[Tuple[str, str, Access]]:
     """Literal paths before templates, and of templates the longest literal start first: the order in which
     the server's own routes answer (ours, in front, are the specific ones)."""
@@ -288,6 +268,20 @@ def _specific_first(table: Sequence[Tuple[str, str, Access]]) -> List[Tuple[str,
         return (0 if "{" not in path else 1, -len(literal))
 
     return sorted(table, key=key)
+
+
+COMPILED_ROUTE_ROLES: List[Tuple[str, re.Pattern[str], Access]] = [
+    (method, re.compile(re.escape(path) + "(/.*)?") if path == "/static" else compile_path(path)[0], access) for method, path, access in _specific_first(ROUTE_ROLES)
+]
+
+
+def access_of(method: str, path: str) -> Optional[Access]:
+    """The table's entry for a request (the first declared route that matches, as the server picks), or None."""
+    method = "GET" if method == "HEAD" else method
+    for declared, template, access in COMPILED_ROUTE_ROLES:
+        if method == declared and template.fullmatch(path):
+            return access
+    return None
 
 
 def check_route_table(app: FastAPI) -> int:
@@ -322,11 +316,11 @@ class RouteGuard:
         if scope["type"] != "http" or scope["method"] == "OPTIONS":  # CORS pre-flights are answered outside
             await self.app(scope, receive, send)
             return
-        refusal = await self._refusal(scope)
+        headers = dict(scope.get("headers") or [])
+        refusal = await self._refusal(scope, headers)
         if refusal is not None:
             await refusal(scope, receive, send)
             return
-        headers = dict(scope.get("headers") or [])
         length = headers.get(b"content-length")
         if length is not None and (not length.isdigit() or int(length) > self.max_body_bytes):
             await self._too_large()(scope, receive, send)
@@ -372,7 +366,7 @@ class RouteGuard:
 
         return replay
 
-    async def _refusal(self, scope: Scope) -> Optional[JSONResponse]:
+    async def _refusal(self, scope: Scope, headers: Dict[bytes, bytes]) -> Optional[JSONResponse]:
         raw = scope.get("raw_path") or scope["path"].encode()
         if UNSAFE_RAW_PATH.search(raw) or "\x00" in scope["path"]:
             return _json_answer(400, "the path holds an encoded '/', '\\', '.', '?', '#' or NUL, or a '.' or '..' segment; no route of this server needs one")
@@ -383,10 +377,10 @@ class RouteGuard:
             return _json_answer(403, f"{scope['method']} {scope['path']} is not offered by this server: {access.reason}")
         if access == Role.ANONYMOUS or not settings.MONAI_LABEL_AUTH_ENABLE:
             return None
-        return await self._role_refusal(scope, access)
+        return await self._role_refusal(headers, access)
 
-    async def _role_refusal(self, scope: Scope, least: Role) -> Optional[JSONResponse]:
-        header = dict(scope.get("headers") or []).get(b"authorization", b"").decode("latin-1")
+    async def _role_refusal(self, headers: Dict[bytes, bytes], least: Role) -> Optional[JSONResponse]:
+        header = headers.get(b"authorization", b"").decode("latin-1")
         scheme, _, token = header.partition(" ")
         challenge = {"WWW-Authenticate": "Bearer"}
         if scheme.lower() != "bearer" or not token:
