@@ -67,6 +67,12 @@ REFERENCE_CHANNEL = "t1c"  # the grid every channel is resampled onto, and that 
 SLICE_SPACING_TOLERANCE = 0.01  # relative spread of slice gaps accepted as "evenly spaced"
 DICOMWEB_FETCH_WORKERS = 4  # series fetched at once (one per channel)
 DICOMWEB_REFRESH_S = 30.0  # how long a listing of the archive is reused before asking it again
+# The refresh asks only what changed (Orthanc's changes feed); a full listing, which also finds deleted studies and
+# is the only way with archives that have no changes feed, at most this often.
+DICOMWEB_RECONCILE_S = 600.0
+DICOMWEB_LISTING_PAGE = 1000  # studies a QIDO-RS request (limit/offset)
+DICOMWEB_LISTING_WORKERS = 8  # studies listed at once (each a few requests to the archive)
+ORTHANC_CHANGES_PAGE = 1000  # changes a request to Orthanc's /changes
 OHIF_STUDY_PATH = "/ohif/monai-label?StudyInstanceUIDs="  # a study in the MONAI Label mode of the bundled OHIF
 DICOMWEB_TIMEOUT_S = 60.0
 # SEG segments: label value -> (SegmentLabel, property type (SCT code, meaning)).

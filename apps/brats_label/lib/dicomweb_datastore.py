@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -36,14 +37,23 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 import nibabel as nib
 import numpy as np
 from nibabel.processing import resample_from_to
-from pydicom.datadict import tag_for_keyword
 from pydicom.dataset import Dataset
 
 from .atomic import read_json, write_json
 from .case_cache import UnusableVolume, stack_channels
-from .config import CHANNELS, DICOMWEB_FETCH_WORKERS, DICOMWEB_REFRESH_S, OHIF_STUDY_PATH, REFERENCE_CHANNEL
-from .dicom.archive import Archive
+from .config import (
+    CHANNELS,
+    DICOMWEB_FETCH_WORKERS,
+    DICOMWEB_LISTING_WORKERS,
+    DICOMWEB_RECONCILE_S,
+    DICOMWEB_REFRESH_S,
+    OHIF_STUDY_PATH,
+    REFERENCE_CHANNEL,
+)
+from .dicom.archive import Archive, series_from_metadata
+from .dicom.listing_store import ListingStore
 from .dicom.multiframe import frames_as_slices
+from .dicom.orthanc_changes import OrthancChanges
 from .dicom.seg import SegProblem, is_shipped_ground_truth, label_to_seg, seg_to_label
 from .dicom.sequence_classifier import Acquisition
 from .dicom.series_rules import SeriesRules, SeriesSummary
@@ -57,18 +67,10 @@ from .study_datastore import FINAL, IMPORTED_FROM, StudyDatastore, _tag
 logger = logging.getLogger(__name__)
 
 SEG_SOURCE = "dicom-seg"
+# A study this small is listed from its metadata in one request; a larger one series by series (see _list_study).
+STUDY_METADATA_MAX_INSTANCES = 1000
+LISTING_LOG_EVERY = 500  # a first listing of thousands of studies logs its progress this often
 SOP_INSTANCE_UID_TAG = "00080018"
-# What the metadata cache keeps of each instance: what places and decodes its slices, nothing about the patient.
-CACHED_METADATA = frozenset(
-    f"{tag_for_keyword(k):08X}"
-    for k in (
-        "SOPInstanceUID", "SOPClassUID", "SeriesInstanceUID", "StudyInstanceUID", "FrameOfReferenceUID", "Modality", "ImageType",
-        "InstanceNumber", "ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing", "SliceThickness", "SpacingBetweenSlices",
-        "Rows", "Columns", "NumberOfFrames", "SamplesPerPixel", "BitsAllocated", "BitsStored", "HighBit", "PixelRepresentation",
-        "PhotometricInterpretation", "RescaleSlope", "RescaleIntercept", "TransferSyntaxUID",
-        "SharedFunctionalGroupsSequence", "PerFrameFunctionalGroupsSequence",  # multi-frame geometry
-    )
-)  # fmt: skip
 
 
 def content_time(ds) -> str:
@@ -89,6 +91,11 @@ def content_time(ds) -> str:
 def _acquisition_from_json(fields: Dict[str, Any]) -> Acquisition:
     tuples = {k: tuple(v) for k, v in fields.items() if isinstance(v, list)}
     return Acquisition(**{**fields, **tuples})
+
+
+def _summary_from_json(fields: Dict[str, Any]) -> SeriesSummary:
+    acquisition = fields.get("acquisition")
+    return SeriesSummary(**{**fields, "acquisition": _acquisition_from_json(acquisition) if acquisition else None})
 
 
 @dataclass
@@ -114,8 +121,10 @@ class DicomWebStudyDatastore(StudyDatastore):
         listing_extras: Optional[Callable[[], Dict[str, Dict[str, Any]]]] = None,
         label_audit: Optional[Callable[[str, np.ndarray], Dict[str, Any]]] = None,
         writer: bool = True,
+        reconcile_s: float = DICOMWEB_RECONCILE_S,
     ):
-        """``writer`` False in worker processes: they list and open studies but send, import and register nothing."""
+        """``writer`` False in worker processes: they list and open studies but send, import and register nothing.
+        ``reconcile_s``: how often the whole archive is listed (the refreshes between ask Orthanc what changed)."""
         self._archive = archive
         self._rules = rules or SeriesRules()
         self._refresh_s = refresh_s
@@ -134,18 +143,38 @@ class DicomWebStudyDatastore(StudyDatastore):
         self._archive_error: Optional[str] = None
         self._refresh_started_at = -1.0
         self._background = False
+        self._reconcile_s = reconcile_s
+        self._counts: Dict[str, int] = {}  # instance count of every study listed (case or not), as when listed
+        self._study_problems: Dict[str, StudyProblem] = {}
+        self._series_of: Dict[str, List[str]] = {}
+        self._segs_to_check: set = set()  # studies whose SEGs are looked at (again) at the next refresh
+        self._listing_progress: Dict[str, int] = {"listed": 0, "of": 0}
+        self._changes: Optional[OrthancChanges] = OrthancChanges.detect(archive)
+        self._changes_seq: Optional[int] = None
+        self._reconciled_at = -math.inf
+        self._listing = ListingStore(self._workspace / "archive_listing.sqlite", archive.url, writer)
         if writer:
-            self._strip_metadata_cache()
+            self._remove_metadata_cache()
+        self._load_listing()
         self.refresh()
 
-    def _strip_metadata_cache(self) -> None:
-        """Caches written before ``CACHED_METADATA`` held whole instance headers (names, birth dates): cut to it."""
+    def _load_listing(self) -> None:
+        """The listing the server last made: with Orthanc's feed, the first refresh then asks only what changed
+        since (a full listing follows within ``reconcile_s``)."""
+        rows, seq = self._listing.load()
+        if not rows:
+            return
+        with self._lock:
+            self._apply(rows, set())
+        self._changes_seq = seq
+        self._reconciled_at = time.monotonic()
+
+    def _remove_metadata_cache(self) -> None:
+        """Earlier versions cached instance headers (and, before that, names and birth dates) per series: the
+        listing (``archive_listing.sqlite``) keeps what it needs, so those files go."""
         for path in self._metadata_dir.glob("*.json") if self._metadata_dir.is_dir() else []:
-            if path.name.endswith(".stack.json"):
-                continue
-            cached = read_json(path, None)
-            if isinstance(cached, list) and any(set(item) - CACHED_METADATA for item in cached if isinstance(item, dict)):
-                write_json([{t: v for t, v in item.items() if t in CACHED_METADATA} for item in cached if isinstance(item, dict)], path)
+            if path != self._acquisitions_path:
+                path.unlink(missing_ok=True)
 
     def start_background_refresh(self) -> None:
         """Refresh every ``refresh_s`` in a thread of its own (the server): requests use the last listing
@@ -167,7 +196,7 @@ class DicomWebStudyDatastore(StudyDatastore):
 
     # --- discovery ----------------------------------------------------------------------------------
     def refresh(self) -> None:
-        """Ask the archive for its studies; the writer also imports new SEGs and sends labels waiting for the archive."""
+        """Ask the archive what changed; the writer also imports new SEGs and sends labels waiting for the archive."""
         asked_at = time.monotonic()
         with self._refresh_lock:
             if self._refresh_started_at >= asked_at:
@@ -176,54 +205,128 @@ class DicomWebStudyDatastore(StudyDatastore):
             self._refresh()
 
     def _refresh(self) -> None:
+        """List again only the studies that changed: those Orthanc's changes feed names since the last refresh or,
+        at most every ``reconcile_s`` (and at every refresh for archives without a feed), those whose instance count
+        differs from the last listing's, plus studies gone from the archive."""
         try:
-            studies = self._archive.studies()
-            found: Dict[str, DicomStudy] = {}
-            series_to_study: Dict[str, str] = {}
-            problems: List[StudyProblem] = []
-            geometries: Dict[str, Geometry] = {}
-            for study in studies:
-                uid = study["study_uid"]
-                series = [self._with_acquisition(uid, s) for s in self._archive.series(uid)]
-                assignment = self._rules.assign(series)
-                if assignment.problem:
-                    problems.append(StudyProblem(uid, uid, assignment.problem))
-                    continue
-                try:
-                    for channel, summary in assignment.channels.items():
-                        stack = self._stack(uid, channel, summary)
-                        if channel == REFERENCE_CHANNEL:
-                            geometries[uid] = Geometry(stack.shape, stack.affine)
-                except SeriesProblem as e:
-                    problems.append(StudyProblem(uid, uid, str(e)))
-                    continue
-                except ArchiveUnavailable:
-                    raise
-                except Exception as e:  # malformed metadata of one study must not stop the listing of the others
-                    logger.warning(f"Study {uid} not listed: {type(e).__name__}: {e}")
-                    problems.append(StudyProblem(uid, uid, f"its series' metadata could not be read ({type(e).__name__}: {e})"))
-                    continue
-                candidate = DicomStudy(uid, assignment.channels, [s for s in series if s.modality == "SEG"], assignment.evidence)
-                broken = self._broken.get(uid)
-                if broken and broken[0] == candidate.fingerprint():  # pixels found undecodable; unchanged since
-                    problems.append(StudyProblem(uid, uid, broken[1]))
-                    continue
-                found[uid] = candidate
-                series_to_study.update({s.series_uid: uid for s in series})
+            now = time.monotonic()
+            if self._changes is None or self._changes_seq is None or now - self._reconciled_at >= self._reconcile_s:
+                if self._changes is None:
+                    self._changes = OrthancChanges.detect(self._archive)
+                seq = self._changes.last() if self._changes else None  # before listing: what arrives meanwhile is in the next refresh
+                counts = {s["study_uid"]: s["instances"] for s in self._archive.studies()}
+                changed = {uid: n for uid, n in counts.items() if self._counts.get(uid) != n}
+                removed = set(self._counts) - set(counts)
+                self._reconciled_at = now
+            else:
+                uids, seq = self._changes.studies_changed_since(self._changes_seq)
+                changed, removed = {uid: None for uid in uids}, set()
+            listed = self._list_studies(changed)
         except ArchiveUnavailable as e:
             self._archive_error = str(e)
             logger.warning(f"{e}; serving the last listing ({len(self._sources)} studies)")
             return
+        removed |= {uid for uid, row in listed.items() if row is None}  # no series left: deleted
+        rows = {uid: row for uid, row in listed.items() if row is not None}
         with self._lock:
             self._archive_error = None
-            self._sources, self._series_to_study = found, series_to_study  # type: ignore[assignment]
-            self._geometries = geometries
-            self._problems = problems
+            self._apply(rows, removed)
+        self._changes_seq = seq
         if self._writer:
+            self._listing.commit(((uid, n, entry) for uid, (n, entry) in rows.items()), removed, seq)
             self._save_acquisitions()
             self._send_pending_labels()
+            self._segs_to_check |= set(rows)
             self._import_segs()
-        logger.info(f"{len(found)} studies in {self._archive.url}; {len(self._problems)} with problems")
+        if rows or removed:
+            logger.info(f"{len(self._sources)} studies in {self._archive.url} ({len(rows)} listed again, {len(removed)} gone); {len(self._problems)} with problems")
+
+    def _list_studies(self, changed: Dict[str, Optional[int]]) -> Dict[str, Optional[Tuple[int, Dict[str, Any]]]]:
+        """Each study's instance count and listing entry (None: no series left), several studies at once.
+        ``changed``: study UID -> its instance count when the archive said (the full listing), else None."""
+        uids = sorted(changed)
+        self._listing_progress = {"listed": 0, "of": len(uids)}
+
+        def one(uid: str) -> Optional[Tuple[int, Dict[str, Any]]]:
+            row = self._list_study(uid, changed[uid])
+            self._listing_progress["listed"] += 1
+            return row
+
+        if len(uids) <= 1:
+            return {uid: one(uid) for uid in uids}
+        with ThreadPoolExecutor(DICOMWEB_LISTING_WORKERS) as pool:
+            iterator = pool.map(one, uids)
+            rows = {}
+            for i, uid in enumerate(uids, 1):
+                rows[uid] = next(iterator)
+                if i % LISTING_LOG_EVERY == 0:
+                    logger.info(f"listing {self._archive.url}: {i}/{len(uids)} studies")
+            return rows
+
+    def _list_study(self, uid: str, instances_hint: Optional[int] = None) -> Optional[Tuple[int, Dict[str, Any]]]:
+        """One study: its series given channels, each channel's geometry checked; or why it is not a case.
+
+        A study of at most ``STUDY_METADATA_MAX_INSTANCES`` instances is read in one request (its metadata gives
+        series, acquisitions and geometry); a larger one (diffusion, perfusion) by a series search, then only
+        its four channels' metadata."""
+        metadata: Dict[str, List[Dict[str, Any]]] = {}
+        if instances_hint is not None and instances_hint <= STUDY_METADATA_MAX_INSTANCES:
+            metadata = self._archive.study_metadata(uid)
+            series = [self._with_acquisition(uid, s) for s in series_from_metadata(metadata)]
+        else:
+            series = [self._with_acquisition(uid, s) for s in self._archive.series(uid)]
+        if not series:
+            return None
+        instances = sum(s.instances for s in series)
+        entry: Dict[str, Any] = {"series": [s.series_uid for s in series]}
+        assignment = self._rules.assign(series)
+        if assignment.problem:
+            return instances, {**entry, "problem": assignment.problem}
+        try:
+            geometry = None
+            for channel, summary in assignment.channels.items():
+                stack = self._stack(uid, channel, summary, metadata.get(summary.series_uid))
+                if channel == REFERENCE_CHANNEL:
+                    geometry = {"shape": list(stack.shape), "affine": np.asarray(stack.affine).tolist()}
+        except SeriesProblem as e:
+            return instances, {**entry, "problem": str(e)}
+        except ArchiveUnavailable:
+            raise
+        except Exception as e:  # malformed metadata of one study must not stop the listing of the others
+            logger.warning(f"Study {uid} not listed: {type(e).__name__}: {e}")
+            return instances, {**entry, "problem": f"its series' metadata could not be read ({type(e).__name__}: {e})"}
+        return instances, {
+            **entry,
+            "channels": {c: dataclasses.asdict(s) for c, s in assignment.channels.items()},
+            "segs": [dataclasses.asdict(s) for s in series if s.modality == "SEG"],
+            "evidence": assignment.evidence,
+            "geometry": geometry,
+        }
+
+    def _apply(self, rows: Dict[str, Tuple[int, Dict[str, Any]]], removed: set) -> None:
+        """The listing with ``rows`` listed again and ``removed`` gone (under the lock)."""
+        for uid in removed | set(rows):
+            self._counts.pop(uid, None)
+            self._sources.pop(uid, None)
+            self._geometries.pop(uid, None)
+            self._study_problems.pop(uid, None)
+            for series_uid in self._series_of.pop(uid, []):
+                self._series_to_study.pop(series_uid, None)
+        for uid, (instances, entry) in rows.items():
+            self._counts[uid] = instances
+            if "problem" in entry:
+                self._study_problems[uid] = StudyProblem(uid, uid, entry["problem"])
+                continue
+            study = DicomStudy(uid, {c: _summary_from_json(s) for c, s in entry["channels"].items()}, [_summary_from_json(s) for s in entry["segs"]], entry["evidence"])
+            broken = self._broken.get(uid)
+            if broken and broken[0] == study.fingerprint():  # pixels found undecodable; unchanged since
+                self._study_problems[uid] = StudyProblem(uid, uid, broken[1])
+                continue
+            self._sources[uid] = study
+            self._geometries[uid] = Geometry(tuple(entry["geometry"]["shape"]), np.array(entry["geometry"]["affine"]))
+            self._series_of[uid] = entry["series"]
+            self._series_to_study.update({s: uid for s in entry["series"]})
+        self._problems = list(self._study_problems.values())
 
     def _save_acquisitions(self) -> None:
         if len(self._acquisitions) != self._acquisitions_saved:
@@ -231,34 +334,35 @@ class DicomWebStudyDatastore(StudyDatastore):
             self._acquisitions_saved = len(self._acquisitions)
 
     def _with_acquisition(self, study_uid: str, series: SeriesSummary) -> SeriesSummary:
-        """The series with how it was acquired (one instance's header, asked once per series UID)."""
-        if series.modality != "MR":
+        """The series with how it was acquired: from the series search where the archive answers it there, else
+        one instance's header, asked once per series UID."""
+        if series.modality != "MR" or series.acquisition is not None:
             return series
         if series.series_uid not in self._acquisitions:
             self._acquisitions[series.series_uid] = self._archive.acquisition(study_uid, series.series_uid)
         return dataclasses.replace(series, acquisition=self._acquisitions[series.series_uid])
 
+    def _mark_broken(self, study_id: str, fingerprint: str, reason: str) -> None:
+        super()._mark_broken(study_id, fingerprint, reason)
+        with self._lock:
+            self._study_problems[study_id] = StudyProblem(study_id, study_id, reason)
+
     def _maybe_refresh(self) -> None:
         if not self._background and time.monotonic() - self._refresh_started_at >= self._refresh_s:
             self.refresh()
 
-    def _stack(self, study_uid: str, channel: str, series: SeriesSummary) -> SliceStack:
-        """Slice order and grid of a series, checked once per UID and instance count (parsing is slow)."""
+    def _stack(self, study_uid: str, channel: str, series: SeriesSummary, metadata: Optional[List[Dict[str, Any]]] = None) -> SliceStack:
+        """Slice order and grid of a series from its instances' metadata (asked if not given), checked once per
+        UID and instance count: a series that gains an instance is checked again."""
         key = f"{series.series_uid}_{series.instances}"
         if key not in self._stacks:
-            saved = read_json(self._metadata_dir / f"{key}.stack.json", None)  # checked by an earlier run
-            if saved is not None:
-                self._stacks[key] = SeriesProblem(saved["problem"]) if "problem" in saved else SliceStack(saved["order"], np.array(saved["affine"]), tuple(saved["shape"]))
-            else:
-                try:
-                    metadata = [Dataset.from_json(m) for m in self._metadata(study_uid, series)]
-                    checked = slice_stack(frames_as_slices(metadata, with_pixels=False), f"{channel} series '{series.name}'")
-                    self._stacks[key] = checked
-                    saved = {"order": [int(i) for i in checked.order], "affine": checked.affine.tolist(), "shape": list(checked.shape)}
-                except SeriesProblem as e:
-                    self._stacks[key] = e
-                    saved = {"problem": str(e)}
-                write_json(saved, self._metadata_dir / f"{key}.stack.json")
+            if metadata is None:
+                metadata = self._archive.series_metadata(study_uid, series.series_uid)
+            try:
+                datasets = [Dataset.from_json(m) for m in metadata]
+                self._stacks[key] = slice_stack(frames_as_slices(datasets, with_pixels=False), f"{channel} series '{series.name}'")
+            except SeriesProblem as e:
+                self._stacks[key] = e
         stack = self._stacks[key]
         if isinstance(stack, SeriesProblem):
             raise stack
@@ -268,23 +372,15 @@ class DicomWebStudyDatastore(StudyDatastore):
         """The reference series' instances (metadata only) in slice order: what a SEG refers to. Read from the
         archive each time, never cached: a SEG carries the patient module of its source images."""
         summary = study.channels[REFERENCE_CHANNEL]
-        by_uid = {m.get(SOP_INSTANCE_UID_TAG, {}).get("Value", [""])[0]: m for m in self._archive.series_metadata(study.study_id, summary.series_uid)}
-        ordered = [by_uid.get(m.get(SOP_INSTANCE_UID_TAG, {}).get("Value", [""])[0]) for m in self._metadata(study.study_id, summary)]
-        if any(m is None for m in ordered):
+        slices = frames_as_slices([Dataset.from_json(m) for m in self._archive.series_metadata(study.study_id, summary.series_uid)], with_pixels=False)
+        try:
+            stack = slice_stack(slices, f"{REFERENCE_CHANNEL} series '{summary.name}'")
+        except SeriesProblem as e:
+            raise ArchiveUnavailable(f"the reference series of study {study.study_id} changed in the archive ({e}); its label is sent at the next listing") from None
+        geometry = self.geometry(study.study_id)
+        if stack.shape != geometry.shape or not np.allclose(stack.affine, geometry.affine, atol=1e-3):
             raise ArchiveUnavailable(f"the reference series of study {study.study_id} changed in the archive; its label is sent at the next listing")
-        stack = self._stack(study.study_id, REFERENCE_CHANNEL, summary)
-        slices = frames_as_slices([Dataset.from_json(m) for m in ordered], with_pixels=False)  # type: ignore[arg-type]
         return [slices[i] for i in stack.order]
-
-    def _metadata(self, study_uid: str, series: SeriesSummary) -> List[Dict[str, Any]]:
-        """Instance metadata of a series, cached under its UID and instance count: only the attributes that
-        place and decode slices (``CACHED_METADATA``), no patient or study attributes."""
-        path = self._metadata_dir / f"{series.series_uid}_{series.instances}.json"
-        cached = read_json(path, None)
-        if cached is None:
-            cached = [{tag: value for tag, value in item.items() if tag in CACHED_METADATA} for item in self._archive.series_metadata(study_uid, series.series_uid)]
-            write_json(cached, path)
-        return cached
 
     def problems(self) -> List[StudyProblem]:
         with self._lock:
@@ -431,11 +527,13 @@ class DicomWebStudyDatastore(StudyDatastore):
         update_json(self._seg_registry_path, lambda registry: {**registry, sop_uid: entry}, {})
 
     def _import_segs(self) -> None:
-        """SEGs in the archive that this server has not seen become final labels, in the order they were made."""
+        """SEGs in the archive that this server has not seen become final labels, in the order they were made.
+        Only studies listed again since the last look are searched (``_segs_to_check``): a new SEG changes its study."""
         registry = read_json(self._seg_registry_path, {})
-        for study in list(self._sources.values()):
+        for uid in sorted(self._segs_to_check):
+            study = self._sources.get(uid)
             new = []
-            for series in study.segs:
+            for series in study.segs if study else []:
                 try:
                     new += [(series, sop) for sop in self._archive.instance_uids(study.study_id, series.series_uid) if sop not in registry]
                 except ArchiveUnavailable as e:
@@ -449,16 +547,17 @@ class DicomWebStudyDatastore(StudyDatastore):
                 logger.warning(str(e))
                 return
             except Exception as e:  # one study's SEG must not stop the others' (tried again at the next refresh)
-                logger.warning(f"SEGs of study {study.study_id} not imported: {type(e).__name__}: {e}")
+                logger.warning(f"SEGs of study {uid} not imported: {type(e).__name__}: {e}")
+                continue
+            self._segs_to_check.discard(uid)
 
     def _decode_seg(self, study: DicomStudy, series: SeriesSummary, sop: str):
         geometry = self.geometry(study.study_id)
         try:
             seg = self._archive.retrieve_instance(study.study_id, series.series_uid, sop)
             label = check_label_values(seg_to_label(seg, geometry.affine, geometry.shape))
-        except ArchiveUnavailable as e:
-            logger.warning(str(e))
-            return None
+        except ArchiveUnavailable:
+            raise  # looked at again at the next refresh
         except (SegProblem, LabelError, ValueError, AttributeError, KeyError, IndexError) as e:
             reason = f"SEG '{series.name}' not used as a label: {e}"
             logger.warning(f"{study.study_id}: {reason}")
@@ -494,7 +593,12 @@ class DicomWebStudyDatastore(StudyDatastore):
 
     def status(self) -> Dict[str, Any]:
         status = super().status()
-        status["archive"] = {"url": self._archive.url, "reachable": self._archive_error is None}
+        status["archive"] = {
+            "url": self._archive.url,
+            "reachable": self._archive_error is None,
+            "changes_feed": self._changes is not None,
+            "listing": dict(self._listing_progress),
+        }
         pending = [s for s in list(self._sources) if self.get_label_info(s, FINAL).get("archive") == "pending"]
         status["labels_waiting_for_archive"] = len(pending)
         return status

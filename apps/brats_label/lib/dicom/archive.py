@@ -18,7 +18,7 @@ from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from requests_toolbelt.multipart.decoder import ImproperBodyPartContentException, MultipartDecoder, NonMultipartContentTypeException
 
-from ..config import DICOMWEB_TIMEOUT_S
+from ..config import DICOMWEB_LISTING_PAGE, DICOMWEB_TIMEOUT_S
 from ..errors import ArchiveUnavailable
 from .sequence_classifier import Acquisition
 from .series_rules import SeriesSummary
@@ -53,6 +53,53 @@ def _text(item: Dict[str, Any], tag: str) -> str:
     return str(_first(item.get(tag, {}), ""))
 
 
+def _acquisition(item: Dict[str, Any]) -> Acquisition:
+    """An instance's (or a series') acquisition attributes from its DICOM JSON."""
+
+    def values(tag: str) -> tuple:
+        return tuple(str(v) for v in (item.get(tag, {}) or {}).get("Value", []) if v is not None)
+
+    def number(tag: str) -> Optional[float]:
+        try:
+            return float(values(tag)[0])
+        except (IndexError, ValueError):
+            return None
+
+    temporal = number(ACQUISITION_FIELDS["temporal_positions"])
+    return Acquisition(
+        repetition_time=number(ACQUISITION_FIELDS["repetition_time"]),
+        echo_time=number(ACQUISITION_FIELDS["echo_time"]),
+        inversion_time=number(ACQUISITION_FIELDS["inversion_time"]),
+        scanning_sequence=values(ACQUISITION_FIELDS["scanning_sequence"]),
+        sequence_variant=values(ACQUISITION_FIELDS["sequence_variant"]),
+        acquisition_type=(values(ACQUISITION_FIELDS["acquisition_type"]) or ("",))[0],
+        contrast_agent=" ".join(values(ACQUISITION_FIELDS["contrast_agent"])),
+        image_type=values(ACQUISITION_FIELDS["image_type"]),
+        diffusion_b_value=number(ACQUISITION_FIELDS["diffusion_b_value"]),
+        temporal_positions=int(temporal) if temporal is not None else None,
+    )
+
+
+def series_from_metadata(metadata: Dict[str, List[Dict[str, Any]]]) -> List[SeriesSummary]:
+    """What a series search says of each series, from the study's instance metadata (``Archive.study_metadata``)."""
+    summaries = []
+    for series_uid, instances in metadata.items():
+        first = instances[0]
+        summaries.append(
+            SeriesSummary(
+                series_uid=series_uid,
+                modality=_text(first, "00080060"),
+                description=_text(first, "0008103E"),
+                protocol=_text(first, "00181030"),
+                instances=len(instances),
+                number=int(_first(first.get("00200011", {}), 0) or 0) or None,
+                time=_text(first, "00080031"),
+                acquisition=_acquisition(first) if _text(first, "00080060") == "MR" else None,
+            )
+        )
+    return summaries
+
+
 class Archive:
     def __init__(self, url: str, username: str = "", password: str = "", timeout_s: float = DICOMWEB_TIMEOUT_S):
         self.url = url.rstrip("/")
@@ -78,13 +125,22 @@ class Archive:
                 ) from None
             raise ArchiveUnavailable(f"the DICOMweb archive at {self.url} answered HTTP {status} to {what}") from None
 
-    def studies(self) -> List[Dict[str, Any]]:
-        """Every study's UID; patient attributes are neither asked for nor kept."""
-        found = self._call("study search", self.client.search_for_studies, fields=["StudyInstanceUID"])
-        return [{"study_uid": _text(s, "0020000D")} for s in found]
+    def studies(self, page: int = DICOMWEB_LISTING_PAGE) -> List[Dict[str, Any]]:
+        """Every study's UID and instance count, ``page`` studies a request (QIDO-RS limit/offset); patient
+        attributes are neither asked for nor kept."""
+        studies: List[Dict[str, Any]] = []
+        while True:
+            found = self._call(
+                "study search", self.client.search_for_studies, fields=["StudyInstanceUID", "NumberOfStudyRelatedInstances"], limit=page, offset=len(studies)
+            )
+            studies += [{"study_uid": _text(s, "0020000D"), "instances": int(_first(s.get("00201208", {}), 0) or 0)} for s in found]
+            if len(found) < page:
+                return studies
 
     def series(self, study_uid: str) -> List[SeriesSummary]:
-        found = self._call("series search", self.client.search_for_series, study_instance_uid=study_uid, fields=SERIES_FIELDS)
+        """A study's series, each with its acquisition where the archive answers instance attributes at series
+        level (Orthanc reads them from one instance): one request for the whole study."""
+        found = self._call("series search", self.client.search_for_series, study_instance_uid=study_uid, fields=SERIES_FIELDS + list(ACQUISITION_FIELDS.values()))
         return [
             SeriesSummary(
                 series_uid=_text(s, "0020000E"),
@@ -94,6 +150,7 @@ class Archive:
                 instances=int(_first(s.get("00201209", {}), 0) or 0),
                 number=int(_first(s.get("00200011", {}), 0) or 0) or None,
                 time=_text(s, "00080031"),
+                acquisition=_acquisition(s) if any(tag in s for tag in ACQUISITION_FIELDS.values()) else None,
             )
             for s in found
         ]
@@ -108,34 +165,20 @@ class Archive:
             fields=list(ACQUISITION_FIELDS.values()),
             limit=1,
         )
-        item = found[0] if found else {}
-
-        def values(tag: str) -> tuple:
-            return tuple(str(v) for v in (item.get(tag, {}) or {}).get("Value", []) if v is not None)
-
-        def number(tag: str) -> Optional[float]:
-            try:
-                return float(values(tag)[0])
-            except (IndexError, ValueError):
-                return None
-
-        temporal = number(ACQUISITION_FIELDS["temporal_positions"])
-        return Acquisition(
-            repetition_time=number(ACQUISITION_FIELDS["repetition_time"]),
-            echo_time=number(ACQUISITION_FIELDS["echo_time"]),
-            inversion_time=number(ACQUISITION_FIELDS["inversion_time"]),
-            scanning_sequence=values(ACQUISITION_FIELDS["scanning_sequence"]),
-            sequence_variant=values(ACQUISITION_FIELDS["sequence_variant"]),
-            acquisition_type=(values(ACQUISITION_FIELDS["acquisition_type"]) or ("",))[0],
-            contrast_agent=" ".join(values(ACQUISITION_FIELDS["contrast_agent"])),
-            image_type=values(ACQUISITION_FIELDS["image_type"]),
-            diffusion_b_value=number(ACQUISITION_FIELDS["diffusion_b_value"]),
-            temporal_positions=int(temporal) if temporal is not None else None,
-        )
+        return _acquisition(found[0] if found else {})
 
     def instance_uids(self, study_uid: str, series_uid: str) -> List[str]:
         found = self._call("instance search", self.client.search_for_instances, study_instance_uid=study_uid, series_instance_uid=series_uid)
         return [_text(i, "00080018") for i in found]
+
+    def study_metadata(self, study_uid: str) -> Dict[str, List[Dict[str, Any]]]:
+        """Per-instance DICOM JSON of a whole study (no pixel data reference), by series UID."""
+        found = self._call("study metadata", self.client.retrieve_study_metadata, study_uid)
+        series: Dict[str, List[Dict[str, Any]]] = {}
+        for item in found:
+            item.pop(PIXEL_DATA_TAG, None)
+            series.setdefault(_text(item, "0020000E"), []).append(item)
+        return series
 
     def series_metadata(self, study_uid: str, series_uid: str) -> List[Dict[str, Any]]:
         """Per-instance DICOM JSON without the pixel data reference."""
@@ -170,8 +213,10 @@ class Archive:
         response.raise_for_status()
         return response
 
-    def _get(self, url: str, headers: Dict[str, str]) -> requests.Response:
-        response = self.client._session.get(url, headers=headers)
+    def _get_or_404(self, url: str) -> Optional[requests.Response]:
+        response = self.client._session.get(url)
+        if response.status_code == 404:
+            return None
         response.raise_for_status()
         return response
 
