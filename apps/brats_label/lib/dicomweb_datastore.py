@@ -37,6 +37,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 import nibabel as nib
 import numpy as np
 from nibabel.processing import resample_from_to
+from pydicom.datadict import tag_for_keyword
 from pydicom.dataset import Dataset
 
 from .atomic import read_json, write_json
@@ -70,6 +71,18 @@ SEG_SOURCE = "dicom-seg"
 # A study this small is listed from its metadata in one request; a larger one series by series (see _list_study).
 STUDY_METADATA_MAX_INSTANCES = 1000
 LISTING_LOG_EVERY = 500  # a first listing of thousands of studies logs its progress this often
+# What places and decodes a series' slices: all the listing reads of each instance's header (parsing whole
+# headers with pydicom took half the time of a first listing).
+SLICE_ATTRIBUTES = frozenset(
+    f"{tag_for_keyword(k):08X}"
+    for k in (
+        "SOPInstanceUID", "SOPClassUID", "SeriesInstanceUID", "StudyInstanceUID", "FrameOfReferenceUID", "Modality", "ImageType",
+        "InstanceNumber", "ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing", "SliceThickness", "SpacingBetweenSlices",
+        "Rows", "Columns", "NumberOfFrames", "SamplesPerPixel", "BitsAllocated", "BitsStored", "HighBit", "PixelRepresentation",
+        "PhotometricInterpretation", "RescaleSlope", "RescaleIntercept", "TransferSyntaxUID",
+        "SharedFunctionalGroupsSequence", "PerFrameFunctionalGroupsSequence",  # multi-frame geometry
+    )
+)  # fmt: skip
 SOP_INSTANCE_UID_TAG = "00080018"
 
 
@@ -153,8 +166,10 @@ class DicomWebStudyDatastore(StudyDatastore):
         self._changes_seq: Optional[int] = None
         self._reconciled_at = -math.inf
         self._listing = ListingStore(self._workspace / "archive_listing.sqlite", archive.url, writer)
+        self._pending: set = set()  # studies whose final label waits for the archive (the writer sends them)
         if writer:
             self._remove_metadata_cache()
+            self._pending = {case for case in self._labels.cases() if self._waits_for_archive(case)}
         self._load_listing()
         self.refresh()
 
@@ -231,9 +246,10 @@ class DicomWebStudyDatastore(StudyDatastore):
         with self._lock:
             self._archive_error = None
             self._apply(rows, removed)
-        self._changes_seq = seq
+        moved, self._changes_seq = seq != self._changes_seq, seq
         if self._writer:
-            self._listing.commit(((uid, n, entry) for uid, (n, entry) in rows.items()), removed, seq)
+            if rows or removed or moved:
+                self._listing.commit(((uid, n, entry) for uid, (n, entry) in rows.items()), removed, seq)
             self._save_acquisitions()
             self._send_pending_labels()
             self._segs_to_check |= set(rows)
@@ -359,7 +375,7 @@ class DicomWebStudyDatastore(StudyDatastore):
             if metadata is None:
                 metadata = self._archive.series_metadata(study_uid, series.series_uid)
             try:
-                datasets = [Dataset.from_json(m) for m in metadata]
+                datasets = [Dataset.from_json({tag: value for tag, value in m.items() if tag in SLICE_ATTRIBUTES}) for m in metadata]
                 self._stacks[key] = slice_stack(frames_as_slices(datasets, with_pixels=False), f"{channel} series '{series.name}'")
             except SeriesProblem as e:
                 self._stacks[key] = e
@@ -496,10 +512,16 @@ class DicomWebStudyDatastore(StudyDatastore):
     def _commit_fields(self, study: str, tag: str) -> Dict[str, Any]:
         return {"archive": "pending"} if tag == FINAL else {}
 
+    def _waits_for_archive(self, study: str) -> bool:
+        version = self._labels.current(study, FINAL)
+        return version is not None and version.info().get("archive") == "pending"
+
     def _send_label(self, study: str) -> None:
         version = self._labels.current(study, FINAL)
         if version is None or version.info().get("archive") != "pending":
+            self._pending.discard(study)
             return
+        self._pending.add(study)
         label = np.asarray(nib.load(str(version.label_path)).dataobj, dtype=np.uint8)
         try:
             reference = self._reference_datasets(self._source(study))
@@ -511,12 +533,16 @@ class DicomWebStudyDatastore(StudyDatastore):
         except SegProblem as e:  # no SEG can be written for this reference series: kept here, said so
             logger.warning(f"label of {study} kept on the server; no SEG written: {e}")
             self._labels.update_status(version, {"archive": "not sent", "archive_reason": str(e)})
+            self._pending.discard(study)
             return
         self._register_seg(str(seg.SOPInstanceUID), study, "written")
         self._labels.update_status(version, {"archive": "stored", "seg_sop_instance_uid": str(seg.SOPInstanceUID), "seg_series_uid": str(seg.SeriesInstanceUID)})
+        self._pending.discard(study)
 
     def _send_pending_labels(self) -> None:
-        for study in list(self._sources):
+        for study in sorted(self._pending):
+            if study not in self._sources:
+                continue  # not (or no longer) a case of the archive: kept here, sent if it comes back
             try:
                 self._send_label(study)
             except Exception as e:  # one study's label must not stop the others' (it stays pending)
@@ -599,6 +625,5 @@ class DicomWebStudyDatastore(StudyDatastore):
             "changes_feed": self._changes is not None,
             "listing": dict(self._listing_progress),
         }
-        pending = [s for s in list(self._sources) if self.get_label_info(s, FINAL).get("archive") == "pending"]
-        status["labels_waiting_for_archive"] = len(pending)
+        status["labels_waiting_for_archive"] = len(self._pending)
         return status
