@@ -70,7 +70,7 @@ DICOMWEB_REFRESH_S = 30.0  # how long a listing of the archive is reused before 
 # The refresh asks only what changed (Orthanc's changes feed); a full listing, which also finds deleted studies and
 # is the only way with archives that have no changes feed, at most this often.
 DICOMWEB_RECONCILE_S = 600.0
-DICOMWEB_LISTING_PAGE = 1000  # studies a QIDO-RS request (limit/offset)
+DICOMWEB_LISTING_PAGE = 2500  # studies a QIDO-RS request (limit/offset)
 DICOMWEB_LISTING_WORKERS = 8  # studies listed at once (each a few requests to the archive)
 ORTHANC_CHANGES_PAGE = 1000  # changes a request to Orthanc's /changes
 OHIF_STUDY_PATH = "/ohif/monai-label?StudyInstanceUIDs="  # a study in the MONAI Label mode of the bundled OHIF

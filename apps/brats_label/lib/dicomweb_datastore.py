@@ -106,6 +106,12 @@ def _acquisition_from_json(fields: Dict[str, Any]) -> Acquisition:
     return Acquisition(**{**fields, **tuples})
 
 
+def _summary_to_json(summary: SeriesSummary) -> Dict[str, Any]:
+    """As ``dataclasses.asdict``, which deep-copies and took a tenth of a first listing."""
+    acquisition = summary.acquisition
+    return {**vars(summary), "acquisition": dict(vars(acquisition)) if acquisition is not None else None}
+
+
 def _summary_from_json(fields: Dict[str, Any]) -> SeriesSummary:
     acquisition = fields.get("acquisition")
     return SeriesSummary(**{**fields, "acquisition": _acquisition_from_json(acquisition) if acquisition else None})
@@ -234,8 +240,8 @@ class DicomWebStudyDatastore(StudyDatastore):
                 removed = set(self._counts) - set(counts)
                 self._reconciled_at = now
             else:
-                uids, seq = self._changes.studies_changed_since(self._changes_seq)
-                changed, removed = {uid: None for uid in uids}, set()
+                changed, seq = self._changes.studies_changed_since(self._changes_seq)
+                removed = set()
             listed = self._list_studies(changed)
         except ArchiveUnavailable as e:
             self._archive_error = str(e)
@@ -259,7 +265,7 @@ class DicomWebStudyDatastore(StudyDatastore):
 
     def _list_studies(self, changed: Dict[str, Optional[int]]) -> Dict[str, Optional[Tuple[int, Dict[str, Any]]]]:
         """Each study's instance count and listing entry (None: no series left), several studies at once.
-        ``changed``: study UID -> its instance count when the archive said (the full listing), else None."""
+        ``changed``: study UID -> its instance count where known."""
         uids = sorted(changed)
         self._listing_progress = {"listed": 0, "of": len(uids)}
 
@@ -313,8 +319,8 @@ class DicomWebStudyDatastore(StudyDatastore):
             return instances, {**entry, "problem": f"its series' metadata could not be read ({type(e).__name__}: {e})"}
         return instances, {
             **entry,
-            "channels": {c: dataclasses.asdict(s) for c, s in assignment.channels.items()},
-            "segs": [dataclasses.asdict(s) for s in series if s.modality == "SEG"],
+            "channels": {c: _summary_to_json(s) for c, s in assignment.channels.items()},
+            "segs": [_summary_to_json(s) for s in series if s.modality == "SEG"],
             "evidence": assignment.evidence,
             "geometry": geometry,
         }

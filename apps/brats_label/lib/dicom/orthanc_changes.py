@@ -51,10 +51,10 @@ class OrthancChanges:
         """The newest sequence number: what a full listing made now has seen."""
         return int((self._get("/changes?last") or {}).get("Last", 0))
 
-    def studies_changed_since(self, since: int) -> Tuple[Set[str], int]:
-        """StudyInstanceUIDs of the studies that gained or changed an instance, series or study after ``since``,
-        and the sequence number to ask from next time."""
-        studies: Set[str] = set()
+    def studies_changed_since(self, since: int) -> Tuple[Dict[str, Optional[int]], int]:
+        """The studies that gained or changed an instance, series or study after ``since`` (StudyInstanceUID ->
+        instance count now, None if deleted meanwhile), and the sequence number to ask from next time."""
+        studies: Dict[str, str] = {}  # StudyInstanceUID -> Orthanc id
         seen: Set[Tuple[str, str]] = set()
         while True:
             page = self._get(f"/changes?since={since}&limit={ORTHANC_CHANGES_PAGE}") or {}
@@ -63,29 +63,36 @@ class OrthancChanges:
                 if key in seen:
                     continue
                 seen.add(key)
-                study = self._study_of(*key)
-                if study:
-                    studies.add(study)
+                orthanc_study = self._orthanc_study_of(*key)
+                uid = self._study_uid(orthanc_study) if orthanc_study else None
+                if uid:
+                    studies[uid] = orthanc_study  # type: ignore[assignment]
             since = int(page.get("Last", since))
             if page.get("Done", True):
-                return studies, since
+                return {uid: self._instance_count(orthanc_id) for uid, orthanc_id in studies.items()}, since
 
-    def _study_of(self, kind: str, orthanc_id: str) -> Optional[str]:
+    def _orthanc_study_of(self, kind: str, orthanc_id: str) -> Optional[str]:
         if kind == "Instance":
             instance = self._get(f"/instances/{orthanc_id}")
-            return self._study_of("Series", instance["ParentSeries"]) if instance else None
+            return self._orthanc_study_of("Series", instance["ParentSeries"]) if instance else None
         if kind == "Series":
             if orthanc_id not in self._parents:
                 series = self._get(f"/series/{orthanc_id}")
                 if series is None:
                     return None
                 self._parents[orthanc_id] = series["ParentStudy"]
-            return self._study_of("Study", self._parents[orthanc_id])
-        if kind == "Study":
-            if orthanc_id not in self._study_uids:
-                study = self._get(f"/studies/{orthanc_id}")
-                if study is None:
-                    return None
-                self._study_uids[orthanc_id] = study.get("MainDicomTags", {}).get("StudyInstanceUID", "")
-            return self._study_uids[orthanc_id] or None
-        return None
+            return self._parents[orthanc_id]
+        return orthanc_id if kind == "Study" else None
+
+    def _study_uid(self, orthanc_id: str) -> Optional[str]:
+        if orthanc_id not in self._study_uids:
+            study = self._get(f"/studies/{orthanc_id}")
+            if study is None:
+                return None
+            self._study_uids[orthanc_id] = study.get("MainDicomTags", {}).get("StudyInstanceUID", "")
+        return self._study_uids[orthanc_id] or None
+
+    def _instance_count(self, orthanc_id: str) -> Optional[int]:
+        """How many instances the study holds now: tells the datastore how to read it (``_list_study``)."""
+        statistics = self._get(f"/studies/{orthanc_id}/statistics")
+        return int(statistics["CountInstances"]) if statistics else None
