@@ -16,7 +16,9 @@ cannot be segmented as one. Here:
 - a SeriesInstanceUID of any of the study's series (what OHIF sends) resolves to the study.
 
 Only the server process (``writer``) sends SEGs, imports SEGs and writes the SEG registry; the listing is
-refreshed in a background thread of the server (``start_background_refresh``). When the archive does not
+refreshed in a background thread of the server (``start_background_refresh``), asking only what changed
+(Orthanc's changes feed; a full listing compared by instance counts every ``reconcile_s``), and kept in the
+workspace (``ListingStore``) so that a restart lists only what changed meanwhile. When the archive does not
 answer, listing keeps what it knew, cached studies still open, labels are
 still saved locally and sent when the archive is back; everything else answers 503 with the reason.
 """
