@@ -259,7 +259,7 @@ class BratsLabelApp(MONAILabelApp):
         from monailabel.app import app as server  # the running FastAPI application
 
         if isinstance(self._datastore, DicomWebStudyDatastore):
-            self._datastore.start_background_refresh()  # requests use the last listing; none waits for the archive
+            self._datastore.start_background_work()  # requests use the last listing; none waits for the archive
         check_monai_label_version()
         record_task_start_times()
         answer_domain_errors(server)

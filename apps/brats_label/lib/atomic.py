@@ -21,8 +21,11 @@ os.umask(_UMASK)
 
 
 @contextmanager
-def atomic_path(target: Path) -> Iterator[Path]:
-    """Yield a temporary path in the target's folder; on success it replaces ``target``."""
+def atomic_path(target: Path, durable: bool = True) -> Iterator[Path]:
+    """Yield a temporary path in the target's folder; on success it replaces ``target``.
+
+    ``durable`` False skips the flushes to disk: readers still never see a half-written file, but after a power
+    cut the file may be empty. Only for what can be rebuilt and is checked before use (the case cache)."""
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     suffix = "".join(target.suffixes) or ".tmp"
@@ -31,6 +34,9 @@ def atomic_path(target: Path) -> Iterator[Path]:
     os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the permissions a plain open() would
     try:
         yield Path(tmp)
+        if not durable:
+            os.replace(tmp, target)
+            return
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.replace(tmp, target)
@@ -44,11 +50,11 @@ def atomic_path(target: Path) -> Iterator[Path]:
             os.remove(tmp)
 
 
-def write_nifti(array: np.ndarray, affine: np.ndarray, target: Path) -> Path:
+def write_nifti(array: np.ndarray, affine: np.ndarray, target: Path, durable: bool = True) -> Path:
     image = nib.Nifti1Image(array, affine)
     image.set_qform(affine, code=1)
     image.set_sform(affine, code=1)
-    with atomic_path(target) as tmp:
+    with atomic_path(target, durable) as tmp:
         nib.save(image, str(tmp))
     return Path(target)
 

@@ -38,15 +38,19 @@ class CaseCache:
 
     def is_current(self, study_id: str, fingerprint: str) -> bool:
         stamp = read_json(self._stamp_path(study_id), {})
-        return self.volume_path(study_id).is_file() and stamp.get("fingerprint") == fingerprint
+        volume = self.volume_path(study_id)
+        return volume.is_file() and stamp.get("fingerprint") == fingerprint and stamp.get("bytes") == volume.stat().st_size
 
     def get(self, study_id: str, fingerprint: str, build: Callable[[], Tuple[np.ndarray, np.ndarray]]) -> Path:
-        """Path of the stacked (X, Y, Z, C) NIfTI; ``build`` returns (stacked, affine) when the cache is stale."""
+        """Path of the stacked (X, Y, Z, C) NIfTI; ``build`` returns (stacked, affine) when the cache is stale.
+
+        The volume is written without waiting for the disk (70 MB took up to 0.2 s, a third of opening a study):
+        it can be rebuilt, and one cut short by a power failure differs from the size in its stamp, so it is."""
         with self._locks[study_id]:
             if not self.is_current(study_id, fingerprint):
                 stacked, affine = build()
-                write_nifti(stacked, affine, self.volume_path(study_id))
-                write_json({"fingerprint": fingerprint, "channels": list(CHANNELS)}, self._stamp_path(study_id))
+                volume = write_nifti(stacked, affine, self.volume_path(study_id), durable=False)
+                write_json({"fingerprint": fingerprint, "channels": list(CHANNELS), "bytes": volume.stat().st_size}, self._stamp_path(study_id))
             return self.volume_path(study_id)
 
 

@@ -66,6 +66,8 @@ IGNORED_SERIES = r"localizer|localiser|scout|survey|\bloc\b|3[ -]?plane|\badc\b|
 REFERENCE_CHANNEL = "t1c"  # the grid every channel is resampled onto, and that labels (SEG) refer to
 SLICE_SPACING_TOLERANCE = 0.01  # relative spread of slice gaps accepted as "evenly spaced"
 DICOMWEB_FETCH_WORKERS = 4  # series fetched at once (one per channel)
+# Series decoded in worker processes (parsing some 600 headers is pure Python: in threads it runs on one core).
+DICOMWEB_FETCH_PROCESSES = True
 DICOMWEB_REFRESH_S = 30.0  # how long a listing of the archive is reused before asking it again
 # The refresh asks only what changed (Orthanc's changes feed); a full listing, which also finds deleted studies and
 # is the only way with archives that have no changes feed, at most this often.

@@ -46,7 +46,6 @@ from .atomic import read_json, write_json
 from .case_cache import UnusableVolume, stack_channels
 from .config import (
     CHANNELS,
-    DICOMWEB_FETCH_WORKERS,
     DICOMWEB_LISTING_WORKERS,
     DICOMWEB_RECONCILE_S,
     DICOMWEB_REFRESH_S,
@@ -59,8 +58,9 @@ from .dicom.multiframe import frames_as_slices
 from .dicom.orthanc_changes import OrthancChanges
 from .dicom.seg import SegProblem, is_shipped_ground_truth, label_to_seg, seg_to_label
 from .dicom.sequence_classifier import Acquisition
+from .dicom.series_fetch import fetch_volumes, start_workers
 from .dicom.series_rules import SeriesRules, SeriesSummary
-from .dicom.series_volume import SeriesProblem, SliceStack, series_volume, slice_stack
+from .dicom.series_volume import SeriesProblem, SliceStack, slice_stack
 from .errors import ArchiveUnavailable, InvalidInput, NotAllowed, NotFound
 from .labels import LabelError, check_label_values
 from .shared_state import update_json
@@ -198,6 +198,11 @@ class DicomWebStudyDatastore(StudyDatastore):
         for path in self._metadata_dir.glob("*.json") if self._metadata_dir.is_dir() else []:
             if path != self._acquisitions_path:
                 path.unlink(missing_ok=True)
+
+    def start_background_work(self) -> None:
+        """The server's own threads: the listing refreshed in the background, and the series decoding processes started."""
+        threading.Thread(target=start_workers, name="series-decoding-start", daemon=True).start()
+        self.start_background_refresh()
 
     def start_background_refresh(self) -> None:
         """Refresh every ``refresh_s`` in a thread of its own (the server): requests use the last listing
@@ -454,15 +459,9 @@ class DicomWebStudyDatastore(StudyDatastore):
             raise InvalidInput(f"study {study.study_id} cannot be opened: {e}") from None
 
     def _fetch_stack(self, study: DicomStudy) -> Tuple[np.ndarray, np.ndarray]:
-        """Fetch the four series at once, convert each, resample onto the reference grid, stack."""
-
-        def fetch(channel: str) -> Tuple[np.ndarray, np.ndarray]:
-            summary = study.channels[channel]
-            datasets = self._archive.retrieve_series(study.study_id, summary.series_uid)
-            return series_volume(frames_as_slices(datasets), f"{channel} series '{summary.name}'")
-
-        with ThreadPoolExecutor(min(DICOMWEB_FETCH_WORKERS, len(CHANNELS))) as pool:
-            volumes = dict(zip(CHANNELS, pool.map(fetch, CHANNELS)))
+        """Fetch and decode the four series at once (``fetch_volumes``), resample onto the reference grid, stack."""
+        series = [(study.channels[c].series_uid, f"{c} series '{study.channels[c].name}'") for c in CHANNELS]
+        volumes = dict(zip(CHANNELS, fetch_volumes(self._archive, study.study_id, series)))
         geometry = self.geometry(study.study_id)
         channels = []
         for channel in CHANNELS:

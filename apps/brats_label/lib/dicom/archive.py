@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import functools
 import io
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, NamedTuple, Optional, Sequence
 
 import pydicom
 import requests
@@ -100,8 +100,18 @@ def series_from_metadata(metadata: Dict[str, List[Dict[str, Any]]]) -> List[Seri
     return summaries
 
 
+class ArchiveAddress(NamedTuple):
+    """What another process needs to open its own connection to the archive."""
+
+    url: str
+    username: str
+    password: str
+    timeout_s: float
+
+
 class Archive:
     def __init__(self, url: str, username: str = "", password: str = "", timeout_s: float = DICOMWEB_TIMEOUT_S):
+        self.address = ArchiveAddress(url, username, password, timeout_s)
         self.url = url.rstrip("/")
         session = create_session_from_user_pass(username, password) if username else create_session()
         session.request = functools.partial(session.request, timeout=timeout_s)  # type: ignore[method-assign]
@@ -130,9 +140,7 @@ class Archive:
         attributes are neither asked for nor kept."""
         studies: List[Dict[str, Any]] = []
         while True:
-            found = self._call(
-                "study search", self.client.search_for_studies, fields=["StudyInstanceUID", "NumberOfStudyRelatedInstances"], limit=page, offset=len(studies)
-            )
+            found = self._call("study search", self.client.search_for_studies, fields=["StudyInstanceUID", "NumberOfStudyRelatedInstances"], limit=page, offset=len(studies))
             studies += [{"study_uid": _text(s, "0020000D"), "instances": int(_first(s.get("00201208", {}), 0) or 0)} for s in found]
             if len(found) < page:
                 return studies

@@ -13,6 +13,7 @@ import gzip
 import logging
 import os
 import tempfile
+import threading
 from pathlib import Path
 from typing import Any, Callable, Dict, Optional, Sequence, Tuple
 
@@ -54,6 +55,17 @@ def preprocessing(profile: NetworkProfile, keys: Tuple[str, ...] = ("image",), m
         Spacingd(keys=keys, pixdim=profile.spacing_mm, mode=modes),
         NormalizeIntensityd(keys="image", nonzero=True, channel_wise=True),
     ]
+
+
+_CACHE_INIT_LOCK = threading.Lock()
+
+
+def prepared_input_cache() -> CacheTransformDatad:
+    """MONAI Label's prepared-input cache. Its constructor sets module globals, and prunes expired entries, with no
+    lock: a study being prepared at hand-out while its first auto-segmentation started saw them half set
+    (AttributeError, a 500)."""
+    with _CACHE_INIT_LOCK:
+        return CacheTransformDatad(keys="image", hash_key="case_version", in_memory=True, ttl=PREPARED_INPUT_TTL_S)
 
 
 class BratsSegmentation(BasicInferTask):
@@ -108,7 +120,7 @@ class BratsSegmentation(BasicInferTask):
             DeleteItemsd(keys="image_path"),
             *preprocessing(self.profile),
             # MONAI Label's hook: a repeated request on an unchanged case skips reading and resampling.
-            CacheTransformDatad(keys="image", hash_key="case_version", in_memory=True, ttl=PREPARED_INPUT_TTL_S),
+            prepared_input_cache(),
         ]
 
     def inferer(self, data=None) -> Inferer:
