@@ -7,7 +7,9 @@ Start it with MONAI Label's own server, for example::
 ``--conf`` keys (all optional), read once here:
 
     profile             cpu (2 mm, light, default) or bundle (model-zoo brats_mri_segmentation compatible)
-    pretrained_weights  starting weights, e.g. the bundle's models/model.pt
+    pretrained_weights  starting weights: a file (e.g. the bundle's models/model.pt), or zoo:brats_mri_segmentation[@0.5.3]
+                        fetched from the MONAI model zoo into <workspace>/model_zoo once (profile bundle by default)
+    zoo_url             where zoo bundles are fetched from instead of MONAI's hosting, e.g. https://mirror/{name}_v{version}.zip
     workspace           where labels, caches and models are written (default <studies>/.brats_label,
                         or ~/.cache/brats_label/<host_port> for an archive)
     series_rules        JSON file of [channel, regex] pairs naming a site's series (archive only)
@@ -49,7 +51,7 @@ from lib.activelearning.scores import ScoreStore, ServedModelVersion
 from lib.activelearning.scoring import EpistemicScoring
 from lib.activelearning.strategies import RandomStrategy, UncertaintyStrategy
 from lib.audit import PreLabels, audit_csv, audit_rows
-from lib.config import BACKGROUND_NICENESS, DICOMWEB_WORKSPACE_ROOT, FOREGROUND_LABELS, MODEL_NAME, SCRATCH_DIR_NAME, TOKEN_ALGORITHMS, AppConfig
+from lib.config import BACKGROUND_NICENESS, DICOMWEB_WORKSPACE_ROOT, FOREGROUND_LABELS, MODEL_NAME, SCRATCH_DIR_NAME, TOKEN_ALGORITHMS, ZOO_CACHE_DIR, AppConfig
 from lib.datastore import StudyFolderDatastore
 from lib.dicom.archive import Archive
 from lib.dicom.series_rules import SeriesRules
@@ -64,6 +66,7 @@ from lib.errors import InvalidInput, NotFound
 from lib.infer_queue import FairQueue
 from lib.infers.segmentation import BratsSegmentation
 from lib.label_store import check_case_id
+from lib.model_zoo import fetch_weights
 from lib.network import check_weights, read_state_dict
 from lib.processes import in_worker_process
 from lib.retrain import RetrainTrigger
@@ -109,6 +112,9 @@ class BratsLabelApp(MONAILabelApp):
         self._writer = not in_worker_process()
         self._serving = False  # True only in the server process (on_init_complete)
         self.workspace = self.config.workspace or default_workspace(studies)
+        self.pretrained_weights = self.config.pretrained_weights
+        if self.config.pretrained_zoo is not None:  # fetched once into the workspace, then used offline
+            self.pretrained_weights = fetch_weights(self.config.pretrained_zoo, self.workspace / ZOO_CACHE_DIR, self.config.zoo_url)
         self.model_dir = self.workspace / "model"
         self.model_path = self.model_dir / f"{MODEL_NAME}.pt"
         self.model_dir.mkdir(parents=True, exist_ok=True)
@@ -129,9 +135,9 @@ class BratsLabelApp(MONAILabelApp):
         )
         # evaluated lazily: the infer task exists only once MONAI Label's __init__ has run
         self.served_version = ServedModelVersion(lambda: self._infers[MODEL_NAME].get_path())
-        if self.config.pretrained_weights:
+        if self.pretrained_weights:
             # Fail at start-up, not at the first click, when the starting weights do not fit.
-            check_weights(read_state_dict(self.config.pretrained_weights), self.config.profile, self.config.pretrained_weights)
+            check_weights(read_state_dict(self.pretrained_weights), self.config.profile, self.pretrained_weights)
         super().__init__(
             app_dir=app_dir,
             studies=studies,
@@ -150,7 +156,7 @@ class BratsLabelApp(MONAILabelApp):
         """Starting weights (or a model served before versions existed) become version 0."""
         if self.versions.list():
             return
-        source = self.model_path if self.model_path.exists() else self.config.pretrained_weights
+        source = self.model_path if self.model_path.exists() else self.pretrained_weights
         if source is None:
             return
         record = self.versions.add(Path(source), {"parent": None, "source": str(source), "reason": "starting model", "promoted": True})
@@ -225,7 +231,7 @@ class BratsLabelApp(MONAILabelApp):
         return rows
 
     def init_infers(self) -> Dict[str, InferTask]:
-        return {MODEL_NAME: BratsSegmentation(self.config.profile, self.model_path, self.config.pretrained_weights, version_fn=self.versions.serving)}
+        return {MODEL_NAME: BratsSegmentation(self.config.profile, self.model_path, self.pretrained_weights, version_fn=self.versions.serving)}
 
     def init_trainers(self) -> Dict[str, TrainTask]:
         return {
@@ -234,7 +240,7 @@ class BratsLabelApp(MONAILabelApp):
                 profile=self.config.profile,
                 settings=self.config.train,
                 publish_path=self.model_path,
-                load_path=self.config.pretrained_weights,
+                load_path=self.pretrained_weights,
                 versions=self.versions,
                 promote_tolerance=self.config.retrain.promote_tolerance,
             )

@@ -9,9 +9,10 @@ network profiles, and the training defaults. ``AppConfig.from_conf`` reads MONAI
 from __future__ import annotations
 
 import dataclasses
+import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, Mapping, Optional, Tuple
+from typing import Any, Dict, Mapping, Optional, Tuple
 
 # --- labels (BraTS 2023+ glioma convention) -------------------------------------------------------
 LABELS: Dict[str, int] = {"background": 0, "necrotic_core": 1, "edema": 2, "enhancing_tumour": 3}
@@ -150,6 +151,11 @@ PROFILES: Dict[str, NetworkProfile] = {
     ),
 }
 DEFAULT_PROFILE = "cpu"
+# Model-zoo bundles this app can start from (``--conf pretrained_weights zoo:<name>[@<version>]``), with the version
+# taken when none is named and the profile whose network their weights fit.
+ZOO_BUNDLES: Dict[str, str] = {"brats_mri_segmentation": "0.5.3"}
+ZOO_BUNDLE_PROFILE = "bundle"
+ZOO_CACHE_DIR = "model_zoo"  # in the workspace
 
 # A prepared (resampled, normalised) input stays in memory this long for repeated requests on a case.
 PREPARED_INPUT_TTL_S = 600
@@ -246,6 +252,8 @@ class AppConfig:
     infer_concurrency: int = 1  # auto-segmentations run at once (the others queue in arrival order); more only on a GPU
     max_upload_mb: float = MAX_UPLOAD_MB
     auth_audience: Optional[str] = None  # the token audience the server accepts; None: MONAI_LABEL_AUTH_CLIENT_ID
+    pretrained_zoo: Optional[Any] = None  # model_zoo.ZooBundle named by pretrained_weights zoo:<name>[@<version>]
+    zoo_url: Optional[str] = None  # where bundles are fetched from ({name}, {version}); None: MONAI's hosting
 
     @property
     def patch_size(self) -> Tuple[int, int, int]:
@@ -254,7 +262,16 @@ class AppConfig:
     @classmethod
     def from_conf(cls, conf: Mapping[str, str]) -> AppConfig:
         """Parse MONAI Label's ``--conf key value`` pairs. Unknown keys are left to MONAI Label."""
-        name = conf.get("profile", DEFAULT_PROFILE)
+        weights = conf.get("pretrained_weights")
+        zoo = None
+        if weights and weights.startswith("zoo:"):
+            from .model_zoo import ZooBundle  # imports this module
+
+            zoo, weights = ZooBundle.parse(weights), None
+        zoo_url = conf.get("zoo_url") or None
+        if zoo_url is not None and not re.match(r"(https?|file)://", zoo_url):
+            raise ConfigError(f"--conf zoo_url {zoo_url!r}: an http(s):// or file:// URL of a bundle archive, with {{name}} and {{version}}")
+        name = conf.get("profile", ZOO_BUNDLE_PROFILE if zoo else DEFAULT_PROFILE)
         if name not in PROFILES:
             raise ConfigError(f"--conf profile {name!r}: choose one of {', '.join(PROFILES)}")
         train = TrainSettings()
@@ -273,7 +290,6 @@ class AppConfig:
         if not 0.0 <= train.val_split < 1.0:
             raise ConfigError(f"--conf val_split {train.val_split}: expected a fraction in [0, 1)")
 
-        weights = conf.get("pretrained_weights")
         weights_path = Path(weights).expanduser().resolve() if weights else None
         if weights_path is not None and not weights_path.is_file():
             raise ConfigError(f"--conf pretrained_weights {weights!r}: no such file")
@@ -328,6 +344,8 @@ class AppConfig:
             infer_concurrency,
             max_upload_mb,
             conf.get("auth_audience") or None,
+            zoo,
+            zoo_url,
         )
 
 
