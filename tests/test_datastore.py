@@ -255,11 +255,11 @@ def test_a_client_cannot_set_the_fields_the_server_computes(studies_copy, tmp_pa
     ds = _datastore(studies_copy, tmp_path)
     label = np.asarray(nib.load(ds.get_label_uri(CASE, "final")).dataobj)
     upload = _save(label, nib.load(ds.get_label_uri(CASE, "final")).affine, tmp_path / "u.nii.gz")
-    forged = {"user": "dr_e", "source": "imported", "dice_tc": 1.0, "prelabel_model_version": "v9", "archive": "stored", "saved_at": "2000"}
+    forged = {"user": "dr_e", "source": "imported", "dice_tc": 1.0, "hd95_wt": 0.0, "lesion_dice_et": 1.0, "prelabel_model_version": "v9", "archive": "stored", "saved_at": "2000"}
     ds.save_label(CASE, str(upload), "final", forged)
     info = ds.get_label_info(CASE, "final")
     assert info["source"] == "submitted" and info["user"] == "dr_e"
-    assert "dice_tc" not in info and "prelabel_model_version" not in info and "archive" not in info
+    assert not {"dice_tc", "hd95_wt", "lesion_dice_et", "prelabel_model_version", "archive"} & set(info)
     assert info["saved_at"] > "2026"
     ds.update_label_info(CASE, "final", {"source": "imported", "user": "dr_forger", "note": "checked"})
     info = ds.get_label_info(CASE, "final")

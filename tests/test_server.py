@@ -21,6 +21,8 @@ import requests
 from monailabel.client import MONAILabelClient
 from monailabel.client.client import MONAILabelClientException
 
+from lib.brats_metrics import brats_scores
+
 pytestmark = pytest.mark.server
 
 UNLABELLED = "BraTS-GLI-00005-000"
@@ -207,6 +209,10 @@ def test_audit_records_who_corrected_which_prelabel_and_how_much(client, server,
     before = np.asarray(prelabel.dataobj)
     for region, values in {"tc": (1, 3), "wt": (1, 2, 3), "et": (3,)}.items():
         assert row[f"dice_{region}"] == pytest.approx(_dice(np.isin(before, values), np.isin(final, values)), abs=1e-3), region
+    expected = brats_scores(before, final, prelabel.header.get_zooms()[:3])
+    for region in ("tc", "wt", "et"):
+        for score in ("hd95", "lesion_dice", "lesion_hd95"):
+            assert row[f"{score}_{region}"] == pytest.approx(expected[region][score], abs=1e-3), (score, region)
     csv_text = requests.get(f"{server.url}/brats/audit", params={"format": "csv"}, timeout=30).text
     header, *lines = csv_text.strip().splitlines()
     assert header.startswith("case,tag,saved_at,user,authenticated,claimed_user,client_id") and any(line.startswith(f"{study},final,") and "dr_audit" in line for line in lines)

@@ -53,6 +53,9 @@ def test_versions_promotion_rollback_and_restart(setup, server_factory, tmp_path
     v1 = _models(server)["versions"][1]
     assert v1["parent"] == "v0" and v1["promoted"], v1["reason"]
     assert set(v1["validation_dice"]) == {"tc", "wt", "et", "mean"} and v1["held_out"] and not set(v1["held_out"]) & set(v1["labels"])
+    # BraTS scores per region, averaged and per held-out study (what a study-by-study comparison needs)
+    assert {r: set(v1["validation_brats"][r]) for r in ("et", "tc", "wt")} == {r: {"dice", "hd95", "lesion_dice", "lesion_hd95"} for r in ("et", "tc", "wt")}
+    assert set(v1["validation_studies"]) == set(v1["held_out"]) and v1["validation_dice"]["wt"] == v1["validation_brats"]["wt"]["dice"]
     assert _infer(server, tmp_path)[1] == "v1"
 
     _train(server, max_epochs=2, fine_tune_learning_rate=0.5)  # made worse on purpose

@@ -16,29 +16,18 @@ from typing import Any, Dict, Iterable, List, Optional
 
 import nibabel as nib
 import numpy as np
-import torch
-from monai.metrics import compute_dice
 
 from .atomic import read_json, write_json, write_nifti
+from .brats_metrics import brats_scores
 from .clock import utc_now
-from .config import REGIONS
 from .label_files import read_label_file
 
 AUDIT_FIELDS = (
     "case", "tag", "saved_at", "user", "authenticated", "claimed_user", "client_id", "source",
-    "prelabel_model_version", "prelabel_made_at", "dice_tc", "dice_wt", "dice_et",
+    "prelabel_model_version", "prelabel_made_at", "dice_tc", "dice_wt", "dice_et", "hd95_tc", "hd95_wt", "hd95_et",
+    "lesion_dice_tc", "lesion_dice_wt", "lesion_dice_et", "lesion_hd95_tc", "lesion_hd95_wt", "lesion_hd95_et",
     "voxels_necrotic_core", "voxels_edema", "voxels_enhancing_tumour",
 )  # fmt: skip
-
-
-def region_dice(prelabel: np.ndarray, final: np.ndarray) -> Dict[str, float]:
-    """Dice per region between two label maps; a region empty in both counts as unchanged (1.0)."""
-
-    def regions(label: np.ndarray) -> torch.Tensor:
-        return torch.stack([torch.as_tensor(np.isin(label, values)) for values in REGIONS.values()])[None].float()
-
-    values = compute_dice(regions(prelabel), regions(final), include_background=True, ignore_empty=False)[0]
-    return {f"dice_{name.lower()}": round(float(v), 4) for name, v in zip(REGIONS, values)}
 
 
 class PreLabels:
@@ -66,7 +55,10 @@ class PreLabels:
         prelabel = np.asarray(nib.load(str(label_path)).dataobj)
         if prelabel.shape != final.shape:
             return {"prelabel_model_version": info["model_version"], "prelabel_made_at": info["made_at"], "prelabel_note": "grid differs"}
-        return {"prelabel_model_version": info["model_version"], "prelabel_made_at": info["made_at"], **region_dice(prelabel, final)}
+        spacing = nib.load(str(label_path)).header.get_zooms()[:3]
+        scores = brats_scores(prelabel, final, spacing)  # how far the correction moved the pre-label, as BraTS scores it
+        fields = {f"{score}_{region}": scores[region][score] for region in ("tc", "wt", "et") for score in ("dice", "hd95", "lesion_dice", "lesion_hd95")}
+        return {"prelabel_model_version": info["model_version"], "prelabel_made_at": info["made_at"], **fields}
 
 
 def audit_rows(history: Iterable[tuple[str, Dict[str, Any]]]) -> List[Dict[str, Any]]:

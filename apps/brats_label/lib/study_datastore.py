@@ -35,7 +35,7 @@ SUBMITTED = "submitted"
 FINAL = DefaultLabelTag.FINAL.value
 # Fields of a label's record that the server computes: a client's params never set them.
 SERVER_FIELDS = ("tag", "saved_at", "removed_at", "voxels", "source", "archive", "file", "convention", "migrated_from")
-SERVER_FIELD_PREFIXES = ("dice_", "prelabel_", "seg_")
+SERVER_FIELD_PREFIXES = ("dice_", "hd95_", "lesion_", "prelabel_", "seg_")
 WHO_SAVED = ("user", "authenticated", "claimed_user", "client_id")  # set once, when the label is saved
 
 

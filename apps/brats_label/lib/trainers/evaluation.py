@@ -1,33 +1,44 @@
-"""Dice of a weights file on labelled cases: how two model versions are compared on the held-out set."""
+"""A weights file scored on labelled cases: how two model versions are compared on the held-out set.
+
+Each study gets the BraTS scores per region (``brats_metrics``: Dice, HD95, lesion-wise Dice and HD95) at the
+profile's resolution; the means over studies go into the version's record, the per-study scores too, so that
+two versions can be compared study by study.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Dict, List, Sequence
+from typing import Any, Dict, List, Sequence
 
 import numpy as np
 import torch
 from monai.inferers import SlidingWindowInferer
-from monai.metrics import DiceMetric
 from monai.transforms import Compose
 
+from ..brats_metrics import region_scores
 from ..config import REGION_THRESHOLD, REGIONS, NetworkProfile
 from ..network import load_network
 
+SCORES = ("dice", "hd95", "lesion_dice", "lesion_hd95")
 
-def evaluate_on(profile: NetworkProfile, weights: Path, items: Sequence[Dict], transforms: List) -> Dict[str, float]:
-    """Mean Dice per region (tc, wt, et) and their mean over ``items`` ({"image", "label"} paths)."""
+
+def evaluate_on(profile: NetworkProfile, weights: Path, items: Sequence[Dict], transforms: List) -> Dict[str, Any]:
+    """Mean Dice per region (tc, wt, et) and their mean (``mean``, what promotion compares), the mean of every
+    BraTS score per region (``brats``) and each study's scores (``studies``), over ``items`` ({"id", "image",
+    "label"} paths)."""
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     network = load_network(profile, weights, device).eval()
     inferer = SlidingWindowInferer(profile.roi_size, overlap=profile.sw_overlap, sw_batch_size=1, mode="gaussian")
-    metric = DiceMetric(include_background=True, reduction="mean_batch", ignore_empty=False)
     prepare = Compose(transforms)
+    studies: Dict[str, Dict[str, Dict[str, float]]] = {}
     with torch.no_grad():
-        for item in items:
+        for number, item in enumerate(items):
             data = prepare({"image": item["image"], "label": item["label"]})
             image = torch.as_tensor(data["image"])[None].to(device)
-            prediction = (torch.sigmoid(inferer(image, network)) > REGION_THRESHOLD).float()
-            metric(prediction, torch.as_tensor(data["label"])[None].to(device))
-    values = metric.aggregate().cpu().tolist()
-    dice = {name.lower(): round(float(v), 4) for name, v in zip(REGIONS, values)}
-    return {**dice, "mean": round(float(np.mean(values)), 4)}
+            predicted = (torch.sigmoid(inferer(image, network)) > REGION_THRESHOLD)[0].cpu().numpy()
+            expected = np.asarray(torch.as_tensor(data["label"]).cpu()) > 0
+            names = [name.lower() for name in REGIONS]
+            studies[str(item.get("id", number))] = region_scores(dict(zip(names, predicted)), dict(zip(names, expected)), profile.spacing_mm)
+    brats = {region: {score: round(float(np.mean([s[region][score] for s in studies.values()])), 4) for score in SCORES} for region in ("et", "tc", "wt")}
+    dice = {name.lower(): brats[name.lower()]["dice"] for name in REGIONS}
+    return {**dice, "mean": round(float(np.mean(list(dice.values()))), 4), "brats": brats, "studies": studies}

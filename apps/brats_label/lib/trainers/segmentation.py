@@ -50,6 +50,10 @@ logger = logging.getLogger(__name__)
 REGION_METRIC_PREFIX = "val_dice_"
 
 
+def _dice_only(scores: Dict[str, Any]) -> Dict[str, float]:
+    return {k: v for k, v in scores.items() if k in ("tc", "wt", "et", "mean")}
+
+
 def _region(index: int):
     """Ignite output transform selecting one region channel of a batch of (C, X, Y, Z) tensors."""
 
@@ -245,8 +249,9 @@ class BratsSegmentationTrainer(BasicTrainTask):
             return
         val = context.val_datalist or []
         progress.update(phase="comparing with the served model", remaining_s=None)
-        dice = evaluate_on(self.profile, candidate, val, self._deterministic()) if val else {}
-        parent_dice = evaluate_on(self.profile, Path(parent["path"]), val, self._deterministic()) if val and parent["path"] else {}
+        scores = evaluate_on(self.profile, candidate, val, self._deterministic()) if val else {}
+        parent_scores = evaluate_on(self.profile, Path(parent["path"]), val, self._deterministic()) if val and parent["path"] else {}
+        dice, parent_dice = _dice_only(scores), _dice_only(parent_scores)
         if parent["path"] is None:
             promote, reason = True, "first model"
         elif not val:
@@ -266,6 +271,10 @@ class BratsSegmentationTrainer(BasicTrainTask):
                 "held_out": sorted(d["id"] for d in val),
                 "validation_dice": dice,
                 "parent_validation_dice": parent_dice,
+                "validation_brats": scores.get("brats", {}),  # Dice, HD95, lesion-wise Dice and HD95 per region
+                "parent_validation_brats": parent_scores.get("brats", {}),
+                "validation_studies": scores.get("studies", {}),
+                "parent_validation_studies": parent_scores.get("studies", {}),
                 "epochs": int(context.trainer.state.epoch),
                 "promoted": promote,
                 "reason": reason,
