@@ -95,7 +95,17 @@ def brats_scores(prediction: np.ndarray, reference: np.ndarray, spacing: Sequenc
 
 
 def region_scores(predicted: Dict[str, np.ndarray], expected: Dict[str, np.ndarray], spacing: Sequence[float]) -> Dict[str, Dict[str, float]]:
-    """As ``brats_scores``, from region masks (what the network outputs: one channel per region), rounded for records."""
+    """As ``brats_scores``, from region masks (what the network outputs: one channel per region), rounded for records.
+
+    Everything is computed inside the bounding box of all the masks, with room for the lesion dilations: the
+    scores are the same, the volume a tumour's size rather than the head's (3.3 s to 0.5 s at 1 mm)."""
+    union = np.zeros(next(iter(predicted.values())).shape, bool)
+    for mask in (*predicted.values(), *expected.values()):
+        union |= mask
+    if union.any():
+        box = _bounding_box(union, margin=LESION_DILATIONS + 2)
+        predicted = {region: mask[box] for region, mask in predicted.items()}
+        expected = {region: mask[box] for region, mask in expected.items()}
     scores = {}
     for region in ("et", "tc", "wt"):
         p, r = predicted[region], expected[region]
