@@ -8,37 +8,53 @@ two versions can be compared study by study.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Dict, List, Sequence
+from typing import Any, Dict, Iterator, List, Sequence, Tuple
 
 import numpy as np
 import torch
 from monai.inferers import SlidingWindowInferer
-from monai.transforms import Compose
+from monai.transforms import Compose, ConvertToMultiChannelBasedOnBratsClassesd, EnsureTyped
 
 from ..brats_metrics import region_scores
-from ..config import REGION_THRESHOLD, REGIONS, NetworkProfile
+from ..config import ENHANCING_LABEL, REGION_THRESHOLD, REGIONS, NetworkProfile
+from ..infers.segmentation import preprocessing
 from ..network import load_network
 
 SCORES = ("dice", "hd95", "lesion_dice", "lesion_hd95")
 
 
-def evaluate_on(profile: NetworkProfile, weights: Path, items: Sequence[Dict], transforms: List) -> Dict[str, Any]:
-    """Mean Dice per region (tc, wt, et) and their mean (``mean``, what promotion compares), the mean of every
-    BraTS score per region (``brats``) and each study's scores (``studies``), over ``items`` ({"id", "image",
-    "label"} paths)."""
+def evaluation_transforms(profile: NetworkProfile) -> list:
+    """Image and label as validation sees them: inference's pre-processing, the label as its three regions."""
+    return [
+        *preprocessing(profile, keys=("image", "label"), modes=("bilinear", "nearest")),
+        ConvertToMultiChannelBasedOnBratsClassesd(keys="label", et_label=ENHANCING_LABEL),
+        EnsureTyped(keys=("image", "label"), dtype=torch.float32),
+    ]
+
+
+def predict_regions(
+    profile: NetworkProfile, weights: Path, items: Sequence[Dict], transforms: List
+) -> Iterator[Tuple[str, np.ndarray, Dict[str, np.ndarray], Dict[str, np.ndarray]]]:
+    """For each item: its id, the network's input (C, X, Y, Z), and the predicted and reference region masks."""
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     network = load_network(profile, weights, device).eval()
     inferer = SlidingWindowInferer(profile.roi_size, overlap=profile.sw_overlap, sw_batch_size=1, mode="gaussian")
     prepare = Compose(transforms)
-    studies: Dict[str, Dict[str, Dict[str, float]]] = {}
+    names = [name.lower() for name in REGIONS]
     with torch.no_grad():
         for number, item in enumerate(items):
             data = prepare({"image": item["image"], "label": item["label"]})
             image = torch.as_tensor(data["image"])[None].to(device)
             predicted = (torch.sigmoid(inferer(image, network)) > REGION_THRESHOLD)[0].cpu().numpy()
             expected = np.asarray(torch.as_tensor(data["label"]).cpu()) > 0
-            names = [name.lower() for name in REGIONS]
-            studies[str(item.get("id", number))] = region_scores(dict(zip(names, predicted)), dict(zip(names, expected)), profile.spacing_mm)
+            yield str(item.get("id", number)), np.asarray(image[0].cpu()), dict(zip(names, predicted)), dict(zip(names, expected))
+
+
+def evaluate_on(profile: NetworkProfile, weights: Path, items: Sequence[Dict], transforms: List) -> Dict[str, Any]:
+    """Mean Dice per region (tc, wt, et) and their mean (``mean``, what promotion compares), the mean of every
+    BraTS score per region (``brats``) and each study's scores (``studies``), over ``items`` ({"id", "image",
+    "label"} paths)."""
+    studies = {case: region_scores(predicted, expected, profile.spacing_mm) for case, _, predicted, expected in predict_regions(profile, weights, items, transforms)}
     brats = {region: {score: round(float(np.mean([s[region][score] for s in studies.values()])), 4) for score in SCORES} for region in ("et", "tc", "wt")}
     dice = {name.lower(): brats[name.lower()]["dice"] for name in REGIONS}
     return {**dice, "mean": round(float(np.mean(list(dice.values()))), 4), "brats": brats, "studies": studies}

@@ -25,7 +25,6 @@ from monai.losses import DiceCELoss
 from monai.transforms import (
     Activationsd,
     AsDiscreted,
-    ConvertToMultiChannelBasedOnBratsClassesd,
     EnsureTyped,
     RandCropByPosNegLabeld,
     RandFlipd,
@@ -37,10 +36,9 @@ from monailabel.tasks.train.basic_train import BasicTrainTask, Context
 
 from ..atomic import read_json, write_json
 from ..clock import utc_now
-from ..config import ENHANCING_LABEL, REGION_THRESHOLD, REGIONS, NetworkProfile, TrainSettings
-from ..infers.segmentation import preprocessing
+from ..config import REGION_THRESHOLD, REGIONS, NetworkProfile, TrainSettings
 from ..network import build_network, set_foreground_prior
-from .evaluation import evaluate_on
+from .evaluation import evaluate_on, evaluation_transforms
 from .progress import TrainingProgress
 from .publish import AtomicPublishStatsAndModel
 from .versions import ModelVersions
@@ -159,11 +157,7 @@ class BratsSegmentationTrainer(BasicTrainTask):
         return tuple(int(v) for v in value.split(",")) if isinstance(value, str) else tuple(int(v) for v in value)
 
     def _deterministic(self) -> list:
-        return [
-            *preprocessing(self.profile, keys=("image", "label"), modes=("bilinear", "nearest")),
-            ConvertToMultiChannelBasedOnBratsClassesd(keys="label", et_label=ENHANCING_LABEL),
-            EnsureTyped(keys=("image", "label"), dtype=torch.float32),
-        ]
+        return evaluation_transforms(self.profile)
 
     def train_pre_transforms(self, context: Context) -> list:
         patch = self._patch_size(context)
