@@ -69,7 +69,7 @@ def upload(orthanc: LocalOrthanc, first: int, count: int, slices: int, run: str,
             session.post(f"{orthanc.url}/instances", data=data, headers={"Content-Type": "application/dicom"}, timeout=60).raise_for_status()
 
     with ThreadPoolExecutor(UPLOAD_WORKERS) as pool:
-        list(tqdm(pool.map(send, range(first, first + count)), total=count, desc=f"studies into Orthanc", disable=not progress, unit="study"))
+        list(tqdm(pool.map(send, range(first, first + count)), total=count, desc="studies into Orthanc", disable=not progress, unit="study"))
 
 
 def rss_mib() -> float:

@@ -565,8 +565,11 @@ class DicomWebStudyDatastore(StudyDatastore):
         registry = read_json(self._seg_registry_path, {})
         for uid in sorted(self._segs_to_check):
             study = self._sources.get(uid)
+            if study is None:  # not (or no longer) a case
+                self._segs_to_check.discard(uid)
+                continue
             new = []
-            for series in study.segs if study else []:
+            for series in study.segs:
                 try:
                     new += [(series, sop) for sop in self._archive.instance_uids(study.study_id, series.series_uid) if sop not in registry]
                 except ArchiveUnavailable as e:
