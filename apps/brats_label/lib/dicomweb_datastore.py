@@ -72,6 +72,7 @@ logger = logging.getLogger(__name__)
 SEG_SOURCE = "dicom-seg"
 # A study this small is listed from its metadata in one request; a larger one series by series (see _list_study).
 STUDY_METADATA_MAX_INSTANCES = 1000
+UNKNOWN_COUNT = -1  # a study whose listing failed: never equal to the archive's count, so listed again
 LISTING_LOG_EVERY = 500  # a first listing of thousands of studies logs its progress this often
 # What places and decodes a series' slices: all the listing reads of each instance's header (parsing whole
 # headers with pydicom took half the time of a first listing).
@@ -277,7 +278,14 @@ class DicomWebStudyDatastore(StudyDatastore):
         self._listing_progress = {"listed": 0, "of": len(uids)}
 
         def one(uid: str) -> Optional[Tuple[int, Dict[str, Any]]]:
-            row = self._list_study(uid, changed[uid])
+            try:
+                row = self._list_study(uid, changed[uid])
+            except ArchiveUnavailable:
+                raise
+            except Exception as e:  # one study's malformed attributes must not stop the listing of the others
+                logger.warning(f"Study {uid} not listed: {type(e).__name__}: {e}")
+                # an unknown instance count (-1) lists it again at the next full listing
+                row = (UNKNOWN_COUNT, {"series": [], "problem": f"its series could not be read ({type(e).__name__}: {e})"})
             self._listing_progress["listed"] += 1
             return row
 
