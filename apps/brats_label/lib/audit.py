@@ -47,16 +47,16 @@ class PreLabels:
         write_json({"model_version": model_version, "made_at": utc_now(), "client_id": client_id}, info_path)
 
     def compare(self, case: str, final: np.ndarray) -> Dict[str, Any]:
-        """What goes into the final label's record: the pre-label's origin and the Dice per region."""
+        """What goes into the final label's record: the pre-label's origin and its BraTS scores against the final label."""
         label_path, info_path = self._paths(case)
         info = read_json(info_path, None)
         if info is None or not label_path.exists():
             return {}
-        prelabel = np.asarray(nib.load(str(label_path)).dataobj)
+        image = nib.load(str(label_path))
+        prelabel = np.asarray(image.dataobj)
         if prelabel.shape != final.shape:
             return {"prelabel_model_version": info["model_version"], "prelabel_made_at": info["made_at"], "prelabel_note": "grid differs"}
-        spacing = nib.load(str(label_path)).header.get_zooms()[:3]
-        scores = brats_scores(prelabel, final, spacing)  # how far the correction moved the pre-label, as BraTS scores it
+        scores = brats_scores(prelabel, final, image.header.get_zooms()[:3])  # how far the correction moved the pre-label, as BraTS scores it
         fields = {f"{score}_{region}": scores[region][score] for region in ("tc", "wt", "et") for score in ("dice", "hd95", "lesion_dice", "lesion_hd95")}
         return {"prelabel_model_version": info["model_version"], "prelabel_made_at": info["made_at"], **fields}
 

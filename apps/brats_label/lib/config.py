@@ -154,6 +154,7 @@ DEFAULT_PROFILE = "cpu"
 # Model-zoo bundles this app can start from (``--conf pretrained_weights zoo:<name>[@<version>]``), with the version
 # taken when none is named and the profile whose network their weights fit.
 ZOO_BUNDLES: Dict[str, str] = {"brats_mri_segmentation": "0.5.3"}
+ZOO_PREFIX = "zoo:"  # pretrained_weights zoo:<name>[@<version>] names a bundle, not a file
 ZOO_BUNDLE_PROFILE = "bundle"
 ZOO_CACHE_DIR = "model_zoo"  # in the workspace
 
@@ -264,7 +265,7 @@ class AppConfig:
         """Parse MONAI Label's ``--conf key value`` pairs. Unknown keys are left to MONAI Label."""
         weights = conf.get("pretrained_weights")
         zoo = None
-        if weights and weights.startswith("zoo:"):
+        if weights and weights.startswith(ZOO_PREFIX):
             from .model_zoo import ZooBundle  # imports this module
 
             zoo, weights = ZooBundle.parse(weights), None

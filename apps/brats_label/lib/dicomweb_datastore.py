@@ -86,7 +86,6 @@ SLICE_ATTRIBUTES = frozenset(
         "SharedFunctionalGroupsSequence", "PerFrameFunctionalGroupsSequence",  # multi-frame geometry
     )
 )  # fmt: skip
-SOP_INSTANCE_UID_TAG = "00080018"
 
 
 def content_time(ds) -> str:
@@ -171,7 +170,7 @@ class DicomWebStudyDatastore(StudyDatastore):
         self._series_of: Dict[str, List[str]] = {}
         self._segs_to_check: set = set()  # studies whose SEGs are looked at (again) at the next refresh
         self._listing_progress: Dict[str, int] = {"listed": 0, "of": 0}
-        self._changes: Optional[OrthancChanges] = OrthancChanges.detect(archive)
+        self._changes: Optional[OrthancChanges] = None  # Orthanc's feed, looked for at each refresh until found
         self._changes_seq: Optional[int] = None
         self._reconciled_at = -math.inf
         self._listing = ListingStore(self._workspace / "archive_listing.sqlite", archive.url, writer)
@@ -239,9 +238,9 @@ class DicomWebStudyDatastore(StudyDatastore):
         differs from the last listing's, plus studies gone from the archive."""
         try:
             now = time.monotonic()
+            if self._changes is None:
+                self._changes = OrthancChanges.detect(self._archive)
             if self._changes is None or self._changes_seq is None or now - self._reconciled_at >= self._reconcile_s:
-                if self._changes is None:
-                    self._changes = OrthancChanges.detect(self._archive)
                 seq = self._changes.last() if self._changes else None  # before listing: what arrives meanwhile is in the next refresh
                 counts = {s["study_uid"]: s["instances"] for s in self._archive.studies()}
                 changed = {uid: n for uid, n in counts.items() if self._counts.get(uid) != n}

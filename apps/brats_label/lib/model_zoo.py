@@ -17,11 +17,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-from .config import ZOO_BUNDLES, ConfigError
+from .config import ZOO_BUNDLES, ZOO_PREFIX, ConfigError
 
 logger = logging.getLogger(__name__)
 
-ZOO_PREFIX = "zoo:"
 VERSION_PATTERN = re.compile(r"\d+(\.\d+){0,3}")
 WEIGHTS_IN_BUNDLE = Path("models") / "model.pt"
 
@@ -50,10 +49,6 @@ class ZooBundle:
         return self.folder(cache) / WEIGHTS_IN_BUNDLE
 
 
-def is_zoo_spec(value: str) -> bool:
-    return value.startswith(ZOO_PREFIX)
-
-
 def fetch_weights(bundle: ZooBundle, cache: Path, url_template: Optional[str] = None) -> Path:
     """The bundle's ``models/model.pt``, fetched into ``cache`` if it is not there yet."""
     weights = bundle.weights(cache)
@@ -75,7 +70,7 @@ def fetch_weights(bundle: ZooBundle, cache: Path, url_template: Optional[str] = 
         if target.exists():
             shutil.rmtree(target)  # an earlier fetch cut short (no weights in it)
         target.mkdir()
-        (fetched).rename(target / bundle.name)  # whole or not at all
+        fetched.rename(target / bundle.name)  # whole or not at all
     return weights
 
 

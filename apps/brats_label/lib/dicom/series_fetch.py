@@ -43,6 +43,10 @@ def series_volume_from_archive(address: ArchiveAddress, study_uid: str, series_u
     archive = _archives.get(address)
     if archive is None:
         archive = _archives[address] = Archive(*address)
+    return _series_volume(archive, study_uid, series_uid, where)
+
+
+def _series_volume(archive: Archive, study_uid: str, series_uid: str, where: str) -> Tuple[np.ndarray, np.ndarray]:
     return series_volume(frames_as_slices(archive.retrieve_series(study_uid, series_uid)), where)
 
 
@@ -99,4 +103,4 @@ def fetch_volumes(archive: Archive, study_uid: str, series: Sequence[Tuple[str, 
             with _pool_lock:
                 _give_up(f"a decoding process stopped ({e})")
     with ThreadPoolExecutor(min(DICOMWEB_FETCH_WORKERS, len(series))) as threads:
-        return list(threads.map(lambda s: series_volume(frames_as_slices(archive.retrieve_series(study_uid, s[0])), s[1]), series))
+        return list(threads.map(lambda s: _series_volume(archive, study_uid, *s), series))
