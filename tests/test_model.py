@@ -154,3 +154,19 @@ def test_early_stopping_is_honoured_when_asked(studies_copy, tmp_path):
     assert trainer.config()["early_stop_patience"] == 0, "off unless asked"
     request = {"device": "cpu", "max_epochs": 4, "learning_rate": 0.0, "early_stop_patience": 1, "samples_per_case": 1}
     assert trainer(request, datastore)["epoch"] == 2
+
+
+def test_a_seeded_training_repeats_exactly(studies_copy, tmp_path):
+    """The same seed gives the same weights (network start, patches, augmentations); another seed does not."""
+    from lib.config import TrainSettings
+    from lib.datastore import StudyFolderDatastore
+    from lib.trainers.segmentation import BratsSegmentationTrainer
+
+    datastore = StudyFolderDatastore(studies_copy, tmp_path / "ws")
+    weights = []
+    for run, seed in enumerate((7, 7, 8)):
+        trainer = BratsSegmentationTrainer(tmp_path / f"model{run}", PROFILES["cpu"], TrainSettings(), publish_path=tmp_path / f"{run}.pt")
+        trainer({"device": "cpu", "max_epochs": 1, "samples_per_case": 1, "val_split": 0.0, "seed": seed}, datastore)
+        weights.append(read_state_dict(tmp_path / f"{run}.pt"))
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+    assert not all(torch.equal(weights[0][k], weights[2][k]) for k in weights[0])

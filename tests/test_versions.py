@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import time
 
 import nibabel as nib
 import numpy as np
@@ -49,29 +50,57 @@ def test_versions_promotion_rollback_and_restart(setup, server_factory, tmp_path
 
     # a fine-tune that barely moves the weights: not worse beyond the tolerance, so served. (An ordinary
     # epoch on three cases can lose 0.07 Dice on the one held-out case: just what promotion guards against.)
-    _train(server, max_epochs=1, fine_tune_learning_rate=1e-7)
+    _train(server, max_epochs=1, fine_tune_learning_rate=1e-7, seed=1)
     v1 = _models(server)["versions"][1]
     assert v1["parent"] == "v0" and v1["promoted"], v1["reason"]
+    assert v1["seed"] == 1 and v1["comparison"]["studies"] == len(v1["held_out"]) and "paired over" in v1["reason"]
     assert set(v1["validation_dice"]) == {"tc", "wt", "et", "mean"} and v1["held_out"] and not set(v1["held_out"]) & set(v1["labels"])
     # BraTS scores per region, averaged and per held-out study (what a study-by-study comparison needs)
     assert {r: set(v1["validation_brats"][r]) for r in ("et", "tc", "wt")} == {r: {"dice", "hd95", "lesion_dice", "lesion_hd95"} for r in ("et", "tc", "wt")}
     assert set(v1["validation_studies"]) == set(v1["held_out"]) and v1["validation_dice"]["wt"] == v1["validation_brats"]["wt"]["dice"]
     assert _infer(server, tmp_path)[1] == "v1"
 
-    _train(server, max_epochs=2, fine_tune_learning_rate=0.5)  # made worse on purpose
+    _train(server, max_epochs=2, fine_tune_learning_rate=0.5, seed=2)  # made worse on purpose
     models = _models(server)
     v2 = models["versions"][2]
     assert not v2["promoted"] and "below the parent" in v2["reason"] and v2["parent"] == "v1"
     assert models["serving"] == "v1" and _infer(server, tmp_path)[1] == "v1"
     assert v2["held_out"] == v1["held_out"], "every version is validated on the same held-out cases"
+    assert v2["comparison"]["worse"] == v2["comparison"]["studies"] and v2["comparison"]["mean_difference"] < -0.05
 
     requests.post(f"{server.url}/brats/models/v0/promote", timeout=30).raise_for_status()  # roll back
     label, version = _infer(server, tmp_path)
     assert version == "v0" and np.array_equal(label, v0_label)
     assert requests.post(f"{server.url}/brats/models/v9/promote", timeout=30).status_code == 404
 
+    # an admin grows the held-out set: every kept version is scored again on the whole set
+    held_out = requests.get(f"{server.url}/brats/holdout", timeout=30).json()
+    assert held_out["studies"] == v1["held_out"] and held_out["history"][0]["by"] == "first training"
+    added = sorted(set(v1["labels"]))[0]
+    for refused, status in (([STUDY], 422), (["BraTS-GLI-99999-000"], 404), ([added, "../etc"], 422)):
+        answer = requests.post(f"{server.url}/brats/holdout", json={"add": refused}, timeout=30)
+        assert answer.status_code == status, answer.text
+    assert "not labelled" in requests.post(f"{server.url}/brats/holdout", json={"add": [STUDY]}, timeout=30).json()["detail"]
+    assert requests.get(f"{server.url}/brats/holdout", timeout=30).json()["studies"] == v1["held_out"], "a refused request adds nothing"
+    grown = requests.post(f"{server.url}/brats/holdout", json={"add": [added]}, timeout=30).json()
+    assert grown["studies"] == sorted([*v1["held_out"], added]) and grown["history"][-1]["added"] == [added]
+    deadline = time.monotonic() + 300
+    while requests.get(f"{server.url}/brats/holdout", timeout=30).json()["reevaluation"].get("state") != "done":
+        assert time.monotonic() < deadline, "re-evaluation did not end"
+        time.sleep(1)
+    for record in _models(server)["versions"]:
+        evaluation = record["held_out_evaluation"]
+        assert evaluation["held_out"] == grown["studies"] and set(evaluation["studies"]) == set(grown["studies"]), record["id"]
+        assert evaluation["trained_on_held_out"] == ([added] if record["id"] != "v0" else []), "a study a version trained on is flagged"
+    _train(server, max_epochs=1, fine_tune_learning_rate=1e-7, seed=3)
+    v3 = _models(server)["versions"][3]
+    assert v3["held_out"] == grown["studies"] and added not in v3["labels"], "a held-out study is not trained on"
+    assert v3["comparison"]["studies"] == 2
+    serving = _models(server)["serving"]
+
     server.stop()
     restarted = server_factory(studies, **conf)
     models = _models(restarted)
-    assert models["serving"] == "v0" and [v["id"] for v in models["versions"]] == ["v0", "v1", "v2"]
-    assert _infer(restarted, tmp_path)[1] == "v0"
+    assert models["serving"] == serving and [v["id"] for v in models["versions"]] == ["v0", "v1", "v2", "v3"]
+    assert _infer(restarted, tmp_path)[1] == serving
+    assert requests.get(f"{restarted.url}/brats/holdout", timeout=30).json()["studies"] == grown["studies"]

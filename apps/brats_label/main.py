@@ -18,7 +18,9 @@ Start it with MONAI Label's own server, for example::
     max_upload_mb       request bodies over this are refused before they are read (default 256)
     auth_audience       the audience a token must name (default MONAI_LABEL_AUTH_CLIENT_ID, monailabel-app)
     retrain_after_labels, retrain_min_interval_s   automatic fine-tune after N new labels, at most so often
-    promote_tolerance   a new model version is served unless its held-out mean Dice is lower by more (0.01)
+    promote_tolerance   a new model version is served unless its held-out mean Dice is lower by more (0.01), or a
+                        paired test over the held-out studies finds it worse (lib/trainers/promotion.py)
+    seed                training seed (default: one drawn per run, kept in the version record)
     max_epochs, learning_rate, batch_size, patch_size, val_split   training defaults
 """
 
@@ -31,12 +33,13 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Optional
 from urllib.parse import urlparse
 
 import anyio
-from fastapi import Response
+from fastapi import Body, Depends, Response
 from monailabel.config import settings
+from monailabel.endpoints.user.auth import RBAC, User
 from monailabel.interfaces.app import MONAILabelApp
 from monailabel.interfaces.datastore import Datastore
 from monailabel.interfaces.tasks.infer_v2 import InferTask
@@ -70,6 +73,8 @@ from lib.model_zoo import fetch_weights
 from lib.network import check_weights, read_state_dict
 from lib.processes import in_worker_process
 from lib.retrain import RetrainTrigger
+from lib.trainers.evaluation import evaluation_transforms
+from lib.trainers.held_out import MAX_ADDED_AT_ONCE, HeldOutReevaluation, reevaluation
 from lib.trainers.progress import read_progress
 from lib.trainers.segmentation import BratsSegmentationTrainer
 from lib.trainers.versions import ModelVersions
@@ -111,6 +116,7 @@ class BratsLabelApp(MONAILabelApp):
         self.config = AppConfig.from_conf(conf or {})
         self._writer = not in_worker_process()
         self._serving = False  # True only in the server process (on_init_complete)
+        self._reevaluation: Optional[HeldOutReevaluation] = None  # the server process's, made in on_init_complete
         self.workspace = self.config.workspace or default_workspace(studies)
         self.pretrained_weights = self.config.pretrained_weights
         if self.config.pretrained_zoo is not None:  # fetched once into the workspace, then used offline
@@ -171,6 +177,19 @@ class BratsLabelApp(MONAILabelApp):
         """Serve this version (a rollback when it is older); inference switches without a restart."""
         record = self.versions.promote(version, "promoted by hand")
         return {"serving": version, "version": record}
+
+    def held_out(self):
+        """The held-out studies versions are compared on, how the set grew, and the re-scoring of every version."""
+        content = self._trainers[MODEL_NAME].held_out.read()  # type: ignore[attr-defined]
+        return {**content, "reevaluation": self._reevaluation.status() if self._reevaluation else {"state": "idle"}}
+
+    def add_held_out(self, add: List[str] = Body(..., embed=True), user: User = Depends(RBAC(settings.MONAI_LABEL_AUTH_ROLE_ADMIN))):
+        """Hold out more labelled studies (never trained on from now on); every kept version is then scored again."""
+        studies = [self._datastore.case_id(check_case_id(str(case))) for case in add[: MAX_ADDED_AT_ONCE + 1]]  # type: ignore[attr-defined]
+        self._trainers[MODEL_NAME].held_out.add(studies, self._datastore.get_labeled_images(), by=user.username)  # type: ignore[attr-defined]
+        assert self._reevaluation is not None, "routes exist only in the server process"
+        self._reevaluation.start()
+        return self.held_out()
 
     def training(self):
         """The running (or last) training: phase, epoch, loss, validation Dice, time left; and the retrain trigger."""
@@ -243,6 +262,7 @@ class BratsLabelApp(MONAILabelApp):
                 load_path=self.pretrained_weights,
                 versions=self.versions,
                 promote_tolerance=self.config.retrain.promote_tolerance,
+                promote_alpha=self.config.retrain.promote_alpha,
             )
         }
 
@@ -280,10 +300,21 @@ class BratsLabelApp(MONAILabelApp):
         install_ohif_submit_routes(server)
         install_dicomweb_proxy(server)
         install_next_sample_route(server)
+        trainer = self._trainers[MODEL_NAME]
+        self._reevaluation = reevaluation(
+            trainer.held_out,  # type: ignore[attr-defined]
+            self.versions,
+            self.config.profile,
+            evaluation_transforms(self.config.profile),
+            lambda studies: [self._datastore.training_item(case) for case in studies],  # type: ignore[attr-defined]
+            BACKGROUND_NICENESS,
+        )
         routes = [  # each route's role is in lib/endpoints/routes.py ROUTE_ROLES
             ("queue", self.queue, "GET", "Annotation queue: unlabelled cases by uncertainty"),
             ("models", self.models, "GET", "Model versions and the one served"),
             ("models/{version}/promote", self.promote_model, "POST", "Serve a model version (promote or roll back)"),
+            ("holdout", self.held_out, "GET", "Held-out studies and the re-scoring of every model version on them"),
+            ("holdout", self.add_held_out, "POST", "Add labelled studies to the held-out set; every version is scored again"),
             ("training", self.training, "GET", "Training progress: epoch, loss, validation Dice, time left"),
             ("audit", self.audit, "GET", "Label audit trail (?format=csv for a CSV file)"),
         ]

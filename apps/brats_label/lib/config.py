@@ -180,6 +180,7 @@ class TrainSettings:
     foreground_ratio: float = 0.67  # share of patches centred on tumour
     foreground_prior: float = 0.02  # initial sigmoid output of a network trained from scratch
     early_stop_patience: int = 0  # stop after this many validations without a better mean Dice; 0: run every epoch
+    seed: Optional[int] = None  # None: each run draws one (kept in its version record, so any run can be repeated)
 
 
 # --- active learning ----------------------------------------------------------------------------
@@ -204,6 +205,7 @@ class RetrainPolicy:
     after_labels: int = 5  # 0 turns the automatic trigger off
     min_interval_s: float = 600.0
     promote_tolerance: float = 0.01  # a new version is served unless its mean held-out Dice is lower by more
+    promote_alpha: float = 0.05  # ... or a paired test finds it worse study by study (lib/trainers/promotion.py)
 
 
 HANDOUT_TTL_S = 900  # a case handed to one annotator is not handed to another for this long
@@ -277,7 +279,7 @@ class AppConfig:
             raise ConfigError(f"--conf profile {name!r}: choose one of {', '.join(PROFILES)}")
         train = TrainSettings()
         overrides: Dict[str, object] = {}
-        for key, kind in (("max_epochs", int), ("learning_rate", float), ("fine_tune_learning_rate", float), ("batch_size", int), ("val_split", float)):
+        for key, kind in (("max_epochs", int), ("learning_rate", float), ("fine_tune_learning_rate", float), ("batch_size", int), ("val_split", float), ("seed", int)):
             if key in conf:
                 try:
                     overrides[key] = kind(conf[key])

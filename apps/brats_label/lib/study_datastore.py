@@ -225,7 +225,13 @@ class StudyDatastore(Datastore):
     # --- training data and summaries --------------------------------------------------------------------
     def datalist(self) -> List[Dict[str, Any]]:
         """Labelled studies for training: the 4-channel volume and the final label."""
-        return [{"image": self.get_image_uri(i), "label": str(self._label_path(i, FINAL)), "id": i} for i in self.get_labeled_images()]
+        return [self.training_item(i) for i in self.get_labeled_images()]
+
+    def training_item(self, image_id: str) -> Dict[str, Any]:
+        """One labelled study as training and evaluation read it (NotFound for a study without a final label)."""
+        if self._current(image_id, FINAL) is None:
+            raise NotFound(f"study {image_id} has no final label")
+        return {"image": self.get_image_uri(image_id), "label": str(self._label_path(image_id, FINAL)), "id": image_id}
 
     def get_dataset_archive(self, limit_cases: Optional[int]) -> str:
         items = self.datalist()[: limit_cases or None]

@@ -8,9 +8,9 @@ with MONAI's metric each epoch; the best model is published atomically where inf
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
+import secrets
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Dict, Optional
@@ -32,14 +32,16 @@ from monai.transforms import (
     RandShiftIntensityd,
     SpatialPadd,
 )
+from monai.utils import set_determinism
 from monailabel.tasks.train.basic_train import BasicTrainTask, Context
 
-from ..atomic import read_json, write_json
 from ..clock import utc_now
 from ..config import REGION_THRESHOLD, REGIONS, NetworkProfile, TrainSettings
 from ..network import build_network, set_foreground_prior
 from .evaluation import evaluate_on, evaluation_transforms
+from .held_out import HeldOutSet
 from .progress import TrainingProgress
+from .promotion import compare
 from .publish import AtomicPublishStatsAndModel
 from .versions import ModelVersions
 
@@ -73,6 +75,7 @@ class BratsSegmentationTrainer(BasicTrainTask):
         description: str = "Fine-tune the glioma segmentation on the labelled studies",
         versions: Optional[ModelVersions] = None,
         promote_tolerance: float = 0.0,
+        promote_alpha: float = 0.05,
     ):
         """With ``versions``, each run becomes a version, served only if not worse than its parent."""
         patch = settings.patch_size or profile.patch_size
@@ -86,6 +89,7 @@ class BratsSegmentationTrainer(BasicTrainTask):
             "patch_size": ",".join(str(p) for p in patch),
             "samples_per_case": settings.samples_per_case,
             "early_stop_patience": settings.early_stop_patience,
+            "seed": settings.seed,
             "dataset": "CacheDataset",
             "dataloader": "DataLoader",
             "multi_gpu": False,
@@ -105,8 +109,20 @@ class BratsSegmentationTrainer(BasicTrainTask):
         self.settings = settings
         self.versions = versions
         self.promote_tolerance = promote_tolerance
-        self._holdout_path = Path(model_dir) / "holdout.json"
+        self.promote_alpha = promote_alpha
+        self.held_out = HeldOutSet(Path(model_dir) / "holdout.json")
         self.progress_path = Path(model_dir) / "training_progress.json"
+
+    def train(self, rank, world_size, request, datalist):
+        """Seeded: the request's ``seed``, or one drawn now and kept in the version record, so that any run
+        (its network's start, patches, augmentations) can be repeated."""
+        seed = request.get("seed")
+        request["seed"] = int(seed) if seed not in (None, "") else secrets.randbelow(2**31)
+        set_determinism(seed=request["seed"])
+        try:
+            return super().train(rank, world_size, request, datalist)
+        finally:
+            set_determinism(seed=None)  # the process (a test's, a benchmark's) goes on unseeded
 
     # --- network and optimisation ---------------------------------------------------------------------
     def network(self, context: Context) -> torch.nn.Module:
@@ -119,15 +135,10 @@ class BratsSegmentationTrainer(BasicTrainTask):
         return super().load_path(output_dir, pretrained)
 
     def partition_datalist(self, context: Context, shuffle=False):
-        """Validate on a held-out set of labelled cases chosen once, so versions are compared on the same cases."""
-        if self.versions is None or float(context.request.get("val_split", 0.0)) <= 0.0:
+        """Validate on the held-out set (chosen once, grown by an admin), so versions are compared on the same cases."""
+        if self.versions is None or (float(context.request.get("val_split", 0.0)) <= 0.0 and not self.held_out.chosen()):
             return super().partition_datalist(context, shuffle)
-        holdout = read_json(self._holdout_path, None)
-        if holdout is None and len(context.datalist) >= 2:
-            count = max(1, round(float(context.request["val_split"]) * len(context.datalist)))
-            holdout = sorted(sorted(d["id"] for d in context.datalist), key=lambda i: hashlib.sha256(i.encode()).hexdigest())[:count]
-            write_json(holdout, self._holdout_path)
-        holdout = set(holdout or [])
+        holdout = set(self.held_out.choose_once([d["id"] for d in context.datalist], float(context.request["val_split"])))
         train = [d for d in context.datalist if d["id"] not in holdout]
         val = [d for d in context.datalist if d["id"] in holdout]
         logger.info(f"Training on {len(train)} cases; validating on the {len(val)} held-out cases {sorted(holdout)}")
@@ -246,14 +257,14 @@ class BratsSegmentationTrainer(BasicTrainTask):
         scores = evaluate_on(self.profile, candidate, val, self._deterministic()) if val else {}
         parent_scores = evaluate_on(self.profile, Path(parent["path"]), val, self._deterministic()) if val and parent["path"] else {}
         dice, parent_dice = _dice_only(scores), _dice_only(parent_scores)
+        comparison = None
         if parent["path"] is None:
             promote, reason = True, "first model"
         elif not val:
             promote, reason = True, "no held-out cases to compare on yet"
-        elif dice["mean"] >= parent_dice["mean"] - self.promote_tolerance:
-            promote, reason = True, f"mean Dice {dice['mean']:.3f} not worse than the parent's {parent_dice['mean']:.3f} (tolerance {self.promote_tolerance})"
         else:
-            promote, reason = False, f"mean Dice {dice['mean']:.3f} below the parent's {parent_dice['mean']:.3f} by more than {self.promote_tolerance}"
+            comparison = compare(scores["studies"], parent_scores["studies"], self.promote_tolerance, self.promote_alpha)
+            promote, reason = comparison.promote, comparison.reason
         record = self.versions.add(
             candidate,
             {
@@ -269,7 +280,9 @@ class BratsSegmentationTrainer(BasicTrainTask):
                 "parent_validation_brats": parent_scores.get("brats", {}),
                 "validation_studies": scores.get("studies", {}),
                 "parent_validation_studies": parent_scores.get("studies", {}),
+                "comparison": comparison.record() if comparison else None,
                 "epochs": int(context.trainer.state.epoch),
+                "seed": context.request["seed"],
                 "promoted": promote,
                 "reason": reason,
             },
