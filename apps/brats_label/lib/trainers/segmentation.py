@@ -8,6 +8,7 @@ with MONAI's metric each epoch; the best model is published atomically where inf
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import secrets
@@ -15,6 +16,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Dict, Optional
 
+import ignite.distributed
 import torch
 from ignite.engine import Events
 from ignite.handlers import EarlyStopping
@@ -47,6 +49,12 @@ from .versions import ModelVersions
 
 logger = logging.getLogger(__name__)
 
+
+def in_process_group() -> bool:
+    """True in a rank of a distributed training of more than one process."""
+    return torch.distributed.is_available() and torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1
+
+
 REGION_METRIC_PREFIX = "val_dice_"
 
 
@@ -62,6 +70,15 @@ def _region(index: int):
         return [p[index : index + 1] for p in preds], [y[index : index + 1] for y in labels]
 
     return select
+
+
+def _log_weights_digest(context: Context) -> None:
+    """Each rank's final weights, hashed: DDP keeps the ranks identical, and the log shows it."""
+    network = context.network.module if isinstance(context.network, torch.nn.parallel.DistributedDataParallel) else context.network
+    digest = hashlib.sha256()
+    for name, value in sorted(network.state_dict().items()):
+        digest.update(name.encode() + value.detach().cpu().contiguous().numpy().tobytes())
+    logger.info(f"rank {torch.distributed.get_rank()} of {torch.distributed.get_world_size()}: final weights {digest.hexdigest()[:16]}")
 
 
 class BratsSegmentationTrainer(BasicTrainTask):
@@ -123,6 +140,30 @@ class BratsSegmentationTrainer(BasicTrainTask):
             return super().train(rank, world_size, request, datalist)
         finally:
             set_determinism(seed=None)  # the process (a test's, a benchmark's) goes on unseeded
+
+    # --- several processes (torchrun, scripts/train_distributed.py) -----------------------------------------
+    def _device(self, context: Context) -> torch.device:
+        """Under a process group set up by ``scripts/train_distributed.py`` (torchrun), this rank's device; and
+        MONAI Label's multi-process paths (data split by rank, DDP, handlers on rank 0 only) turned on. MONAI
+        Label's own set-up assumes one machine and CUDA: it would take the global rank for the GPU index."""
+        context.multi_gpu = in_process_group()
+        if not context.multi_gpu:
+            return super()._device(context)
+        # ignite finds the process group lazily, with a collective call: on every rank now, not first on rank 0
+        # inside a rank-0-only handler (which waits for the other ranks forever)
+        ignite.distributed.sync()
+        if torch.cuda.is_available():
+            device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+            torch.cuda.set_device(device)
+            return device
+        return torch.device("cpu")
+
+    def _create_network_and_optimizer(self, context: Context):
+        if not context.multi_gpu or context.device.type == "cuda":
+            return super()._create_network_and_optimizer(context)
+        context.network = self.network(context).to(context.device)
+        optimizer = self.optimizer(context)
+        return torch.nn.parallel.DistributedDataParallel(context.network), optimizer  # CPU (gloo): no device ids
 
     # --- network and optimisation ---------------------------------------------------------------------
     def network(self, context: Context) -> torch.nn.Module:
@@ -221,8 +262,12 @@ class BratsSegmentationTrainer(BasicTrainTask):
             context.trainer,
             context.evaluator,
         )
+        self._early_stopping(context)  # on every rank: each sees the same all-reduced validation Dice
+        if context.multi_gpu:
+            context.trainer.add_event_handler(Events.COMPLETED, lambda engine: _log_weights_digest(context))
+        if context.local_rank != 0:
+            return  # one rank publishes, reports progress and makes the version
         (context.evaluator or context.trainer).add_event_handler(Events.EPOCH_COMPLETED, publisher)
-        self._early_stopping(context)
         progress = TrainingProgress(self.progress_path, context.run_id, len(context.train_datalist), len(context.val_datalist or []))
         progress.attach(context.trainer, context.evaluator)
         if self.versions is not None:
@@ -283,6 +328,7 @@ class BratsSegmentationTrainer(BasicTrainTask):
                 "comparison": comparison.record() if comparison else None,
                 "epochs": int(context.trainer.state.epoch),
                 "seed": context.request["seed"],
+                "processes": torch.distributed.get_world_size() if context.multi_gpu else 1,
                 "promoted": promote,
                 "reason": reason,
             },
