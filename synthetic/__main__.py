@@ -9,27 +9,33 @@ indices (``--first-index 1000``) or another seed.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
+from collections import Counter
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
+from typing import Optional, Tuple
 
 from tqdm import tqdm
 
+from .cohort import DEFAULT_KIND_MIX, DEFAULT_SITE_MIX, KINDS, SITES, design_case, parse_mix
 from .layouts import LAYOUTS, case_name, write_msd_dataset_json, write_study
 from .montage import save_montage
 from .study import generate_study, varied_acquisition
 
 
-def _make_one(args: tuple) -> str:
-    index, seed, spacing, layout, with_label, out_dir, label_dir, montage_dir, varied = args
+def _make_one(args: tuple) -> Tuple[str, Optional[dict]]:
+    index, seed, spacing, layout, with_label, out_dir, label_dir, montage_dir, varied, cohort = args
     quality = varied_acquisition(seed, index) if varied else {}
-    study = generate_study(seed, index, spacing, case_id=case_name(layout, index), **quality)
+    design = design_case(seed, index, *cohort) if cohort else None
+    study = generate_study(seed, index, spacing, case_id=case_name(layout, index), design=design, **quality)
     write_study(study, Path(out_dir), layout, with_label, Path(label_dir) if label_dir else None)
     if montage_dir:
-        title = f"{study.case_id}  (seed {seed}, WT radius {study.shape.whole_radius_mm:.0f} mm)"
+        kind = f", {design.kind} at {design.site}" if design else ""
+        title = f"{study.case_id}  (seed {seed}, WT radius {study.shape.whole_radius_mm:.0f} mm{kind})"
         save_montage(study.images, study.label, Path(montage_dir) / f"{study.case_id}.png", title)
-    return study.case_id
+    return study.case_id, design.record() if design else None
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -44,6 +50,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--ground-truth", type=Path, default=None, help="also write the labels of unlabelled studies here (for simulated annotators)")
     parser.add_argument("--montage", type=Path, default=None, help="write a PNG montage per study into this folder")
     parser.add_argument("--varied-acquisition", action="store_true", help="vary tumour contrast and noise from case to case, as in a multi-site collection")
+    parser.add_argument("--cohort", action="store_true", help="a varied cohort: tumour kinds and acquisition sites in a mix (synthetic/cohort.py)")
+    parser.add_argument("--kinds", default=None, help="the kinds' mix, e.g. typical=0.4,low_grade=0.15,small=0.05 (implies --cohort)")
+    parser.add_argument("--sites", default=None, help="the sites' mix, e.g. 3t_3d=0.5,15t_2d=0.3,older_3mm=0.2 (implies --cohort)")
+    parser.add_argument("--manifest", type=Path, default=None, help="write each case's kind, site and acquisition to this JSON file")
     parser.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1))
     args = parser.parse_args(argv)
     if args.cases < 1:
@@ -54,6 +64,16 @@ def parse_args(argv=None) -> argparse.Namespace:
         parser.error(f"--labelled must be between 0 and --cases ({args.cases})")
     if args.spacing <= 0:
         parser.error("--spacing must be positive (mm)")
+    args.cohort_mix = None
+    if args.cohort or args.kinds or args.sites:
+        try:
+            kinds = parse_mix(args.kinds, KINDS, "tumour kind") if args.kinds else DEFAULT_KIND_MIX
+            sites = parse_mix(args.sites, SITES, "site") if args.sites else DEFAULT_SITE_MIX
+        except ValueError as e:
+            parser.error(str(e))
+        args.cohort_mix = (kinds, sites)
+    if args.cohort_mix and args.varied_acquisition:
+        parser.error("--varied-acquisition and --cohort both set the acquisition: choose one")
     return args
 
 
@@ -71,16 +91,22 @@ def main(argv=None) -> int:
             str(args.ground_truth) if args.ground_truth else None,
             str(args.montage) if args.montage else None,
             args.varied_acquisition,
+            args.cohort_mix,
         )
         for i in range(args.cases)
     ]
     desc = f"generating {args.cases} studies ({args.layout}, {args.spacing:g} mm)"
     if args.workers > 1 and len(jobs) > 1:
         with ProcessPoolExecutor(args.workers) as pool:
-            list(tqdm(pool.map(_make_one, jobs), total=len(jobs), desc=desc, unit="study", file=sys.stderr))
+            made = list(tqdm(pool.map(_make_one, jobs), total=len(jobs), desc=desc, unit="study", file=sys.stderr))
     else:
-        for job in tqdm(jobs, desc=desc, unit="study", file=sys.stderr):
-            _make_one(job)
+        made = [_make_one(job) for job in tqdm(jobs, desc=desc, unit="study", file=sys.stderr)]
+    if args.manifest:
+        args.manifest.parent.mkdir(parents=True, exist_ok=True)
+        args.manifest.write_text(json.dumps({case: design for case, design in made}, indent=1))
+    if args.cohort_mix:
+        counts = Counter(design["kind"] for _, design in made if design)
+        print("kinds: " + ", ".join(f"{kind} {counts[kind]}" for kind in sorted(counts)))
     if args.layout == "msd":
         write_msd_dataset_json(args.out)
     print(f"{args.cases} studies ({args.labelled} labelled) in {args.out}")

@@ -57,11 +57,29 @@ def healthy_t1(anatomy: Anatomy) -> np.ndarray:
     return anatomy.t1 * (INTENSITY["t1"]["wm"] / wm_level)
 
 
-def synthesise(anatomy: Anatomy, label: np.ndarray, rng: np.random.Generator, tumour_contrast: float = 1.0, noise_scale: float = 1.0) -> Dict[str, np.ndarray]:
+def _acquired_resolution(image: np.ndarray, spacing_mm: float, in_plane_mm: float, slice_thickness_mm: float) -> np.ndarray:
+    """Blur to the resolution a scanner acquired before the study was resampled to the grid (thick 2D slices
+    come out blurred across slices): a Gaussian of the FWHM that takes the grid's resolution to the acquired one."""
+    fwhm = [np.sqrt(max(r * r - spacing_mm * spacing_mm, 0.0)) for r in (in_plane_mm, in_plane_mm, slice_thickness_mm)]
+    sigma_vox = [f / 2.355 / spacing_mm for f in fwhm]
+    return ndimage.gaussian_filter(image, sigma_vox) if any(s > 0.1 for s in sigma_vox) else image
+
+
+def synthesise(
+    anatomy: Anatomy,
+    label: np.ndarray,
+    rng: np.random.Generator,
+    tumour_contrast: float = 1.0,
+    noise_scale: float = 1.0,
+    bias_strength: tuple[float, float] = BIAS_STRENGTH,
+    in_plane_mm: float = 0.0,
+    slice_thickness_mm: float = 0.0,
+) -> Dict[str, np.ndarray]:
     """Return {modality: (X, Y, Z) int16}, one image per modality, on the anatomy's grid.
 
     ``tumour_contrast`` < 1 pulls the tumour's intensities towards the healthy tissue it replaces and
-    ``noise_scale`` > 1 adds noise: together they make a case an expert would find ambiguous.
+    ``noise_scale`` > 1 adds noise: together they make a case an expert would find ambiguous. A site's
+    scanner sets the bias field's strength and the resolution it acquired at (0: the grid's).
     """
     sigma_vox = PARTIAL_VOLUME_MM / anatomy.spacing_mm
     region_weights = {name: np.clip(ndimage.gaussian_filter((label == value).astype(np.float32), sigma_vox), 0, 1) for value, name in REGION_OF_LABEL.items()}
@@ -84,7 +102,9 @@ def synthesise(anatomy: Anatomy, label: np.ndarray, rng: np.random.Generator, tu
         tumour = tumour * (1.0 + TUMOUR_TEXTURE * texture)
         tumour = healthy + tumour_contrast * (tumour - healthy)
         image = healthy * (1.0 - tumour_weight) + tumour * tumour_weight
-        image = image * _bias_field(label.shape, float(rng.uniform(*BIAS_STRENGTH)), rng)
+        image = image * _bias_field(label.shape, float(rng.uniform(*bias_strength)), rng)
         image = _rician(image, noise_sigma, rng) * anatomy.brain
+        # thick slices and coarse matrices, resampled to the grid: signal and noise blurred alike
+        image = _acquired_resolution(image, anatomy.spacing_mm, in_plane_mm, slice_thickness_mm) * anatomy.brain
         images[modality] = np.clip(image * OUTPUT_SCALE, 0, np.iinfo(np.int16).max).astype(np.int16)
     return images

@@ -15,6 +15,7 @@ import numpy as np
 from scipy import ndimage
 
 from .anatomy import Anatomy, brain_depth_mm
+from .cohort import TumourKind
 
 # BraTS 2023 file-format label values (the format this generator writes).
 NECROTIC_CORE, EDEMA, ENHANCING = 1, 2, 3
@@ -66,6 +67,8 @@ def draw_label(anatomy: Anatomy, shape: GliomaShape, rng: np.random.Generator) -
     distance_mm = np.linalg.norm((grid - centre_vox) * spacing, axis=-1).astype(np.float32)
 
     def region(radius_mm: float, bias: np.ndarray | float = 0.0) -> np.ndarray:
+        if radius_mm <= 0.0:  # a kind without necrosis
+            return np.zeros(box_shape, dtype=bool)
         noise = _smooth_noise(box_shape, max(1.0, 0.35 * radius_mm / spacing), rng)
         return distance_mm / radius_mm + shape.lobulation * noise - bias < 1.0
 
@@ -86,4 +89,50 @@ def draw_label(anatomy: Anatomy, shape: GliomaShape, rng: np.random.Generator) -
     label_box[necrosis] = NECROTIC_CORE
     label = np.zeros(anatomy.brain.shape, dtype=np.uint8)
     label[box] = label_box
+    return label
+
+
+# --- tumour kinds of a varied cohort (synthetic/cohort.py) --------------------------------------------
+
+
+def _centre_candidates(anatomy: Anatomy, kind: TumourKind, whole_mm: float) -> np.ndarray:
+    depth_mm = brain_depth_mm(anatomy.spacing_mm)
+    if kind.placement == "periventricular":
+        ventricles = (anatomy.csf > 0.6) & (depth_mm > 20.0)  # deep CSF: the lateral ventricles, not the sulci
+        to_ventricle_mm = ndimage.distance_transform_edt(~ventricles) * anatomy.spacing_mm
+        candidates = np.argwhere((anatomy.wm > 0.3) & (to_ventricle_mm > 2.0) & (to_ventricle_mm < 0.5 * whole_mm) & (depth_mm > 0.5 * whole_mm))
+    else:
+        candidates = np.argwhere((anatomy.wm > 0.5) & (depth_mm > 0.6 * whole_mm))
+    if len(candidates) == 0:
+        candidates = np.argwhere(depth_mm >= depth_mm.max() * 0.8)
+    return candidates
+
+
+def draw_shapes_of_kind(anatomy: Anatomy, kind: TumourKind, rng: np.random.Generator) -> list[GliomaShape]:
+    """One shape per lesion; separate lesions do not touch (their whole-tumour balls are apart)."""
+    shapes: list[GliomaShape] = []
+    for _ in range(int(rng.integers(kind.foci[0], kind.foci[1] + 1))):
+        whole = float(rng.uniform(*kind.whole_radius_mm))
+        core = whole * float(rng.uniform(*kind.core_fraction))
+        necrosis = core * float(rng.uniform(*kind.necrosis_fraction))
+        candidates = _centre_candidates(anatomy, kind, whole)
+        for _attempt in range(50):
+            voxel = candidates[rng.integers(len(candidates))]
+            centre = (anatomy.affine @ np.append(voxel, 1.0))[:3]
+            if all(np.linalg.norm(centre - np.array(s.centre_mm)) > 1.3 * (whole + s.whole_radius_mm) for s in shapes):
+                break
+        shapes.append(GliomaShape(tuple(float(c) for c in centre), whole, core, necrosis, float(rng.uniform(0.15, 0.3))))
+    return shapes
+
+
+def draw_label_of_kind(anatomy: Anatomy, kind: TumourKind, shapes: list[GliomaShape], rng: np.random.Generator) -> np.ndarray:
+    """Every lesion's label in one map (a core label wins over another lesion's edema); a non-enhancing kind's
+    core is non-enhancing tumour (label 1) throughout."""
+    label = np.zeros(anatomy.brain.shape, dtype=np.uint8)
+    for shape in shapes:
+        lesion = draw_label(anatomy, shape, rng)
+        if not kind.enhancing:
+            lesion[lesion == ENHANCING] = NECROTIC_CORE
+        take = (lesion > 0) & ((label == 0) | (lesion != EDEMA))
+        label[take] = lesion[take]
     return label

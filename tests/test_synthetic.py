@@ -113,3 +113,82 @@ def test_montage_without_label(tmp_path):
     study = generate_study(2, 0, spacing_mm=2.0)
     path = save_montage(study.images, None, tmp_path / "m.png")
     assert path.stat().st_size > 10_000
+
+
+# --- a varied cohort: tumour kinds and sites --------------------------------------------------------
+
+
+def _of_kind(kind: str, site: str = "3t_3d", index: int = 1):
+    from synthetic.cohort import SITES, CaseDesign
+
+    s = SITES[site]
+    return generate_study(3, index, spacing_mm=2.0, design=CaseDesign(kind, site, 1.0, 1.0, s.bias_strength, s.slice_thickness_mm, s.in_plane_mm))
+
+
+def _components(mask: np.ndarray) -> int:
+    from scipy import ndimage
+
+    return int(ndimage.label(mask, structure=np.ones((3, 3, 3)))[1])
+
+
+def test_each_tumour_kind_has_what_defines_it():
+    from scipy import ndimage
+
+    anatomy = load_anatomy(2.0)
+    ml = 8.0 / 1000.0  # one 2 mm voxel in mL
+    typical = _of_kind("typical").label
+    for index in (1, 2):
+        low_grade = _of_kind("low_grade", index=index).label
+        assert not (low_grade == ENHANCING).any() and (low_grade == NECROTIC_CORE).sum() * ml > 0.5, "a non-enhancing core, no ET"
+        multifocal = _of_kind("multifocal", index=index)
+        assert _components(multifocal.label > 0) >= 2
+        small = _of_kind("small", index=index).label
+        assert 0.05 < (small > 0).sum() * ml < 4.0
+        thin, necrotic = _of_kind("thin_rim", index=index).label, _of_kind("large_necrosis", index=index).label
+        for label in (thin, necrotic):
+            core = (label == NECROTIC_CORE) | (label == ENHANCING)
+            assert (label == NECROTIC_CORE).sum() / core.sum() > 0.4, "most of the core is necrotic"
+        assert (thin == ENHANCING).sum() / (typical == ENHANCING).sum() < 1.0 or (thin == NECROTIC_CORE).sum() > (typical == NECROTIC_CORE).sum()
+        assert (necrotic > 0).sum() > (typical > 0).sum(), "large"
+        periventricular = _of_kind("periventricular", index=index).label
+        depth = ndimage.distance_transform_edt(anatomy.brain) * 2.0
+        ventricles = (anatomy.csf > 0.6) & (depth > 20.0)
+        grown = ndimage.binary_dilation(periventricular > 0, iterations=3)  # 6 mm
+        assert (grown & ventricles).any(), "the tumour reaches to within 6 mm of a ventricle"
+
+
+def test_a_site_with_thick_slices_blurs_across_them():
+    from scipy import ndimage
+
+    inside = ndimage.binary_erosion(load_anatomy(2.0).brain, iterations=3)  # away from the skull-stripping edge
+
+    def sharpness(image: np.ndarray, axis: int) -> float:
+        return float(np.abs(np.diff(image.astype(np.float32), axis=axis))[np.take(inside, range(inside.shape[axis] - 1), axis=axis)].mean())
+
+    sharp, thick = _of_kind("typical", "3t_3d").images["t1"], _of_kind("typical", "15t_2d").images["t1"]
+    assert sharpness(thick, 2) / sharpness(thick, 0) < 0.8 * sharpness(sharp, 2) / sharpness(sharp, 0)
+
+
+def test_the_mix_sets_how_often_each_kind_comes_and_a_rare_kind_stays_rare():
+    from collections import Counter
+
+    from synthetic.cohort import DEFAULT_KIND_MIX, design_case, parse_mix
+
+    counts = Counter(design_case(0, i).kind for i in range(2000))
+    for kind, weight in DEFAULT_KIND_MIX.items():
+        assert abs(counts[kind] / 2000 - weight) < 0.03, (kind, counts)
+    mix = parse_mix("typical=0.98,small=0.02", {"typical": 1, "small": 1, "multifocal": 1}, "tumour kind")
+    counts = Counter(design_case(0, i, mix).kind for i in range(2000))
+    assert counts["multifocal"] == 0 and 10 <= counts["small"] <= 70
+    assert design_case(0, 7) == design_case(0, 7), "a case is the same whatever else is generated"
+    for bad, message in (("huge=1", "unknown tumour kind 'huge'"), ("small", "needs a weight"), ("small=0", "at least one")):
+        with pytest.raises(ValueError, match=message):
+            parse_mix(bad, DEFAULT_KIND_MIX, "tumour kind")
+
+
+def test_a_cohort_is_written_with_its_manifest(tmp_path):
+    make_studies(tmp_path / "s", cases=3, labelled=3, seed=4, manifest=tmp_path / "cohort.json", kinds="low_grade=1")
+    manifest = json.loads((tmp_path / "cohort.json").read_text())
+    assert sorted(manifest) == sorted(p.name for p in (tmp_path / "s").iterdir()) and {d["kind"] for d in manifest.values()} == {"low_grade"}
+    for case in manifest:
+        assert not (np.asarray(nib.load(tmp_path / "s" / case / f"{case}-seg.nii.gz").dataobj) == ENHANCING).any()
