@@ -59,8 +59,8 @@ def write_nifti(array: np.ndarray, affine: np.ndarray, target: Path, durable: bo
     return Path(target)
 
 
-def write_json(data: Any, target: Path) -> Path:
-    with atomic_path(target) as tmp:
+def write_json(data: Any, target: Path, durable: bool = True) -> Path:
+    with atomic_path(target, durable) as tmp:
         tmp.write_text(json.dumps(data, indent=2, sort_keys=True, default=str))
     return Path(target)
 

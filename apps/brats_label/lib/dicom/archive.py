@@ -27,6 +27,7 @@ PIXEL_DATA_TAG = "7FE00010"
 ACCEPT_UNCOMPRESSED = 'multipart/related; type="application/dicom"; transfer-syntax=1.2.840.10008.1.2.1'  # explicit VR little endian
 ACCEPT_AS_STORED = 'multipart/related; type="application/dicom"; transfer-syntax=*'
 CANNOT_TRANSCODE = (400, 406, 415, 500, 501)  # what archives answer when they cannot send a syntax
+RETRIEVE_CHUNK_BYTES = 1 << 20
 SERIES_FIELDS = ["SeriesDescription", "ProtocolName", "Modality", "NumberOfSeriesRelatedInstances", "SeriesNumber", "SeriesDate", "SeriesTime"]
 # What one instance says of how its series was acquired (sequence_classifier): tags, as QIDO-RS names them.
 ACQUISITION_FIELDS = {
@@ -209,15 +210,19 @@ class Archive:
         url = f"{self.url}/studies/{study_uid}/series/{series_uid}"
         response = self._call("series retrieval", self._get_transcoded, url)
         try:
-            parts = MultipartDecoder(response.content, response.headers.get("Content-Type", "")).parts
+            body = self._call("series retrieval", lambda: b"".join(response.iter_content(RETRIEVE_CHUNK_BYTES)))
+            parts = MultipartDecoder(body, response.headers.get("Content-Type", "")).parts
             return [pydicom.dcmread(io.BytesIO(part.content), force=True) for part in parts]
         except (ImproperBodyPartContentException, NonMultipartContentTypeException, InvalidDicomError) as e:
             raise ArchiveUnavailable(f"the archive at {self.url} sent an unreadable answer for series {series_uid} ({e})") from None
 
     def _get_transcoded(self, url: str) -> requests.Response:
-        response = self.client._session.get(url, headers={"Accept": ACCEPT_UNCOMPRESSED})
+        """Streamed: the caller reads the body in large chunks (requests' own ``content`` reads 10 kB at a time,
+        a fifth of a series' decoding time in Python)."""
+        response = self.client._session.get(url, headers={"Accept": ACCEPT_UNCOMPRESSED}, stream=True)
         if response.status_code in CANNOT_TRANSCODE:
-            response = self.client._session.get(url, headers={"Accept": ACCEPT_AS_STORED})
+            response.close()
+            response = self.client._session.get(url, headers={"Accept": ACCEPT_AS_STORED}, stream=True)
         response.raise_for_status()
         return response
 
