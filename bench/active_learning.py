@@ -1,39 +1,49 @@
-"""Does ranking by uncertainty save labels? Simulated annotators on generated studies.
+"""Which way of choosing studies to label pays? Simulated annotators on a varied generated cohort.
 
-    .venv/bin/python bench/active_learning.py [--seeds 3] [--pool 10] [--initial 3] [--rounds 4]
+    .venv/bin/python bench/active_learning.py [--seeds 5] [--budgets 3,5,8,12,16] [--pool 30] [--test 12]
 
-Per seed: a pool of generated studies (2 mm) whose ground truth plays the annotator, and a fixed
-held-out test set generated with another seed (the same for every seed and strategy). Each strategy
-starts from the same ``--initial`` labelled cases and a model trained on them; then, each round, it
-picks one case, "the annotator" submits its ground truth, the model is fine-tuned from where it was
-with the app's own trainer, and Dice (TC, WT, ET) on the test set is recorded. ``uncertainty`` picks
-with the app's own scoring; ``random`` picks uniformly.
+Per seed: a pool of generated studies from a varied cohort (``python -m synthetic --cohort``: seven tumour kinds,
+three scanner sites) whose ground truth plays the annotator, and one fixed test set from another seed (the same
+for every seed and strategy). Each strategy starts from its initial labels and a model trained on them; at each
+budget it picks the studies that take it to the next budget, "the annotator" submits their ground truth, the
+model is fine-tuned from where it was with the app's own trainer (seeded), and Dice (TC, WT, ET) on the test set
+is recorded. Strategies (``lib/activelearning/selection.py``):
 
-Pool and test studies vary in tumour contrast and noise from case to case (``--varied-acquisition`` of
-the generator), as a multi-site collection does: where every case is equally clean there is nothing
-for a selection strategy to find, and the comparison would only measure training noise.
+- ``random``: a random initial set (the same for every strategy of a seed that starts at random), random picks;
+- ``power``: the same random initial set, then stochastic power sampling on the app's uncertainty (over the
+  predicted tumour and a margin);
+- ``typiclust_power``: a cold-start pick for diversity (TypiClust on all four sequences' intensity histograms)
+  for the initial set, then as ``power``;
+- ``uncertainty``: the same random initial set, then the top scores (what the app's ``uncertainty`` does).
 
-Writes ``bench/results/active_learning.csv`` (one row per seed, strategy and label count) and
-``bench/results/active_learning.png`` (mean Dice against labels, with the spread over seeds), and
-prints how many labels each strategy needs to reach the Dice random reaches with its largest budget.
-The defaults are the settings of the run reported in the README: 101 minutes on 2 CPU cores that were
-also running other work most of that time (not yet timed alone); ``--seeds 2`` or ``--rounds 3`` fit an hour.
+The whole run fits about an hour on 2 CPU cores at the defaults: studies at 3 mm (a 48-voxel patch covers a
+14 cm cube), a fixed number of training steps per round. Every round's row is appended to
+``bench/results/active_learning.csv`` as it is measured; ``--resume`` skips the (seed, strategy) runs that CSV
+already holds whole. The summary (``active_learning.json``, and printed) gives per-budget mean Dice, the area
+under the budget curve (AUBC, mean Dice over the budget range) per strategy, paired one-sided Wilcoxon tests
+against random over seeds (AUBC and each budget), and the labels each strategy needs to reach random's best
+mean Dice. ``active_learning.png`` draws the curves.
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import dataclasses
+import json
+import math
 import random
 import shutil
 import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Dict, List
+from typing import Dict, List, Optional
 
+import nibabel as nib
 import numpy as np
 import torch
+from scipy.stats import wilcoxon
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO), str(REPO / "apps" / "brats_label")]
@@ -44,19 +54,49 @@ from monai.transforms import Compose  # noqa: E402
 
 from lib.activelearning.scores import ScoreStore  # noqa: E402
 from lib.activelearning.scoring import EpistemicScoring  # noqa: E402
+from lib.activelearning.selection import power_sample, study_features, typiclust  # noqa: E402
 from lib.config import PROFILES, REGIONS, ScoringSettings, TrainSettings  # noqa: E402
 from lib.datastore import StudyFolderDatastore  # noqa: E402
 from lib.network import load_network  # noqa: E402
+from lib.trainers.evaluation import evaluation_transforms  # noqa: E402
 from lib.trainers.segmentation import BratsSegmentationTrainer  # noqa: E402
 from synthetic.__main__ import main as generate  # noqa: E402
 
 RESULTS = REPO / "bench" / "results"
 TEST_SEED = 1000
-PROFILE = PROFILES["cpu"]
+STRATEGIES = ("random", "power", "typiclust_power", "uncertainty")
+FIELDS = ["seed", "strategy", "labels", "dice_tc", "dice_wt", "dice_et", "dice_mean", "seconds"]
 
 
-def make_set(folder: Path, seed: int, cases: int, varied: bool) -> Path:
-    generate(["--out", str(folder), "--cases", str(cases), "--seed", str(seed), "--spacing", "2", "--workers", "2"] + (["--varied-acquisition"] if varied else []))
+def bench_profile(spacing: float):
+    """The app's CPU profile at a coarser spacing: windows cover the same brain (multiples of 8 voxels)."""
+    cpu = PROFILES["cpu"]
+    scale = cpu.spacing_mm[0] / spacing
+
+    def fit(size):
+        return tuple(max(16, int(round(s * scale / 8)) * 8) for s in size)
+
+    return dataclasses.replace(cpu, name=f"bench_{spacing:g}mm", spacing_mm=(spacing,) * 3, roi_size=fit(cpu.roi_size), patch_size=fit(cpu.patch_size))
+
+
+def make_set(folder: Path, seed: int, cases: int, spacing: float) -> Path:
+    generate(
+        [
+            "--out",
+            str(folder),
+            "--cases",
+            str(cases),
+            "--seed",
+            str(seed),
+            "--spacing",
+            f"{spacing:g}",
+            "--workers",
+            "2",
+            "--cohort",
+            "--manifest",
+            str(folder.with_suffix(".json")),
+        ]
+    )
     return folder
 
 
@@ -66,99 +106,144 @@ class Annotated:
     def __init__(self, source: Path, folder: Path, labelled: List[str]):
         self.source, self.folder = source, folder
         shutil.copytree(source, folder, ignore=lambda d, names: [n for n in names if n.endswith("-seg.nii.gz")])
+        self.labelled: List[str] = []
         for case in labelled:
             self.label(case)
 
     def label(self, case: str) -> None:
         shutil.copy(self.source / case / f"{case}-seg.nii.gz", self.folder / case / f"{case}-seg.nii.gz")
+        self.labelled.append(case)
 
     def datastore(self, workspace: Path) -> StudyFolderDatastore:
         return StudyFolderDatastore(self.folder, workspace)
 
 
-def fine_tune(datastore: StudyFolderDatastore, work: Path, start_from: Path | None, epochs: int) -> Path:
-    """The app's trainer, all labelled cases for training (the test set is separate)."""
+def fine_tune(profile, datastore: StudyFolderDatastore, work: Path, start_from: Optional[Path], steps: int, seed: int) -> Path:
+    """The app's trainer on every labelled case, about ``steps`` patch pairs (whole epochs), seeded."""
+    labelled = len(datastore.get_labeled_images())
+    epochs = max(1, math.ceil(steps / labelled))
     out = work / f"model_{time.time_ns()}"
-    trainer = BratsSegmentationTrainer(out, PROFILE, TrainSettings(max_epochs=epochs, val_split=0.0), publish_path=out / "published.pt", load_path=start_from)
-    trainer({"device": "cpu", "max_epochs": epochs, "val_split": 0.0, "pretrained": start_from is not None}, datastore)
+    trainer = BratsSegmentationTrainer(out, profile, TrainSettings(max_epochs=epochs, val_split=0.0), publish_path=out / "published.pt", load_path=start_from)
+    trainer({"device": "cpu", "max_epochs": epochs, "val_split": 0.0, "pretrained": start_from is not None, "seed": seed}, datastore)
     return out / "published.pt"
 
 
-def test_dice(weights: Path, test_items: List[Dict]) -> Dict[str, float]:
-    network = load_network(PROFILE, weights, torch.device("cpu")).eval()
-    inferer = SlidingWindowInferer(PROFILE.roi_size, overlap=PROFILE.sw_overlap, mode="gaussian")
+def test_dice(profile, weights: Path, test_items: List[Dict]) -> Dict[str, float]:
+    network = load_network(profile, weights, torch.device("cpu")).eval()
+    inferer = SlidingWindowInferer(profile.roi_size, overlap=profile.sw_overlap, mode="gaussian")
     metric = DiceMetric(include_background=True, reduction="mean_batch")
     with torch.no_grad():
         for item in test_items:
             prediction = (torch.sigmoid(inferer(item["image"][None], network)) > 0.5).float()
             metric(prediction, item["label"][None])
     values = metric.aggregate().tolist()
-    return {f"dice_{name.lower()}": v for name, v in zip(REGIONS, values)} | {"dice_mean": float(np.mean(values))}
+    return {f"dice_{name.lower()}": round(v, 4) for name, v in zip(REGIONS, values)} | {"dice_mean": round(float(np.mean(values)), 4)}
 
 
-FIELDS = ["seed", "strategy", "labels", "dice_tc", "dice_wt", "dice_et", "dice_mean", "seconds"]
+def pool_features(datastore: StudyFolderDatastore, cases: List[str]) -> Dict[str, np.ndarray]:
+    return {c: study_features(np.moveaxis(np.asarray(nib.load(datastore.get_image_uri(c)).dataobj), -1, 0)) for c in cases}
 
 
-def run(args: argparse.Namespace, work: Path, record) -> List[Dict]:
-    test_dir = make_set(work / "test", TEST_SEED, args.test, args.varied)
-    test_ds = StudyFolderDatastore(test_dir, work / "test_ws")
-    deterministic = Compose(BratsSegmentationTrainer(work / "t", PROFILE, TrainSettings(), work / "t.pt")._deterministic())
-    test_items = [deterministic(item) for item in test_ds.datalist()]
-    rows = []
+def run_one(args, profile, work: Path, seed: int, strategy: str, pool: Path, features: Dict[str, np.ndarray], test_items, record) -> None:
+    cases = sorted(features)
+    rng = np.random.default_rng([seed, STRATEGIES.index(strategy)])
+    initial = typiclust(features, args.budgets[0], rng) if strategy == "typiclust_power" else random.Random(seed).sample(cases, args.budgets[0])
+    annotated = Annotated(pool, work / f"run_{seed}_{strategy}", initial)
+    started = time.time()
+    weights = fine_tune(profile, annotated.datastore(work / f"ws_{seed}_{strategy}_0"), work, None, args.initial_steps, seed)
+    for round_, budget in enumerate(args.budgets):
+        row = {"seed": seed, "strategy": strategy, "labels": len(annotated.labelled), **test_dice(profile, weights, test_items), "seconds": round(time.time() - started, 1)}
+        record(row)
+        if round_ + 1 == len(args.budgets):
+            return
+        datastore = annotated.datastore(work / f"ws_{seed}_{strategy}_{round_}")
+        unlabelled = sorted(set(cases) - set(annotated.labelled))
+        count = args.budgets[round_ + 1] - budget
+        if strategy == "random":
+            picks = random.Random(seed * 7919 + round_).sample(unlabelled, count)
+        else:
+            scoring = EpistemicScoring(profile, lambda w=weights: str(w), ScoreStore(work / "scores_tmp"), ScoringSettings(samples=args.samples))
+            network = load_network(profile, weights, torch.device("cpu"))
+            scores = {c: scoring.score_case(datastore.get_image_uri(c), network, generator_seed=round_)["score"] for c in unlabelled}
+            picks = sorted(scores, key=lambda c: -scores[c])[:count] if strategy == "uncertainty" else power_sample(scores, count, rng, args.beta)
+        for case in picks:
+            annotated.label(case)
+        weights = fine_tune(profile, annotated.datastore(work / f"ws_{seed}_{strategy}_{round_}_t"), work, weights, args.steps, seed * 100 + round_)
+
+
+def run(args, work: Path, record, done: set) -> None:
+    profile = bench_profile(args.spacing)
+    test_dir = make_set(work / "test", TEST_SEED, args.test, args.spacing)
+    prepare = Compose(evaluation_transforms(profile))
+    test_items = [prepare({"image": i["image"], "label": i["label"]}) for i in StudyFolderDatastore(test_dir, work / "test_ws").datalist()]
     for seed in range(args.seeds):
-        pool = make_set(work / f"pool_{seed}", seed, args.pool, args.varied)
-        cases = sorted(p.name for p in pool.iterdir() if p.is_dir() and not p.name.startswith("."))
-        initial = random.Random(seed).sample(cases, args.initial)
+        pool = make_set(work / f"pool_{seed}", seed, args.pool, args.spacing)
+        pool_ds = StudyFolderDatastore(pool, work / f"pool_ws_{seed}")
+        features = pool_features(pool_ds, sorted(pool_ds.list_images()))
         for strategy in args.strategies:
-            started = time.time()
-            rng = random.Random(seed * 7919 + 1)
-            annotated = Annotated(pool, work / f"run_{seed}_{strategy}", initial)
-            torch.manual_seed(seed)
-            weights = fine_tune(annotated.datastore(work / f"ws_{seed}_{strategy}_0"), work, None, args.initial_epochs)
-            for round_ in range(args.rounds + 1):
-                datastore = annotated.datastore(work / f"ws_{seed}_{strategy}_{round_}")
-                labels = len(datastore.get_labeled_images())
-                row = {"seed": seed, "strategy": strategy, "labels": labels, **test_dice(weights, test_items), "seconds": round(time.time() - started, 1)}
-                rows.append(row)
-                record(row)
-                print(f"seed {seed} {strategy:12} labels {labels:2d}  " + "  ".join(f"{k} {v:.3f}" for k, v in row.items() if k.startswith("dice")), flush=True)
-                if round_ == args.rounds:
-                    break
-                unlabelled = datastore.get_unlabeled_images()
-                if strategy == "uncertainty":
-                    scoring = EpistemicScoring(PROFILE, lambda weights=weights: str(weights), ScoreStore(work / "scores_tmp"), ScoringSettings(samples=args.samples))
-                    network = load_network(PROFILE, weights, torch.device("cpu"))
-                    scores = {c: scoring.score_case(datastore.get_image_uri(c), network, generator_seed=round_)["score"] for c in unlabelled}
-                    pick = max(scores, key=scores.get)
-                else:
-                    pick = rng.choice(unlabelled)
-                annotated.label(pick)
-                weights = fine_tune(annotated.datastore(work / f"ws_{seed}_{strategy}_{round_}_t"), work, weights, args.epochs)
-    return rows
+            if (seed, strategy) not in done:
+                run_one(args, profile, work, seed, strategy, pool, features, test_items, record)
 
 
-def summarise(rows: List[Dict], strategies: List[str]) -> List[str]:
-    """Labels each strategy needs to reach the mean Dice random reaches with its largest budget."""
+# --- summary --------------------------------------------------------------------------------------
 
-    def curve(strategy):
-        by_labels: Dict[int, List[float]] = {}
-        for r in rows:
-            if r["strategy"] == strategy:
-                by_labels.setdefault(r["labels"], []).append(r["dice_mean"])
-        return {n: float(np.mean(v)) for n, v in sorted(by_labels.items())}
 
-    lines = []
-    if "random" not in strategies:
-        return lines
-    random_curve = curve("random")
-    budget = max(random_curve)
-    target = random_curve[budget]
-    lines.append(f"random reaches mean Dice {target:.3f} with {budget} labels")
-    for strategy in strategies:
-        reached = [n for n, d in curve(strategy).items() if d >= target]
-        need = min(reached) if reached else None
-        lines.append(f"{strategy}: {need if need is not None else f'more than {budget}'} labels" + (f" ({need / budget:.0%} of random's)" if need else ""))
-    return lines
+def _curves(rows: List[Dict], strategy: str) -> Dict[int, Dict[int, float]]:
+    """seed -> labels -> mean Dice."""
+    curves: Dict[int, Dict[int, float]] = {}
+    for r in rows:
+        if r["strategy"] == strategy:
+            curves.setdefault(r["seed"], {})[r["labels"]] = r["dice_mean"]
+    return curves
+
+
+def aubc(curve: Dict[int, float]) -> float:
+    """Area under the budget curve, divided by the budget range: the curve's mean Dice over the budgets."""
+    budgets = sorted(curve)
+    values = [curve[b] for b in budgets]
+    return float(np.trapz(values, budgets) / (budgets[-1] - budgets[0])) if len(budgets) > 1 else values[0]
+
+
+def labels_to_reach(mean_curve: Dict[int, float], target: float) -> Optional[float]:
+    """Labels at which the mean curve first reaches ``target`` (linear between budgets); None if never."""
+    budgets = sorted(mean_curve)
+    for low, high in zip(budgets, budgets[1:]):
+        if mean_curve[high] >= target > mean_curve[low]:
+            return low + (high - low) * (target - mean_curve[low]) / (mean_curve[high] - mean_curve[low])
+    return float(budgets[0]) if mean_curve[budgets[0]] >= target else None
+
+
+def summarise(rows: List[Dict], strategies: List[str]) -> Dict:
+    curves = {s: _curves(rows, s) for s in strategies}
+    complete = sorted(set.intersection(*[set(c) for c in curves.values()])) if curves else []
+    budgets = sorted({b for c in curves.values() for per_seed in c.values() for b in per_seed})
+    summary: Dict = {"seeds": complete, "budgets": budgets, "strategies": {}}
+    mean_curves = {s: {b: float(np.mean([curves[s][k][b] for k in complete if b in curves[s][k]])) for b in budgets} for s in strategies if complete}
+    random_best = max(mean_curves["random"].values()) if "random" in mean_curves else None
+    random_need = labels_to_reach(mean_curves["random"], random_best) if random_best is not None else None
+    for s in mean_curves:
+        areas = [aubc(curves[s][k]) for k in complete]
+        entry: Dict = {
+            "mean_dice": {str(b): round(v, 4) for b, v in mean_curves[s].items()},
+            "aubc": round(float(np.mean(areas)), 4),
+            "aubc_per_seed": [round(a, 4) for a in areas],
+        }
+        if s != "random" and "random" in curves and len(complete) >= 2:
+            random_areas = [aubc(curves["random"][k]) for k in complete]
+            difference = np.array(areas) - np.array(random_areas)
+            entry["aubc_minus_random"] = round(float(difference.mean()), 4)
+            entry["p_aubc_better_than_random"] = round(float(wilcoxon(difference, alternative="greater").pvalue), 4) if np.any(difference) else None
+            entry["p_per_budget"] = {}
+            for b in budgets:
+                d = np.array([curves[s][k][b] - curves["random"][k][b] for k in complete])
+                entry["p_per_budget"][str(b)] = round(float(wilcoxon(d, alternative="greater").pvalue), 4) if np.any(d) else None
+        if random_best is not None:
+            need = labels_to_reach(mean_curves[s], random_best)
+            entry["labels_to_reach_random_best"] = round(need, 1) if need is not None else None
+            entry["label_ratio_to_random"] = round(need / random_need, 2) if need is not None and random_need else None
+        summary["strategies"][s] = entry
+    summary["random_best_mean_dice"] = round(random_best, 4) if random_best is not None else None
+    return summary
 
 
 def plot(rows: List[Dict], strategies: List[str], path: Path) -> None:
@@ -167,64 +252,81 @@ def plot(rows: List[Dict], strategies: List[str], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    figure, axes = plt.subplots(1, 4, figsize=(14, 3.4), sharey=True)
+    figure, axes = plt.subplots(1, 4, figsize=(15, 3.6), sharey=True)
     for ax, key in zip(axes, ("dice_mean", "dice_tc", "dice_wt", "dice_et")):
         for strategy in strategies:
             labels = sorted({r["labels"] for r in rows if r["strategy"] == strategy})
             values = [[r[key] for r in rows if r["strategy"] == strategy and r["labels"] == n] for n in labels]
             mean, std = np.array([np.mean(v) for v in values]), np.array([np.std(v) for v in values])
             ax.plot(labels, mean, marker="o", label=strategy)
-            ax.fill_between(labels, mean - std, mean + std, alpha=0.2)
-        ax.set(title=key.replace("dice_", "Dice ").upper().replace("DICE ", "Dice "), xlabel="labelled studies", ylim=(0, 1))
+            ax.fill_between(labels, mean - std, mean + std, alpha=0.15)
+        ax.set(title={"dice_mean": "mean Dice"}.get(key, key.replace("dice_", "Dice ").upper().replace("DICE", "Dice")), xlabel="labelled studies", ylim=(0, 1))
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("test Dice (mean ± sd over seeds)")
-    axes[0].legend()
+    axes[0].legend(fontsize=8)
     figure.tight_layout()
     figure.savefig(path, dpi=90)
     plt.close(figure)
 
 
+def read_rows(path: Path) -> List[Dict]:
+    if not path.exists():
+        return []
+    kinds = {"seed": int, "labels": int, "strategy": str}
+    with open(path) as f:
+        return [{k: kinds.get(k, float)(v) for k, v in r.items()} for r in csv.DictReader(f)]
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--seeds", type=int, default=3)
-    parser.add_argument("--pool", type=int, default=10, help="studies per seed that the strategies pick from")
-    parser.add_argument("--test", type=int, default=6, help="held-out test studies")
-    parser.add_argument("--initial", type=int, default=3, help="labelled studies at the start")
-    parser.add_argument("--rounds", type=int, default=4, help="labels added one at a time")
-    parser.add_argument("--initial-epochs", type=int, default=20)
-    parser.add_argument("--epochs", type=int, default=6, help="fine-tuning epochs after each new label")
-    parser.add_argument("--samples", type=int, default=4, help="stochastic passes per case when scoring")
-    parser.add_argument("--uniform-acquisition", dest="varied", action="store_false", help="all studies equally clean (default: contrast and noise vary by case)")
-    parser.add_argument("--strategies", default="uncertainty,random")
+    parser.add_argument("--seeds", type=int, default=5)
+    parser.add_argument("--budgets", default="3,5,8,12,16", help="labelled studies at which the test Dice is measured")
+    parser.add_argument("--pool", type=int, default=30, help="studies per seed that the strategies pick from")
+    parser.add_argument("--test", type=int, default=12, help="held-out test studies")
+    parser.add_argument("--spacing", type=float, default=3.0, help="mm: studies are generated and trained at this spacing")
+    parser.add_argument("--initial-steps", type=int, default=120, help="training patches for the first model")
+    parser.add_argument("--steps", type=int, default=48, help="fine-tuning patches after each batch of labels")
+    parser.add_argument("--samples", type=int, default=3, help="stochastic passes per study when scoring")
+    parser.add_argument("--beta", type=float, default=1.0, help="power sampling's exponent (larger: closer to top-k)")
+    parser.add_argument("--strategies", default="random,power,typiclust_power")
     parser.add_argument("--out", type=Path, default=RESULTS)
-    parser.add_argument("--plot-only", type=Path, default=None, help="re-make the PNG and summary from this CSV")
+    parser.add_argument("--resume", action="store_true", help="keep the rows of the CSV and skip the runs it holds whole")
+    parser.add_argument("--summary-only", action="store_true", help="re-make the summary and PNG from the CSV")
     args = parser.parse_args()
     args.strategies = args.strategies.split(",")
-    torch.set_num_threads(torch.get_num_threads())
+    args.budgets = [int(b) for b in args.budgets.split(",")]
+    unknown = set(args.strategies) - set(STRATEGIES)
+    if unknown or args.budgets != sorted(set(args.budgets)) or args.budgets[-1] > args.pool:
+        parser.error(f"strategies from {STRATEGIES}; budgets increasing and at most --pool ({sorted(unknown)} unknown)")
 
     args.out.mkdir(parents=True, exist_ok=True)
     table = args.out / "active_learning.csv"
-    if args.plot_only:
-        with open(args.plot_only) as f:
-            kinds = {"seed": int, "labels": int, "strategy": str}
-            rows = [{k: kinds.get(k, float)(v) for k, v in r.items()} for r in csv.DictReader(f)]
-        table = args.plot_only
-        args.strategies = sorted({r["strategy"] for r in rows}, key=lambda n: n != "uncertainty")
-    else:
+    rows = read_rows(table) if (args.resume or args.summary_only) else []
+    if not args.summary_only:
+        done = {(s, st) for s in range(args.seeds) for st in args.strategies if len({r["labels"] for r in rows if r["seed"] == s and r["strategy"] == st}) == len(args.budgets)}
+        rows = [r for r in rows if (r["seed"], r["strategy"]) in done]
         with open(table, "w", newline="") as f:  # one row at a time: an interrupted run keeps what it measured
             writer = csv.DictWriter(f, fieldnames=FIELDS)
             writer.writeheader()
+            writer.writerows(rows)
+            f.flush()
 
             def record(row: Dict) -> None:
                 writer.writerow(row)
                 f.flush()
+                rows.append(row)
+                print(f"seed {row['seed']} {row['strategy']:16} labels {row['labels']:2d}  mean Dice {row['dice_mean']:.3f}  ({row['seconds']:.0f} s)", flush=True)
 
+            torch.set_num_threads(torch.get_num_threads())
             with tempfile.TemporaryDirectory() as tmp:
-                rows = run(args, Path(tmp), record)
-    plot(rows, args.strategies, args.out / "active_learning.png")
-    settings = ", ".join(f"{k}={v}" for k, v in vars(args).items() if k != "out")
-    summary = summarise(rows, args.strategies)
-    print("\n".join(["", f"settings: {settings}", *summary, f"written: {table}, {args.out / 'active_learning.png'}"]))
+                run(args, Path(tmp), record, done)
+    strategies = [s for s in args.strategies if any(r["strategy"] == s for r in rows)]
+    summary = summarise(rows, strategies)
+    summary["settings"] = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
+    (args.out / "active_learning.json").write_text(json.dumps(summary, indent=2) + "\n")
+    plot(rows, strategies, args.out / "active_learning.png")
+    print(json.dumps({s: {k: v for k, v in e.items() if k not in ("p_per_budget", "aubc_per_seed")} for s, e in summary["strategies"].items()}, indent=1))
+    print(f"written: {table}, {args.out / 'active_learning.json'}, {args.out / 'active_learning.png'}")
     return 0
 
 
