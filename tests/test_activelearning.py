@@ -15,7 +15,7 @@ import torch
 from lib.activelearning.handouts import HandOuts
 from lib.activelearning.sampling import FLIPS, enable_mc_dropout, stochastic_predictions
 from lib.activelearning.scores import ScoreStore, model_version
-from lib.activelearning.strategies import RandomStrategy, UncertaintyStrategy
+from lib.activelearning.strategies import PowerUncertaintyStrategy, RandomStrategy, UncertaintyStrategy
 from lib.activelearning.uncertainty import binary_entropy, case_uncertainty, voxel_entropy
 from lib.config import PROFILES
 from lib.network import build_network
@@ -126,6 +126,22 @@ def test_most_uncertain_case_first_and_labelled_never(queue):
     assert answer["id"] == "b" and answer["picked_by"] == "uncertainty" and answer["model_version"] == "v1"
     assert [strategy({"client_id": c}, datastore)["id"] for c in ("ann2", "ann3")] == ["c", "a"]
     assert strategy({"client_id": "ann4"}, datastore) is None, "all unlabelled cases handed out; the labelled one never is"
+
+
+def test_power_strategy_draws_by_uncertainty_from_unlabelled_scored_cases_only(queue, tmp_path):
+    _, store, handouts, clock, version = queue
+    power = PowerUncertaintyStrategy(store, lambda: version["served"], handouts, beta=1.0, rng=random.Random(1))
+    for case, score in {"a": 0.1, "b": 0.6, "c": 0.3, "labelled": 5.0}.items():
+        store.save(case, "v1", {"score": score})
+    datastore = FakeDatastore(["a", "b", "c"], labelled=["labelled"])
+    picks = []
+    for i in range(300):
+        answer = power({"client_id": f"ann{i}"}, datastore)
+        picks.append(answer["id"])
+        clock.now += 61  # the hand-out expires: every case is on offer again
+        assert answer["picked_by"] == "power" and answer["model_version"] == "v1"
+    counts = {case: picks.count(case) for case in "abc"}
+    assert set(picks) <= {"a", "b", "c"} and counts["b"] > counts["c"] > counts["a"] > 0, counts
 
 
 def test_two_annotators_at_once_get_different_cases(queue):

@@ -59,7 +59,7 @@ def test_info_lists_the_model_and_label_names_before_any_training(client):
     assert "segmentation" in info["trainers"]
     problems = {p["study_id"]: p["reason"] for p in info["datastore"]["problems"]}
     assert "missing T1" in problems[BROKEN]
-    assert list(info["strategies"]) == ["random", "uncertainty"], "the default (first) is what the experiment found best"
+    assert list(info["strategies"]) == ["random", "uncertainty", "power"], "the default (first) is what the experiment found best"
 
 
 def test_cold_start_infer_says_no_model_yet_and_how_to_get_one(client):

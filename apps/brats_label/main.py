@@ -52,9 +52,19 @@ from lib.activelearning.handouts import HandOuts
 from lib.activelearning.queue import annotation_queue
 from lib.activelearning.scores import ScoreStore, ServedModelVersion
 from lib.activelearning.scoring import EpistemicScoring
-from lib.activelearning.strategies import RandomStrategy, UncertaintyStrategy
+from lib.activelearning.strategies import PowerUncertaintyStrategy, RandomStrategy, UncertaintyStrategy
 from lib.audit import PreLabels, audit_csv, audit_rows
-from lib.config import BACKGROUND_NICENESS, DICOMWEB_WORKSPACE_ROOT, FOREGROUND_LABELS, MODEL_NAME, SCRATCH_DIR_NAME, TOKEN_ALGORITHMS, ZOO_CACHE_DIR, AppConfig
+from lib.config import (
+    BACKGROUND_NICENESS,
+    DICOMWEB_WORKSPACE_ROOT,
+    FOREGROUND_LABELS,
+    MODEL_NAME,
+    POWER_SAMPLING_BETA,
+    SCRATCH_DIR_NAME,
+    TOKEN_ALGORITHMS,
+    ZOO_CACHE_DIR,
+    AppConfig,
+)
 from lib.datastore import StudyFolderDatastore
 from lib.dicom.archive import Archive
 from lib.dicom.series_rules import SeriesRules
@@ -273,6 +283,7 @@ class BratsLabelApp(MONAILabelApp):
         return {
             "random": RandomStrategy(self.handouts),
             "uncertainty": UncertaintyStrategy(self.scores, self.served_version, self.handouts),
+            "power": PowerUncertaintyStrategy(self.scores, self.served_version, self.handouts, POWER_SAMPLING_BETA),
         }
 
     def init_scoring_methods(self) -> Dict[str, ScoringMethod]:

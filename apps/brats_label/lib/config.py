@@ -211,6 +211,7 @@ class RetrainPolicy:
     promote_alpha: float = 0.05  # ... or a paired test finds it worse study by study (lib/trainers/promotion.py)
 
 
+POWER_SAMPLING_BETA = 1.0  # the "power" strategy draws a case with probability proportional to uncertainty ** this
 HANDOUT_TTL_S = 900  # a case handed to one annotator is not handed to another for this long
 
 # --- what the server accepts from clients -------------------------------------------------------------

@@ -1,8 +1,8 @@
-"""Next-case strategies: the most uncertain unlabelled case, or a random one.
+"""Next-case strategies: a random unlabelled case, the most uncertain one, or one drawn by its uncertainty.
 
-Both never return a labelled case, skip cases handed to another annotator, and reserve the case they
+All never return a labelled case, skip cases handed to another annotator, and reserve the case they
 return for the asking client (``client_id``, sent by MONAI Label's clients). The uncertainty
-strategy uses only scores made by the model being served; while there is no model, or no score for
+strategies use only scores made by the model being served; while there is no model, or no score for
 it yet, it picks at random and says so in the answer (``picked_by``, ``reason``). The answer avoids
 the key ``strategy``: MONAI Label's endpoint overwrites it with the case's stored hand-out record.
 """
@@ -12,11 +12,13 @@ from __future__ import annotations
 import random
 from typing import Any, Callable, Dict, List, Optional
 
+import numpy as np
 from monailabel.interfaces.datastore import Datastore
 from monailabel.interfaces.tasks.strategy import Strategy
 
 from .handouts import HandOuts
 from .scores import ScoreStore
+from .selection import power_sample
 
 ANONYMOUS = "anonymous"
 
@@ -52,10 +54,22 @@ class RandomStrategy(_HandOutStrategy):
 
 
 class UncertaintyStrategy(_HandOutStrategy):
-    def __init__(self, store: ScoreStore, served_version: Callable[[], Optional[str]], handouts: HandOuts, rng: Optional[random.Random] = None):
-        super().__init__("Most uncertain unlabelled case under the served model", handouts, rng)
+    picked_by = "uncertainty"
+
+    def __init__(
+        self,
+        store: ScoreStore,
+        served_version: Callable[[], Optional[str]],
+        handouts: HandOuts,
+        rng: Optional[random.Random] = None,
+        description: str = "Most uncertain unlabelled case under the served model",
+    ):
+        super().__init__(description, handouts, rng)
         self.store = store
         self.served_version = served_version
+
+    def pick(self, scores: Dict[str, float]) -> str:
+        return max(scores, key=lambda c: scores[c])
 
     def choose(self, candidates: List[str], request: Dict[str, Any]) -> Dict[str, Any]:
         version = self.served_version()
@@ -63,5 +77,20 @@ class UncertaintyStrategy(_HandOutStrategy):
         if not scored:
             reason = "no model yet" if version is None else f"no uncertainty scores for model {version} yet (scoring runs in the background)"
             return {"id": self.rng.choice(candidates), "picked_by": "random", "reason": f"random pick: {reason}"}
-        case = max(scored, key=lambda c: scored[c]["score"])
-        return {"id": case, "picked_by": "uncertainty", "score": scored[case]["score"], "model_version": version, "scored": len(scored), "unscored": len(candidates) - len(scored)}
+        case = self.pick({c: float(r["score"]) for c, r in scored.items()})
+        return {"id": case, "picked_by": self.picked_by, "score": scored[case]["score"], "model_version": version, "scored": len(scored), "unscored": len(candidates) - len(scored)}
+
+
+class PowerUncertaintyStrategy(UncertaintyStrategy):
+    """An unlabelled case drawn with probability proportional to its uncertainty ** beta (stochastic power
+    sampling, ``selection.power_sample``): annotators asking one after another get cases uncertain for different
+    reasons, not the near-duplicates at the top of the ranking."""
+
+    picked_by = "power"
+
+    def __init__(self, store: ScoreStore, served_version: Callable[[], Optional[str]], handouts: HandOuts, beta: float, rng: Optional[random.Random] = None):
+        super().__init__(store, served_version, handouts, rng, "An uncertain unlabelled case, drawn in proportion to its uncertainty")
+        self.beta = beta
+
+    def pick(self, scores: Dict[str, float]) -> str:
+        return power_sample(scores, 1, np.random.default_rng(self.rng.getrandbits(64)), self.beta)[0]
