@@ -251,6 +251,20 @@ def summarise(rows: List[Dict], strategies: List[str]) -> Dict:
     return summary
 
 
+def markdown(rows: List[Dict], summary: Dict) -> str:
+    """The README's table: mean test Dice ± sd over seeds per budget, AUBC, and p against random."""
+    budgets = summary["budgets"]
+    lines = ["| strategy | " + " | ".join(f"{b} labels" for b in budgets) + " | AUBC | p (AUBC > random) |", "|---" * (len(budgets) + 3) + "|"]
+    for strategy, entry in summary["strategies"].items():
+        cells = []
+        for b in budgets:
+            values = [r["dice_mean"] for r in rows if r["strategy"] == strategy and r["labels"] == b and r["seed"] in summary["seeds"]]
+            cells.append(f"{np.mean(values):.3f} ± {np.std(values):.3f}")
+        p = entry.get("p_aubc_better_than_random")
+        lines.append(f"| `{strategy}` | " + " | ".join(cells) + f" | {entry['aubc']:.3f} | {'' if strategy == 'random' else (f'{p:.3f}' if p is not None else 'n/a')} |")
+    return "\n".join(lines)
+
+
 def plot(rows: List[Dict], strategies: List[str], path: Path) -> None:
     import matplotlib
 
@@ -331,6 +345,7 @@ def main() -> int:
     (args.out / "active_learning.json").write_text(json.dumps(summary, indent=2) + "\n")
     plot(rows, strategies, args.out / "active_learning.png")
     print(json.dumps({s: {k: v for k, v in e.items() if k not in ("p_per_budget", "aubc_per_seed")} for s, e in summary["strategies"].items()}, indent=1))
+    print(markdown(rows, summary))
     print(f"written: {table}, {args.out / 'active_learning.json'}, {args.out / 'active_learning.png'}")
     return 0
 
