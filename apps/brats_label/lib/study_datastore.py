@@ -229,9 +229,10 @@ class StudyDatastore(Datastore):
 
     def training_item(self, image_id: str) -> Dict[str, Any]:
         """One labelled study as training and evaluation read it (NotFound for a study without a final label)."""
-        if self._current(image_id, FINAL) is None:
+        current = self._current(image_id, FINAL)
+        if current is None:
             raise NotFound(f"study {image_id} has no final label")
-        return {"image": self.get_image_uri(image_id), "label": str(self._label_path(image_id, FINAL)), "id": image_id}
+        return {"image": self.get_image_uri(image_id), "label": str(current.label_path), "id": image_id}
 
     def get_dataset_archive(self, limit_cases: Optional[int]) -> str:
         items = self.datalist()[: limit_cases or None]
