@@ -16,9 +16,12 @@ from dicomweb_client.api import DICOMwebClient
 from dicomweb_client.session_utils import create_session, create_session_from_user_pass
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
+from requests.adapters import HTTPAdapter
 from requests_toolbelt.multipart.decoder import ImproperBodyPartContentException, MultipartDecoder, NonMultipartContentTypeException
+from urllib3.exceptions import ConnectTimeoutError, MaxRetryError, ReadTimeoutError
+from urllib3.util.retry import Retry
 
-from ..config import DICOMWEB_LISTING_PAGE, DICOMWEB_TIMEOUT_S
+from ..config import ARCHIVE_RECONNECTS, DICOMWEB_LISTING_PAGE, DICOMWEB_TIMEOUT_S
 from ..errors import ArchiveUnavailable
 from .sequence_classifier import Acquisition
 from .series_rules import SeriesSummary
@@ -110,13 +113,46 @@ class ArchiveAddress(NamedTuple):
     timeout_s: float
 
 
+class StaleConnectionRetry(Retry):
+    """Sends a request again, once, on a fresh connection when the archive dropped the kept-alive one it went out on.
+
+    Orthanc closes an idle kept-alive connection after half a second. A request that leaves on it as it closes
+    fails with "connection aborted" although the archive is up. Timeouts are never retried: a hung archive is
+    reported after one timeout, not several."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        kwargs.setdefault("total", ARCHIVE_RECONNECTS)
+        kwargs.setdefault("status", 0)
+        kwargs.setdefault("redirect", 0)
+        kwargs.setdefault("raise_on_status", False)
+        kwargs.setdefault("raise_on_redirect", False)
+        kwargs.setdefault("allowed_methods", frozenset({"GET", "HEAD"}))  # a STOW-RS body is never sent twice
+        super().__init__(**kwargs)
+
+    def increment(self, method=None, url=None, response=None, error=None, _pool=None, _stacktrace=None):  # type: ignore[no-untyped-def,override]
+        if isinstance(error, ReadTimeoutError):
+            raise error
+        if isinstance(error, ConnectTimeoutError):
+            raise MaxRetryError(_pool, url, error) from error  # what requests reports as ConnectTimeout
+        return super().increment(method, url, response, error, _pool, _stacktrace)
+
+
+def archive_session(username: str, password: str, timeout_s: float) -> requests.Session:
+    """An HTTP session for the archive: its credentials, a timeout on every request, and a reconnect when a kept-alive
+    connection was dropped under a request."""
+    session = create_session_from_user_pass(username, password) if username else create_session()
+    session.request = functools.partial(session.request, timeout=timeout_s)  # type: ignore[method-assign]
+    adapter = HTTPAdapter(max_retries=StaleConnectionRetry())
+    session.mount("http://", adapter)
+    session.mount("https://", adapter)
+    return session
+
+
 class Archive:
     def __init__(self, url: str, username: str = "", password: str = "", timeout_s: float = DICOMWEB_TIMEOUT_S):
         self.address = ArchiveAddress(url, username, password, timeout_s)
         self.url = url.rstrip("/")
-        session = create_session_from_user_pass(username, password) if username else create_session()
-        session.request = functools.partial(session.request, timeout=timeout_s)  # type: ignore[method-assign]
-        self.client = DICOMwebClient(url=self.url, session=session)
+        self.client = DICOMwebClient(url=self.url, session=archive_session(username, password, timeout_s))
         # Its default retries every failure five times with back-off (about 15 s before an error):
         # an annotator waiting on a stopped archive should hear so at once.
         self.client.set_http_retry_params(retry=False)
