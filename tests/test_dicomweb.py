@@ -241,6 +241,7 @@ def test_undecodable_instance_is_a_clear_error_and_then_listed(orthanc, broken, 
     case = case_of(ds, "BAD-undecodable")  # metadata is fine: only the pixels are broken
     with pytest.raises(InvalidInput, match="cannot be decoded"):
         ds.get_image_uri(case)
+    assert not [p.name for p in (tmp_path / "workspace" / "cases").iterdir() if p.suffix == ".nii"], "no partly written volume is left"
     assert any(p.study_id == case and "cannot be decoded" in p.reason for p in ds.problems())
     ds.refresh()
     assert case not in ds.list_images(), "not offered as a case again until its series change"
@@ -327,3 +328,30 @@ def test_no_instance_header_is_kept_and_caches_of_earlier_versions_are_removed(o
     old.write_text(json.dumps(full))
     datastore(orthanc, tmp_path)  # the server starting on that workspace
     assert not old.exists()
+
+
+@pytest.mark.parametrize("decoding", ["processes", "threads"])
+def test_a_study_whose_series_differ_in_pixel_type_opens_to_its_voxels(orthanc, imported, tmp_path, monkeypatch, decoding):
+    """Each series is written into the study's file by whoever decoded it; one stored unsigned among signed ones
+    makes the server stack the four itself (as float32), with the same voxels."""
+    from lib.dicom import series_fetch
+
+    if decoding == "threads":
+        monkeypatch.setattr(series_fetch, "_process_pool", lambda: None)
+    source = sorted(p for p in imported.iterdir() if p.is_dir() and not p.name.startswith("."))[0]
+    channels = {c: (np.asarray(i.dataobj), i.affine) for c, i in study_files(source).items()}
+    assert all(v.min() >= 0 for v, _ in channels.values())
+
+    def unsigned_t2(channel, instances):
+        if channel == "t2":
+            for ds in instances:
+                ds.PixelRepresentation = 0
+        return instances
+
+    patient = f"MIXED-{decoding}"
+    _write_series(orthanc, _study(patient), channels, uid_from("test", patient, "frame"), unsigned_t2)
+    ds = datastore(orthanc, tmp_path)
+    stacked = nib.load(ds.get_image_uri(case_of(ds, patient)))
+    assert stacked.get_data_dtype() == np.float32
+    for index, channel in enumerate(CHANNELS):
+        assert np.array_equal(np.asarray(stacked.dataobj)[..., index], channels[channel][0]), f"{channel}: voxels differ"

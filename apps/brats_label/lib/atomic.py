@@ -50,12 +50,17 @@ def atomic_path(target: Path, durable: bool = True) -> Iterator[Path]:
             os.remove(tmp)
 
 
-def write_nifti(array: np.ndarray, affine: np.ndarray, target: Path, durable: bool = True) -> Path:
+def nifti_image(array: np.ndarray, affine: np.ndarray) -> nib.Nifti1Image:
+    """The image every NIfTI of the project is written as: qform and sform both the affine (scanner space)."""
     image = nib.Nifti1Image(array, affine)
     image.set_qform(affine, code=1)
     image.set_sform(affine, code=1)
+    return image
+
+
+def write_nifti(array: np.ndarray, affine: np.ndarray, target: Path, durable: bool = True) -> Path:
     with atomic_path(target, durable) as tmp:
-        nib.save(image, str(tmp))
+        nib.save(nifti_image(array, affine), str(tmp))
     return Path(target)
 
 

@@ -42,7 +42,7 @@ from nibabel.processing import resample_from_to
 from pydicom.datadict import tag_for_keyword
 from pydicom.dataset import Dataset
 
-from .atomic import read_json, write_json
+from .atomic import nifti_image, read_json, write_json
 from .case_cache import UnusableVolume, stack_channels
 from .config import (
     CHANNELS,
@@ -58,12 +58,13 @@ from .dicom.multiframe import frames_as_slices
 from .dicom.orthanc_changes import OrthancChanges
 from .dicom.seg import SegProblem, is_shipped_ground_truth, label_to_seg, seg_to_label
 from .dicom.sequence_classifier import Acquisition
-from .dicom.series_fetch import fetch_volumes, start_workers
+from .dicom.series_fetch import fetch_into, start_workers
 from .dicom.series_rules import SeriesRules, SeriesSummary
 from .dicom.series_volume import SeriesProblem, SliceStack, slice_stack
 from .errors import ArchiveUnavailable, InvalidInput, NotAllowed, NotFound
 from .labels import LabelError, check_label_values
 from .shared_state import update_json
+from .stacked_nifti import StackedNiftiFile
 from .studies import Geometry, StudyProblem
 from .study_datastore import FINAL, IMPORTED_FROM, StudyDatastore, _tag
 
@@ -460,23 +461,33 @@ class DicomWebStudyDatastore(StudyDatastore):
     def get_image_uri(self, image_id: str) -> str:
         study = self._source(image_id)
         try:
-            return str(self._cases.get(study.study_id, study.fingerprint(), lambda: self._fetch_stack(study)))
+            return str(self._cases.get_written(study.study_id, study.fingerprint(), lambda path: self._write_stack(study, path)))
         except (SeriesProblem, UnusableVolume) as e:
             self._mark_broken(study.study_id, study.fingerprint(), str(e))  # not served again until a series changes
             raise InvalidInput(f"study {study.study_id} cannot be opened: {e}") from None
 
-    def _fetch_stack(self, study: DicomStudy) -> Tuple[np.ndarray, np.ndarray]:
-        """Fetch and decode the four series at once (``fetch_volumes``), resample onto the reference grid, stack."""
-        series = [(study.channels[c].series_uid, f"{c} series '{study.channels[c].name}'") for c in CHANNELS]
-        volumes = dict(zip(CHANNELS, fetch_volumes(self._archive, study.study_id, series)))
+    def _write_stack(self, study: DicomStudy, path: Path) -> None:
+        """Fetch and decode the four series at once, each written into its channel's block of ``path`` by the
+        process that decoded it (``fetch_into``). A series on another grid is resampled onto the reference grid
+        here, and channels of different types are stacked here as float32."""
         geometry = self.geometry(study.study_id)
+        series = [(study.channels[c].series_uid, f"{c} series '{study.channels[c].name}'") for c in CHANNELS]
+        target = StackedNiftiFile.create(path, geometry.shape, len(CHANNELS), geometry.affine)
+        decoded = fetch_into(self._archive, study.study_id, series, target)
+        dtypes = {d.dtype for d in decoded}
+        if len(dtypes) == 1 and all(d.volume is None for d in decoded):
+            target.finish(np.dtype(dtypes.pop()))
+            return
         channels = []
-        for channel in CHANNELS:
-            data, affine = volumes[channel]
-            if data.shape != geometry.shape or not np.allclose(affine, geometry.affine, atol=1e-3):
-                data = np.asarray(resample_from_to(nib.Nifti1Image(data.astype(np.float32), affine), (geometry.shape, geometry.affine), order=1).dataobj, dtype=np.float32)
-            channels.append(data)
-        return stack_channels(channels), geometry.affine
+        for index, d in enumerate(decoded):
+            if d.volume is None:
+                channels.append(target.read_block(index, np.dtype(d.dtype)))
+            elif d.volume.shape != geometry.shape or not np.allclose(d.affine, geometry.affine, atol=1e-3):
+                resampled = resample_from_to(nib.Nifti1Image(d.volume.astype(np.float32), d.affine), (geometry.shape, geometry.affine), order=1)
+                channels.append(np.asarray(resampled.dataobj, dtype=np.float32))
+            else:
+                channels.append(d.volume)
+        nib.save(nifti_image(stack_channels(channels), geometry.affine), str(path))
 
     def get_image_info(self, image_id: str) -> Dict[str, Any]:
         study = self._source(image_id)

@@ -3,7 +3,8 @@
 Opening a study is the WADO-RS transfer of its four series and then, for each of some 600 instances,
 splitting the multipart answer, parsing the header with pydicom and copying the pixels. That parsing is pure
 Python: in threads it runs one at a time (the GIL) and took 2.5x the transfer (bench/dicomweb_fetch.py). In
-processes it runs on every core while the archive is still sending.
+processes it runs on every core while the archive is still sending. Each process writes its series straight
+into the study's file (``stacked_nifti``) rather than sending 18 MB back to the server.
 
 The pool starts with the first study opened (forkserver: no copy of the server's threads and locks) and is
 shared by every datastore of the process. If it cannot start or a worker dies, series are fetched in threads
@@ -20,11 +21,12 @@ import threading
 from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 import numpy as np
 
 from ..config import DICOMWEB_FETCH_PROCESSES, DICOMWEB_FETCH_WORKERS
+from ..stacked_nifti import StackedNiftiFile
 from .archive import Archive, ArchiveAddress
 from .multiframe import frames_as_slices
 from .series_volume import series_volume
@@ -38,16 +40,29 @@ _pool_lock = threading.Lock()
 _archives: Dict[ArchiveAddress, Archive] = {}  # in each worker: one client (and connection pool) per archive
 
 
-def series_volume_from_archive(address: ArchiveAddress, study_uid: str, series_uid: str, where: str) -> Tuple[np.ndarray, np.ndarray]:
-    """(volume, RAS affine) of one series; runs in a worker."""
+class DecodedSeries(NamedTuple):
+    """A series as decoded by a worker: written into its block of the study's file (``volume`` None), or returned
+    because it does not fit the block as it is (another grid, or rescaled to float)."""
+
+    dtype: str
+    volume: Optional[np.ndarray]
+    affine: np.ndarray
+
+
+def series_into_block(address: ArchiveAddress, study_uid: str, series_uid: str, where: str, target: StackedNiftiFile, channel: int) -> DecodedSeries:
+    """Fetch and decode one series and write it into its block of ``target``; runs in a worker."""
     archive = _archives.get(address)
     if archive is None:
         archive = _archives[address] = Archive(*address)
-    return _series_volume(archive, study_uid, series_uid, where)
+    return _decode_into(archive, study_uid, series_uid, where, target, channel)
 
 
-def _series_volume(archive: Archive, study_uid: str, series_uid: str, where: str) -> Tuple[np.ndarray, np.ndarray]:
-    return series_volume(frames_as_slices(archive.retrieve_series(study_uid, series_uid)), where)
+def _decode_into(archive: Archive, study_uid: str, series_uid: str, where: str, target: StackedNiftiFile, channel: int) -> DecodedSeries:
+    volume, affine = series_volume(frames_as_slices(archive.retrieve_series(study_uid, series_uid)), where)
+    if target.takes(volume, affine):
+        target.write_block(channel, volume)
+        return DecodedSeries(volume.dtype.str, None, affine)
+    return DecodedSeries(volume.dtype.str, volume, affine)
 
 
 def _process_pool() -> Optional[Executor]:
@@ -92,15 +107,16 @@ def _give_up(reason: str) -> None:
     _pool, _pool_failed = None, True
 
 
-def fetch_volumes(archive: Archive, study_uid: str, series: Sequence[Tuple[str, str]]) -> List[Tuple[np.ndarray, np.ndarray]]:
-    """Each (series UID, name for messages) as (volume, affine), all at once; errors are the first series'."""
+def fetch_into(archive: Archive, study_uid: str, series: Sequence[Tuple[str, str]], target: StackedNiftiFile) -> List[DecodedSeries]:
+    """Each (series UID, name for messages), all at once, the i-th into block i of ``target``; errors are the first
+    series'."""
     pool = _process_pool()
     if pool is not None:
         try:
-            futures = [pool.submit(series_volume_from_archive, archive.address, study_uid, uid, where) for uid, where in series]
+            futures = [pool.submit(series_into_block, archive.address, study_uid, uid, where, target, i) for i, (uid, where) in enumerate(series)]
             return [future.result() for future in futures]
         except BrokenProcessPool as e:  # a worker could not start or was killed (memory)
             with _pool_lock:
                 _give_up(f"a decoding process stopped ({e})")
     with ThreadPoolExecutor(min(DICOMWEB_FETCH_WORKERS, len(series))) as threads:
-        return list(threads.map(lambda s: _series_volume(archive, study_uid, *s), series))
+        return list(threads.map(lambda i: _decode_into(archive, study_uid, *series[i], target, i), range(len(series))))
