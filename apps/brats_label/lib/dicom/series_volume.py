@@ -186,7 +186,7 @@ def _frames(datasets: Sequence[Dataset], order: Sequence[int], rows: int, column
         ds = datasets[i]
         if plain is not None and _pixel_format(ds) == plain:
             data = _stored(ds, (PIXEL_DATA,))
-            if data is not None and data[0] is not ABSENT:
+            if data is not None and data[0] is not ABSENT and isinstance(data[0][0], bytes):  # not deferred
                 try:
                     frames.append(_frame_from_buffer(data[0][0], signed, rows, columns))
                     continue
