@@ -8,6 +8,7 @@ stacked again and a stale volume is never served.
 from __future__ import annotations
 
 import threading
+import time
 from collections import defaultdict
 from pathlib import Path
 from typing import Callable, Dict, Sequence, Tuple
@@ -16,7 +17,7 @@ import nibabel as nib
 import numpy as np
 
 from .atomic import atomic_path, nifti_image, read_json, write_json
-from .config import CHANNELS
+from .config import CASE_PARTIAL_MAX_AGE_S, CHANNELS
 from .studies import StudySource
 
 
@@ -29,6 +30,18 @@ class CaseCache:
         self.folder = Path(folder)
         self.folder.mkdir(parents=True, exist_ok=True)
         self._locks: Dict[str, threading.Lock] = defaultdict(threading.Lock)
+        self._remove_abandoned_writes()
+
+    def _remove_abandoned_writes(self) -> None:
+        """Temporary files of writes cut short by a crash (a study's volume is about 70 MB). Only old ones: another
+        process on this workspace may be writing one now, which takes about a second."""
+        cutoff = time.time() - CASE_PARTIAL_MAX_AGE_S
+        for path in self.folder.glob(".*"):
+            try:
+                if path.is_file() and path.stat().st_mtime < cutoff:
+                    path.unlink()
+            except FileNotFoundError:
+                pass
 
     def volume_path(self, study_id: str) -> Path:
         return self.folder / f"{study_id}.nii"

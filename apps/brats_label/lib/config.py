@@ -81,6 +81,8 @@ DICOMWEB_LISTING_WORKERS = 8  # studies listed at once (each a few requests to t
 ORTHANC_CHANGES_PAGE = 1000  # changes a request to Orthanc's /changes
 OHIF_STUDY_PATH = "/ohif/monai-label?StudyInstanceUIDs="  # a study in the MONAI Label mode of the bundled OHIF
 DICOMWEB_TIMEOUT_S = 60.0
+# A case volume's temporary file older than this was abandoned by a crash, and is removed when the server starts.
+CASE_PARTIAL_MAX_AGE_S = 3600.0
 # A read is sent again this many times on a new connection when the archive dropped the kept-alive one under it.
 ARCHIVE_RECONNECTS = 1
 # SEG segments: label value -> (SegmentLabel, property type (SCT code, meaning)).
