@@ -9,6 +9,9 @@ For each profile, in one run and on the same study (240x240x155, 4 channels, 1 m
   memory), what an annotator meets on a case opened by hand; *handed out*: the first request on a study
   Next Sample handed out (the server prepares its input meanwhile; asked 10 s later), what an annotator
   meets in the active-learning loop; *warm*: repeated requests, served from the prepared-input cache;
+  *viewed* (cpu profile): the same studies in a local Orthanc and the server on it; the first request on a
+  study the viewer opened from the study list (its series' metadata asked through the server's DICOMweb proxy,
+  as OHIF does; asked 10 s later);
 - forward: the network alone through the same SlidingWindowInferer, on the already pre-processed
   tensor, in this process;
 - their ratios (target: at most 1.5), and peak resident memory of the server and of the forward pass.
@@ -44,6 +47,8 @@ from lib.config import PROFILES  # noqa: E402
 from lib.datastore import StudyFolderDatastore  # noqa: E402
 from lib.infers.segmentation import preprocessing  # noqa: E402
 from lib.network import build_network, load_network  # noqa: E402
+from scripts.import_studies import import_studies  # noqa: E402
+from scripts.local_orthanc import LocalOrthanc  # noqa: E402
 from scripts.local_server import LocalServer as Server  # noqa: E402
 from synthetic.__main__ import main as generate  # noqa: E402
 
@@ -51,6 +56,7 @@ RESULTS = REPO / "bench" / "results" / "infer_latency.json"
 STUDY = "BraTS-GLI-00000-000"
 WARM_UP_STUDY = "BraTS-GLI-00001-000"
 HANDED_OUT_STUDY = "BraTS-GLI-00002-000"
+VIEWED_STUDY = STUDY  # on another server, over Orthanc: never opened there before
 PREPARATION_WAIT_S = 10  # an annotator looks at a study for longer than this before asking for its segmentation
 
 
@@ -92,6 +98,30 @@ def first_after_next_sample(server: Server, client: MONAILabelClient) -> tuple:
     return time.perf_counter() - start, params["latencies"]
 
 
+def first_after_viewing(studies: Path, profile_name: str, weights: Path, work: Path) -> tuple:
+    """The first /infer of a study OHIF opened from its study list, on a server over a local Orthanc."""
+    orthanc = LocalOrthanc(work / "orthanc", work / "orthanc.log")
+    try:
+        import_studies(studies, orthanc.archive(), progress=False)
+        conf = {"profile": profile_name, "pretrained_weights": str(weights), "workspace": str(work / f"ws_viewed_{profile_name}")}
+        server = Server(orthanc.dicomweb, conf, work / f"server_viewed_{profile_name}.log", env=orthanc.credentials_env)
+        try:
+            client = MONAILabelClient(server.url, tmpdir=str(work), client_id="bench")
+            client.infer("segmentation", orthanc.study_uid_of(WARM_UP_STUDY), {})  # loads the model
+            study = orthanc.study_uid_of(VIEWED_STUDY)
+            for series in requests.get(f"{server.url}/proxy/dicom/qido/studies/{study}/series", timeout=60).json():
+                requests.get(f"{server.url}/proxy/dicom/wado/studies/{study}/series/{series['0020000E']['Value'][0]}/metadata", timeout=60).raise_for_status()
+            time.sleep(PREPARATION_WAIT_S)
+            start = time.perf_counter()
+            _, params = client.infer("segmentation", study, {})
+            params = json.loads(params) if isinstance(params, str) else params
+            return time.perf_counter() - start, params["latencies"]
+        finally:
+            server.stop()
+    finally:
+        orthanc.stop()
+
+
 def time_end_to_end(studies: Path, profile_name: str, weights: Path, repeats: int, work: Path) -> dict:
     server = Server(studies, {"profile": profile_name, "pretrained_weights": str(weights), "workspace": str(work / f"ws_{profile_name}")}, work / f"server_{profile_name}.log")
     try:
@@ -108,7 +138,12 @@ def time_end_to_end(studies: Path, profile_name: str, weights: Path, repeats: in
         cold_s, cold_stages = one_request()
         warm = [one_request() for _ in range(repeats)]
         handed_out_s, handed_out_stages = first_after_next_sample(server, client)
+        server_peak_mb = peak_rss_mb(server.process.pid)
+        server.stop()
+        viewed_s, viewed_stages = first_after_viewing(studies, profile_name, weights, work) if profile_name == "cpu" else (None, None)
         return {
+            "viewed_s": viewed_s,
+            "viewed_server_stages_s": viewed_stages,
             "cold_s": cold_s,
             "cold_server_stages_s": cold_stages,
             "handed_out_s": handed_out_s,
@@ -116,7 +151,7 @@ def time_end_to_end(studies: Path, profile_name: str, weights: Path, repeats: in
             "warm_median_s": statistics.median(t for t, _ in warm),
             "warm_runs_s": [t for t, _ in warm],
             "warm_server_stages_s": warm[-1][1],
-            "server_peak_rss_mb": peak_rss_mb(server.process.pid),
+            "server_peak_rss_mb": server_peak_mb,
         }
     finally:
         server.stop()
@@ -154,6 +189,7 @@ def main() -> int:
                 "ratio_cold": end_to_end["cold_s"] / forward["median_s"],
                 "ratio_warm": end_to_end["warm_median_s"] / forward["median_s"],
                 "ratio_handed_out": end_to_end["handed_out_s"] / forward["median_s"],
+                "ratio_viewed": end_to_end["viewed_s"] / forward["median_s"] if end_to_end["viewed_s"] else None,
             }
 
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
@@ -167,6 +203,9 @@ def main() -> int:
             f"{name:8} {r['forward']['median_s']:10.2f} {e['cold_s']:14.2f} {r['ratio_cold']:6.2f} {e['handed_out_s']:13.2f} {r['ratio_handed_out']:6.2f} "
             f"{e['warm_median_s']:14.2f} {r['ratio_warm']:6.2f} {e['server_peak_rss_mb']:15.0f}"
         )
+    for name, r in results["profiles"].items():
+        if r["ratio_viewed"] is not None:
+            print(f"{name}: first request on a study opened in the viewer {r['end_to_end']['viewed_s']:.2f} s, ratio {r['ratio_viewed']:.2f}")
     for name, r in results["profiles"].items():
         stages = {k: v for k, v in r["end_to_end"]["cold_server_stages_s"].items() if k != "transform"}
         print(f"{name} server stages, cold request (s): {json.dumps(stages)}")

@@ -8,6 +8,7 @@ decodes to exactly what was saved, on the study's grid. And what happens when th
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import nibabel as nib
@@ -18,7 +19,7 @@ import torch
 from monailabel.client import MONAILabelClient
 from monailabel.client.client import MONAILabelClientException
 
-from lib.config import PROFILES, REFERENCE_CHANNEL
+from lib.config import CHANNELS, PROFILES, REFERENCE_CHANNEL
 from lib.dicom.seg import referenced_series, seg_to_label
 from lib.network import build_network
 from scripts.import_studies import import_studies
@@ -293,3 +294,24 @@ def test_the_proxy_answers_in_the_encoding_the_client_accepts(server):
         assert answer.status == 200 and answer.getheader("Content-Encoding") == expected
         if expected is None:
             assert isinstance(json.loads(body), list), "plain JSON for a client that accepts no compression"
+
+
+def test_a_study_opened_in_the_viewer_is_prepared_for_its_auto_segmentation(client, server, orthanc, studies):
+    """OHIF opening a study from the study list asks the proxy for its series' metadata: the server then prepares
+    that study's auto-segmentation, once, and ignores a UID it does not list."""
+    patient = next(p.name for p in sorted(studies.iterdir()) if (p / f"{p.name}-seg.nii.gz").exists())  # never handed out (opened last by the outage test)
+    case, info = _case(client, patient, orthanc)
+    for channel in CHANNELS:
+        answer = requests.get(f"{server.url}/proxy/dicom/wado/studies/{case}/series/{info['series'][channel]['uid']}/metadata", timeout=60)
+        assert answer.status_code == 200 and answer.json(), "the viewer's answer is the archive's, as before"
+    unknown = "1.2.826.0.1.3680043.8.498.1"
+    requests.get(f"{server.url}/proxy/dicom/wado/studies/{unknown}/metadata", timeout=60)
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        recent = client.info()["case_preparation"]["recent"]
+        if any(r["study"] == case for r in recent):
+            break
+        time.sleep(0.5)
+    mine = [r for r in recent if r["study"] == case]
+    assert [(r["why"], r["outcome"]) for r in mine] == [("viewed", "prepared")], recent
+    assert not any(r["study"] == unknown for r in recent)

@@ -31,7 +31,6 @@ import os
 import sys
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 from urllib.parse import urlparse
@@ -54,8 +53,11 @@ from lib.activelearning.scores import ScoreStore, ServedModelVersion
 from lib.activelearning.scoring import EpistemicScoring
 from lib.activelearning.strategies import PowerUncertaintyStrategy, RandomStrategy, UncertaintyStrategy
 from lib.audit import PreLabels, audit_csv, audit_rows
+from lib.case_preparation import CasePreparation
 from lib.config import (
     BACKGROUND_NICENESS,
+    CASE_PREPARATION_AGAIN_S,
+    CASE_PREPARATION_QUEUE_MAX,
     DICOMWEB_WORKSPACE_ROOT,
     FOREGROUND_LABELS,
     MODEL_NAME,
@@ -139,7 +141,7 @@ class BratsLabelApp(MONAILabelApp):
         self.prelabels = PreLabels(self.workspace / "prelabels")
         self.versions = ModelVersions(self.model_dir, self.model_path)
         self.infer_queue = FairQueue(self.config.infer_concurrency)
-        self._case_preparation = ThreadPoolExecutor(1, thread_name_prefix="case-preparation")  # studies handed out, opened ahead
+        self.case_preparation = CasePreparation(self._prepare_case, CASE_PREPARATION_AGAIN_S, CASE_PREPARATION_QUEUE_MAX)
         if self._writer:
             self._register_first_version()
         self.retrain = RetrainTrigger(
@@ -403,20 +405,23 @@ class BratsLabelApp(MONAILabelApp):
         path = self._datastore.cached_image_uri(answer["id"])  # type: ignore[attr-defined]
         if path:
             answer["path"] = path
-        self._case_preparation.submit(self._prepare_case, answer["id"])  # the model's input too, not only the volume
+        self.case_preparation.submit(answer["id"], "handed out")  # the model's input too, not only the volume
         if isinstance(self._datastore, DicomWebStudyDatastore):
             answer.update(self._datastore.viewer_ids(answer["id"]))
         return answer
 
     def _prepare_case(self, case: str) -> None:
-        """A study just handed out: its 4-channel volume built, and the model's input read and resampled, before
-        the annotator asks for its auto-segmentation."""
-        try:
-            path = self._datastore.get_image_uri(case)
-            if self._infers[MODEL_NAME].is_valid():
-                self._infers[MODEL_NAME].prepare(path)  # type: ignore[attr-defined]
-        except Exception as e:  # listed as a problem by the datastore; the annotator's next request says why
-            logger.warning(f"Study {case} could not be prepared: {e}")
+        """A study just handed out or opened in the viewer: its 4-channel volume built, and the model's input read
+        and resampled, before the annotator asks for its auto-segmentation."""
+        path = self._datastore.get_image_uri(case)
+        if self._infers[MODEL_NAME].is_valid():
+            self._infers[MODEL_NAME].prepare(path)  # type: ignore[attr-defined]
+
+    def study_viewed(self, study_uid: str) -> None:
+        """The viewer started loading a study through the server's DICOMweb proxy: prepare it if it is a case
+        (never asks the archive: a UID the listing does not hold is ignored)."""
+        if isinstance(self._datastore, DicomWebStudyDatastore) and self._datastore.is_listed(study_uid):
+            self.case_preparation.submit(study_uid, "viewed")
 
     def info(self):
         self.versions.apply_promotions()
@@ -426,4 +431,5 @@ class BratsLabelApp(MONAILabelApp):
         info["scoring_progress"] = self.scores.progress()
         info["retrain"] = self.retrain.status()
         info["inference_queue"] = self.infer_queue.status()
+        info["case_preparation"] = self.case_preparation.status()
         return info

@@ -167,6 +167,9 @@ ZOO_CACHE_DIR = "model_zoo"  # in the workspace
 
 # A prepared (resampled, normalised) input stays in memory this long for repeated requests on a case.
 PREPARED_INPUT_TTL_S = 600
+# A study handed out or opened in the viewer is prepared ahead at most this often, and at most this many wait.
+CASE_PREPARATION_AGAIN_S = 600.0
+CASE_PREPARATION_QUEUE_MAX = 4
 
 # --- training --------------------------------------------------------------------------------------
 

@@ -442,6 +442,11 @@ class DicomWebStudyDatastore(StudyDatastore):
             raise NotFound(f"'{image_id}' is neither a usable study nor a series of one in {self._archive.url}: see /datastore/?output=all")
         return study
 
+    def is_listed(self, study_uid: str) -> bool:
+        """Whether the last listing holds the study as a case (never asks the archive)."""
+        with self._lock:
+            return study_uid in self._sources
+
     def _source(self, image_id: str) -> DicomStudy:  # type: ignore[override]
         study = self._resolve(image_id)
         with self._lock:

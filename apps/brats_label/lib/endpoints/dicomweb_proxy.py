@@ -11,6 +11,7 @@ and query keys a QIDO-RS key (an attribute keyword or tag, ``limit``, ``offset``
 
 from __future__ import annotations
 
+import logging
 import re
 from typing import Dict, Iterator, List, Tuple
 
@@ -19,9 +20,12 @@ from fastapi import FastAPI, HTTPException, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import StreamingResponse
 from monailabel.config import settings
+from monailabel.interfaces.utils.app import app_instance
 from pydicom.datadict import keyword_dict
 
 from .routes import add_route_in_front
+
+logger = logging.getLogger(__name__)
 
 UID = r"[0-9]+(?:\.[0-9]+)*"  # DICOM UIDs: digits and dots, at most 64 characters (checked below)
 MAX_UID_CHARS = 64
@@ -36,6 +40,7 @@ WADO_PATHS = re.compile(
     rf"|{STUDY}{SERIES}{INSTANCE}(?:/metadata|{RENDERED}|{FRAMES}(?:{RENDERED})?|{BULK})?"
 )
 METADATA = re.compile(rf"{STUDY}(?:{SERIES})?(?:{INSTANCE})?/metadata")  # some OHIF builds ask QIDO for it
+STUDY_OPENED = re.compile(rf"studies/({UID})(?:{SERIES})?/metadata")  # what a viewer asks first when it opens a study
 TAG = re.compile(r"[0-9A-Fa-f]{8}")
 ATTRIBUTE_PATH = re.compile(r"[A-Za-z0-9]+(?:\.[A-Za-z0-9]+)*")  # a keyword or tag, or a sequence path of them
 QIDO_CONTROL = {"limit", "offset", "includefield", "fuzzymatching"}
@@ -115,7 +120,21 @@ async def forward(request: Request, url: str, params: List[Tuple[str, str]]) -> 
 
 async def wado(request: Request, path: str) -> StreamingResponse:
     items = list(request.query_params.multi_items())
-    return await forward(request, archive_url(settings.MONAI_LABEL_WADO_PREFIX, checked_path(path, WADO_PATHS, "WADO-RS")), wado_params(items))
+    url = archive_url(settings.MONAI_LABEL_WADO_PREFIX, checked_path(path, WADO_PATHS, "WADO-RS"))
+    opened = STUDY_OPENED.fullmatch(path)
+    if opened:
+        _study_viewed(opened.group(1))
+    return await forward(request, url, wado_params(items))
+
+
+def _study_viewed(study_uid: str) -> None:
+    """The viewer asks for a study's metadata as it opens it: the app prepares the study's auto-segmentation ahead."""
+    try:
+        viewed = getattr(app_instance(), "study_viewed", None)
+        if viewed is not None:
+            viewed(study_uid)
+    except Exception as e:  # never in the way of the viewer's answer
+        logger.warning(f"Study {study_uid} viewed, not prepared ahead: {e}")
 
 
 async def qido(request: Request, path: str) -> StreamingResponse:
