@@ -77,7 +77,7 @@ def test_a_hung_archive_is_reported_after_one_timeout_not_retried(server):
     started = time.monotonic()
     with pytest.raises(ArchiveUnavailable, match="did not answer in time"):
         archive.studies()
-    assert time.monotonic() - started < 1.4
+    assert time.monotonic() - started < 5, "one timeout of 0.5 s, not the default minute"
     assert len(server.requests_seen) == 1
 
 
@@ -88,4 +88,4 @@ def test_a_stopped_archive_is_reported_at_once(server):
     started = time.monotonic()
     with pytest.raises(ArchiveUnavailable, match="does not answer"):
         Archive(f"http://127.0.0.1:{port}", timeout_s=5).studies()
-    assert time.monotonic() - started < 2
+    assert time.monotonic() - started < 5
