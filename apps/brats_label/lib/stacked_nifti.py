@@ -13,19 +13,17 @@ import os
 from pathlib import Path
 from typing import NamedTuple, Tuple
 
-import nibabel as nib
 import numpy as np
+
+from .atomic import nifti_image
 
 BLOCK_DTYPES = (np.dtype(np.int16), np.dtype(np.uint16))  # what a series decodes to when it does not rescale
 
 
 def nifti_header(shape: Tuple[int, ...], dtype: np.dtype, affine: np.ndarray) -> bytes:
     """The header (and the empty extension flag) ``atomic.write_nifti`` writes for such a volume."""
-    image = nib.Nifti1Image(np.empty((0,), dtype=dtype), affine)  # the data is never read: only its type
-    image.header.set_data_shape(shape)
-    image.set_qform(affine, code=1)
-    image.set_sform(affine, code=1)
-    header = image.header
+    header = nifti_image(np.empty((0,), dtype=dtype), affine).header  # the data is never read: only its type
+    header.set_data_shape(shape)
     header.set_slope_inter(1.0, 0.0)  # stored values as they are, as nibabel writes unscaled data
     header.set_data_offset(0)  # nibabel then places the data right after the header
     out = io.BytesIO()

@@ -116,7 +116,7 @@ class ArchiveAddress(NamedTuple):
 class StaleConnectionRetry(Retry):
     """Sends a request again, once, on a fresh connection when the archive dropped the kept-alive one it went out on.
 
-    Orthanc closes an idle kept-alive connection after half a second. A request that leaves on it as it closes
+    Orthanc closes a kept-alive connection once it has been idle a short while. A request that leaves on it as it closes
     fails with "connection aborted" although the archive is up. Timeouts are never retried: a hung archive is
     reported after one timeout, not several."""
 
