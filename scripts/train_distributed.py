@@ -54,10 +54,8 @@ def main() -> int:
 
     from main import BratsLabelApp
 
-    from lib.config import MODEL_NAME
-
     app = BratsLabelApp(str(APP_DIR), args.studies, dict(args.conf))
-    trainer = app._trainers[MODEL_NAME]
+    trainer = app.segmentation_trainer
     request = {**trainer.config(), **json.loads(args.request), "device": "cuda" if torch.cuda.is_available() else "cpu"}
     # one run id and one seed for every rank, from rank 0
     shared = [datetime.now().strftime("%Y%m%d_%H%M%S"), request.get("seed") if request.get("seed") is not None else secrets.randbelow(2**31)]

@@ -190,15 +190,22 @@ class BratsLabelApp(MONAILabelApp):
         record = self.versions.promote(version, "promoted by hand")
         return {"serving": version, "version": record}
 
+    @property
+    def segmentation_trainer(self) -> BratsSegmentationTrainer:
+        """The one trainer, typed: the scripts (``scripts/train_distributed.py``) and routes use its held-out set."""
+        trainer = self._trainers[MODEL_NAME]
+        assert isinstance(trainer, BratsSegmentationTrainer)
+        return trainer
+
     def held_out(self):
         """The held-out studies versions are compared on, how the set grew, and the re-scoring of every version."""
-        content = self._trainers[MODEL_NAME].held_out.read()  # type: ignore[attr-defined]
+        content = self.segmentation_trainer.held_out.read()
         return {**content, "reevaluation": self._reevaluation.status() if self._reevaluation else {"state": "idle"}}
 
     def add_held_out(self, add: List[str] = Body(..., embed=True), user: User = Depends(RBAC(settings.MONAI_LABEL_AUTH_ROLE_ADMIN))):
         """Hold out more labelled studies (never trained on from now on); every kept version is then scored again."""
         studies = [self._datastore.case_id(check_case_id(str(case))) for case in add[: MAX_ADDED_AT_ONCE + 1]]  # type: ignore[attr-defined]
-        self._trainers[MODEL_NAME].held_out.add(studies, self._datastore.get_labeled_images(), by=user.username)  # type: ignore[attr-defined]
+        self.segmentation_trainer.held_out.add(studies, self._datastore.get_labeled_images(), by=user.username)
         assert self._reevaluation is not None, "routes exist only in the server process"
         self._reevaluation.start()
         return self.held_out()
@@ -208,10 +215,9 @@ class BratsLabelApp(MONAILabelApp):
         self.versions.apply_promotions()
         last, _ = AsyncTask.status("train")  # queued counts as running: the worker may not have started yet
         running = bool(last) and last.get("status") not in TRAINING_ENDED
-        trainer = self._trainers[MODEL_NAME]
         return {
             "running": running,
-            "progress": read_progress(trainer.progress_path, last),  # type: ignore[attr-defined]
+            "progress": read_progress(self.segmentation_trainer.progress_path, last),
             "retrain": self.retrain.status(),
             "serving": self.versions.serving(),
             "inference_queue": self.infer_queue.status(),
@@ -313,9 +319,8 @@ class BratsLabelApp(MONAILabelApp):
         install_ohif_submit_routes(server)
         install_dicomweb_proxy(server)
         install_next_sample_route(server)
-        trainer = self._trainers[MODEL_NAME]
         self._reevaluation = reevaluation(
-            trainer.held_out,  # type: ignore[attr-defined]
+            self.segmentation_trainer.held_out,
             self.versions,
             self.config.profile,
             evaluation_transforms(self.config.profile),
