@@ -164,3 +164,26 @@ def test_train_starts_and_reports_its_status(client, server):
     assert status["status"] == "DONE", status
     progress = requests.get(f"{server.url}/brats/training", timeout=30).json()["progress"]
     assert progress["phase"] == "finished" and progress["epoch"] == 1
+
+
+def _preparations(client, study: str, settle_s: float = 120.0) -> list:
+    deadline = time.time() + settle_s
+    while True:
+        mine = [(r["why"], r["outcome"]) for r in client.info()["case_preparation"]["recent"] if r["study"] == study]
+        if mine or time.time() > deadline:
+            return mine
+        time.sleep(0.5)
+
+
+def test_a_downloaded_study_is_prepared_for_its_auto_segmentation(client, server, sample):
+    """Slicer opening a study by its id downloads the volume first: the server prepares the study's auto-segmentation
+    then, once; its existence check (HEAD) and a study it does not hold prepare nothing."""
+    handed_out = sample[0]["id"]
+    downloaded, checked = sorted(c for c in client.datastore()["objects"] if c != handed_out)[:2]
+    assert requests.head(f"{server.url}/datastore/image", params={"image": checked}, timeout=60).status_code == 200
+    for _ in range(2):
+        answer = requests.get(f"{server.url}/datastore/image", params={"image": downloaded}, timeout=120)
+        assert answer.status_code == 200 and answer.content, "the download is MONAI Label's, as before"
+    assert requests.get(f"{server.url}/datastore/image", params={"image": "no_such_study"}, timeout=60).status_code == 404
+    assert _preparations(client, downloaded) == [("downloaded", "prepared")], "prepared once for two downloads"
+    assert _preparations(client, checked, settle_s=0) == [] and _preparations(client, "no_such_study", settle_s=0) == []

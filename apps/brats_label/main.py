@@ -72,6 +72,7 @@ from lib.dicom.archive import Archive
 from lib.dicom.series_rules import SeriesRules
 from lib.dicomweb_datastore import DicomWebStudyDatastore
 from lib.endpoints.dicomweb_proxy import install_dicomweb_proxy
+from lib.endpoints.image_download import install_image_download_route
 from lib.endpoints.next_sample import install_next_sample_route
 from lib.endpoints.ohif_submit import install_ohif_submit_routes
 from lib.endpoints.routes import answer_domain_errors, check_monai_label_version, install_route_guard, offload_blocking_stock_routes, record_task_start_times
@@ -319,6 +320,7 @@ class BratsLabelApp(MONAILabelApp):
         install_ohif_submit_routes(server)
         install_dicomweb_proxy(server)
         install_next_sample_route(server)
+        install_image_download_route(server)
         self._reevaluation = reevaluation(
             self.segmentation_trainer.held_out,
             self.versions,
@@ -421,6 +423,10 @@ class BratsLabelApp(MONAILabelApp):
         path = self._datastore.get_image_uri(case)
         if self._infers[MODEL_NAME].is_valid():
             self._infers[MODEL_NAME].prepare(path)  # type: ignore[attr-defined]
+
+    def image_downloaded(self, case: str) -> None:
+        """A client downloaded a study's volume (3D Slicer opening it): prepare its auto-segmentation, once."""
+        self.case_preparation.submit(case, "downloaded")
 
     def study_viewed(self, study_uid: str) -> None:
         """The viewer started loading a study through the server's DICOMweb proxy: prepare it if it is a case
