@@ -11,7 +11,8 @@ For each profile, in one run and on the same study (240x240x155, 4 channels, 1 m
   meets in the active-learning loop; *warm*: repeated requests, served from the prepared-input cache;
   *viewed* (cpu profile): the same studies in a local Orthanc and the server on it; the first request on a
   study the viewer opened from the study list (its series' metadata asked through the server's DICOMweb proxy,
-  as OHIF does; asked 10 s later);
+  as OHIF does; asked 10 s later); *downloaded*: the first request on a study 3D Slicer downloaded
+  (``GET /datastore/image``, which prepares it too; asked 10 s later);
 - forward: the network alone through the same SlidingWindowInferer, on the already pre-processed
   tensor, in this process;
 - their ratios (target: at most 1.5), and peak resident memory of the server and of the forward pass.
@@ -57,6 +58,7 @@ STUDY = "BraTS-GLI-00000-000"
 WARM_UP_STUDY = "BraTS-GLI-00001-000"
 HANDED_OUT_STUDY = "BraTS-GLI-00002-000"
 VIEWED_STUDY = STUDY  # on another server, over Orthanc: never opened there before
+DOWNLOADED_STUDY = "BraTS-GLI-00003-000"
 PREPARATION_WAIT_S = 10  # an annotator looks at a study for longer than this before asking for its segmentation
 
 
@@ -98,6 +100,16 @@ def first_after_next_sample(server: Server, client: MONAILabelClient) -> tuple:
     return time.perf_counter() - start, params["latencies"]
 
 
+def first_after_download(server: Server, client: MONAILabelClient) -> tuple:
+    """The first /infer of a study 3D Slicer downloaded (its input prepared meanwhile)."""
+    requests.get(f"{server.url}/datastore/image", params={"image": DOWNLOADED_STUDY}, timeout=120).raise_for_status()
+    time.sleep(PREPARATION_WAIT_S)
+    start = time.perf_counter()
+    _, params = client.infer("segmentation", DOWNLOADED_STUDY, {})
+    params = json.loads(params) if isinstance(params, str) else params
+    return time.perf_counter() - start, params["latencies"]
+
+
 def first_after_viewing(studies: Path, profile_name: str, weights: Path, work: Path) -> tuple:
     """The first /infer of a study OHIF opened from its study list, on a server over a local Orthanc."""
     orthanc = LocalOrthanc(work / "orthanc", work / "orthanc.log")
@@ -127,7 +139,8 @@ def time_end_to_end(studies: Path, profile_name: str, weights: Path, repeats: in
     try:
         client = MONAILabelClient(server.url, tmpdir=str(work), client_id="bench")
         client.infer("segmentation", WARM_UP_STUDY, {})  # loads the model
-        requests.get(f"{server.url}/datastore/image", params={"image": STUDY}, timeout=120).raise_for_status()  # case volume on disk
+        # the case volume on disk, nothing prepared: HEAD builds it as a download would, and prepares nothing
+        requests.head(f"{server.url}/datastore/image", params={"image": STUDY}, timeout=120).raise_for_status()
 
         def one_request() -> tuple:
             start = time.perf_counter()
@@ -137,6 +150,7 @@ def time_end_to_end(studies: Path, profile_name: str, weights: Path, repeats: in
 
         cold_s, cold_stages = one_request()
         warm = [one_request() for _ in range(repeats)]
+        downloaded_s, downloaded_stages = first_after_download(server, client)  # first: Next Sample may hand it out
         handed_out_s, handed_out_stages = first_after_next_sample(server, client)
         server_peak_mb = peak_rss_mb(server.process.pid)
         server.stop()
@@ -148,6 +162,8 @@ def time_end_to_end(studies: Path, profile_name: str, weights: Path, repeats: in
             "cold_server_stages_s": cold_stages,
             "handed_out_s": handed_out_s,
             "handed_out_server_stages_s": handed_out_stages,
+            "downloaded_s": downloaded_s,
+            "downloaded_server_stages_s": downloaded_stages,
             "warm_median_s": statistics.median(t for t, _ in warm),
             "warm_runs_s": [t for t, _ in warm],
             "warm_server_stages_s": warm[-1][1],
@@ -169,7 +185,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         studies = work / "studies"
-        generate(["--out", str(studies), "--cases", "3", "--labelled", "0", "--seed", "2026", "--spacing", "1", "--workers", "1"])
+        generate(["--out", str(studies), "--cases", "4", "--labelled", "0", "--seed", "2026", "--spacing", "1", "--workers", "1"])
         image_path = StudyFolderDatastore(studies, work / "ds").get_image_uri(STUDY)
         for name in args.profiles.split(","):
             weights = args.weights if (args.weights and name == "cpu") else work / f"{name}_fresh.pt"
@@ -189,6 +205,7 @@ def main() -> int:
                 "ratio_cold": end_to_end["cold_s"] / forward["median_s"],
                 "ratio_warm": end_to_end["warm_median_s"] / forward["median_s"],
                 "ratio_handed_out": end_to_end["handed_out_s"] / forward["median_s"],
+                "ratio_downloaded": end_to_end["downloaded_s"] / forward["median_s"],
                 "ratio_viewed": end_to_end["viewed_s"] / forward["median_s"] if end_to_end["viewed_s"] else None,
             }
 
@@ -204,6 +221,7 @@ def main() -> int:
             f"{e['warm_median_s']:14.2f} {r['ratio_warm']:6.2f} {e['server_peak_rss_mb']:15.0f}"
         )
     for name, r in results["profiles"].items():
+        print(f"{name}: first request on a study downloaded by Slicer {r['end_to_end']['downloaded_s']:.2f} s, ratio {r['ratio_downloaded']:.2f}")
         if r["ratio_viewed"] is not None:
             print(f"{name}: first request on a study opened in the viewer {r['end_to_end']['viewed_s']:.2f} s, ratio {r['ratio_viewed']:.2f}")
     for name, r in results["profiles"].items():
