@@ -188,7 +188,7 @@ def run(args, work: Path, record, done: set) -> None:
     test_dir = make_set(work / "test", TEST_SEED, args.test, args.spacing)
     prepare = Compose(evaluation_transforms(profile))
     test_items = [prepare({"image": i["image"], "label": i["label"]}) for i in StudyFolderDatastore(test_dir, work / "test_ws").datalist()]
-    for seed in range(args.seeds):
+    for seed in range(args.first_seed, args.seeds):
         pool = make_set(work / f"pool_{seed}", seed, args.pool, args.spacing)
         pool_ds = StudyFolderDatastore(pool, work / f"pool_ws_{seed}")
         features = pool_features(pool_ds, sorted(pool_ds.list_images()))
@@ -307,6 +307,7 @@ def read_rows(path: Path) -> List[Dict]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", type=int, default=5)
+    parser.add_argument("--first-seed", type=int, default=0, help="run seeds first-seed .. seeds-1 (two processes, two --out folders: merge their CSVs, then --summary-only)")
     parser.add_argument("--budgets", default="3,5,8,12", help="labelled studies at which the test Dice is measured")
     parser.add_argument("--pool", type=int, default=30, help="studies per seed that the strategies pick from")
     parser.add_argument("--test", type=int, default=12, help="held-out test studies")
@@ -333,7 +334,12 @@ def main() -> int:
     table = args.out / "active_learning.csv"
     rows = read_rows(table) if (args.resume or args.summary_only) else []
     if not args.summary_only:
-        done = {(s, st) for s in range(args.seeds) for st in args.strategies if len({r["labels"] for r in rows if r["seed"] == s and r["strategy"] == st}) == len(args.budgets)}
+        done = {
+            (s, st)
+            for s in range(args.first_seed, args.seeds)
+            for st in args.strategies
+            if len({r["labels"] for r in rows if r["seed"] == s and r["strategy"] == st}) == len(args.budgets)
+        }
         rows = [r for r in rows if (r["seed"], r["strategy"]) in done]
         with open(table, "w", newline="") as f:  # one row at a time: an interrupted run keeps what it measured
             writer = csv.DictWriter(f, fieldnames=FIELDS)
