@@ -22,6 +22,10 @@ trainer's fine-tuning learning rate, as the server's retraining does when labels
 trains each budget's model from scratch instead; on this machine's budget that under-trains the larger budgets
 (40 iterations per label: 8 labels gave test Dice 0.75 or 0.62 by training seed alone, and 0.87 at 3x the
 iterations), so its curves fell as labels were added and measured training noise more than the strategies.
+A run repeats exactly only at the same number of threads: the same labels and seed gave a first model of test
+Dice 0.758 trained with 2 threads and 0.656 with 1 (floating-point sums in another order, then 300 steps apart).
+So every process of one comparison runs with the same ``OMP_NUM_THREADS``; on 2 cores, two or more processes of
+one thread each (``--first-seed``, each into its own ``--out``) finish sooner than one process of two threads.
 The whole run fits about two hours on 2 CPU cores at the defaults: studies at 4 mm (a 32-voxel patch covers a
 13 cm cube), 40 training iterations per label (at least 300) for each budget's model; strategies that start from
 the same initial set share its first model. Every round's row is appended to
@@ -308,7 +312,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", type=int, default=5)
     parser.add_argument("--first-seed", type=int, default=0, help="run seeds first-seed .. seeds-1 (two processes, two --out folders: merge their CSVs, then --summary-only)")
-    parser.add_argument("--budgets", default="3,5,8,12", help="labelled studies at which the test Dice is measured")
+    parser.add_argument("--budgets", default="3,5,8,12,16", help="labelled studies at which the test Dice is measured")
     parser.add_argument("--pool", type=int, default=30, help="studies per seed that the strategies pick from")
     parser.add_argument("--test", type=int, default=12, help="held-out test studies")
     parser.add_argument("--spacing", type=float, default=4.0, help="mm: studies are generated and trained at this spacing")
