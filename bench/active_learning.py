@@ -232,8 +232,9 @@ def labels_to_reach(mean_curve: Dict[int, float], target: float) -> Optional[flo
 
 def summarise(rows: List[Dict], strategies: List[str]) -> Dict:
     curves = {s: _curves(rows, s) for s in strategies}
-    complete = sorted(set.intersection(*[set(c) for c in curves.values()])) if curves else []
     budgets = sorted({b for c in curves.values() for per_seed in c.values() for b in per_seed})
+    # seeds every strategy ran to every budget: an interrupted seed would unpair the comparison
+    complete = sorted(k for k in set.intersection(*[set(c) for c in curves.values()]) if all(set(c[k]) == set(budgets) for c in curves.values())) if curves else []
     summary: Dict = {"seeds": complete, "budgets": budgets, "strategies": {}}
     mean_curves = {s: {b: float(np.mean([curves[s][k][b] for k in complete if b in curves[s][k]])) for b in budgets} for s in strategies if complete}
     random_best = max(mean_curves["random"].values()) if "random" in mean_curves else None
