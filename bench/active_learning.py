@@ -67,8 +67,8 @@ from lib.activelearning.scores import ScoreStore  # noqa: E402
 from lib.activelearning.scoring import EpistemicScoring  # noqa: E402
 from lib.activelearning.selection import power_sample, study_features, typiclust  # noqa: E402
 from lib.config import PROFILES, REGIONS, ScoringSettings, TrainSettings  # noqa: E402
-from lib.datastore import StudyFolderDatastore  # noqa: E402
-from lib.network import load_network  # noqa: E402
+from lib.model.network import load_network  # noqa: E402
+from lib.studies.folder_datastore import StudyFolderDatastore  # noqa: E402
 from lib.trainers.evaluation import evaluation_transforms  # noqa: E402
 from lib.trainers.segmentation import BratsSegmentationTrainer  # noqa: E402
 from synthetic.__main__ import main as generate  # noqa: E402

@@ -45,7 +45,7 @@ sys.path[:0] = [str(REPO), str(REPO / "apps" / "brats_label")]
 from monailabel.client import MONAILabelClient  # noqa: E402
 
 from lib.config import PROFILES  # noqa: E402
-from lib.network import build_network  # noqa: E402
+from lib.model.network import build_network  # noqa: E402
 from scripts.import_studies import import_studies  # noqa: E402
 from scripts.local_orthanc import LocalOrthanc  # noqa: E402
 from scripts.local_server import LocalServer  # noqa: E402

@@ -79,7 +79,7 @@ def rss_mib() -> float:
 def measure(dicomweb: str, workspace: Path, orthanc_json: str, slices: int, run: str, size: int) -> dict:
     """Runs in a process of its own (``--measure``), so memory is this listing's alone."""
     from lib.dicom.archive import Archive
-    from lib.dicomweb_datastore import DicomWebStudyDatastore
+    from lib.studies.dicomweb_datastore import DicomWebStudyDatastore
 
     orthanc = LocalOrthanc.__new__(LocalOrthanc)
     orthanc.__dict__.update(json.loads(orthanc_json))

@@ -36,7 +36,7 @@ sys.path[:0] = [str(REPO), str(REPO / "apps" / "brats_label")]
 
 from lib.config import CHANNELS  # noqa: E402
 from lib.dicom.series_fetch import start_workers  # noqa: E402
-from lib.dicomweb_datastore import DicomWebStudyDatastore  # noqa: E402
+from lib.studies.dicomweb_datastore import DicomWebStudyDatastore  # noqa: E402
 from scripts.import_studies import import_studies  # noqa: E402
 from scripts.local_orthanc import LocalOrthanc  # noqa: E402
 from synthetic.__main__ import main as generate  # noqa: E402

@@ -29,11 +29,11 @@ import nibabel as nib  # noqa: E402
 import numpy as np  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
-from lib.brats_metrics import region_scores  # noqa: E402
-from lib.case_cache import stack_study_files  # noqa: E402
 from lib.config import CHANNELS, PROFILES  # noqa: E402
-from lib.labels import brats_convention, to_project_convention  # noqa: E402
-from lib.studies import find_studies  # noqa: E402
+from lib.labels.conventions import brats_convention, to_project_convention  # noqa: E402
+from lib.model.brats_metrics import region_scores  # noqa: E402
+from lib.studies.case_cache import stack_study_files  # noqa: E402
+from lib.studies.folder_layout import find_studies  # noqa: E402
 from lib.trainers.evaluation import SCORES, evaluation_transforms, predict_regions  # noqa: E402
 
 REGIONS = ("et", "tc", "wt")

@@ -26,7 +26,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO), str(REPO / "apps" / "brats_label")]
 
 from lib.config import PROFILES  # noqa: E402
-from lib.network import build_network  # noqa: E402
+from lib.model.network import build_network  # noqa: E402
 from synthetic.__main__ import main as generate  # noqa: E402
 from tests.conftest import Server  # noqa: E402
 

@@ -45,9 +45,9 @@ from monai.transforms import Compose  # noqa: E402
 from monailabel.client import MONAILabelClient  # noqa: E402
 
 from lib.config import PROFILES  # noqa: E402
-from lib.datastore import StudyFolderDatastore  # noqa: E402
 from lib.infers.segmentation import preprocessing  # noqa: E402
-from lib.network import build_network, load_network  # noqa: E402
+from lib.model.network import build_network, load_network  # noqa: E402
+from lib.studies.folder_datastore import StudyFolderDatastore  # noqa: E402
 from scripts.import_studies import import_studies  # noqa: E402
 from scripts.local_orthanc import LocalOrthanc  # noqa: E402
 from scripts.local_server import LocalServer as Server  # noqa: E402

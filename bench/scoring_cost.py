@@ -29,9 +29,9 @@ from monai.transforms import Compose  # noqa: E402
 from lib.activelearning.scores import ScoreStore  # noqa: E402
 from lib.activelearning.scoring import EpistemicScoring  # noqa: E402
 from lib.config import PROFILES, ScoringSettings  # noqa: E402
-from lib.datastore import StudyFolderDatastore  # noqa: E402
 from lib.infers.segmentation import preprocessing  # noqa: E402
-from lib.network import build_network, load_network  # noqa: E402
+from lib.model.network import build_network, load_network  # noqa: E402
+from lib.studies.folder_datastore import StudyFolderDatastore  # noqa: E402
 from synthetic.__main__ import main as generate  # noqa: E402
 
 RESULTS = REPO / "bench" / "results" / "scoring_cost.json"

@@ -22,7 +22,7 @@ sys.path.insert(0, str(REPO / "apps" / "brats_label"))
 from lib.dicom.archive import Archive  # noqa: E402
 from lib.dicom.study_import import content_seed, instance_count, study_datasets, study_uid  # noqa: E402
 from lib.errors import ArchiveUnavailable  # noqa: E402
-from lib.studies import find_studies  # noqa: E402
+from lib.studies.folder_layout import find_studies  # noqa: E402
 
 VERSION = "0.1.0"
 STOW_BATCH = 64  # instances per STOW-RS request

@@ -45,7 +45,7 @@ def main() -> int:
     if "RANK" not in os.environ:
         parser.error("start it with torchrun (see the module docstring), which sets RANK, WORLD_SIZE and the rendezvous")
 
-    from lib.processes import declare_worker_process
+    from lib.runtime.processes import declare_worker_process
 
     declare_worker_process()  # before the app exists: it must not take the server's writes
     backend = "nccl" if torch.cuda.is_available() else "gloo"

@@ -50,7 +50,7 @@ def trained_weights(studies_2mm, tmp_path_factory):
     import shutil
 
     from lib.config import PROFILES, TrainSettings
-    from lib.datastore import StudyFolderDatastore
+    from lib.studies.folder_datastore import StudyFolderDatastore
     from lib.trainers.segmentation import BratsSegmentationTrainer
 
     work = tmp_path_factory.mktemp("trained")

@@ -18,7 +18,7 @@ from lib.activelearning.scores import ScoreStore, model_version
 from lib.activelearning.strategies import PowerUncertaintyStrategy, RandomStrategy, UncertaintyStrategy
 from lib.activelearning.uncertainty import binary_entropy, case_uncertainty, voxel_entropy
 from lib.config import PROFILES
-from lib.network import build_network
+from lib.model.network import build_network
 
 # --- the measure ------------------------------------------------------------------------------------
 
@@ -202,7 +202,7 @@ def test_without_a_model_the_pick_is_random_and_says_so(queue, tmp_path):
 def test_scoring_resumes_after_restart_and_redoes_everything_for_a_new_model(studies_copy, tmp_path):
     from lib.activelearning.scoring import EpistemicScoring
     from lib.config import ScoringSettings
-    from lib.datastore import StudyFolderDatastore
+    from lib.studies.folder_datastore import StudyFolderDatastore
 
     datastore = StudyFolderDatastore(studies_copy, tmp_path / "ws")
     unlabelled = datastore.get_unlabeled_images()
@@ -230,7 +230,7 @@ def test_a_study_that_cannot_be_opened_is_skipped_and_the_others_are_scored(stud
     from lib.activelearning.queue import annotation_queue
     from lib.activelearning.scoring import EpistemicScoring
     from lib.config import ScoringSettings
-    from lib.datastore import StudyFolderDatastore
+    from lib.studies.folder_datastore import StudyFolderDatastore
 
     datastore = StudyFolderDatastore(studies_copy, tmp_path / "ws")
     broken, good = datastore.get_unlabeled_images()
@@ -257,7 +257,7 @@ def test_a_study_that_cannot_be_opened_is_skipped_and_the_others_are_scored(stud
 def test_scoring_without_a_model_does_nothing(tmp_path, studies_copy):
     from lib.activelearning.scoring import EpistemicScoring
     from lib.config import ScoringSettings
-    from lib.datastore import StudyFolderDatastore
+    from lib.studies.folder_datastore import StudyFolderDatastore
 
     scoring = EpistemicScoring(PROFILES["cpu"], lambda: None, ScoreStore(tmp_path / "s"), ScoringSettings())
     assert scoring({}, StudyFolderDatastore(studies_copy, tmp_path / "ws"))["scored"] == 0
@@ -270,8 +270,8 @@ def test_scoring_without_a_model_does_nothing(tmp_path, studies_copy):
 def test_ambiguous_case_scores_higher_than_clean_under_the_same_model(trained_weights, tmp_path, index):
     from lib.activelearning.scoring import EpistemicScoring
     from lib.config import ScoringSettings
-    from lib.datastore import StudyFolderDatastore
-    from lib.network import load_network
+    from lib.model.network import load_network
+    from lib.studies.folder_datastore import StudyFolderDatastore
     from synthetic import generate_study
     from synthetic.layouts import write_study
 

@@ -15,7 +15,7 @@ from lib.config import IMPORT_SERIES
 from lib.dicom.archive import Archive
 from lib.dicom.mr_series import StudyTags, uid_from, volume_to_mr_series
 from lib.dicom.orthanc_changes import OrthancChanges
-from lib.dicomweb_datastore import DicomWebStudyDatastore
+from lib.studies.dicomweb_datastore import DicomWebStudyDatastore
 
 STUDY_REQUESTS = ("series", "study_metadata", "series_metadata", "acquisition")
 

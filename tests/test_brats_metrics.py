@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from lib.brats_metrics import HD95_MISSING_MM, brats_scores, lesion_wise
+from lib.model.brats_metrics import HD95_MISSING_MM, brats_scores, lesion_wise
 
 SHAPE = (64, 64, 40)
 ONE_MM = (1.0, 1.0, 1.0)

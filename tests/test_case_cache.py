@@ -8,8 +8,8 @@ import time
 import numpy as np
 import pytest
 
-from lib.case_cache import CaseCache
 from lib.config import CASE_PARTIAL_MAX_AGE_S
+from lib.studies.case_cache import CaseCache
 
 
 def test_a_failed_write_leaves_neither_a_volume_nor_a_temporary_file(tmp_path):

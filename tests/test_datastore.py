@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 
 from lib.config import CHANNELS
-from lib.datastore import StudyFolderDatastore
 from lib.errors import InvalidInput, NotAllowed
-from lib.studies import find_studies
+from lib.studies.folder_datastore import StudyFolderDatastore
+from lib.studies.folder_layout import find_studies
 from synthetic import generate_study
 from tests.conftest import make_studies
 

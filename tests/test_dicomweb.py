@@ -20,9 +20,9 @@ from lib.dicom.mr_series import StudyTags, uid_from, volume_to_mr_series
 from lib.dicom.seg import label_to_seg
 from lib.dicom.series_volume import slice_stack
 from lib.dicom.study_import import content_seed, instance_count, study_datasets
-from lib.dicomweb_datastore import DicomWebStudyDatastore
 from lib.errors import InvalidInput
-from lib.studies import find_studies
+from lib.studies.dicomweb_datastore import DicomWebStudyDatastore
+from lib.studies.folder_layout import find_studies
 from scripts.import_studies import import_studies
 from tests.conftest import dciodvfy_errors, make_studies
 

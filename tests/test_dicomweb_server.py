@@ -21,7 +21,7 @@ from monailabel.client.client import MONAILabelClientException
 
 from lib.config import CHANNELS, PROFILES, REFERENCE_CHANNEL
 from lib.dicom.seg import referenced_series, seg_to_label
-from lib.network import build_network
+from lib.model.network import build_network
 from scripts.import_studies import import_studies
 from tests.conftest import dciodvfy_errors, make_studies
 

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from lib.infer_queue import FairQueue
+from lib.runtime.infer_queue import FairQueue
 
 
 @pytest.mark.parametrize("concurrency", [1, 2])

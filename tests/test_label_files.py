@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 
 from lib.config import LABELS
-from lib.label_files import LPS_TO_RAS, read_uploaded_label, write_nrrd_label
-from lib.labels import LabelError
-from lib.studies import Geometry
+from lib.labels.conventions import LabelError
+from lib.labels.label_files import LPS_TO_RAS, read_uploaded_label, write_nrrd_label
+from lib.studies.folder_layout import Geometry
 
 STUDY = Geometry((12, 10, 8), np.array([[-2.0, 0, 0, 40], [0, -2.0, 0, 30], [0, 0, 3.0, -12], [0, 0, 0, 1]]))
 

@@ -11,8 +11,8 @@ from monai.transforms import Orientation, Spacing
 
 from lib.config import PROFILES, REGIONS
 from lib.errors import ModelNotReady
-from lib.network import build_network, check_weights, load_network, read_state_dict
-from lib.transforms import RegionsToLabeld, RegionVolumesd, RestoreToSourceGridd, region_volumes_ml
+from lib.model.network import build_network, check_weights, load_network, read_state_dict
+from lib.model.transforms import RegionsToLabeld, RegionVolumesd, RestoreToSourceGridd, region_volumes_ml
 
 
 def test_bundle_profile_matches_model_zoo_architecture():
@@ -119,7 +119,7 @@ def test_restore_with_empty_prediction_is_all_background():
 
 
 def test_network_trained_from_scratch_starts_at_the_foreground_prior():
-    from lib.network import set_foreground_prior
+    from lib.model.network import set_foreground_prior
 
     network = set_foreground_prior(build_network(PROFILES["cpu"]), 0.02).eval()
     with torch.no_grad():
@@ -146,7 +146,7 @@ def test_fine_tuning_from_existing_weights_uses_the_lower_learning_rate(tmp_path
 def test_early_stopping_is_honoured_when_asked(studies_copy, tmp_path):
     """early_stop_patience 1 with a model that cannot improve (learning rate 0): the second validation ends it."""
     from lib.config import TrainSettings
-    from lib.datastore import StudyFolderDatastore
+    from lib.studies.folder_datastore import StudyFolderDatastore
     from lib.trainers.segmentation import BratsSegmentationTrainer
 
     datastore = StudyFolderDatastore(studies_copy, tmp_path / "ws")
@@ -159,7 +159,7 @@ def test_early_stopping_is_honoured_when_asked(studies_copy, tmp_path):
 def test_a_seeded_training_repeats_exactly(studies_copy, tmp_path):
     """The same seed gives the same weights (network start, patches, augmentations); another seed does not."""
     from lib.config import TrainSettings
-    from lib.datastore import StudyFolderDatastore
+    from lib.studies.folder_datastore import StudyFolderDatastore
     from lib.trainers.segmentation import BratsSegmentationTrainer
 
     datastore = StudyFolderDatastore(studies_copy, tmp_path / "ws")

@@ -19,8 +19,8 @@ import requests
 import torch
 
 from lib.config import PROFILES, ZOO_BUNDLES, AppConfig, ConfigError
-from lib.model_zoo import ZooBundle, fetch_weights
-from lib.network import build_network, check_weights, read_state_dict
+from lib.model.model_zoo import ZooBundle, fetch_weights
+from lib.model.network import build_network, check_weights, read_state_dict
 from tests.conftest import make_studies
 
 NAME = "brats_mri_segmentation"

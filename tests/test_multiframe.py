@@ -18,7 +18,7 @@ import requests
 
 from lib.dicom.mr_series import uid_from
 from lib.dicom.seg import seg_to_label
-from lib.dicomweb_datastore import DicomWebStudyDatastore
+from lib.studies.dicomweb_datastore import DicomWebStudyDatastore
 from scripts.import_studies import import_studies
 from tests.conftest import make_studies
 

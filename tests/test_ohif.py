@@ -23,7 +23,7 @@ from PIL import Image
 
 from lib.config import FOREGROUND_LABELS, IMPORT_SERIES, PROFILES
 from lib.dicom.seg import seg_to_label
-from lib.network import build_network
+from lib.model.network import build_network
 from scripts.import_studies import import_studies
 from tests.conftest import ARTIFACTS, REPO, make_studies
 

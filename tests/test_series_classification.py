@@ -15,7 +15,7 @@ import pytest
 from lib.config import CHANNELS
 from lib.dicom.mr_series import StudyTags, uid_from, volume_to_mr_series
 from lib.dicom.series_rules import SeriesRules, SeriesSummary
-from lib.dicomweb_datastore import DicomWebStudyDatastore
+from lib.studies.dicomweb_datastore import DicomWebStudyDatastore
 from tests.conftest import make_studies
 from tests.vendor_series import VENDOR_SERIES, acquisition_of
 

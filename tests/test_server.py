@@ -21,7 +21,7 @@ import requests
 from monailabel.client import MONAILabelClient
 from monailabel.client.client import MONAILabelClientException
 
-from lib.brats_metrics import brats_scores
+from lib.model.brats_metrics import brats_scores
 
 pytestmark = pytest.mark.server
 

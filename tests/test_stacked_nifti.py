@@ -8,8 +8,8 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from lib.atomic import write_nifti
-from lib.stacked_nifti import StackedNiftiFile
+from lib.runtime.atomic import write_nifti
+from lib.studies.stacked_nifti import StackedNiftiFile
 
 SHAPE = (24, 20, 12)
 AFFINE = np.array([[-1.0, 0, 0, 120], [0, -1.0, 0, 120], [0, 0, 1.2, -70], [0, 0, 0, 1]])

@@ -24,7 +24,7 @@ from requests_toolbelt.multipart.decoder import MultipartDecoder
 from lib.dicom.archive import ACCEPT_AS_STORED
 from lib.dicom.mr_series import uid_from
 from lib.dicom.series_volume import series_volume
-from lib.dicomweb_datastore import DicomWebStudyDatastore
+from lib.studies.dicomweb_datastore import DicomWebStudyDatastore
 from scripts.import_studies import import_studies
 from tests.conftest import make_studies
 

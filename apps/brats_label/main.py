@@ -52,8 +52,6 @@ from lib.activelearning.queue import annotation_queue
 from lib.activelearning.scores import ScoreStore, ServedModelVersion
 from lib.activelearning.scoring import EpistemicScoring
 from lib.activelearning.strategies import PowerUncertaintyStrategy, RandomStrategy, UncertaintyStrategy
-from lib.audit import PreLabels, audit_csv, audit_rows
-from lib.case_preparation import CasePreparation
 from lib.config import (
     BACKGROUND_NICENESS,
     CASE_PREPARATION_AGAIN_S,
@@ -67,10 +65,8 @@ from lib.config import (
     ZOO_CACHE_DIR,
     AppConfig,
 )
-from lib.datastore import StudyFolderDatastore
 from lib.dicom.archive import Archive
 from lib.dicom.series_rules import SeriesRules
-from lib.dicomweb_datastore import DicomWebStudyDatastore
 from lib.endpoints.dicomweb_proxy import install_dicomweb_proxy
 from lib.endpoints.image_download import install_image_download_route
 from lib.endpoints.next_sample import install_next_sample_route
@@ -79,16 +75,20 @@ from lib.endpoints.routes import answer_domain_errors, check_monai_label_version
 from lib.endpoints.save_label import install_save_label_route
 from lib.endpoints.token_check import TokenVerifier, install_token_check
 from lib.errors import InvalidInput, NotFound
-from lib.infer_queue import FairQueue
 from lib.infers.segmentation import BratsSegmentation
-from lib.label_store import check_case_id
-from lib.model_zoo import fetch_weights
-from lib.network import check_weights, read_state_dict
-from lib.processes import in_worker_process
-from lib.retrain import RetrainTrigger
+from lib.labels.audit import PreLabels, audit_csv, audit_rows
+from lib.labels.label_store import check_case_id
+from lib.model.model_zoo import fetch_weights
+from lib.model.network import check_weights, read_state_dict
+from lib.runtime.infer_queue import FairQueue
+from lib.runtime.processes import in_worker_process
+from lib.studies.case_preparation import CasePreparation
+from lib.studies.dicomweb_datastore import DicomWebStudyDatastore
+from lib.studies.folder_datastore import StudyFolderDatastore
 from lib.trainers.evaluation import evaluation_transforms
 from lib.trainers.held_out import MAX_ADDED_AT_ONCE, HeldOutReevaluation, reevaluation
 from lib.trainers.progress import read_progress
+from lib.trainers.retrain import RetrainTrigger
 from lib.trainers.segmentation import BratsSegmentationTrainer
 from lib.trainers.versions import ModelVersions
 

@@ -1,1 +1,1 @@
-"""BraTS Label app library: configuration, datastore, tasks and transforms (see ../main.py)."""
+"""BraTS Label app library (see ../main.py): config.py and errors.py, then studies/, labels/, model/, runtime/, dicom/, endpoints/, infers/, trainers/, activelearning/."""

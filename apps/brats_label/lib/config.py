@@ -279,7 +279,7 @@ class AppConfig:
         weights = conf.get("pretrained_weights")
         zoo = None
         if weights and weights.startswith(ZOO_PREFIX):
-            from .model_zoo import ZooBundle  # imports this module
+            from .model.model_zoo import ZooBundle  # imports this module
 
             zoo, weights = ZooBundle.parse(weights), None
         zoo_url = conf.get("zoo_url") or None

@@ -11,8 +11,8 @@ import time
 from pathlib import Path
 from typing import Dict, Optional, Set
 
-from ..atomic import read_json, write_json
-from ..shared_state import file_lock
+from ..runtime.atomic import read_json, write_json
+from ..runtime.shared_state import file_lock
 
 
 class HandOuts:

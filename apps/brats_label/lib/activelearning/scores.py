@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Dict, Optional
 
-from ..atomic import read_json, write_json
+from ..runtime.atomic import read_json, write_json
 
 PROGRESS_FILE = "_progress.json"
 

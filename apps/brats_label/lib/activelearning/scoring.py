@@ -21,8 +21,8 @@ from tqdm import tqdm
 
 from ..config import NetworkProfile, ScoringSettings
 from ..infers.segmentation import preprocessing
-from ..network import load_network
-from ..transforms import voxel_volume_ml
+from ..model.network import load_network
+from ..model.transforms import voxel_volume_ml
 from .sampling import stochastic_predictions
 from .scores import ScoreStore, model_version
 from .uncertainty import case_uncertainty

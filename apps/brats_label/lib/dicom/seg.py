@@ -19,7 +19,7 @@ import numpy as np
 from pydicom.dataset import Dataset
 
 from ..config import GROUND_TRUTH_CONTENT_LABEL, GROUND_TRUTH_SERIES_DESCRIPTION, MANUFACTURER, SEG_ALGORITHM, SEG_CATEGORY, SEG_CONTENT_LABEL, SEG_SEGMENTS
-from ..labels import value_of_segment_name
+from ..labels.conventions import value_of_segment_name
 from .mr_series import RAS_TO_LPS, uid_from
 
 POSITION_TOLERANCE_MM = 0.05

@@ -26,7 +26,7 @@ from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple
 import numpy as np
 
 from ..config import DICOMWEB_FETCH_PROCESSES, DICOMWEB_FETCH_WORKERS
-from ..stacked_nifti import StackedNiftiFile
+from ..studies.stacked_nifti import StackedNiftiFile
 from .archive import Archive, ArchiveAddress
 from .multiframe import frames_as_slices
 from .series_volume import series_volume

@@ -16,8 +16,8 @@ import numpy as np
 from pydicom.dataset import Dataset
 
 from ..config import IMPORT_SERIES, IMPORT_UID_NAMESPACE, REFERENCE_CHANNEL
-from ..labels import brats_convention, to_project_convention
-from ..studies import StudySource
+from ..labels.conventions import brats_convention, to_project_convention
+from ..studies.folder_layout import StudySource
 from .mr_series import StudyTags, uid_from, volume_to_mr_series
 from .seg import label_to_seg
 from .series_volume import slice_stack

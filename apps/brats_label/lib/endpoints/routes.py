@@ -38,8 +38,8 @@ from starlette.middleware import Middleware
 from starlette.routing import Mount, Route, compile_path
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from ..clock import utc_now
 from ..errors import BratsLabelError
+from ..runtime.clock import utc_now
 from .token_check import TokenRefused, TokenVerifier, role_names
 
 logger = logging.getLogger(__name__)

@@ -37,9 +37,9 @@ from monailabel.transform.cache import CacheTransformDatad
 
 from ..config import FOREGROUND_LABELS, MODEL_NAME, PREPARED_INPUT_TTL_S, REGION_THRESHOLD, NetworkProfile
 from ..errors import ModelNotReady
-from ..label_files import NRRD_SUFFIX, write_nrrd_label
-from ..network import load_network
-from ..transforms import RegionsToLabeld, RegionVolumesd, RestoreToSourceGridd
+from ..labels.label_files import NRRD_SUFFIX, write_nrrd_label
+from ..model.network import load_network
+from ..model.transforms import RegionsToLabeld, RegionVolumesd, RestoreToSourceGridd
 
 logger = logging.getLogger(__name__)
 

@@ -10,7 +10,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from ..atomic import atomic_path  # noqa: E402
+from ..runtime.atomic import atomic_path  # noqa: E402
 
 REGION_KEYS = {"val_dice_tc": "TC", "val_dice_wt": "WT", "val_dice_et": "ET", "val_mean_dice": "mean"}
 

@@ -15,10 +15,10 @@ import torch
 from monai.inferers import SlidingWindowInferer
 from monai.transforms import Compose, ConvertToMultiChannelBasedOnBratsClassesd, EnsureTyped
 
-from ..brats_metrics import region_scores
 from ..config import ENHANCING_LABEL, REGION_THRESHOLD, REGIONS, NetworkProfile
 from ..infers.segmentation import preprocessing
-from ..network import load_network
+from ..model.brats_metrics import region_scores
+from ..model.network import load_network
 
 SCORES = ("dice", "hd95", "lesion_dice", "lesion_hd95")
 

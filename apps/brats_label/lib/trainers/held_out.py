@@ -18,10 +18,10 @@ import threading
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
-from ..atomic import read_json
-from ..clock import utc_now
 from ..errors import InvalidInput
-from ..shared_state import update_json
+from ..runtime.atomic import read_json
+from ..runtime.clock import utc_now
+from ..runtime.shared_state import update_json
 from .evaluation import evaluate_on
 from .versions import ModelVersions
 

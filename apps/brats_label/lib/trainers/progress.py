@@ -13,8 +13,8 @@ from typing import Any, Dict, Optional
 
 from ignite.engine import Engine, Events
 
-from ..atomic import read_json, write_json
-from ..clock import task_started_utc, utc_now
+from ..runtime.atomic import read_json, write_json
+from ..runtime.clock import task_started_utc, utc_now
 from .curves import REGION_KEYS
 
 PROGRESS_WRITE_INTERVAL_S = 2.0

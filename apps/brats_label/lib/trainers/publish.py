@@ -14,7 +14,7 @@ from typing import Any, Dict, List
 
 from monailabel.tasks.train.handler import PublishStatsAndModel, prepare_stats
 
-from ..atomic import atomic_path, write_json
+from ..runtime.atomic import atomic_path, write_json
 from .curves import save_training_curve
 
 logger = logging.getLogger(__name__)

@@ -37,9 +37,9 @@ from monai.transforms import (
 from monai.utils import set_determinism
 from monailabel.tasks.train.basic_train import BasicTrainTask, Context
 
-from ..clock import utc_now
 from ..config import REGION_THRESHOLD, REGIONS, NetworkProfile, TrainSettings
-from ..network import build_network, set_foreground_prior
+from ..model.network import build_network, set_foreground_prior
+from ..runtime.clock import utc_now
 from .evaluation import evaluate_on, evaluation_transforms
 from .held_out import HeldOutSet
 from .progress import TrainingProgress

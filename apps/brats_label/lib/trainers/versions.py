@@ -23,11 +23,11 @@ import threading
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
-from ..atomic import atomic_path, read_json, write_json
-from ..clock import utc_now
 from ..errors import NotFound
-from ..processes import in_worker_process
-from ..shared_state import file_lock
+from ..runtime.atomic import atomic_path, read_json, write_json
+from ..runtime.clock import utc_now
+from ..runtime.processes import in_worker_process
+from ..runtime.shared_state import file_lock
 
 PREFIX = "v"
 

@@ -1,6 +1,6 @@
 """What both study datastores share: a case is a study; its labels live in one label store.
 
-The folder datastore (``datastore.py``) and the DICOMweb datastore (``dicomweb_datastore.py``) differ in how
+The folder datastore (``folder_datastore.py``) and the DICOMweb datastore (``dicomweb_datastore.py``) differ in how
 they find studies and open them; everything about labels (the crash-safe commit, history, records, the
 fields a client may not set) and the listing is here, once.
 """
@@ -18,14 +18,14 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 import numpy as np
 from monailabel.interfaces.datastore import Datastore, DefaultLabelTag
 
+from ..config import FOREGROUND_LABELS
+from ..errors import InvalidInput, NotFound
+from ..labels.conventions import LabelError
+from ..labels.label_files import read_uploaded_label
+from ..labels.label_store import LabelStore, LabelVersion, check_case_id, check_tag, migrate_flat_layout
+from ..runtime.shared_state import update_json
 from .case_cache import CaseCache
-from .config import FOREGROUND_LABELS
-from .errors import InvalidInput, NotFound
-from .label_files import read_uploaded_label
-from .label_store import LabelStore, LabelVersion, check_case_id, check_tag, migrate_flat_layout
-from .labels import LabelError
-from .shared_state import update_json
-from .studies import Geometry, StudyProblem
+from .folder_layout import Geometry, StudyProblem
 
 logger = logging.getLogger(__name__)
 

@@ -42,9 +42,7 @@ from nibabel.processing import resample_from_to
 from pydicom.datadict import tag_for_keyword
 from pydicom.dataset import Dataset
 
-from .atomic import nifti_image, read_json, write_json
-from .case_cache import UnusableVolume, stack_channels
-from .config import (
+from ..config import (
     CHANNELS,
     DICOMWEB_LISTING_WORKERS,
     DICOMWEB_RECONCILE_S,
@@ -52,20 +50,22 @@ from .config import (
     OHIF_STUDY_PATH,
     REFERENCE_CHANNEL,
 )
-from .dicom.archive import Archive, series_from_metadata
-from .dicom.listing_store import ListingStore
-from .dicom.multiframe import frames_as_slices
-from .dicom.orthanc_changes import OrthancChanges
-from .dicom.seg import SegProblem, is_shipped_ground_truth, label_to_seg, seg_to_label
-from .dicom.sequence_classifier import Acquisition
-from .dicom.series_fetch import fetch_into, start_workers
-from .dicom.series_rules import SeriesRules, SeriesSummary
-from .dicom.series_volume import SeriesProblem, SliceStack, slice_stack
-from .errors import ArchiveUnavailable, InvalidInput, NotAllowed, NotFound
-from .labels import LabelError, check_label_values
-from .shared_state import update_json
+from ..dicom.archive import Archive, series_from_metadata
+from ..dicom.listing_store import ListingStore
+from ..dicom.multiframe import frames_as_slices
+from ..dicom.orthanc_changes import OrthancChanges
+from ..dicom.seg import SegProblem, is_shipped_ground_truth, label_to_seg, seg_to_label
+from ..dicom.sequence_classifier import Acquisition
+from ..dicom.series_fetch import fetch_into, start_workers
+from ..dicom.series_rules import SeriesRules, SeriesSummary
+from ..dicom.series_volume import SeriesProblem, SliceStack, slice_stack
+from ..errors import ArchiveUnavailable, InvalidInput, NotAllowed, NotFound
+from ..labels.conventions import LabelError, check_label_values
+from ..runtime.atomic import nifti_image, read_json, write_json
+from ..runtime.shared_state import update_json
+from .case_cache import UnusableVolume, stack_channels
+from .folder_layout import Geometry, StudyProblem
 from .stacked_nifti import StackedNiftiFile
-from .studies import Geometry, StudyProblem
 from .study_datastore import FINAL, IMPORTED_FROM, StudyDatastore, _tag
 
 logger = logging.getLogger(__name__)

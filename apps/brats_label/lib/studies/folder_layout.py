@@ -23,7 +23,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import nibabel as nib
 import numpy as np
 
-from .config import (
+from ..config import (
     BRATS_FILE_SUFFIXES,
     BRATS_LABEL_SUFFIXES,
     CHANNELS,

@@ -9,7 +9,7 @@ Everything the server writes lives in the workspace (``<studies>/.brats_label`` 
 
     cases/<id>.nii                     stacked 4-channel volume (cache, rebuilt when a source changes)
     label_store/<id>/<time>_<tag>/     every label version ever saved, each committed as one unit
-                                       (``label_store.py``); the newest of a tag is the current label
+                                       (``labels/label_store.py``); the newest of a tag is the current label
 
 A label is on disk, whole, before the request that saved it is answered, and a crash at any point
 leaves each case with either the new version or the previous one.
@@ -24,12 +24,12 @@ from typing import Any, Callable, Dict, List, Optional
 import nibabel as nib
 import numpy as np
 
-from .atomic import read_json, write_nifti
+from ..config import CHANNELS
+from ..errors import InvalidInput, NotAllowed, NotFound
+from ..labels.conventions import LabelError, brats_convention, to_project_convention
+from ..runtime.atomic import read_json, write_nifti
 from .case_cache import UnusableVolume, stack_study_files
-from .config import CHANNELS
-from .errors import InvalidInput, NotAllowed, NotFound
-from .labels import LabelError, brats_convention, to_project_convention
-from .studies import Geometry, StudyProblem, StudySource, find_studies, study_geometry
+from .folder_layout import Geometry, StudyProblem, StudySource, find_studies, study_geometry
 from .study_datastore import FINAL, IMPORTED_FROM, StudyDatastore
 
 logger = logging.getLogger(__name__)

@@ -15,7 +15,7 @@ from typing import NamedTuple, Tuple
 
 import numpy as np
 
-from .atomic import nifti_image
+from ..runtime.atomic import nifti_image
 
 BLOCK_DTYPES = (np.dtype(np.int16), np.dtype(np.uint16))  # what a series decodes to when it does not rescale
 

@@ -36,11 +36,11 @@ from typing import Any, Dict, Iterator, List, Optional, Tuple
 import nibabel as nib
 import numpy as np
 
-from .atomic import read_json, write_json
-from .clock import utc_now
-from .config import LABEL_TAGS
-from .errors import InvalidInput
-from .shared_state import file_lock
+from ..config import LABEL_TAGS
+from ..errors import InvalidInput
+from ..runtime.atomic import read_json, write_json
+from ..runtime.clock import utc_now
+from ..runtime.shared_state import file_lock
 
 logger = logging.getLogger(__name__)
 

@@ -9,8 +9,8 @@ from typing import Dict, Mapping, Optional
 import torch
 from monai.networks.nets import SegResNet
 
-from .config import PROFILES, NetworkProfile
-from .errors import ModelNotReady
+from ..config import PROFILES, NetworkProfile
+from ..errors import ModelNotReady
 
 
 def build_network(profile: NetworkProfile) -> SegResNet:

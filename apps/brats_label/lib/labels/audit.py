@@ -17,9 +17,9 @@ from typing import Any, Dict, Iterable, List, Optional
 import nibabel as nib
 import numpy as np
 
-from .atomic import read_json, write_json, write_nifti
-from .brats_metrics import brats_scores
-from .clock import utc_now
+from ..model.brats_metrics import brats_scores
+from ..runtime.atomic import read_json, write_json, write_nifti
+from ..runtime.clock import utc_now
 from .label_files import read_label_file
 
 AUDIT_FIELDS = (

@@ -16,9 +16,9 @@ from typing import Callable, Dict, Sequence, Tuple
 import nibabel as nib
 import numpy as np
 
-from .atomic import atomic_path, nifti_image, read_json, write_json
-from .config import CASE_PARTIAL_MAX_AGE_S, CHANNELS
-from .studies import StudySource
+from ..config import CASE_PARTIAL_MAX_AGE_S, CHANNELS
+from ..runtime.atomic import atomic_path, nifti_image, read_json, write_json
+from .folder_layout import StudySource
 
 
 class UnusableVolume(ValueError):

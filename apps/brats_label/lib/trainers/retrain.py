@@ -19,10 +19,10 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
 
-from .atomic import read_json
-from .clock import task_started_utc
-from .config import RetrainPolicy
-from .shared_state import update_json
+from ..config import RetrainPolicy
+from ..runtime.atomic import read_json
+from ..runtime.clock import task_started_utc
+from ..runtime.shared_state import update_json
 
 logger = logging.getLogger(__name__)
 

@@ -27,11 +27,11 @@ import pydicom
 import slicerio
 from pydicom.errors import InvalidDicomError
 
-from .config import LABELS, MAX_LABEL_LAYERS
-from .dicom.mr_series import RAS_TO_LPS
-from .dicom.seg import SegProblem, seg_to_label
-from .labels import LabelError, check_label_values, segment_name_key, value_of_segment_name
-from .studies import Geometry, read_geometry
+from ..config import LABELS, MAX_LABEL_LAYERS
+from ..dicom.mr_series import RAS_TO_LPS
+from ..dicom.seg import SegProblem, seg_to_label
+from ..studies.folder_layout import Geometry, read_geometry
+from .conventions import LabelError, check_label_values, segment_name_key, value_of_segment_name
 
 SEG_NRRD_SUFFIX = ".seg.nrrd"
 NRRD_SUFFIX = ".nrrd"

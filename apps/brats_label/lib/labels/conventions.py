@@ -7,7 +7,7 @@ from typing import Dict, Iterable, Optional
 
 import numpy as np
 
-from .config import LABEL_CONVENTIONS, LABEL_VALUES, LABELS, REGIONS
+from ..config import LABEL_CONVENTIONS, LABEL_VALUES, LABELS, REGIONS
 
 
 class LabelError(ValueError):

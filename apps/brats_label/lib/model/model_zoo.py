@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-from .config import ZOO_BUNDLES, ZOO_PREFIX, ConfigError
+from ..config import ZOO_BUNDLES, ZOO_PREFIX, ConfigError
 
 logger = logging.getLogger(__name__)
 

@@ -15,7 +15,7 @@ from monai.config import KeysCollection
 from monai.data import MetaTensor
 from monai.transforms import MapTransform, SpatialResample
 
-from .config import FOREGROUND_LABELS, LABELS, REGION_THRESHOLD, REGIONS
+from ..config import FOREGROUND_LABELS, LABELS, REGION_THRESHOLD, REGIONS
 
 
 class RestoreToSourceGridd(MapTransform):

@@ -23,7 +23,7 @@ import torch
 from monai.metrics import compute_dice, compute_hausdorff_distance
 from scipy import ndimage
 
-from .config import REGIONS
+from ..config import REGIONS
 
 HD95_MISSING_MM = 374.0  # BraTS's HD95 when one side is empty (the diagonal of its 240x240x155 mm volume)
 LESION_DILATIONS = 3  # BraTS-GLI
