@@ -13,7 +13,7 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, Mapping, Optional, Tuple
+from typing import Dict, Mapping, Optional, Tuple
 
 # --- labels (BraTS 2023+ glioma convention) -------------------------------------------------------
 LABELS: Dict[str, int] = {"background": 0, "necrotic_core": 1, "edema": 2, "enhancing_tumour": 3}
@@ -242,6 +242,36 @@ class ConfigError(ValueError):
     """A --conf value is wrong; the message names the key, the value and what is allowed."""
 
 
+# A model-zoo bundle named by ``--conf pretrained_weights zoo:<name>[@<version>]``: parsed here, with the rest of
+# --conf; fetching it is model/model_zoo.py's (which imports this module, never the other way round).
+ZOO_VERSION_PATTERN = re.compile(r"\d+(\.\d+){0,3}")
+WEIGHTS_IN_BUNDLE = Path("models") / "model.pt"
+
+
+@dataclass(frozen=True)
+class ZooBundle:
+    name: str
+    version: str
+
+    @classmethod
+    def parse(cls, spec: str) -> ZooBundle:
+        """``zoo:brats_mri_segmentation`` or ``zoo:brats_mri_segmentation@0.5.3``."""
+        name, _, version = spec[len(ZOO_PREFIX) :].partition("@")
+        if name not in ZOO_BUNDLES:
+            raise ConfigError(f"--conf pretrained_weights {spec!r}: model-zoo bundles this app can start from: {', '.join(ZOO_BUNDLES)}")
+        version = version or ZOO_BUNDLES[name]
+        if not ZOO_VERSION_PATTERN.fullmatch(version):
+            raise ConfigError(f"--conf pretrained_weights {spec!r}: a version is numbers and dots, e.g. {ZOO_BUNDLES[name]}")
+        return cls(name, version)
+
+    def folder(self, cache: Path) -> Path:
+        """Where the bundle lives once fetched: ``<cache>/<name>/<version>/<name>/`` (the zoo's own layout inside)."""
+        return cache / self.name / self.version / self.name
+
+    def weights(self, cache: Path) -> Path:
+        return self.folder(cache) / WEIGHTS_IN_BUNDLE
+
+
 def _tuple3(key: str, value: str) -> Tuple[int, int, int]:
     try:
         parts = tuple(int(v) for v in str(value).replace("x", ",").split(","))
@@ -266,7 +296,7 @@ class AppConfig:
     infer_concurrency: int = 1  # auto-segmentations run at once (the others queue in arrival order); more only on a GPU
     max_upload_mb: float = MAX_UPLOAD_MB
     auth_audience: Optional[str] = None  # the token audience the server accepts; None: MONAI_LABEL_AUTH_CLIENT_ID
-    pretrained_zoo: Optional[Any] = None  # model_zoo.ZooBundle named by pretrained_weights zoo:<name>[@<version>]
+    pretrained_zoo: Optional[ZooBundle] = None  # named by pretrained_weights zoo:<name>[@<version>]
     zoo_url: Optional[str] = None  # where bundles are fetched from ({name}, {version}); None: MONAI's hosting
 
     @property
@@ -279,8 +309,6 @@ class AppConfig:
         weights = conf.get("pretrained_weights")
         zoo = None
         if weights and weights.startswith(ZOO_PREFIX):
-            from .model.model_zoo import ZooBundle  # imports this module
-
             zoo, weights = ZooBundle.parse(weights), None
         zoo_url = conf.get("zoo_url") or None
         if zoo_url is not None and not re.match(r"(https?|file)://", zoo_url):

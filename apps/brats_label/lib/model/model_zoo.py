@@ -4,49 +4,21 @@ The bundle is fetched with MONAI's own bundle download (``monai.bundle.download`
 or ``--conf zoo_url`` with ``{name}`` and ``{version}`` for a lab's mirror) into the workspace, once; after that
 the server starts offline. Offline and not yet fetched, start-up stops saying what to download and where to put it.
 Only bundles whose network this app builds are accepted (``config.ZOO_BUNDLES``): a name becomes a folder.
+``config.ZooBundle`` parses the name with the rest of ``--conf``; this module fetches and checks the bundle.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import re
 import shutil
 import tempfile
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-from ..config import ZOO_BUNDLES, ZOO_PREFIX, ConfigError
+from ..config import WEIGHTS_IN_BUNDLE, ConfigError, ZooBundle
 
 logger = logging.getLogger(__name__)
-
-VERSION_PATTERN = re.compile(r"\d+(\.\d+){0,3}")
-WEIGHTS_IN_BUNDLE = Path("models") / "model.pt"
-
-
-@dataclass(frozen=True)
-class ZooBundle:
-    name: str
-    version: str
-
-    @classmethod
-    def parse(cls, spec: str) -> ZooBundle:
-        """``zoo:brats_mri_segmentation`` or ``zoo:brats_mri_segmentation@0.5.3``."""
-        name, _, version = spec[len(ZOO_PREFIX) :].partition("@")
-        if name not in ZOO_BUNDLES:
-            raise ConfigError(f"--conf pretrained_weights {spec!r}: model-zoo bundles this app can start from: {', '.join(ZOO_BUNDLES)}")
-        version = version or ZOO_BUNDLES[name]
-        if not VERSION_PATTERN.fullmatch(version):
-            raise ConfigError(f"--conf pretrained_weights {spec!r}: a version is numbers and dots, e.g. {ZOO_BUNDLES[name]}")
-        return cls(name, version)
-
-    def folder(self, cache: Path) -> Path:
-        """Where the bundle lives once fetched: ``<cache>/<name>/<version>/<name>/`` (the zoo's own layout inside)."""
-        return cache / self.name / self.version / self.name
-
-    def weights(self, cache: Path) -> Path:
-        return self.folder(cache) / WEIGHTS_IN_BUNDLE
 
 
 def fetch_weights(bundle: ZooBundle, cache: Path, url_template: Optional[str] = None) -> Path:
