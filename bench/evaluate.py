@@ -50,7 +50,7 @@ def items_of(studies: Path, scratch: Path) -> list:
     for source in sources:
         if source.ground_truth is None:
             continue
-        stacked, affine = stack_study_files(source)
+        stacked, affine, _ = stack_study_files(source)
         image, label = scratch / f"{source.study_id}_image.nii.gz", scratch / f"{source.study_id}_label.nii.gz"
         nib.save(nib.Nifti1Image(stacked, affine), str(image))
         truth = nib.load(str(source.ground_truth))

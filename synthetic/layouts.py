@@ -89,3 +89,26 @@ def write_msd_dataset_json(out_dir: Path) -> None:
         "test": [f"./imagesTs/{n}" for n in test],
     }
     (out_dir / "dataset.json").write_text(json.dumps(description, indent=2))
+
+
+def write_raw_study(raw, out_dir: Path, with_label: bool, truth_dir: Optional[Path] = None) -> Dict[str, str]:
+    """A ``head.RawStudy`` in the BraTS 2023 layout, each series on its own grid as the scanner wrote it (what a
+    lab's ``dcm2niix`` export gives); the label, if written, on the T1c's grid. ``truth_dir`` receives what a
+    benchmark scores against: the brain mask (T1c grid) and each series' motion (JSON, 4x4 RAS)."""
+    name = raw.case_id
+    written: Dict[str, str] = {}
+    for modality, suffix in BRATS2023_SUFFIX.items():
+        volume, affine = raw.series[modality]
+        path = out_dir / name / f"{name}-{suffix}.nii.gz"
+        _save(volume, affine, path)
+        written[modality] = str(path)
+    reference = raw.series["t1c"][1]
+    if with_label:
+        _save(raw.label.astype(np.uint8), reference, out_dir / name / f"{name}-seg.nii.gz")
+        written["label"] = str(out_dir / name / f"{name}-seg.nii.gz")
+    if truth_dir is not None:
+        _save(raw.label.astype(np.uint8), reference, truth_dir / f"{name}-seg.nii.gz")
+        _save(raw.brain.astype(np.uint8), reference, truth_dir / f"{name}-brain.nii.gz")
+        (truth_dir / f"{name}-motion.json").write_text(json.dumps({m: t.tolist() for m, t in raw.motion.items()}, indent=1))
+        written["truth"] = str(truth_dir)
+    return written

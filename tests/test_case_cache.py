@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from lib.config import CASE_PARTIAL_MAX_AGE_S
-from lib.studies.case_cache import CaseCache
+from lib.studies.case_cache import CaseCache, Preparation
 
 
 def test_a_failed_write_leaves_neither_a_volume_nor_a_temporary_file(tmp_path):
@@ -22,7 +22,7 @@ def test_a_failed_write_leaves_neither_a_volume_nor_a_temporary_file(tmp_path):
     with pytest.raises(RuntimeError):
         cache.get_written("1.2.3", "fp", fails)
     assert list((tmp_path / "cases").iterdir()) == []
-    volume = cache.get("1.2.3", "fp", lambda: (np.zeros((4, 4, 4, 4), np.int16), np.eye(4)))
+    volume = cache.get("1.2.3", "fp", lambda: (np.zeros((4, 4, 4, 4), np.int16), np.eye(4), Preparation({})))
     assert volume.is_file() and cache.is_current("1.2.3", "fp") and not cache.is_current("1.2.3", "other")
 
 

@@ -86,25 +86,6 @@ def test_study_missing_a_modality_is_reported(studies_copy, tmp_path):
     assert "missing FLAIR" in reason and "-t2f" in reason
 
 
-def test_modalities_on_different_grids_are_reported(studies_copy, tmp_path):
-    path = studies_copy / CASE / f"{CASE}-t2w.nii.gz"
-    image = nib.load(str(path))
-    _save(np.asarray(image.dataobj)[:, :, :-4], image.affine, path)
-    ds = _datastore(studies_copy, tmp_path)
-    reason = _problem(ds, CASE)
-    assert "T2 and T1C are not on the same grid" in reason and "120x120x74" in reason
-
-
-def test_shifted_modality_is_reported(studies_copy, tmp_path):
-    path = studies_copy / CASE / f"{CASE}-t1n.nii.gz"
-    image = nib.load(str(path))
-    affine = image.affine.copy()
-    affine[0, 3] += 3.0
-    _save(np.asarray(image.dataobj), affine, path)
-    reason = _problem(_datastore(studies_copy, tmp_path), CASE)
-    assert "T1 and T1C" in reason and "3 mm" in reason
-
-
 def test_unreadable_file_and_duplicate_modality_are_reported(studies_copy, tmp_path):
     (studies_copy / CASE / f"{CASE}-t1c.nii.gz").write_bytes(b"not a nifti")
     other = "BraTS-GLI-00001-000"

@@ -17,6 +17,7 @@ import SimpleITK as sitk
 from ..config import PreparationSettings
 from .sitk_images import transform_to_ras
 
+OUTLINE_FRACTION = 0.1  # of the 99th percentile: the air's noise floor lies below, every tissue but bone above
 REGISTRATION_SEED = 20  # random metric samples: the same study registers the same way every time
 
 
@@ -34,6 +35,7 @@ class RigidAlignment:
     translation_mm: float
     shift_mm: tuple  # (R, A, S) displacement of the fixed image's centre
     metric: float  # final Mattes mutual information (negative: lower is better)
+    overlap: float  # Dice of the head (or brain) outlines of T1c and aligned series, within the series' field of view
     iterations: int
     ras: np.ndarray
 
@@ -75,14 +77,47 @@ def register_rigid(fixed: sitk.Image, moving: sitk.Image, settings: PreparationS
     rotation = np.degrees(np.arccos(np.clip((np.trace(ras[:3, :3]) - 1.0) / 2.0, -1.0, 1.0)))
     centre_ras = np.array([-centre[0], -centre[1], centre[2]])
     shift = ras[:3, :3] @ centre_ras + ras[:3, 3] - centre_ras
-    result = RigidAlignment(float(rotation), float(np.linalg.norm(shift)), tuple(float(v) for v in shift), float(method.GetMetricValue()), int(method.GetOptimizerIteration()), ras)
+    overlap = outline_overlap(fixed, moving, transform, settings.finest_mm)
+    result = RigidAlignment(
+        float(rotation), float(np.linalg.norm(shift)), tuple(float(v) for v in shift), float(method.GetMetricValue()), overlap, int(method.GetOptimizerIteration()), ras
+    )
     if not np.isfinite(result.metric) or rotation > settings.max_rotation_deg or result.translation_mm > settings.max_translation_mm:
         raise RegistrationRefused(
             f"{name}: registration to the T1c found {rotation:.1f} degrees and {result.translation_mm:.1f} mm, beyond what a patient moves "
             f"between series (at most {settings.max_rotation_deg:g} degrees, {settings.max_translation_mm:g} mm). Check that the series belongs "
             "to this study and covers the head, or export the study co-registered."
         )
+    if overlap < settings.min_overlap:
+        raise RegistrationRefused(
+            f"{name}: registration to the T1c failed: the aligned series' outline overlaps the T1c's by Dice {overlap:.2f} "
+            f"(at least {settings.min_overlap:g} when aligned; the patient probably moved beyond what registration recovers, about 20 degrees). "
+            "Check that the series belongs to this study, or export the study co-registered."
+        )
     return transform, result
+
+
+def outline_overlap(fixed: sitk.Image, moving: sitk.Image, transform: sitk.Transform, spacing_mm: float) -> float:
+    """Dice of the two images' outlines (Otsu: head or brain against background) after alignment, within the moving
+    series' field of view. It is near 1 whatever the contrasts when the registration succeeded; a registration that
+    stopped in a wrong optimum leaves part of each outline outside the other (0.98 to 1.0 aligned; 0.84 at 60 degrees, 0.93 where a 30 degree turn stopped at 18)."""
+    small = coarse(fixed, spacing_mm)
+    aligned = sitk.Resample(coarse(moving, spacing_mm), small, transform, sitk.sitkLinear, 0.0, sitk.sitkFloat32)
+    view = sitk.GetArrayFromImage(_field_of_view(moving, small, transform)) > 0.5
+    a, b = _outline(sitk.GetArrayFromImage(small)), _outline(sitk.GetArrayFromImage(aligned))
+    a, b = a & view, b & view
+    total = int(a.sum()) + int(b.sum())
+    return float(2 * int((a & b).sum()) / total) if total else 0.0
+
+
+def _outline(volume: np.ndarray) -> np.ndarray:
+    """Head (or brain) against background: above a tenth of the bright end (Otsu splits a head's tissues instead)."""
+    return volume > OUTLINE_FRACTION * float(np.percentile(volume, 99))
+
+
+def _field_of_view(moving: sitk.Image, grid: sitk.Image, transform: sitk.Transform) -> sitk.Image:
+    ones = sitk.Image(moving.GetSize(), sitk.sitkFloat32) + 1.0
+    ones.CopyInformation(moving)
+    return sitk.Resample(ones, grid, transform, sitk.sitkNearestNeighbor, 0.0, sitk.sitkFloat32)
 
 
 def resample_onto(moving: sitk.Image, fixed: sitk.Image, transform: sitk.Transform) -> sitk.Image:

@@ -1,8 +1,9 @@
-"""The 4-channel volume of each study, stacked once in the fixed channel order and kept on disk.
+"""The 4-channel volume of each study, prepared once (lib/preparation/) in the fixed channel order and kept on disk.
 
-Inference, training and the image download all read one file per case. A cached volume is keyed by
-the fingerprint of its source files (names, sizes, modification times), so a changed study is
-stacked again and a stale volume is never served.
+Inference, training, scoring, evaluation and the image download all read one file per case: the same prepared
+input. A cached volume is keyed by the fingerprint of its source files (names, sizes, modification times), so a
+changed study is prepared again and a stale volume is never served. Beside it: the preparation's report (in the
+stamp, shown in the case's info) and the brain mask the preparation extracted (``<id>.brain.nii.gz``).
 """
 
 from __future__ import annotations
@@ -10,15 +11,31 @@ from __future__ import annotations
 import threading
 import time
 from collections import defaultdict
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Dict, Sequence, Tuple
+from typing import Any, Callable, Dict, Optional, Sequence, Tuple
 
 import nibabel as nib
 import numpy as np
 
-from ..config import CASE_PARTIAL_MAX_AGE_S, CHANNELS
-from ..runtime.atomic import atomic_path, nifti_image, read_json, write_json
+from ..config import CASE_PARTIAL_MAX_AGE_S, CHANNELS, PREPARATION, REFERENCE_CHANNEL, PreparationSettings
+from ..preparation.pipeline import PreparedStudy, Series, already_prepared_report, needs_preparation, prepare_study
+from ..runtime.atomic import atomic_path, nifti_image, read_json, write_json, write_nifti
 from .folder_layout import StudySource
+
+
+@dataclass(frozen=True)
+class Preparation:
+    """What the preparation of a case did (``report``, for its info) and the brain mask it extracted, if any
+    ((X, Y, Z) bool on ``affine``, the case's grid)."""
+
+    report: Dict[str, Any]
+    brain: Optional[np.ndarray] = None
+    affine: Optional[np.ndarray] = None
+
+    @classmethod
+    def of(cls, prepared: PreparedStudy) -> Preparation:
+        return cls(prepared.report, prepared.brain, prepared.affine)
 
 
 class UnusableVolume(ValueError):
@@ -57,23 +74,46 @@ class CaseCache:
         volume = self.volume_path(study_id)
         return volume.is_file() and stamp.get("fingerprint") == fingerprint and stamp.get("bytes") == volume.stat().st_size
 
-    def get(self, study_id: str, fingerprint: str, build: Callable[[], Tuple[np.ndarray, np.ndarray]]) -> Path:
-        """Path of the stacked (X, Y, Z, C) NIfTI; ``build`` returns (stacked, affine) when the cache is stale."""
-        return self.get_written(study_id, fingerprint, lambda path: nib.save(nifti_image(*build()), str(path)))
+    def brain_path(self, study_id: str) -> Path:
+        return self.folder / f"{study_id}.brain.nii.gz"
 
-    def get_written(self, study_id: str, fingerprint: str, write: Callable[[Path], None]) -> Path:
+    def preparation(self, study_id: str) -> Dict[str, Any]:
+        """The report of the case's preparation ({} until it has been prepared)."""
+        try:
+            return dict(read_json(self._stamp_path(study_id), {}).get("preparation", {}))
+        except ValueError:
+            return {}
+
+    def get(self, study_id: str, fingerprint: str, build: Callable[[], Tuple[np.ndarray, np.ndarray, Preparation]]) -> Path:
+        """Path of the stacked (X, Y, Z, C) NIfTI; ``build`` returns (stacked, affine, preparation) when the cache is stale."""
+        built: Dict[str, Preparation] = {}
+
+        def write(path: Path) -> Preparation:
+            stacked, affine, built["preparation"] = build()
+            nib.save(nifti_image(stacked, affine), str(path))
+            return built["preparation"]
+
+        return self.get_written(study_id, fingerprint, write)
+
+    def get_written(self, study_id: str, fingerprint: str, write: Callable[[Path], Preparation]) -> Path:
         """Path of the stacked (X, Y, Z, C) NIfTI; ``write`` writes it at the path it is given when the cache is stale
-        (a temporary file, in place once complete).
+        (a temporary file, in place once complete) and says how it was prepared.
 
         The volume and its stamp are written without waiting for the disk (70 MB took up to 0.2 s, a third of
         opening a study; the stamp's flushes 25 ms): both can be rebuilt, and a volume cut short by a power failure
-        differs from the size in its stamp, or the stamp is unreadable, so it is."""
+        differs from the size in its stamp, or the stamp is unreadable, so it is. The brain mask is in place before
+        the stamp that makes the volume current."""
         with self._locks[study_id]:
             if not self.is_current(study_id, fingerprint):
                 with atomic_path(self.volume_path(study_id), durable=False) as partial:
-                    write(partial)
+                    preparation = write(partial)
+                if preparation.brain is not None and preparation.affine is not None:
+                    write_nifti(preparation.brain.astype(np.uint8), preparation.affine, self.brain_path(study_id), durable=False)
+                else:
+                    self.brain_path(study_id).unlink(missing_ok=True)
                 size = self.volume_path(study_id).stat().st_size
-                write_json({"fingerprint": fingerprint, "channels": list(CHANNELS), "bytes": size}, self._stamp_path(study_id), durable=False)
+                stamp = {"fingerprint": fingerprint, "channels": list(CHANNELS), "bytes": size, "preparation": preparation.report}
+                write_json(stamp, self._stamp_path(study_id), durable=False)
             return self.volume_path(study_id)
 
 
@@ -98,18 +138,31 @@ def stack_channels(channels: Sequence[np.ndarray]) -> np.ndarray:
     return stacked
 
 
-def stack_study_files(source: StudySource) -> Tuple[np.ndarray, np.ndarray]:
-    """The study's modality files (one per modality, or one 4D file) as one volume in CHANNELS order."""
-    channels = []
-    affine = None
-    loaded: Dict[Path, np.ndarray] = {}
+def prepare_series(series: Dict[str, Series], settings: PreparationSettings = PREPARATION) -> Tuple[np.ndarray, np.ndarray, Preparation]:
+    """The four series (each on its own grid) as the stacked model input on the reference grid, prepared.
+    Raises UnusableVolume on NaN or infinite voxels, alignment.RegistrationRefused when a series cannot be aligned."""
+    check_finite([series[c][0] for c in CHANNELS])
+    if not needs_preparation(series, settings):
+        reference = series[REFERENCE_CHANNEL]
+        return stack_channels([series[c][0] for c in CHANNELS]), reference[1], Preparation(already_prepared_report(series))
+    prepared = prepare_study(series, settings)
+    return stack_channels(prepared.channels), prepared.affine, Preparation.of(prepared)
+
+
+def read_study_series(source: StudySource) -> Dict[str, Series]:
+    """The study's modality files (one per modality, or one 4D file) as {channel: (volume, affine)}."""
+    series: Dict[str, Series] = {}
+    loaded: Dict[Path, Series] = {}
     for modality in CHANNELS:
         channel = source.channels[modality]
         if channel.path not in loaded:
             image = nib.load(str(channel.path))
-            loaded[channel.path] = np.asanyarray(image.dataobj)
-            affine = image.affine if affine is None else affine
-        data = loaded[channel.path]
-        channels.append(data if channel.index is None else data[..., channel.index])
-    assert affine is not None, "a study has at least one channel"
-    return stack_channels(channels), affine
+            loaded[channel.path] = (np.asanyarray(image.dataobj), np.asarray(image.affine, dtype=float))
+        data, affine = loaded[channel.path]
+        series[modality] = (data if channel.index is None else data[..., channel.index], affine)
+    return series
+
+
+def stack_study_files(source: StudySource, settings: PreparationSettings = PREPARATION) -> Tuple[np.ndarray, np.ndarray, Preparation]:
+    """The study's files as one prepared volume in CHANNELS order on the T1c's grid, and how it was prepared."""
+    return prepare_series(read_study_series(source), settings)

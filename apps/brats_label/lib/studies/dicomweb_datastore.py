@@ -38,7 +38,6 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import nibabel as nib
 import numpy as np
-from nibabel.processing import resample_from_to
 from pydicom.datadict import tag_for_keyword
 from pydicom.dataset import Dataset
 
@@ -48,6 +47,7 @@ from ..config import (
     DICOMWEB_RECONCILE_S,
     DICOMWEB_REFRESH_S,
     OHIF_STUDY_PATH,
+    PREPARATION,
     REFERENCE_CHANNEL,
 )
 from ..dicom.archive import Archive, series_from_metadata
@@ -61,9 +61,11 @@ from ..dicom.series_rules import SeriesRules, SeriesSummary
 from ..dicom.series_volume import SeriesProblem, SliceStack, slice_stack
 from ..errors import ArchiveUnavailable, InvalidInput, NotAllowed, NotFound
 from ..labels.conventions import LabelError, check_label_values
+from ..preparation.alignment import RegistrationRefused
+from ..preparation.pipeline import already_prepared_report, needs_preparation
 from ..runtime.atomic import nifti_image, read_json, write_json
 from ..runtime.shared_state import update_json
-from .case_cache import UnusableVolume, stack_channels
+from .case_cache import Preparation, UnusableVolume, prepare_series
 from .folder_layout import Geometry, StudyProblem
 from .stacked_nifti import StackedNiftiFile
 from .study_datastore import FINAL, IMPORTED_FROM, StudyDatastore, _tag
@@ -467,32 +469,30 @@ class DicomWebStudyDatastore(StudyDatastore):
         study = self._source(image_id)
         try:
             return str(self._cases.get_written(study.study_id, study.fingerprint(), lambda path: self._write_stack(study, path)))
-        except (SeriesProblem, UnusableVolume) as e:
+        except (SeriesProblem, UnusableVolume, RegistrationRefused) as e:
             self._mark_broken(study.study_id, study.fingerprint(), str(e))  # not served again until a series changes
             raise InvalidInput(f"study {study.study_id} cannot be opened: {e}") from None
 
-    def _write_stack(self, study: DicomStudy, path: Path) -> None:
+    def _write_stack(self, study: DicomStudy, path: Path) -> Preparation:
         """Fetch and decode the four series at once, each written into its channel's block of ``path`` by the
-        process that decoded it (``fetch_into``). A series on another grid is resampled onto the reference grid
-        here, and channels of different types are stacked here as float32."""
+        process that decoded it (``fetch_into``). A study as BraTS delivers it (every series on the reference grid,
+        skull-stripped) is then complete once its header is written; any other is prepared here (series registered
+        to the T1c, brain extracted: lib/preparation/) and written again."""
         geometry = self.geometry(study.study_id)
         series = [(study.channels[c].series_uid, f"{c} series '{study.channels[c].name}'") for c in CHANNELS]
         target = StackedNiftiFile.create(path, geometry.shape, len(CHANNELS), geometry.affine)
         decoded = fetch_into(self._archive, study.study_id, series, target)
+        volumes = {
+            channel: (target.read_block(index, np.dtype(d.dtype)), geometry.affine) if d.volume is None else (d.volume, d.affine)
+            for index, (channel, d) in enumerate(zip(CHANNELS, decoded))
+        }
         dtypes = {d.dtype for d in decoded}
-        if len(dtypes) == 1 and all(d.volume is None for d in decoded):
+        if len(dtypes) == 1 and all(d.volume is None for d in decoded) and not needs_preparation(volumes, PREPARATION):
             target.finish(np.dtype(dtypes.pop()))
-            return
-        channels = []
-        for index, d in enumerate(decoded):
-            if d.volume is None:
-                channels.append(target.read_block(index, np.dtype(d.dtype)))
-            elif d.volume.shape != geometry.shape or not np.allclose(d.affine, geometry.affine, atol=1e-3):
-                resampled = resample_from_to(nib.Nifti1Image(d.volume.astype(np.float32), d.affine), (geometry.shape, geometry.affine), order=1)
-                channels.append(np.asarray(resampled.dataobj, dtype=np.float32))
-            else:
-                channels.append(d.volume)
-        nib.save(nifti_image(stack_channels(channels), geometry.affine), str(path))
+            return Preparation(already_prepared_report(volumes))
+        stacked, affine, preparation = prepare_series(volumes)
+        nib.save(nifti_image(stacked, affine), str(path))
+        return preparation
 
     def get_image_info(self, image_id: str) -> Dict[str, Any]:
         study = self._source(image_id)
@@ -506,6 +506,7 @@ class DicomWebStudyDatastore(StudyDatastore):
                 "reference_channel": REFERENCE_CHANNEL,
                 "shape": list(geometry.shape),
                 "spacing_mm": list(geometry.spacing_mm),
+                "preparation": self.preparation_info(study.study_id),
             }
         )
         return info

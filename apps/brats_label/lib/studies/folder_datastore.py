@@ -126,6 +126,7 @@ class StudyFolderDatastore(StudyDatastore):
                 "layout": source.layout,
                 "channels": list(CHANNELS),
                 "files": {m: str(c.path) for m, c in source.channels.items()},
+                "preparation": self.preparation_info(source.study_id),
                 "shape": list(geometry.shape),
                 "spacing_mm": list(geometry.spacing_mm),
             }

@@ -1,6 +1,7 @@
 """Find the studies in a folder and check that each is usable, before the server lists it as a case.
 
-A study is four co-registered MR volumes (T1, T1c, T2, FLAIR) and, optionally, a ground-truth label.
+A study is four MR volumes (T1, T1c, T2, FLAIR), co-registered or as the scanner wrote them (each on its own
+grid: the preparation aligns them), and, optionally, a ground-truth label on the T1c's grid.
 Two folder layouts are understood:
 
 - BraTS: one sub-folder per study holding one NIfTI per modality, named ``<case>-t1c.nii.gz``
@@ -31,6 +32,7 @@ from ..config import (
     MSD_DEFAULT_ORDER,
     MSD_MODALITY_NAMES,
     NIFTI_SUFFIXES,
+    REFERENCE_CHANNEL,
 )
 
 MSD_IMAGE_DIRS = ("imagesTr", "imagesTs")
@@ -215,27 +217,26 @@ def _find_msd(root: Path) -> Tuple[List[StudySource], List[StudyProblem]]:
 
 
 def study_geometry(source: StudySource) -> Geometry:
-    first = source.channels[CHANNELS[0]]
-    return read_geometry(first.path, first.index)
+    """The study's grid: the reference channel's (T1c), which every channel is prepared onto and labels refer to."""
+    reference = source.channels[REFERENCE_CHANNEL]
+    return read_geometry(reference.path, reference.index)
 
 
 def check_study(source: StudySource) -> Optional[str]:
-    """None when usable, else why not: unreadable files, modalities or label off the shared grid."""
+    """None when usable, else why not: unreadable files, a label off the reference (T1c) grid.
+
+    Modalities on other grids than the T1c's (a lab's own ``dcm2niix`` export, sagittal FLAIR, thick T2) are
+    usable: the preparation (lib/preparation/) registers them to the T1c when the study is opened."""
     try:
         geometries = {m: read_geometry(c.path, c.index) for m, c in source.channels.items()}
-        reference_name = CHANNELS[0]
-        reference = geometries[reference_name]
-        for modality, geometry in geometries.items():
-            if not geometry.matches(reference):
-                return (
-                    f"{modality.upper()} and {reference_name.upper()} are not on the same grid "
-                    f"({geometry.difference(reference)}). Co-register and resample the modalities onto one grid "
-                    "(as the BraTS pre-processing does) and import the study again."
-                )
+        reference = geometries[REFERENCE_CHANNEL]
         if source.ground_truth is not None:
             label = read_geometry(source.ground_truth)
             if not label.matches(reference):
-                return f"label {source.ground_truth.name} is not on the images' grid ({label.difference(reference)})."
+                return (
+                    f"label {source.ground_truth.name} is not on the {REFERENCE_CHANNEL.upper()}'s grid ({label.difference(reference)}). "
+                    f"Labels refer to the {REFERENCE_CHANNEL.upper()} as stored: resample the label onto it."
+                )
     except ValueError as e:
         return str(e)
     except OSError as e:

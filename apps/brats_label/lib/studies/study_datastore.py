@@ -133,6 +133,10 @@ class StudyDatastore(Datastore):
             self._sources.pop(study_id, None)
             self._problems.append(StudyProblem(study_id, study_id, reason))
 
+    def preparation_info(self, study_id: str) -> Dict[str, Any]:
+        """How the case's model input was prepared (alignment per series, brain extraction), for its info."""
+        return self._cases.preparation(study_id) or {"state": "not prepared yet: it is prepared when the study is first opened, handed out or viewed"}
+
     def get_image(self, image_id: str, params=None) -> Any:
         return open(self.get_image_uri(image_id), "rb")
 

@@ -1,0 +1,117 @@
+"""Studies as the scanner wrote them are prepared as BraTS prepares its data before the model sees them: the
+series aligned to the T1c by their images, the brain extracted; a study that cannot be aligned is refused with
+its reason, and one already prepared costs only a check."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+from scipy.spatial.transform import Rotation
+
+from lib.config import CHANNELS
+from lib.studies.folder_datastore import StudyFolderDatastore
+from synthetic.head import generate_raw_study
+from synthetic.layouts import write_raw_study
+
+CASE = "BraTS-GLI-00000-000"
+
+
+def _move(path: Path, degrees: float, shift_mm: float) -> None:
+    """Rewrite a series' header as if the patient had turned ``degrees`` about S and moved ``shift_mm`` along R."""
+    image = nib.load(str(path))
+    centre = image.affine @ np.append((np.asarray(image.shape[:3]) - 1) / 2.0, 1.0)
+    motion = np.eye(4)
+    motion[:3, :3] = Rotation.from_euler("z", degrees, degrees=True).as_matrix()
+    motion[:3, 3] = centre[:3] - motion[:3, :3] @ centre[:3] + [shift_mm, 0.0, 0.0]
+    moved = nib.Nifti1Image(np.asarray(image.dataobj), motion @ image.affine)
+    nib.save(moved, str(path))
+
+
+def _channel(ds: StudyFolderDatastore, study: str, name: str) -> np.ndarray:
+    return np.asarray(nib.load(ds.get_image_uri(study)).dataobj)[..., CHANNELS.index(name)].astype(np.float32)
+
+
+def test_a_series_the_patient_moved_in_is_aligned_to_the_t1c_and_the_correction_is_shown(studies_copy, tmp_path):
+    untouched = StudyFolderDatastore(studies_copy, tmp_path / "before")
+    truth = _channel(untouched, CASE, "t1")
+    _move(studies_copy / CASE / f"{CASE}-t1n.nii.gz", degrees=5.0, shift_mm=4.0)
+    ds = StudyFolderDatastore(studies_copy, tmp_path / "ws")
+    assert CASE in ds.list_images(), "a series on its own grid is prepared, not refused"
+    aligned = _channel(ds, CASE, "t1")
+    brain = truth > 0
+    assert np.corrcoef(aligned[brain], truth[brain])[0, 1] > 0.97, "the T1 lands where the T1c's anatomy is"
+    found = ds.get_image_info(CASE)["preparation"]["alignment"]["t1"]
+    assert found["method"].startswith("rigid registration") and abs(found["rotation_deg"] - 5.0) < 1.0
+    assert found["translation_mm"] > 2.0 and "metric" in found
+    assert ds.get_image_info(CASE)["preparation"]["alignment"]["t2"]["method"].startswith("none"), "a series on the T1c's grid is not registered"
+
+
+def test_a_series_on_another_grid_with_thick_slices_is_prepared_instead_of_refused(studies_copy, tmp_path):
+    path = studies_copy / CASE / f"{CASE}-t2w.nii.gz"
+    image = nib.load(str(path))
+    thick = np.asarray(image.dataobj)[:, :, ::2]  # 4 mm slices, as a 2D T2 is acquired
+    affine = image.affine.copy()
+    affine[:3, 2] *= 2
+    nib.save(nib.Nifti1Image(thick, affine), str(path))
+    ds = StudyFolderDatastore(studies_copy, tmp_path / "ws")
+    t2 = _channel(ds, CASE, "t2")
+    assert t2.shape == tuple(ds.geometry(CASE).shape), "on the T1c's grid"
+    found = ds.get_image_info(CASE)["preparation"]["alignment"]["t2"]
+    assert found["rotation_deg"] < 1.0 and found["translation_mm"] < 1.0, "nothing moved: nothing corrected"
+
+
+def test_a_series_beyond_what_a_patient_moves_is_a_listed_problem_and_the_others_are_served(studies_copy, tmp_path):
+    _move(studies_copy / CASE / f"{CASE}-t2f.nii.gz", degrees=60.0, shift_mm=0.0)
+    ds = StudyFolderDatastore(studies_copy, tmp_path / "ws")
+    with pytest.raises(Exception, match="FLAIR series"):
+        ds.get_image_uri(CASE)
+    reason = next(p.reason for p in ds.problems() if p.study_id == CASE)
+    assert "FLAIR series" in reason and ("beyond what a patient moves" in reason or "failed" in reason), reason
+    assert CASE not in ds.list_images(), "never served unaligned"
+    others = [s for s in ds.list_images()]
+    assert len(others) == 5 and ds.get_image_uri(others[0])
+
+
+def test_a_study_as_brats_delivers_it_costs_only_a_check(studies_copy, tmp_path):
+    ds = StudyFolderDatastore(studies_copy, tmp_path / "ws")
+    ds.get_image_uri(CASE)
+    preparation = ds.get_image_info(CASE)["preparation"]
+    assert preparation["seconds"] == 0.0
+    assert all(v["method"].startswith("none") for v in preparation["alignment"].values())
+    assert preparation["brain"]["method"].startswith("none: skull-stripped") and 800 < preparation["brain"]["volume_ml"] < 2000
+
+
+@pytest.fixture(scope="module")
+def raw_head_study(tmp_path_factory):
+    """One whole-head study as a scanner writes it (1 mm, four planes and thicknesses, motion, bias), labelled."""
+    folder = tmp_path_factory.mktemp("raw")
+    raw = generate_raw_study(seed=5, index=0, case_id="RAW-00000")
+    write_raw_study(raw, folder / "studies", with_label=True, truth_dir=folder / "truth")
+    return folder, raw
+
+
+def test_a_whole_head_is_prepared_skull_off_series_aligned_and_the_label_stays_on_the_t1c(raw_head_study, tmp_path):
+    folder, raw = raw_head_study
+    ds = StudyFolderDatastore(folder / "studies", tmp_path / "ws")
+    assert ds.list_images() == ["RAW-00000"], [p.reason for p in ds.problems()]
+    volume = np.asarray(nib.load(ds.get_image_uri("RAW-00000")).dataobj)
+    info = ds.get_image_info("RAW-00000")
+    assert volume.shape[:3] == raw.series["t1c"][0].shape, "the T1c's grid, as stored"
+    preparation = info["preparation"]
+    assert set(preparation["alignment"]) == {"t1", "t2", "flair"}
+    for channel, found in preparation["alignment"].items():
+        true_degrees = np.degrees(Rotation.from_matrix(raw.motion[channel][:3, :3]).magnitude())
+        assert abs(found["rotation_deg"] - true_degrees) < 1.0, (channel, found, true_degrees)
+    mask = np.asarray(nib.load(str(tmp_path / "ws" / "cases" / "RAW-00000.brain.nii.gz")).dataobj) > 0
+    dice = 2 * (mask & raw.brain).sum() / (mask.sum() + raw.brain.sum())
+    assert dice >= 0.95, f"brain mask Dice {dice:.3f}"
+    assert abs(preparation["brain"]["volume_ml"] - raw.brain.sum() / 1000) / (raw.brain.sum() / 1000) < 0.05
+    assert not volume[~mask].any(), "scalp, skull, eyes and neck are out of the model's input"
+    assert ((raw.label > 0) & ~mask).sum() == 0, "no tumour cut away"
+    label = np.asarray(nib.load(ds.get_label_uri("RAW-00000", "final")).dataobj)
+    assert np.array_equal(label, raw.label), "the label stays on the T1c's grid as stored"
+    assert json.loads(json.dumps(preparation)) == preparation
