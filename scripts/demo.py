@@ -50,6 +50,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--studies", type=Path, default=REPO / "data" / "sample", help="studies folder (generated when empty)")
     parser.add_argument("--cases", type=int, default=16)
     parser.add_argument("--labelled", type=int, default=8)
+    parser.add_argument("--raw", type=int, default=2, help="how many of the unlabelled studies are whole heads as a scanner writes them")
     parser.add_argument("--spacing", type=float, default=1.0, help="mm; 1 gives BraTS-size 240x240x155 studies")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8000)
@@ -67,12 +68,14 @@ def ensure_studies(args: argparse.Namespace) -> None:
     if has_studies:
         print(f"==> using the studies in {args.studies}")
         return
-    print(f"==> generating {args.cases} sample studies ({args.labelled} labelled) in {args.studies}")
+    print(
+        f"==> generating {args.cases} sample studies ({args.labelled} labelled, {min(args.raw, args.cases - args.labelled)} whole heads as the scanner writes them) in {args.studies}"
+    )
     generate(
         [
             "--out", str(args.studies), "--cases", str(args.cases), "--labelled", str(args.labelled),
             "--spacing", str(args.spacing), "--ground-truth", str(args.studies.parent / "sample_ground_truth"),
-            "--montage", str(args.studies.parent / "sample_montages"),
+            "--montage", str(args.studies.parent / "sample_montages"), "--raw", str(min(args.raw, args.cases - args.labelled)),
         ]
     )  # fmt: skip
 

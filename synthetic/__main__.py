@@ -20,13 +20,19 @@ from typing import Optional, Tuple
 from tqdm import tqdm
 
 from .cohort import DEFAULT_KIND_MIX, DEFAULT_SITE_MIX, KINDS, SITES, design_case, parse_mix
-from .layouts import LAYOUTS, case_name, write_msd_dataset_json, write_study
+from .head import generate_raw_study
+from .layouts import LAYOUTS, case_name, write_msd_dataset_json, write_raw_study, write_study
 from .montage import save_montage
 from .study import generate_study, varied_acquisition
 
 
 def _make_one(args: tuple) -> Tuple[str, Optional[dict]]:
-    index, seed, spacing, layout, with_label, out_dir, label_dir, montage_dir, varied, cohort = args
+    index, seed, spacing, layout, with_label, out_dir, label_dir, montage_dir, varied, cohort, raw = args
+    if raw:  # a whole head as the scanner writes it (1 mm T1c; synthetic/head.py)
+        design = design_case(seed, index, *cohort) if cohort else None
+        head = generate_raw_study(seed, index, case_id=f"{RAW_CASE_PREFIX}{index:05d}", design=design)
+        write_raw_study(head, Path(out_dir), with_label, Path(label_dir) if label_dir else None)
+        return head.case_id, design.record() if design else None
     quality = varied_acquisition(seed, index) if varied else {}
     design = design_case(seed, index, *cohort) if cohort else None
     study = generate_study(seed, index, spacing, case_id=case_name(layout, index), design=design, **quality)
@@ -36,6 +42,9 @@ def _make_one(args: tuple) -> Tuple[str, Optional[dict]]:
         title = f"{study.case_id}  (seed {seed}, WT radius {study.shape.whole_radius_mm:.0f} mm{kind})"
         save_montage(study.images, study.label, Path(montage_dir) / f"{study.case_id}.png", title)
     return study.case_id, design.record() if design else None
+
+
+RAW_CASE_PREFIX = "Head-"  # raw studies are named apart from the BraTS-prepared ones
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -54,6 +63,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--kinds", default=None, help="the kinds' mix, e.g. typical=0.4,low_grade=0.15,small=0.05 (implies --cohort)")
     parser.add_argument("--sites", default=None, help="the sites' mix, e.g. 3t_3d=0.5,15t_2d=0.3,older_3mm=0.2 (implies --cohort)")
     parser.add_argument("--manifest", type=Path, default=None, help="write each case's kind, site and acquisition to this JSON file")
+    parser.add_argument(
+        "--raw", type=int, default=0, help="the last N studies are whole heads as a scanner writes them (1 mm, series in their own planes, motion, bias; brats2023 layout)"
+    )
     parser.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1))
     args = parser.parse_args(argv)
     if args.cases < 1:
@@ -62,6 +74,10 @@ def parse_args(argv=None) -> argparse.Namespace:
         args.labelled = args.cases
     if not 0 <= args.labelled <= args.cases:
         parser.error(f"--labelled must be between 0 and --cases ({args.cases})")
+    if not 0 <= args.raw <= args.cases:
+        parser.error(f"--raw must be between 0 and --cases ({args.cases})")
+    if args.raw and args.layout != "brats2023":
+        parser.error("--raw studies are written in the brats2023 layout (one file per series, each on its own grid)")
     if args.spacing <= 0:
         parser.error("--spacing must be positive (mm)")
     args.cohort_mix = None
@@ -92,6 +108,7 @@ def main(argv=None) -> int:
             str(args.montage) if args.montage else None,
             args.varied_acquisition,
             args.cohort_mix,
+            i >= args.cases - args.raw,
         )
         for i in range(args.cases)
     ]

@@ -13,7 +13,9 @@ import pytest
 from scipy.spatial.transform import Rotation
 
 from lib.config import CHANNELS
+from lib.studies.dicomweb_datastore import DicomWebStudyDatastore
 from lib.studies.folder_datastore import StudyFolderDatastore
+from scripts.import_studies import import_studies
 from synthetic.head import generate_raw_study
 from synthetic.layouts import write_raw_study
 
@@ -115,3 +117,20 @@ def test_a_whole_head_is_prepared_skull_off_series_aligned_and_the_label_stays_o
     label = np.asarray(nib.load(ds.get_label_uri("RAW-00000", "final")).dataobj)
     assert np.array_equal(label, raw.label), "the label stays on the T1c's grid as stored"
     assert json.loads(json.dumps(preparation)) == preparation
+
+
+def test_a_raw_study_in_the_archive_is_opened_prepared_on_its_t1c_grid(raw_head_study, orthanc, tmp_path):
+    """The same whole head sent to Orthanc as DICOM (axial T1c, thick axial T1 and T2, sagittal FLAIR)."""
+    folder, raw = raw_head_study
+    counts = import_studies(folder / "studies", orthanc.archive(), progress=False)
+    assert counts["refused"] == 0, counts
+    ds = DicomWebStudyDatastore(orthanc.archive(), tmp_path / "ws", refresh_s=0)
+    [study] = ds.list_images()
+    assert ds.get_image_info(study)["series"]["flair"]["instances"] == raw.series["flair"][0].shape[2], "the sagittal FLAIR, slice by slice"
+    volume = np.asarray(nib.load(ds.get_image_uri(study)).dataobj)
+    assert volume.shape[:3] == raw.series["t1c"][0].shape
+    preparation = ds.get_image_info(study)["preparation"]
+    for channel in ("t1", "t2", "flair"):
+        true_degrees = np.degrees(Rotation.from_matrix(raw.motion[channel][:3, :3]).magnitude())
+        assert abs(preparation["alignment"][channel]["rotation_deg"] - true_degrees) < 1.0, (channel, preparation["alignment"][channel])
+    assert preparation["brain"]["method"].startswith("atlas") and abs(preparation["brain"]["volume_ml"] - raw.brain.sum() / 1000) < 0.05 * raw.brain.sum() / 1000

@@ -35,6 +35,7 @@ class PreparedStudy:
     affine: np.ndarray
     brain: Optional[np.ndarray]
     report: Dict[str, Any] = field(default_factory=dict)
+    transforms: Dict[str, np.ndarray] = field(default_factory=dict)  # channel -> 4x4 RAS, T1c point -> series point
 
 
 def on_grid(series: Series, reference: Series) -> bool:
@@ -57,6 +58,7 @@ def prepare_study(series: Mapping[str, Series], settings: PreparationSettings) -
     fixed = to_sitk(reference_volume, reference_affine)
     channels: Dict[str, np.ndarray] = {REFERENCE_CHANNEL: reference_volume}
     alignment: Dict[str, Any] = {}
+    transforms: Dict[str, np.ndarray] = {}
     for channel in CHANNELS:
         if channel == REFERENCE_CHANNEL:
             continue
@@ -68,6 +70,7 @@ def prepare_study(series: Mapping[str, Series], settings: PreparationSettings) -
         moving = to_sitk(volume, affine)
         transform, found = register_rigid(fixed, moving, settings, f"{channel.upper()} series")
         channels[channel] = to_numpy(resample_onto(moving, fixed, transform))
+        transforms[channel] = found.ras
         alignment[channel] = {"method": "rigid registration to the T1c (mutual information)", **found.summary()}
 
     brain: Optional[np.ndarray] = None
@@ -84,7 +87,7 @@ def prepare_study(series: Mapping[str, Series], settings: PreparationSettings) -
         "brain": brain_report,
         "seconds": round(time.monotonic() - started, 1),
     }
-    return PreparedStudy([channels[c] for c in CHANNELS], reference_affine, brain, report)
+    return PreparedStudy([channels[c] for c in CHANNELS], reference_affine, brain, report, transforms)
 
 
 def already_prepared_report(series: Mapping[str, Series]) -> Dict[str, Any]:
