@@ -10,6 +10,8 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
+import requests
+from monailabel.client import MONAILabelClient
 from scipy.spatial.transform import Rotation
 
 from lib.config import CHANNELS
@@ -134,3 +136,21 @@ def test_a_raw_study_in_the_archive_is_opened_prepared_on_its_t1c_grid(raw_head_
         true_degrees = np.degrees(Rotation.from_matrix(raw.motion[channel][:3, :3]).magnitude())
         assert abs(preparation["alignment"][channel]["rotation_deg"] - true_degrees) < 1.0, (channel, preparation["alignment"][channel])
     assert preparation["brain"]["method"].startswith("atlas") and abs(preparation["brain"]["volume_ml"] - raw.brain.sum() / 1000) < 0.05 * raw.brain.sum() / 1000
+
+
+@pytest.mark.server
+def test_next_sample_never_hands_out_a_study_that_cannot_be_prepared(studies_copy, server_factory, tmp_path):
+    """Two unlabelled studies, one of them with a FLAIR no registration can align: every annotator asking for the
+    next study gets the other one, and the refused study is listed as a problem with its reason."""
+    unlabelled = sorted(p.name for p in studies_copy.iterdir() if not (p / f"{p.name}-seg.nii.gz").exists())
+    assert len(unlabelled) == 2
+    refused, usable = unlabelled
+    _move(studies_copy / refused / f"{refused}-t2f.nii.gz", degrees=60.0, shift_mm=0.0)
+    server = server_factory(studies_copy, retrain_after_labels=0)
+    for annotator in range(3):
+        answer = MONAILabelClient(server.url, client_id=f"annotator-{annotator}").next_sample("random", {})
+        assert answer.get("id") in (usable, None), answer
+        assert answer.get("id") != refused
+    listing = requests.get(f"{server.url}/datastore/", params={"output": "all"}, timeout=30).json()
+    problem = next(p["reason"] for p in listing["problems"] if p["study_id"] == refused)
+    assert "FLAIR series" in problem, problem

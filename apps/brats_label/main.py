@@ -59,6 +59,7 @@ from lib.config import (
     DICOMWEB_WORKSPACE_ROOT,
     FOREGROUND_LABELS,
     MODEL_NAME,
+    NEXT_SAMPLE_PICKS,
     POWER_SAMPLING_BETA,
     SCRATCH_DIR_NAME,
     TOKEN_ALGORITHMS,
@@ -399,23 +400,29 @@ class BratsLabelApp(MONAILabelApp):
 
     def next_sample(self, request):
         """The strategy's pick, with the study's DICOM ids from an archive (OHIF's Next Sample opens the study by
-        them). MONAI Label's own answer also opens the study to give its server-side ``path``: under load that
-        made Next Sample wait seconds for a fetch from the archive. Here the study is prepared in the background
-        for the auto-segmentation and download that follow; ``path`` is given when it is ready already."""
+        them). A study is handed out only once its volume is prepared (opened from the archive, aligned, brain
+        extracted): one that cannot be becomes a listed problem with its reason, and another is picked, so an
+        annotator is never handed a study whose auto-segmentation then fails. Most are prepared already (when
+        handed out before, viewed, downloaded, or scored); the model's input is then prepared in the background
+        for the auto-segmentation and download that follow."""
         name = request.get("strategy") or "random"
         strategy = self._strategies.get(name)
         if strategy is None:
             raise NotFound(f"no active-learning strategy '{name}' (strategies: {', '.join(self._strategies)})")
-        answer = strategy(request, self.datastore())
-        if not answer or not answer.get("id"):
-            return {}
-        path = self._datastore.cached_image_uri(answer["id"])  # type: ignore[attr-defined]
-        if path:
-            answer["path"] = path
-        self.case_preparation.submit(answer["id"], "handed out")  # the model's input too, not only the volume
-        if isinstance(self._datastore, DicomWebStudyDatastore):
-            answer.update(self._datastore.viewer_ids(answer["id"]))
-        return answer
+        for _ in range(NEXT_SAMPLE_PICKS):
+            answer = strategy(request, self.datastore())
+            if not answer or not answer.get("id"):
+                return {}
+            try:
+                answer["path"] = self._datastore.get_image_uri(answer["id"])
+            except InvalidInput as e:  # the datastore lists it as a problem now: the next pick cannot be it
+                logger.warning(f"Next Sample passed over study {answer['id']}: {e}")
+                continue
+            self.case_preparation.submit(answer["id"], "handed out")  # the model's input too, not only the volume
+            if isinstance(self._datastore, DicomWebStudyDatastore):
+                answer.update(self._datastore.viewer_ids(answer["id"]))
+            return answer
+        raise InvalidInput(f"Next Sample found no usable study in {NEXT_SAMPLE_PICKS} picks: see /datastore/?output=all for the studies' problems")
 
     def _prepare_case(self, case: str) -> None:
         """A study just handed out or opened in the viewer: its 4-channel volume built, and the model's input read

@@ -215,6 +215,8 @@ PREPARED_INPUT_TTL_S = 600
 # A study handed out or opened in the viewer is prepared ahead at most this often, and at most this many wait.
 CASE_PREPARATION_AGAIN_S = 600.0
 CASE_PREPARATION_QUEUE_MAX = 4
+# Next Sample passes over a study that cannot be opened or prepared (listed as a problem) and picks again, this often.
+NEXT_SAMPLE_PICKS = 5
 
 # --- training --------------------------------------------------------------------------------------
 
