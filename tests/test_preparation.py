@@ -5,6 +5,7 @@ its reason, and one already prepared costs only a check."""
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import nibabel as nib
@@ -146,7 +147,7 @@ def test_next_sample_never_hands_out_a_study_that_cannot_be_prepared(studies_cop
     assert len(unlabelled) == 2
     refused, usable = unlabelled
     _move(studies_copy / refused / f"{refused}-t2f.nii.gz", degrees=60.0, shift_mm=0.0)
-    server = server_factory(studies_copy, retrain_after_labels=0)
+    server = server_factory(studies_copy, retrain_after_labels=0, prepare_on_arrival="false")  # Next Sample meets it first
     for annotator in range(3):
         answer = MONAILabelClient(server.url, client_id=f"annotator-{annotator}").next_sample("random", {})
         assert answer.get("id") in (usable, None), answer
@@ -154,3 +155,28 @@ def test_next_sample_never_hands_out_a_study_that_cannot_be_prepared(studies_cop
     listing = requests.get(f"{server.url}/datastore/", params={"output": "all"}, timeout=30).json()
     problem = next(p["reason"] for p in listing["problems"] if p["study_id"] == refused)
     assert "FLAIR series" in problem, problem
+
+
+@pytest.mark.server
+def test_studies_are_prepared_as_they_arrive_while_the_server_is_idle(studies_copy, server_factory):
+    """Nobody opens anything: the server prepares every study by itself, a moved series aligned, and the study
+    that cannot be aligned is a listed problem before anyone is handed it."""
+    unlabelled = sorted(p.name for p in studies_copy.iterdir() if not (p / f"{p.name}-seg.nii.gz").exists())
+    refused, moved = unlabelled
+    _move(studies_copy / refused / f"{refused}-t2f.nii.gz", degrees=60.0, shift_mm=0.0)
+    _move(studies_copy / moved / f"{moved}-t1n.nii.gz", degrees=4.0, shift_mm=3.0)
+    server = server_factory(studies_copy, retrain_after_labels=0)
+    client = MONAILabelClient(server.url)
+    deadline = time.time() + 180
+    while time.time() < deadline:
+        arrival = client.info()["arrival_preparation"]
+        if arrival["opened"] == 6 and len(arrival["recent"]) == 6:
+            break
+        time.sleep(1)
+    outcomes = {r["study"]: r["outcome"] for r in arrival["recent"]}
+    assert arrival["on"] and len(outcomes) == 6, arrival
+    assert outcomes[moved] == "prepared" and outcomes[refused].startswith("failed") and "FLAIR series" in outcomes[refused]
+    listing = requests.get(f"{server.url}/datastore/", params={"output": "all"}, timeout=30).json()
+    assert refused in {p["study_id"] for p in listing["problems"]} and refused not in listing["objects"]
+    found = listing["objects"][moved]["image"]["info"]["preparation"]["alignment"]["t1"]
+    assert abs(found["rotation_deg"] - 4.0) < 1.0, found

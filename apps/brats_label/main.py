@@ -53,6 +53,7 @@ from lib.activelearning.scores import ScoreStore, ServedModelVersion
 from lib.activelearning.scoring import EpistemicScoring
 from lib.activelearning.strategies import PowerUncertaintyStrategy, RandomStrategy, UncertaintyStrategy
 from lib.config import (
+    ARRIVAL_PREPARATION_INTERVAL_S,
     BACKGROUND_NICENESS,
     CASE_PREPARATION_AGAIN_S,
     CASE_PREPARATION_QUEUE_MAX,
@@ -83,7 +84,7 @@ from lib.model.model_zoo import fetch_weights
 from lib.model.network import check_weights, read_state_dict
 from lib.runtime.infer_queue import FairQueue
 from lib.runtime.processes import in_worker_process
-from lib.studies.case_preparation import CasePreparation
+from lib.studies.case_preparation import ArrivalPreparation, CasePreparation
 from lib.studies.dicomweb_datastore import DicomWebStudyDatastore
 from lib.studies.folder_datastore import StudyFolderDatastore
 from lib.trainers.evaluation import evaluation_transforms
@@ -144,6 +145,7 @@ class BratsLabelApp(MONAILabelApp):
         self.versions = ModelVersions(self.model_dir, self.model_path)
         self.infer_queue = FairQueue(self.config.infer_concurrency)
         self.case_preparation = CasePreparation(self._prepare_case, CASE_PREPARATION_AGAIN_S, CASE_PREPARATION_QUEUE_MAX)
+        self.arrival_preparation = ArrivalPreparation(self._unprepared_studies, lambda study: self._datastore.get_image_uri(study), self._idle, ARRIVAL_PREPARATION_INTERVAL_S)
         if self._writer:
             self._register_first_version()
         self.retrain = RetrainTrigger(
@@ -344,6 +346,8 @@ class BratsLabelApp(MONAILabelApp):
         install_route_guard(server, verifier, int(self.config.max_upload_mb * 2**20))  # last: every route exists
 
         threading.Thread(target=self._watch, name="model-watch", daemon=True).start()
+        if self.config.prepare_on_arrival:
+            self.arrival_preparation.start()
 
     def _watch(self) -> None:
         """Retrain when enough labels came in; rescore when the served model changes. Any error is logged
@@ -431,6 +435,14 @@ class BratsLabelApp(MONAILabelApp):
         if self._infers[MODEL_NAME].is_valid():
             self._infers[MODEL_NAME].prepare(path)  # type: ignore[attr-defined]
 
+    def _unprepared_studies(self) -> List[str]:
+        return [s for s in self._datastore.list_images() if not self._datastore.cached_image_uri(s)]  # type: ignore[attr-defined]
+
+    def _idle(self) -> bool:
+        """No auto-segmentation runs or waits, and no study is being prepared for an annotator."""
+        status = self.infer_queue.status()
+        return not status["running"] and not status["waiting"] and not self.case_preparation.status()["pending"]
+
     def image_downloaded(self, case: str) -> None:
         """A client downloaded a study's volume (3D Slicer opening it): prepare its auto-segmentation, once."""
         self.case_preparation.submit(case, "downloaded")
@@ -450,4 +462,5 @@ class BratsLabelApp(MONAILabelApp):
         info["retrain"] = self.retrain.status()
         info["inference_queue"] = self.infer_queue.status()
         info["case_preparation"] = self.case_preparation.status()
+        info["arrival_preparation"] = {"on": self.config.prepare_on_arrival, **self.arrival_preparation.status()}
         return info

@@ -215,6 +215,9 @@ PREPARED_INPUT_TTL_S = 600
 # A study handed out or opened in the viewer is prepared ahead at most this often, and at most this many wait.
 CASE_PREPARATION_AGAIN_S = 600.0
 CASE_PREPARATION_QUEUE_MAX = 4
+# A study the server has never opened is prepared while no auto-segmentation runs or waits, one at a time; this often
+# the server looks for one.
+ARRIVAL_PREPARATION_INTERVAL_S = 5.0
 # Next Sample passes over a study that cannot be opened or prepared (listed as a problem) and picks again, this often.
 NEXT_SAMPLE_PICKS = 5
 
@@ -345,6 +348,7 @@ class AppConfig:
     auth_audience: Optional[str] = None  # the token audience the server accepts; None: MONAI_LABEL_AUTH_CLIENT_ID
     pretrained_zoo: Optional[ZooBundle] = None  # named by pretrained_weights zoo:<name>[@<version>]
     zoo_url: Optional[str] = None  # where bundles are fetched from ({name}, {version}); None: MONAI's hosting
+    prepare_on_arrival: bool = True  # studies never opened are opened (and prepared) while the server is idle
 
     @property
     def patch_size(self) -> Tuple[int, int, int]:
@@ -435,7 +439,15 @@ class AppConfig:
             conf.get("auth_audience") or None,
             zoo,
             zoo_url,
+            prepare_on_arrival=_flag(conf, "prepare_on_arrival", True),
         )
+
+
+def _flag(conf: Mapping[str, str], key: str, default: bool) -> bool:
+    value = str(conf.get(key, default)).strip().lower()
+    if value not in ("true", "false", "1", "0", "yes", "no"):
+        raise ConfigError(f"--conf {key} {conf[key]!r}: expected true or false")
+    return value in ("true", "1", "yes")
 
 
 def _series_rules(path: str) -> Tuple[Tuple[str, str], ...]:

@@ -59,3 +59,61 @@ class CasePreparation:
     def status(self) -> Dict[str, Any]:
         with self._lock:
             return {"pending": self._pending, "recent": list(self._recent)}
+
+
+class ArrivalPreparation:
+    """Studies the server has never opened, their volumes built (and a raw study prepared: aligned, brain extracted)
+    one at a time while the server is idle, in the order it first listed them. A raw study's preparation (about
+    20 s) is then done before anyone opens it, and a study that cannot be opened or prepared is a listed problem
+    before Next Sample could pick it.
+
+    ``unprepared()`` gives the listed studies whose volume is not current (never builds one); ``open_study(study)``
+    builds it (the datastore's ``get_image_uri``); ``idle()`` says whether no auto-segmentation runs or waits.
+    A study is tried once; a failure stays with the datastore's problems until a restart. The model's input is
+    left to ``CasePreparation``: a study handed out, viewed or downloaded is still prepared for its annotator."""
+
+    def __init__(self, unprepared: Callable[[], list], open_study: Callable[[str], Any], idle: Callable[[], bool], interval_s: float):
+        self._unprepared, self._open, self._idle = unprepared, open_study, idle
+        self._interval_s = interval_s
+        self._first_seen: Dict[str, float] = {}
+        self._tried: set = set()
+        self._recent: Deque[Dict[str, Any]] = deque(maxlen=RECENT_KEPT)
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+
+    def start(self) -> None:
+        threading.Thread(target=self._loop, name="arrival-preparation", daemon=True).start()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def step(self) -> str:
+        """Build the oldest unopened study's volume if the server is idle; the study built, or ''."""
+        now = time.monotonic()
+        waiting = [s for s in self._unprepared() if s not in self._tried]
+        for study in waiting:
+            self._first_seen.setdefault(study, now)
+        if not waiting or not self._idle():
+            return ""
+        study = min(waiting, key=lambda s: (self._first_seen[s], s))
+        self._tried.add(study)
+        started = time.monotonic()
+        try:
+            self._open(study)
+            outcome = "prepared"
+        except Exception as e:  # the datastore lists the study's problem with its reason
+            outcome = f"failed: {e}"
+        with self._lock:
+            self._recent.append({"study": study, "outcome": outcome, "seconds": round(time.monotonic() - started, 2)})
+        return study
+
+    def status(self) -> Dict[str, Any]:
+        with self._lock:
+            return {"opened": len(self._tried), "recent": list(self._recent)}
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self._interval_s):
+            try:
+                self.step()
+            except Exception as e:  # a listing error now must not end preparation for good
+                logger.warning(f"Preparing newly arrived studies: {e}")
