@@ -12,12 +12,14 @@ import nibabel as nib
 import numpy as np
 import pytest
 import requests
+from monai.transforms import Compose
 from monailabel.client import MONAILabelClient
 from scipy.spatial.transform import Rotation
 
-from lib.config import CHANNELS
+from lib.config import CHANNELS, PROFILES, REGIONS
 from lib.studies.dicomweb_datastore import DicomWebStudyDatastore
 from lib.studies.folder_datastore import StudyFolderDatastore
+from lib.trainers.evaluation import evaluation_transforms
 from scripts.import_studies import import_studies
 from synthetic.head import generate_raw_study
 from synthetic.layouts import write_raw_study
@@ -120,6 +122,14 @@ def test_a_whole_head_is_prepared_skull_off_series_aligned_and_the_label_stays_o
     label = np.asarray(nib.load(ds.get_label_uri("RAW-00000", "final")).dataobj)
     assert np.array_equal(label, raw.label), "the label stays on the T1c's grid as stored"
     assert json.loads(json.dumps(preparation)) == preparation
+    item = ds.training_item("RAW-00000")
+    image, label_file = nib.load(item["image"]), nib.load(item["label"])
+    assert image.shape[:3] == label_file.shape and np.allclose(image.affine, label_file.affine), "label and prepared input share the T1c's grid"
+    seen = Compose(evaluation_transforms(PROFILES["cpu"]))({"image": item["image"], "label": item["label"]})
+    for index, region in enumerate(REGIONS):  # what training and validation see at 2 mm: the same volumes
+        scanner_ml = np.isin(label, REGIONS[region]).sum() / 1000
+        model_ml = float(seen["label"][index].sum()) * 8 / 1000
+        assert abs(model_ml - scanner_ml) <= 0.01 * scanner_ml + 0.05, (region, model_ml, scanner_ml)
 
 
 def test_a_raw_study_in_the_archive_is_opened_prepared_on_its_t1c_grid(raw_head_study, orthanc, tmp_path):
