@@ -38,6 +38,11 @@ class PreparedStudy:
     transforms: Dict[str, np.ndarray] = field(default_factory=dict)  # channel -> 4x4 RAS, T1c point -> series point
 
 
+def voxel_ml(affine: np.ndarray) -> float:
+    """Volume of one voxel of a grid (mm affine) in millilitres."""
+    return float(abs(np.linalg.det(np.asarray(affine, dtype=float)[:3, :3]))) / 1000.0
+
+
 def on_grid(series: Series, reference: Series) -> bool:
     return series[0].shape == reference[0].shape and bool(np.allclose(series[1], reference[1], atol=GEOMETRY_TOLERANCE_MM))
 
@@ -45,8 +50,7 @@ def on_grid(series: Series, reference: Series) -> bool:
 def needs_preparation(series: Mapping[str, Series], settings: PreparationSettings) -> bool:
     """False for a study as BraTS delivers it: every series on the reference grid and the brain already extracted."""
     reference = series[REFERENCE_CHANNEL]
-    voxel_ml = float(abs(np.linalg.det(reference[1][:3, :3]))) / 1000.0
-    return not (all(on_grid(s, reference) for s in series.values()) and looks_skull_stripped(reference[0], voxel_ml, settings))
+    return not (all(on_grid(s, reference) for s in series.values()) and looks_skull_stripped(reference[0], voxel_ml(reference[1]), settings))
 
 
 def prepare_study(series: Mapping[str, Series], settings: PreparationSettings) -> PreparedStudy:
@@ -54,7 +58,7 @@ def prepare_study(series: Mapping[str, Series], settings: PreparationSettings) -
     series cannot be aligned: the study is then a listed problem, never used unaligned."""
     started = time.monotonic()
     reference_volume, reference_affine = series[REFERENCE_CHANNEL]
-    voxel_ml = float(abs(np.linalg.det(reference_affine[:3, :3]))) / 1000.0
+    voxel = voxel_ml(reference_affine)
     fixed = to_sitk(reference_volume, reference_affine)
     channels: Dict[str, np.ndarray] = {REFERENCE_CHANNEL: reference_volume}
     alignment: Dict[str, Any] = {}
@@ -74,13 +78,13 @@ def prepare_study(series: Mapping[str, Series], settings: PreparationSettings) -
         alignment[channel] = {"method": "rigid registration to the T1c (mutual information)", **found.summary()}
 
     brain: Optional[np.ndarray] = None
-    if looks_skull_stripped(reference_volume, voxel_ml, settings):
-        brain_report: Dict[str, Any] = {"method": "none: skull-stripped already", "volume_ml": round(np.count_nonzero(reference_volume) * voxel_ml, 1)}
+    if looks_skull_stripped(reference_volume, voxel, settings):
+        brain_report: Dict[str, Any] = {"method": "none: skull-stripped already", "volume_ml": round(np.count_nonzero(reference_volume) * voxel, 1)}
     else:
         brain, method = extract_brain_with_method(fixed, reference_volume.astype(np.float32), settings)
         for channel, volume in channels.items():
             channels[channel] = np.where(brain, volume, 0).astype(volume.dtype)
-        brain_report = {"method": f"{method} (SRI24 atlas registered to the T1c)", "volume_ml": round(int(brain.sum()) * voxel_ml, 1)}
+        brain_report = {"method": f"{method} (SRI24 atlas registered to the T1c)", "volume_ml": round(int(brain.sum()) * voxel, 1)}
     report = {
         "reference": f"{REFERENCE_CHANNEL.upper()} grid, as stored",
         "alignment": alignment,
@@ -93,10 +97,9 @@ def prepare_study(series: Mapping[str, Series], settings: PreparationSettings) -
 def already_prepared_report(series: Mapping[str, Series]) -> Dict[str, Any]:
     """The report of a study that needed nothing (for the case's info, so every case says how it was prepared)."""
     reference_volume, reference_affine = series[REFERENCE_CHANNEL]
-    voxel_ml = float(abs(np.linalg.det(reference_affine[:3, :3]))) / 1000.0
     return {
         "reference": f"{REFERENCE_CHANNEL.upper()} grid, as stored",
         "alignment": {c: {"method": "none: on the T1c's grid already"} for c in CHANNELS if c != REFERENCE_CHANNEL},
-        "brain": {"method": "none: skull-stripped already", "volume_ml": round(np.count_nonzero(reference_volume) * voxel_ml, 1)},
+        "brain": {"method": "none: skull-stripped already", "volume_ml": round(np.count_nonzero(reference_volume) * voxel_ml(reference_affine), 1)},
         "seconds": 0.0,
     }

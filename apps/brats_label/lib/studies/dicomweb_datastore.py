@@ -62,7 +62,8 @@ from ..dicom.series_volume import SeriesProblem, SliceStack, slice_stack
 from ..errors import ArchiveUnavailable, InvalidInput, NotAllowed, NotFound
 from ..labels.conventions import LabelError, check_label_values
 from ..preparation.alignment import RegistrationRefused
-from ..preparation.pipeline import already_prepared_report, needs_preparation
+from ..preparation.brain_mask import looks_skull_stripped
+from ..preparation.pipeline import already_prepared_report, voxel_ml
 from ..runtime.atomic import nifti_image, read_json, write_json
 from ..runtime.shared_state import update_json
 from .case_cache import Preparation, UnusableVolume, prepare_series
@@ -482,14 +483,17 @@ class DicomWebStudyDatastore(StudyDatastore):
         series = [(study.channels[c].series_uid, f"{c} series '{study.channels[c].name}'") for c in CHANNELS]
         target = StackedNiftiFile.create(path, geometry.shape, len(CHANNELS), geometry.affine)
         decoded = fetch_into(self._archive, study.study_id, series, target)
+        dtypes = {d.dtype for d in decoded}
+        if len(dtypes) == 1 and all(d.volume is None for d in decoded):  # every series on the reference grid
+            dtype = np.dtype(dtypes.pop())
+            reference = {REFERENCE_CHANNEL: (target.read_block(CHANNELS.index(REFERENCE_CHANNEL), dtype), geometry.affine)}
+            if looks_skull_stripped(reference[REFERENCE_CHANNEL][0], voxel_ml(geometry.affine), PREPARATION):
+                target.finish(dtype)  # as BraTS delivers it: a count of zero voxels is the whole preparation
+                return Preparation(already_prepared_report(reference))
         volumes = {
             channel: (target.read_block(index, np.dtype(d.dtype)), geometry.affine) if d.volume is None else (d.volume, d.affine)
             for index, (channel, d) in enumerate(zip(CHANNELS, decoded))
         }
-        dtypes = {d.dtype for d in decoded}
-        if len(dtypes) == 1 and all(d.volume is None for d in decoded) and not needs_preparation(volumes, PREPARATION):
-            target.finish(np.dtype(dtypes.pop()))
-            return Preparation(already_prepared_report(volumes))
         stacked, affine, preparation = prepare_series(volumes)
         nib.save(nifti_image(stacked, affine), str(path))
         return preparation
