@@ -15,7 +15,7 @@ different head, the SRI24 atlas, so the method is scored on heads it was not bui
   delivers it (skull-stripped, one grid), each against the truth, their WT ratio, and the predicted tumour
   outside the true brain (mL).
 
-Prints a table and writes ``summary.json`` and ``studies.csv`` into ``--out``.
+Prints a table and writes ``summary.json``, ``studies.csv`` and a picture per study (``<study>.png``) into ``--out``.
 """
 
 from __future__ import annotations
@@ -54,7 +54,37 @@ def registration_error_mm(found: np.ndarray, truth: np.ndarray, points: np.ndarr
     return float(np.linalg.norm(a - b, axis=1).mean())
 
 
-def score_study(seed: int, index: int, weights: Path | None, scratch: Path) -> dict:
+def picture(raw, prepared, path: Path) -> None:
+    """Axial slice through the tumour: each series placed by its header alone (what the server did before) above
+    the prepared input, the extracted brain's outline in yellow and the true tumour's in red."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from nibabel.processing import resample_from_to
+
+    reference = raw.series["t1c"]
+    z = int(np.argmax((raw.label > 0).sum(axis=(0, 1))))
+    header_only = {
+        c: np.asarray(resample_from_to(nib.Nifti1Image(v.astype(np.float32), a), (reference[0].shape, reference[1]), order=1).dataobj) for c, (v, a) in raw.series.items()
+    }
+    fig, axes = plt.subplots(2, 4, figsize=(16, 8.6))
+    for column, channel in enumerate(CHANNELS):
+        for row, volume in enumerate((header_only[channel], prepared.channels[column])):
+            ax = axes[row, column]
+            ax.imshow(volume[:, :, z].T, cmap="gray", origin="lower")
+            if row == 1 and prepared.brain is not None:
+                ax.contour(prepared.brain[:, :, z].T.astype(float), levels=[0.5], colors="yellow", linewidths=0.8)
+            ax.contour((raw.label[:, :, z] > 0).T.astype(float), levels=[0.5], colors="red", linewidths=0.8)
+            ax.set_title(f"{channel.upper()}: {'placed by its header' if row == 0 else 'prepared'}")
+            ax.axis("off")
+    fig.suptitle(f"{raw.case_id}: raw series (top) and the prepared input (bottom); brain mask yellow, true tumour red")
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+
+
+def score_study(seed: int, index: int, weights: Path | None, scratch: Path, out: Path) -> dict:
     raw = generate_raw_study(seed, index, case_id=f"Head-{index:05d}")
     reference = raw.series["t1c"]
     points = np.argwhere(raw.brain)[::BRAIN_POINTS_EVERY].astype(float)
@@ -63,6 +93,7 @@ def score_study(seed: int, index: int, weights: Path | None, scratch: Path) -> d
     prepared = prepare_study(raw.series, PREPARATION)
     seconds = time.monotonic() - started
     row: dict = {"study": raw.case_id, "prepare_s": round(seconds, 1)}
+    picture(raw, prepared, out / f"{raw.case_id}.png")
     for channel in ("t1", "t2", "flair"):
         row[f"reg_error_mm_{channel}"] = round(registration_error_mm(prepared.transforms[channel], raw.motion[channel], points), 3)
         row[f"motion_deg_{channel}"] = round(float(np.degrees(np.arccos(np.clip((np.trace(raw.motion[channel][:3, :3]) - 1) / 2, -1, 1)))), 2)
@@ -116,7 +147,7 @@ def main() -> int:
     rows = []
     with tempfile.TemporaryDirectory() as scratch:
         for index in tqdm(range(args.studies), desc="raw studies", unit="study"):
-            rows.append(score_study(args.seed, index, args.weights, Path(scratch)))
+            rows.append(score_study(args.seed, index, args.weights, Path(scratch), args.out))
     with open(args.out / "studies.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
         writer.writeheader()

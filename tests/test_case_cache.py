@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import time
 
@@ -37,3 +38,16 @@ def test_temporary_files_abandoned_by_a_crash_are_removed_at_start_and_recent_on
     CaseCache(folder)
     assert not abandoned.exists(), "a crash's leftover is removed"
     assert in_progress.exists(), "another process may be writing this one now"
+
+
+def test_a_volume_stacked_by_a_release_before_preparation_is_made_again(tmp_path):
+    """Its stamp names no preparation: a raw study cached then, with its series only placed by their headers,
+    would otherwise be served unaligned for as long as its files stay the same."""
+    cache = CaseCache(tmp_path / "cases")
+    cache.get("1.2.3", "fp", lambda: (np.zeros((4, 4, 4, 4), np.int16), np.eye(4), Preparation({"seconds": 0.0})))
+    stamp = json.loads((tmp_path / "cases" / "1.2.3.json").read_text())
+    del stamp["preparation_version"], stamp["preparation"]
+    (tmp_path / "cases" / "1.2.3.json").write_text(json.dumps(stamp))
+    assert not cache.is_current("1.2.3", "fp") and cache.preparation("1.2.3") == {}
+    cache.get("1.2.3", "fp", lambda: (np.ones((4, 4, 4, 4), np.int16), np.eye(4), Preparation({"seconds": 1.5})))
+    assert cache.is_current("1.2.3", "fp") and cache.preparation("1.2.3") == {"seconds": 1.5}

@@ -38,6 +38,10 @@ class Preparation:
         return cls(prepared.report, prepared.brain, prepared.affine)
 
 
+# Raised whenever what the preparation makes of the same files changes, so cached volumes are made again.
+PREPARATION_VERSION = 1
+
+
 class UnusableVolume(ValueError):
     """The study's voxels cannot be used (NaN or infinite values); the message names the channel."""
 
@@ -72,7 +76,12 @@ class CaseCache:
         except ValueError:  # written without a flush and cut short by a power failure: rebuilt
             return False
         volume = self.volume_path(study_id)
-        return volume.is_file() and stamp.get("fingerprint") == fingerprint and stamp.get("bytes") == volume.stat().st_size
+        return (
+            volume.is_file()
+            and stamp.get("fingerprint") == fingerprint
+            and stamp.get("bytes") == volume.stat().st_size
+            and stamp.get("preparation_version") == PREPARATION_VERSION  # a volume an older release stacked unprepared is redone
+        )
 
     def brain_path(self, study_id: str) -> Path:
         return self.folder / f"{study_id}.brain.nii.gz"
@@ -112,7 +121,7 @@ class CaseCache:
                 else:
                     self.brain_path(study_id).unlink(missing_ok=True)
                 size = self.volume_path(study_id).stat().st_size
-                stamp = {"fingerprint": fingerprint, "channels": list(CHANNELS), "bytes": size, "preparation": preparation.report}
+                stamp = {"fingerprint": fingerprint, "channels": list(CHANNELS), "bytes": size, "preparation_version": PREPARATION_VERSION, "preparation": preparation.report}
                 write_json(stamp, self._stamp_path(study_id), durable=False)
             return self.volume_path(study_id)
 
