@@ -133,7 +133,7 @@ def _study(patient: str) -> StudyTags:
     return StudyTags(patient, f"{patient}^", uid_from("test", patient), "1", "20260101", "120000")
 
 
-def test_modalities_at_different_resolutions_are_resampled_onto_the_reference_grid(orthanc, imported, tmp_path):
+def test_modalities_at_different_resolutions_are_registered_onto_the_reference_grid(orthanc, imported, tmp_path):
     source = sorted(p for p in imported.iterdir() if p.is_dir() and not p.name.startswith("."))[0]
     files = study_files(source)
     channels = {c: (np.asarray(i.dataobj), i.affine) for c, i in files.items()}
@@ -147,10 +147,14 @@ def test_modalities_at_different_resolutions_are_resampled_onto_the_reference_gr
     data = np.asarray(stacked.dataobj)
     assert np.allclose(stacked.affine, files[REFERENCE_CHANNEL].affine, atol=1e-4)
     assert data.shape[:3] == files[REFERENCE_CHANNEL].shape
+    aligned = ds.get_image_info(case_of(ds, "RT-resolution"))["preparation"]["alignment"]["flair"]
+    assert aligned["method"].startswith("rigid registration") and aligned["rotation_deg"] < 0.5 and aligned["translation_mm"] < 0.5, "nothing moved"
     coincident = data[:, :, ::2, CHANNELS.index("flair")]
-    assert np.allclose(coincident, flair[:, :, ::2], atol=1e-3), "FLAIR slices that coincide with reference slices keep their values"
+    brain = flair[:, :, ::2] > 0
+    assert np.corrcoef(coincident[brain], flair[:, :, ::2][brain])[0, 1] > 0.99, "FLAIR slices that coincide with reference slices keep their values"
     between = data[:, :, 1:-1:2, CHANNELS.index("flair")]
-    assert np.allclose(between, (flair[:, :, 0:-2:2].astype(np.float32) + flair[:, :, 2::2]) / 2, atol=1e-2), "and slices between are interpolated"
+    interpolated = (flair[:, :, 0:-2:2].astype(np.float32) + flair[:, :, 2::2]) / 2
+    assert np.corrcoef(between[interpolated > 0], interpolated[interpolated > 0])[0, 1] > 0.98, "and slices between are interpolated"
 
 
 def test_every_object_written_passes_dciodvfy(imported, tmp_path):
@@ -307,8 +311,10 @@ def test_changed_series_is_fetched_again_never_served_stale(orthanc, imported, t
     data, affine = channels["t2"]
     full = volume_to_mr_series(data, affine, study, "t2_tse_tra", 4, f"{study.study_instance_uid}/t2", frame)
     orthanc.archive().store([full[-1]])
+    ds.refresh()  # what the server's background refresh does every dicomweb_refresh_s
     second = np.asarray(nib.load(ds.get_image_uri(case)).dataobj)[..., CHANNELS.index("t2")]
-    assert np.array_equal(second, data), "the cached stack was rebuilt with the new slice"
+    assert np.array_equal(second, data), "the cached stack was rebuilt with the new slice (the stale one was registered and interpolated)"
+    assert ds.get_image_info(case)["preparation"]["alignment"]["t2"]["method"].startswith("none"), "all on the reference grid now"
 
 
 def test_no_instance_header_is_kept_and_caches_of_earlier_versions_are_removed(orthanc, imported, tmp_path):
