@@ -46,7 +46,9 @@ def weights(tmp_path_factory) -> Path:
 def server(orthanc, studies, weights, server_factory, tmp_path_factory):
     import_studies(studies, orthanc.archive(), progress=False)
     workspace = tmp_path_factory.mktemp("dicomweb_workspace")
-    return server_factory(orthanc.dicomweb, env=orthanc.credentials_env, workspace=workspace, pretrained_weights=weights, dicomweb_refresh_s=0)
+    # prepare_on_arrival off: the outage test needs a study the server has never fetched (test_preparation.py covers
+    # the server opening studies by itself)
+    return server_factory(orthanc.dicomweb, env=orthanc.credentials_env, workspace=workspace, pretrained_weights=weights, dicomweb_refresh_s=0, prepare_on_arrival="false")
 
 
 @pytest.fixture(scope="module")
