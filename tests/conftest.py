@@ -68,7 +68,9 @@ def server_factory(tmp_path_factory) -> Iterator:
 
     def start(studies, env: Optional[dict] = None, headers: Optional[dict] = None, **conf) -> Server:
         log = tmp_path_factory.mktemp("server_logs") / "server.log"
-        server = Server(studies, {"profile": "cpu", **conf}, log, env, headers)
+        # studies are not opened on arrival unless a test asks (test_preparation.py): a server opening every study while
+        # idle would compete with what each test measures, and change which studies a test finds never fetched
+        server = Server(studies, {"profile": "cpu", "prepare_on_arrival": "false", **conf}, log, env, headers)
         started.append(server)
         return server
 

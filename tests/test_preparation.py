@@ -175,7 +175,7 @@ def test_studies_are_prepared_as_they_arrive_while_the_server_is_idle(studies_co
     refused, moved = unlabelled
     _move(studies_copy / refused / f"{refused}-t2f.nii.gz", degrees=60.0, shift_mm=0.0)
     _move(studies_copy / moved / f"{moved}-t1n.nii.gz", degrees=4.0, shift_mm=3.0)
-    server = server_factory(studies_copy, retrain_after_labels=0)
+    server = server_factory(studies_copy, retrain_after_labels=0, prepare_on_arrival="true")  # the product's default
     client = MONAILabelClient(server.url)
     deadline = time.time() + 180
     while time.time() < deadline:
