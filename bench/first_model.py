@@ -31,9 +31,8 @@ import torch  # noqa: E402
 
 from bench.evaluate import items_of  # noqa: E402
 from lib.config import PROFILES, TrainSettings  # noqa: E402
-from lib.model.brats_metrics import region_scores  # noqa: E402
 from lib.studies.folder_datastore import StudyFolderDatastore  # noqa: E402
-from lib.trainers.evaluation import evaluation_transforms, predict_regions  # noqa: E402
+from lib.trainers.evaluation import evaluate_on, evaluation_transforms  # noqa: E402
 from lib.trainers.segmentation import BratsSegmentationTrainer  # noqa: E402
 from synthetic.__main__ import main as generate  # noqa: E402
 
@@ -53,12 +52,10 @@ def parse_overrides(pairs: list) -> dict:
 
 
 def held_out_mean_dice(weights: Path, items: list) -> list:
+    """Each study's mean Dice over TC, WT and ET, as validation scores it."""
     profile = PROFILES["cpu"]
-    means = []
-    for _, _, predicted, expected in predict_regions(profile, weights, items, evaluation_transforms(profile)):
-        scores = region_scores(predicted, expected, profile.spacing_mm)
-        means.append(float(np.mean([scores[r]["dice"] for r in ("tc", "wt", "et")])))
-    return means
+    studies = evaluate_on(profile, weights, items, evaluation_transforms(profile))["studies"]
+    return [float(np.mean([scores[r]["dice"] for r in ("tc", "wt", "et")])) for scores in studies.values()]
 
 
 def main() -> int:

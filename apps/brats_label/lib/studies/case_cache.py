@@ -95,12 +95,11 @@ class CaseCache:
 
     def get(self, study_id: str, fingerprint: str, build: Callable[[], Tuple[np.ndarray, np.ndarray, Preparation]]) -> Path:
         """Path of the stacked (X, Y, Z, C) NIfTI; ``build`` returns (stacked, affine, preparation) when the cache is stale."""
-        built: Dict[str, Preparation] = {}
 
         def write(path: Path) -> Preparation:
-            stacked, affine, built["preparation"] = build()
+            stacked, affine, preparation = build()
             nib.save(nifti_image(stacked, affine), str(path))
-            return built["preparation"]
+            return preparation
 
         return self.get_written(study_id, fingerprint, write)
 
