@@ -12,7 +12,7 @@ from monai.transforms import Orientation, Spacing
 from lib.config import PROFILES, REGIONS
 from lib.errors import ModelNotReady
 from lib.model.network import build_network, check_weights, load_network, read_state_dict
-from lib.model.transforms import RegionsToLabeld, RegionVolumesd, RestoreToSourceGridd, region_volumes_ml
+from lib.model.transforms import KeepWithinInputd, RegionsToLabeld, RegionVolumesd, RestoreToSourceGridd, region_volumes_ml
 
 
 def test_bundle_profile_matches_model_zoo_architecture():
@@ -116,6 +116,26 @@ def test_restore_with_empty_prediction_is_all_background():
     prediction = MetaTensor(torch.zeros((3, 40, 40, 40)), affine=torch.diag(torch.tensor([2.0, 2.0, 2.0, 1.0])))
     restored = RestoreToSourceGridd(keys="pred")({"pred": prediction, "image": image})["pred"]
     assert tuple(restored.shape) == (3, *shape) and not restored.any()
+
+
+def test_no_region_is_kept_where_the_model_saw_no_brain_nor_in_the_csf_at_its_edge():
+    """A prepared study is zero outside its extracted brain. The network's calls there, and a thin sheet of 'edema'
+    along the brain's edge (the CSF that thick slices blur into it), are dropped; a tumour inside the brain that
+    reaches its surface is kept whole, and so is every channel of it."""
+    grid = np.stack(np.meshgrid(*[np.arange(50)] * 3, indexing="ij")).astype(float)
+    radius = np.linalg.norm(grid - 25, axis=0)
+    brain = radius <= 20
+    image = MetaTensor(torch.zeros((4, 50, 50, 50)), affine=torch.diag(torch.tensor([2.0, 2.0, 2.0, 1.0])))  # 2 mm
+    image[:, brain] = 1.0 + torch.rand((4, int(brain.sum())))
+    tumour = np.linalg.norm(grid - np.array([25, 25, 41])[:, None, None, None], axis=0) <= 6  # reaches the surface
+    sheet = brain & (radius >= 18.5) & (grid[2] < 15)  # 3 mm thick, on the brain's underside
+    outside = ~brain & (grid[0] < 3)
+    pred = torch.zeros((3, 50, 50, 50))
+    pred[:, torch.as_tensor(tumour | sheet | outside)] = 0.9
+    kept = KeepWithinInputd(keys="pred", ref_key="image")({"image": image, "pred": pred})["pred"].numpy()
+    assert (kept[:, tumour & brain] == np.float32(0.9)).all(), "the tumour is kept whole within the brain, every region"
+    assert not kept[:, ~brain].any(), "nothing outside the brain the model saw"
+    assert not kept[:, sheet].any(), "the sheet of CSF along the edge is dropped"
 
 
 def test_network_trained_from_scratch_starts_at_the_foreground_prior():

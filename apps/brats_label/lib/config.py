@@ -24,6 +24,10 @@ LABEL_VALUES = tuple(sorted(LABELS.values()))
 REGIONS: Dict[str, Tuple[int, ...]] = {"TC": (1, 3), "WT": (1, 2, 3), "ET": (3,)}
 ENHANCING_LABEL = LABELS["enhancing_tumour"]
 REGION_THRESHOLD = 0.5  # sigmoid probability above which a voxel belongs to a region
+# A predicted tumour lying mostly (more than this fraction of it) within this depth of the edge of the brain the
+# model was shown is the CSF at that edge, read as edema, and is dropped (KeepWithinInputd; bench/preparation.py).
+BRAIN_EDGE_SHELL_MM = 4.0
+BRAIN_EDGE_SHELL_FRACTION = 0.5
 
 # How label values of each import format map to ours.
 LABEL_CONVENTIONS: Dict[str, Dict[int, int]] = {

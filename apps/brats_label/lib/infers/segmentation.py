@@ -2,7 +2,7 @@
 
 Pipeline (the model-zoo brats_mri_segmentation bundle's, at the profile's spacing):
 load the 4-channel case -> RAS -> resample -> z-score per channel over the brain -> sliding-window
-SegResNet (3 sigmoid outputs TC, WT, ET) -> probabilities resampled onto the study's original grid
+SegResNet (3 sigmoid outputs TC, WT, ET) -> kept to the input's brain -> probabilities resampled onto the study's original grid
 -> threshold -> labels {0, 1, 2, 3} -> volumes.
 """
 
@@ -39,7 +39,7 @@ from ..config import FOREGROUND_LABELS, MODEL_NAME, PREPARED_INPUT_TTL_S, REGION
 from ..errors import ModelNotReady
 from ..labels.label_files import NRRD_SUFFIX, write_nrrd_label
 from ..model.network import load_network
-from ..model.transforms import RegionsToLabeld, RegionVolumesd, RestoreToSourceGridd
+from ..model.transforms import KeepWithinInputd, RegionsToLabeld, RegionVolumesd, RestoreToSourceGridd
 
 logger = logging.getLogger(__name__)
 
@@ -129,6 +129,7 @@ class BratsSegmentation(BasicInferTask):
     def post_transforms(self, data=None) -> Sequence[Callable]:
         return [
             Activationsd(keys="pred", sigmoid=True),
+            KeepWithinInputd(keys="pred", ref_key="image"),
             RestoreToSourceGridd(keys="pred", ref_key="image"),
             AsDiscreted(keys="pred", threshold=REGION_THRESHOLD),
             RegionsToLabeld(keys="pred"),

@@ -19,6 +19,7 @@ from ..config import ENHANCING_LABEL, REGION_THRESHOLD, REGIONS, NetworkProfile
 from ..infers.segmentation import preprocessing
 from ..model.brats_metrics import region_scores
 from ..model.network import load_network
+from ..model.transforms import KeepWithinInputd
 
 SCORES = ("dice", "hd95", "lesion_dice", "lesion_hd95")
 
@@ -40,12 +41,15 @@ def predict_regions(
     network = load_network(profile, weights, device).eval()
     inferer = SlidingWindowInferer(profile.roi_size, overlap=profile.sw_overlap, sw_batch_size=1, mode="gaussian")
     prepare = Compose(transforms)
+    keep_within_input = KeepWithinInputd(keys="pred", ref_key="image")
     names = [name.lower() for name in REGIONS]
     with torch.no_grad():
         for number, item in enumerate(items):
             data = prepare({"image": item["image"], "label": item["label"]})
             image = torch.as_tensor(data["image"])[None].to(device)
-            predicted = (torch.sigmoid(inferer(image, network)) > REGION_THRESHOLD)[0].cpu().numpy()
+            # kept to the input's brain as inference keeps it
+            probabilities = keep_within_input({"image": data["image"], "pred": torch.sigmoid(inferer(image, network))[0]})["pred"]
+            predicted = (probabilities > REGION_THRESHOLD).cpu().numpy()
             expected = np.asarray(torch.as_tensor(data["label"]).cpu()) > 0
             yield str(item.get("id", number)), np.asarray(image[0].cpu()), dict(zip(names, predicted)), dict(zip(names, expected))
 

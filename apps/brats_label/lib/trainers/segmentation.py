@@ -39,6 +39,7 @@ from monailabel.tasks.train.basic_train import BasicTrainTask, Context
 
 from ..config import REGION_THRESHOLD, REGIONS, NetworkProfile, TrainSettings
 from ..model.network import build_network, set_foreground_prior
+from ..model.transforms import KeepWithinInputd
 from ..runtime.clock import utc_now
 from .evaluation import evaluate_on, evaluation_transforms
 from .held_out import HeldOutSet
@@ -238,7 +239,8 @@ class BratsSegmentationTrainer(BasicTrainTask):
         ]
 
     def train_post_transforms(self, context: Context) -> list:
-        return [Activationsd(keys="pred", sigmoid=True), AsDiscreted(keys="pred", threshold=REGION_THRESHOLD)]
+        # scored as it will be served: kept to the input's brain
+        return [Activationsd(keys="pred", sigmoid=True), KeepWithinInputd(keys="pred", ref_key="image"), AsDiscreted(keys="pred", threshold=REGION_THRESHOLD)]
 
     def val_pre_transforms(self, context: Context) -> list:
         return self._deterministic()
