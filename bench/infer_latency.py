@@ -15,7 +15,12 @@ For each profile, in one run and on the same study (240x240x155, 4 channels, 1 m
   (``GET /datastore/image``, which prepares it too; asked 10 s later);
 - forward: the network alone through the same SlidingWindowInferer, on the already pre-processed
   tensor, in this process;
-- their ratios (target: at most 1.5), and peak resident memory of the server and of the forward pass.
+- their ratios (target: at most 1.5), and peak resident memory of the server and of the forward pass;
+- *raw* (cpu profile, ``--raw``): a whole-head study as a scanner writes it (``synthetic/head.py``: series on their
+  own grids, the patient moved between them), put in the folder of a server that prepares arriving studies while
+  idle (aligned, brain extracted, ``lib/preparation``); the seconds that took, then the first request after Next
+  Sample handed it out, against the forward pass on its own prepared input (a whole head's field of view is
+  larger than a BraTS grid's).
 
 Prints a table and writes ``bench/results/infer_latency.json``. Weights: ``--weights`` (for example
 the demo's trained model), otherwise freshly initialised ones, whose scattered predictions are the
@@ -28,6 +33,7 @@ import argparse
 import json
 import platform
 import resource
+import shutil
 import statistics
 import sys
 import tempfile
@@ -52,6 +58,8 @@ from scripts.import_studies import import_studies  # noqa: E402
 from scripts.local_orthanc import LocalOrthanc  # noqa: E402
 from scripts.local_server import LocalServer as Server  # noqa: E402
 from synthetic.__main__ import main as generate  # noqa: E402
+from synthetic.head import generate_raw_study  # noqa: E402
+from synthetic.layouts import write_raw_study  # noqa: E402
 
 RESULTS = REPO / "bench" / "results" / "infer_latency.json"
 STUDY = "BraTS-GLI-00000-000"
@@ -59,7 +67,9 @@ WARM_UP_STUDY = "BraTS-GLI-00001-000"
 HANDED_OUT_STUDY = "BraTS-GLI-00002-000"
 VIEWED_STUDY = STUDY  # on another server, over Orthanc: never opened there before
 DOWNLOADED_STUDY = "BraTS-GLI-00003-000"
+RAW_STUDY = "Head-00000"
 PREPARATION_WAIT_S = 10  # an annotator looks at a study for longer than this before asking for its segmentation
+ARRIVAL_WAIT_S = 300  # a raw study is prepared on arrival within this, or the bench stops
 
 
 def peak_rss_mb(pid: int) -> float:
@@ -85,17 +95,17 @@ def time_forward(profile_name: str, weights: Path, image_path: str, repeats: int
     return {"median_s": statistics.median(times), "runs_s": times, "input_shape": list(tensor.shape)}
 
 
-def first_after_next_sample(server: Server, client: MONAILabelClient) -> tuple:
+def first_after_next_sample(server: Server, client: MONAILabelClient, study: str = HANDED_OUT_STUDY) -> tuple:
     """The first /infer of a study an annotator was just handed by Next Sample (its input prepared meanwhile)."""
     for attempt in range(50):  # the random strategy: ask as different annotators until it hands out the bench study
-        answer = requests.post(f"{server.url}/activelearning/random", json={"client_id": f"bench-{attempt}"}, timeout=60).json()
-        if answer.get("id") == HANDED_OUT_STUDY:
+        answer = requests.post(f"{server.url}/activelearning/random", json={"client_id": f"bench-{attempt}"}, timeout=300).json()
+        if answer.get("id") == study:
             break
     else:
-        raise RuntimeError(f"Next Sample never handed out {HANDED_OUT_STUDY}")
+        raise RuntimeError(f"Next Sample never handed out {study}")
     time.sleep(PREPARATION_WAIT_S)
     start = time.perf_counter()
-    _, params = client.infer("segmentation", HANDED_OUT_STUDY, {})
+    _, params = client.infer("segmentation", study, {})
     params = json.loads(params) if isinstance(params, str) else params
     return time.perf_counter() - start, params["latencies"]
 
@@ -132,6 +142,38 @@ def first_after_viewing(studies: Path, profile_name: str, weights: Path, work: P
             server.stop()
     finally:
         orthanc.stop()
+
+
+def time_raw_study(studies: Path, weights: Path, repeats: int, work: Path) -> dict:
+    """A raw head prepared on arrival, then handed out by Next Sample: its first /infer against its forward pass."""
+    folder = work / "raw_studies"
+    shutil.copytree(studies / WARM_UP_STUDY, folder / WARM_UP_STUDY)
+    write_raw_study(generate_raw_study(2026, 0, case_id=RAW_STUDY), folder, with_label=False)
+    workspace = work / "ws_raw"
+    server = Server(folder, {"profile": "cpu", "pretrained_weights": str(weights), "workspace": str(workspace), "prepare_on_arrival": "true"}, work / "server_raw.log")
+    try:
+        client = MONAILabelClient(server.url, tmpdir=str(work), client_id="bench")
+        client.infer("segmentation", WARM_UP_STUDY, {})  # loads the model
+        deadline = time.monotonic() + ARRIVAL_WAIT_S
+        while not (opened := [r for r in requests.get(f"{server.url}/info/", timeout=60).json()["arrival_preparation"]["recent"] if r["study"] == RAW_STUDY]):
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{RAW_STUDY} was not prepared on arrival within {ARRIVAL_WAIT_S} s")
+            time.sleep(1)
+        if opened[0]["outcome"] != "prepared":
+            raise RuntimeError(f"{RAW_STUDY}: {opened[0]['outcome']}")
+        handed_out_s, stages = first_after_next_sample(server, client, RAW_STUDY)
+        preparation = requests.get(f"{server.url}/datastore/image/info", params={"image": RAW_STUDY}, timeout=60).json().get("preparation", {})
+    finally:
+        server.stop()
+    forward = time_forward("cpu", weights, str(next((workspace / "cases").glob(f"{RAW_STUDY}.nii*"))), repeats)
+    return {
+        "arrival_preparation_s": opened[0]["seconds"],
+        "brain_ml": preparation.get("brain", {}).get("volume_ml"),
+        "handed_out_s": handed_out_s,
+        "handed_out_server_stages_s": stages,
+        "forward": forward,
+        "ratio_handed_out": handed_out_s / forward["median_s"],
+    }
 
 
 def time_end_to_end(studies: Path, profile_name: str, weights: Path, repeats: int, work: Path) -> dict:
@@ -178,6 +220,7 @@ def main() -> int:
     parser.add_argument("--profiles", default="cpu,bundle")
     parser.add_argument("--weights", type=Path, default=None, help="weights for the cpu profile (else fresh ones)")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--raw", action="store_true", help="also a raw whole-head study prepared on arrival (cpu profile)")
     args = parser.parse_args()
 
     torch.set_num_threads(torch.get_num_threads())
@@ -208,6 +251,9 @@ def main() -> int:
                 "ratio_downloaded": end_to_end["downloaded_s"] / forward["median_s"],
                 "ratio_viewed": end_to_end["viewed_s"] / forward["median_s"] if end_to_end["viewed_s"] else None,
             }
+            if args.raw and name == "cpu":
+                print("profile cpu: a raw study prepared on arrival ...", flush=True)
+                results["profiles"][name]["raw"] = time_raw_study(studies, weights, args.repeats, work)
 
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(results, indent=2))
@@ -224,6 +270,12 @@ def main() -> int:
         print(f"{name}: first request on a study downloaded by Slicer {r['end_to_end']['downloaded_s']:.2f} s, ratio {r['ratio_downloaded']:.2f}")
         if r["ratio_viewed"] is not None:
             print(f"{name}: first request on a study opened in the viewer {r['end_to_end']['viewed_s']:.2f} s, ratio {r['ratio_viewed']:.2f}")
+        if "raw" in r:
+            raw = r["raw"]
+            print(
+                f"{name}: raw whole head prepared on arrival in {raw['arrival_preparation_s']:.1f} s; first request after Next Sample "
+                f"{raw['handed_out_s']:.2f} s against its forward pass {raw['forward']['median_s']:.2f} s (input {raw['forward']['input_shape']}), ratio {raw['ratio_handed_out']:.2f}"
+            )
     for name, r in results["profiles"].items():
         stages = {k: v for k, v in r["end_to_end"]["cold_server_stages_s"].items() if k != "transform"}
         print(f"{name} server stages, cold request (s): {json.dumps(stages)}")
