@@ -28,14 +28,19 @@ def brain_edge_components(tumour: np.ndarray, brain: np.ndarray, depth_voxels: i
     """(X, Y, Z) bool: the connected parts of ``tumour`` with more than ``fraction`` of their voxels within
     ``depth_voxels`` (face-connected steps) of the edge of ``brain``. The array's own border is not an edge, so a
     training patch's sides do not count."""
-    components, count = ndimage.label(tumour)
-    if count == 0:
-        return np.zeros_like(tumour, dtype=bool)
-    deep = ndimage.binary_erosion(brain, iterations=depth_voxels, border_value=1)
+    edge = np.zeros_like(tumour, dtype=bool)
+    if not tumour.any():
+        return edge
+    # only around the tumour: whether a voxel is deep depends on the brain within depth_voxels of it
+    found = np.argwhere(tumour)
+    box = tuple(slice(max(0, lo - depth_voxels - 1), hi + depth_voxels + 2) for lo, hi in zip(found.min(0), found.max(0)))
+    components, count = ndimage.label(tumour[box])
+    deep = ndimage.binary_erosion(brain[box], iterations=depth_voxels, border_value=1)
     ids = np.arange(1, count + 1)
-    in_shell = np.asarray(ndimage.sum(brain & ~deep, components, ids))
-    sizes = np.asarray(ndimage.sum(tumour, components, ids))
-    return np.isin(components, ids[in_shell > fraction * sizes])
+    in_shell = np.asarray(ndimage.sum(brain[box] & ~deep, components, ids))
+    sizes = np.asarray(ndimage.sum(tumour[box], components, ids))
+    edge[box] = np.isin(components, ids[in_shell > fraction * sizes])
+    return edge
 
 
 class KeepWithinInputd(MapTransform):
