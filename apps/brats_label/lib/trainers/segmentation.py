@@ -239,7 +239,10 @@ class BratsSegmentationTrainer(BasicTrainTask):
         ]
 
     def train_post_transforms(self, context: Context) -> list:
-        # scored as it will be served: kept to the input's brain
+        return [Activationsd(keys="pred", sigmoid=True), AsDiscreted(keys="pred", threshold=REGION_THRESHOLD)]
+
+    def val_post_transforms(self, context: Context) -> list:
+        # whole studies scored as they will be served: kept to the input's brain (a training patch has no brain edge)
         return [Activationsd(keys="pred", sigmoid=True), KeepWithinInputd(keys="pred", ref_key="image"), AsDiscreted(keys="pred", threshold=REGION_THRESHOLD)]
 
     def val_pre_transforms(self, context: Context) -> list:
