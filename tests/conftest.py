@@ -57,7 +57,7 @@ def trained_weights(studies_2mm, tmp_path_factory):
     shutil.copytree(studies_2mm, work / "studies", ignore=shutil.ignore_patterns(".brats_label"))
     datastore = StudyFolderDatastore(work / "studies", work / "ws")
     trainer = BratsSegmentationTrainer(work / "model", PROFILES["cpu"], TrainSettings(max_epochs=12), publish_path=work / "model.pt")
-    stats = trainer({"device": "cpu", "max_epochs": 12, "seed": 0}, datastore)  # seeded: the same model on every run
+    stats = trainer({"device": "cpu", "max_epochs": 12, "seed": 0, "patch_size": "48,48,48"}, datastore)  # seeded: the same model on every run
     assert stats["best_metric"] > 0.3, f"the fixture model did not learn: {stats}"
     return work / "model.pt"
 
@@ -69,8 +69,10 @@ def server_factory(tmp_path_factory) -> Iterator:
     def start(studies, env: Optional[dict] = None, headers: Optional[dict] = None, **conf) -> Server:
         log = tmp_path_factory.mktemp("server_logs") / "server.log"
         # studies are not opened on arrival unless a test asks (test_preparation.py): a server opening every study while
-        # idle would compete with what each test measures, and change which studies a test finds never fetched
-        server = Server(studies, {"profile": "cpu", "prepare_on_arrival": "false", **conf}, log, env, headers)
+        # idle would compete with what each test measures, and change which studies a test finds never fetched.
+        # Scoring makes 2 passes per study, not 8: it runs whenever a model is served, beside whatever the test does
+        # (its ranking under a real model is tested in test_activelearning.py with the app's defaults)
+        server = Server(studies, {"profile": "cpu", "prepare_on_arrival": "false", "scoring_samples": 2, **conf}, log, env, headers)
         started.append(server)
         return server
 

@@ -42,7 +42,7 @@ def studies(studies_2mm, tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def server(studies, server_factory):
-    return server_factory(studies, max_epochs=2)
+    return server_factory(studies, max_epochs=2, patch_size="32,32,32")  # small training patches: these tests are of the loop, not the model
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,9 @@ retrieval of these tests, and on ``/modify`` with ``Transcode`` to JPEG 2000.
 from __future__ import annotations
 
 import io
+import os
 import subprocess
+from concurrent.futures import ThreadPoolExecutor
 
 import nibabel as nib
 import numpy as np
@@ -56,20 +58,25 @@ def compressed(orthanc, tmp_path_factory):
     original = requests.get(f"{orthanc.url}/studies", auth=auth, timeout=30).json()[0]
     study_uid = requests.get(f"{orthanc.url}/studies/{original}", auth=auth, timeout=30).json()["MainDicomTags"]["StudyInstanceUID"]
     instances = requests.get(f"{orthanc.url}/studies/{original}/instances", auth=auth, timeout=30).json()
+    files = [requests.get(f"{orthanc.url}/instances/{instance['ID']}/file", auth=auth, timeout=30).content for instance in instances]
+
+    def encode(name: str, number: int) -> pydicom.Dataset:
+        syntax, tool = SYNTAXES[name]
+        ds = pydicom.dcmread(io.BytesIO(files[number]))
+        _new_uids(ds, name)
+        plain, packed = folder / f"{name}-{number}-plain.dcm", folder / f"{name}-{number}-packed.dcm"
+        ds.save_as(str(plain), write_like_original=False)
+        subprocess.run([*tool, str(plain), str(packed)], check=True, capture_output=True)
+        ds = pydicom.dcmread(str(packed))
+        assert ds.file_meta.TransferSyntaxUID == syntax
+        return ds
+
     made = {}
-    for name, (syntax, tool) in SYNTAXES.items():
-        stored = []
-        for instance in instances:
-            ds = pydicom.dcmread(io.BytesIO(requests.get(f"{orthanc.url}/instances/{instance['ID']}/file", auth=auth, timeout=30).content))
-            _new_uids(ds, name)
-            plain, packed = folder / "plain.dcm", folder / "packed.dcm"
-            ds.save_as(str(plain), write_like_original=False)
-            subprocess.run([*tool, str(plain), str(packed)], check=True, capture_output=True)
-            ds = pydicom.dcmread(str(packed))
-            assert ds.file_meta.TransferSyntaxUID == syntax
-            stored.append(ds)
-        orthanc.archive().store(stored)
-        made[name] = stored[0].StudyInstanceUID
+    with ThreadPoolExecutor(max_workers=os.cpu_count()) as pool:  # one encoder process per instance: run them side by side
+        for name in SYNTAXES:
+            stored = list(pool.map(encode, [name] * len(files), range(len(files))))
+            orthanc.archive().store(stored)
+            made[name] = stored[0].StudyInstanceUID
     return study_uid, made
 
 
