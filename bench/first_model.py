@@ -47,7 +47,11 @@ def parse_overrides(pairs: list) -> dict:
         key, _, value = pair.partition("=")
         if key not in fields:
             raise SystemExit(f"--set {pair}: unknown setting; known: {', '.join(fields)}")
-        out[key] = type(getattr(TrainSettings(), key))(value) if getattr(TrainSettings(), key) is not None else int(value)
+        default = getattr(TrainSettings(), key)
+        if default is not None:
+            out[key] = type(default)(value)
+        else:  # optional settings: a seed, or a patch size such as 48,48,48
+            out[key] = tuple(int(v) for v in value.split(",")) if "," in value else int(value)
     return out
 
 

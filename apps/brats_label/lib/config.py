@@ -219,8 +219,8 @@ PREPARED_INPUT_TTL_S = 600
 # A study handed out or opened in the viewer is prepared ahead at most this often, and at most this many wait.
 CASE_PREPARATION_AGAIN_S = 600.0
 CASE_PREPARATION_QUEUE_MAX = 4
-# A study the server has never opened is prepared while no auto-segmentation runs or waits, one at a time; this often
-# the server looks for one.
+# A study the server has never opened is prepared while no auto-segmentation runs or waits, one at a time, the next
+# straight after; when none waits (or the server is busy) it looks again this often.
 ARRIVAL_PREPARATION_INTERVAL_S = 5.0
 # Next Sample passes over a study that cannot be opened or prepared (listed as a problem) and picks again, this often.
 NEXT_SAMPLE_PICKS = 5

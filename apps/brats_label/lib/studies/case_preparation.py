@@ -112,8 +112,12 @@ class ArrivalPreparation:
             return {"opened": len(self._tried), "recent": list(self._recent)}
 
     def _loop(self) -> None:
-        while not self._stop.wait(self._interval_s):
+        # the next study straight after one is built (a batch of arrivals is not spaced out by the interval);
+        # the interval is waited only when nothing was waiting or the server was busy
+        built = ""
+        while not self._stop.wait(0.0 if built else self._interval_s):
             try:
-                self.step()
+                built = self.step()
             except Exception as e:  # a listing error now must not end preparation for good
+                built = ""
                 logger.warning(f"Preparing newly arrived studies: {e}")
