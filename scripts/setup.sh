@@ -11,9 +11,10 @@ if [ "$version" != "3.11" ]; then
     exit 1
 fi
 
-if [ ! -x .venv/bin/python ]; then
+if [ ! -x .venv/bin/python ] || [ ! -x .venv/bin/pip ]; then
+    # a first setup stopped while the venv was made leaves a python without pip: make it again
     echo "==> creating .venv"
-    "$PYTHON" -m venv .venv
+    "$PYTHON" -m venv --clear .venv
 fi
 stamp=.venv/.requirements.sha256
 wanted=$(cat requirements.txt requirements-nodeps.txt | sha256sum | cut -d' ' -f1)
