@@ -17,6 +17,7 @@ from monailabel.client import MONAILabelClient
 from scipy.spatial.transform import Rotation
 
 from lib.config import CHANNELS, PROFILES, REGIONS
+from lib.studies.case_preparation import ArrivalPreparation
 from lib.studies.dicomweb_datastore import DicomWebStudyDatastore
 from lib.studies.folder_datastore import StudyFolderDatastore
 from lib.trainers.evaluation import evaluation_transforms
@@ -190,3 +191,32 @@ def test_studies_are_prepared_as_they_arrive_while_the_server_is_idle(studies_co
     assert refused in {p["study_id"] for p in listing["problems"]} and refused not in listing["objects"]
     found = listing["objects"][moved]["image"]["info"]["preparation"]["alignment"]["t1"]
     assert abs(found["rotation_deg"] - 4.0) < 1.0, found
+
+
+def test_a_batch_of_arrivals_is_prepared_back_to_back_and_waits_while_the_server_is_busy():
+    """The interval is how often the server looks for new studies, not a pause between them: 100 studies arriving
+    at once must not take 100 intervals. An auto-segmentation running (not idle) still holds the next one back."""
+    waiting = ["S-3", "S-1", "S-2"]
+    opened: dict = {}
+    busy = {"now": False}
+
+    def open_study(study: str) -> None:
+        opened[study] = time.monotonic()
+        waiting.remove(study)
+        busy["now"] = study == "S-2"  # an annotator asks for an auto-segmentation while S-2 is prepared
+
+    arrival = ArrivalPreparation(lambda: list(waiting), open_study, lambda: not busy["now"], interval_s=1.0)
+    arrival.start()
+    try:
+        deadline = time.monotonic() + 10
+        while len(opened) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(1.5)
+        assert list(opened) == ["S-1", "S-2"], "in the order listed (names break ties), and nothing while the server is busy"
+        assert opened["S-2"] - opened["S-1"] < 0.5, "the second study of a batch does not wait an interval"
+        busy["now"] = False
+        while len(opened) < 3 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert list(opened) == ["S-1", "S-2", "S-3"] and arrival.status()["opened"] == 3
+    finally:
+        arrival.stop()
