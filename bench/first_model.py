@@ -1,6 +1,7 @@
 """The demo's first model, trained again and again with fresh seeds, judged on studies it did not learn from.
 
     .venv/bin/python bench/first_model.py [--seeds 5] [--first-seed 100] [--held-out 8] [--spacing 1] [--set max_epochs=20 ...]
+    .venv/bin/python bench/first_model.py --work DIR --curves-only
 
 The demo trains its first model on its sample's labelled studies (``scripts/demo.sh``: ``python -m synthetic``
 seed 0, 16 studies, the first 8 labelled) with the app's defaults, on the cpu profile; the trainer holds a quarter
@@ -62,6 +63,33 @@ def held_out_mean_dice(weights: Path, items: list) -> list:
     return [float(np.mean([scores[r]["dice"] for r in ("tc", "wt", "et")])) for scores in studies.values()]
 
 
+def plot_curves(work: Path, path: Path) -> None:
+    """The trainer's validation mean Dice per epoch, one line per run kept in ``work``: how far apart seeds of one
+    setting end up, which a table of final figures hides."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    runs = sorted(p for p in work.glob("*_seed*") if (p / "model" / "train_stats.json").is_file())
+    settings = sorted({run.name.rsplit("_seed", 1)[0] for run in runs})
+    colours = dict(zip(settings, plt.get_cmap("tab10").colors))
+    fig, ax = plt.subplots(figsize=(9, 5))
+    for run in runs:
+        history = json.loads((run / "model" / "train_stats.json").read_text()).get("history", [])
+        setting, seed = run.name.rsplit("_seed", 1)
+        epochs = [h["epoch"] for h in history]
+        ax.plot(epochs, [h.get("val_mean_dice", np.nan) for h in history], color=colours[setting], alpha=0.8, label=f"{setting} seed {seed}")
+    ax.axhline(0.85, color="grey", linestyle=":", label="target 0.85")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("validation mean Dice (the trainer's 2 studies)")
+    ax.set_title("The demo's first model, one line per seed")
+    ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", type=int, default=5)
@@ -71,7 +99,16 @@ def main() -> int:
     parser.add_argument("--set", nargs="*", default=[], help="training settings to change, key=value")
     parser.add_argument("--name", default="defaults")
     parser.add_argument("--work", type=Path, default=None, help="keep the generated studies here (reused when present)")
+    parser.add_argument("--curves-only", action="store_true", help="only draw the validation curves of the runs kept in --work")
     args = parser.parse_args()
+    out = REPO / "bench" / "results" / "first_model"
+    if args.curves_only:
+        if args.work is None:
+            raise SystemExit("--curves-only needs --work, the folder of earlier runs")
+        out.mkdir(parents=True, exist_ok=True)
+        plot_curves(args.work, out / "validation_curves.png")
+        print(f"validation curves: {out / 'validation_curves.png'}")
+        return 0
     overrides = parse_overrides(args.set)
     settings = dataclasses.replace(TrainSettings(), **overrides)
     work = args.work or Path(tempfile.mkdtemp(prefix="first_model_"))
@@ -80,7 +117,6 @@ def main() -> int:
         generate(["--out", str(sample), "--cases", str(DEMO_LABELLED), "--labelled", str(DEMO_LABELLED), "--seed", str(DEMO_SEED), "--spacing", str(args.spacing)])
     if not held_out.is_dir():
         generate(["--out", str(held_out), "--cases", str(args.held_out), "--seed", str(DEMO_SEED), "--first-index", str(HELD_OUT_FIRST_INDEX), "--spacing", str(args.spacing)])
-    out = REPO / "bench" / "results" / "first_model"
     out.mkdir(parents=True, exist_ok=True)
     runs = []
     with tempfile.TemporaryDirectory() as scratch:
@@ -114,6 +150,7 @@ def main() -> int:
         "held_out_mean_dice": {"mean": round(float(np.mean(held)), 4), "min": round(float(np.min(held)), 4), "std": round(float(np.std(held)), 4)},
     }
     (out / f"{args.name}.json").write_text(json.dumps(summary, indent=2) + "\n")
+    plot_curves(work, out / "validation_curves.png")
     print(f"\n{args.name}: held-out mean Dice over {len(runs)} seeds: mean {summary['held_out_mean_dice']['mean']:.3f}, min {summary['held_out_mean_dice']['min']:.3f}")
     return 0
 
