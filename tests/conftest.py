@@ -21,6 +21,9 @@ from synthetic.__main__ import main as generate
 REPO = Path(__file__).resolve().parents[1]
 APP_DIR = REPO / "apps" / "brats_label"
 ARTIFACTS = REPO / "test-artifacts"
+# Training patch for tests of the loop around training (promotion, retrain trigger, progress, distributed engine,
+# seeding, early stopping), not of the model: validation and promotion still see whole studies.
+LOOP_PATCH = "32,32,32"
 
 
 def make_studies(folder: Path, cases: int, labelled: int, seed: int = 7, spacing: float = 2.0, layout: str = "brats2023", **kw) -> Path:

@@ -12,7 +12,7 @@ import sys
 import pytest
 import requests
 
-from .conftest import REPO
+from .conftest import LOOP_PATCH, REPO
 
 pytestmark = pytest.mark.server
 
@@ -22,7 +22,7 @@ TOLERANCE = 0.1  # held-out mean Dice, 2 processes against 1: the same epochs, b
 def _torchrun(processes: int, studies, weights) -> str:
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(processes), str(REPO / "scripts" / "train_distributed.py")]
     command += ["--studies", str(studies), "--conf", "profile", "cpu", "--conf", "pretrained_weights", str(weights)]
-    command += ["--request", json.dumps({"max_epochs": 3, "seed": 5, "patch_size": "32,32,32"})]  # small patches: the engine is tested, not the model
+    command += ["--request", json.dumps({"max_epochs": 3, "seed": 5, "patch_size": LOOP_PATCH})]
     result = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=REPO)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return result.stdout + result.stderr

@@ -13,6 +13,7 @@ from lib.config import PROFILES, REGIONS
 from lib.errors import ModelNotReady
 from lib.model.network import build_network, check_weights, load_network, read_state_dict
 from lib.model.transforms import KeepWithinInputd, RegionsToLabeld, RegionVolumesd, RestoreToSourceGridd, region_volumes_ml
+from tests.conftest import LOOP_PATCH
 
 
 def test_bundle_profile_matches_model_zoo_architecture():
@@ -172,8 +173,7 @@ def test_early_stopping_is_honoured_when_asked(studies_copy, tmp_path):
     datastore = StudyFolderDatastore(studies_copy, tmp_path / "ws")
     trainer = BratsSegmentationTrainer(tmp_path / "model", PROFILES["cpu"], TrainSettings(max_epochs=4), publish_path=tmp_path / "model.pt")
     assert trainer.config()["early_stop_patience"] == 0, "off unless asked"
-    # small patches: what stops the run is the validation, which sees whole studies whatever the patch
-    request = {"device": "cpu", "max_epochs": 4, "learning_rate": 0.0, "early_stop_patience": 1, "samples_per_case": 1, "patch_size": "32,32,32"}
+    request = {"device": "cpu", "max_epochs": 4, "learning_rate": 0.0, "early_stop_patience": 1, "samples_per_case": 1, "patch_size": LOOP_PATCH}
     assert trainer(request, datastore)["epoch"] == 2
 
 
@@ -187,7 +187,7 @@ def test_a_seeded_training_repeats_exactly(studies_copy, tmp_path):
     weights = []
     for run, seed in enumerate((7, 7, 8)):
         trainer = BratsSegmentationTrainer(tmp_path / f"model{run}", PROFILES["cpu"], TrainSettings(), publish_path=tmp_path / f"{run}.pt")
-        trainer({"device": "cpu", "max_epochs": 1, "samples_per_case": 1, "val_split": 0.0, "seed": seed, "patch_size": "32,32,32"}, datastore)
+        trainer({"device": "cpu", "max_epochs": 1, "samples_per_case": 1, "val_split": 0.0, "seed": seed, "patch_size": LOOP_PATCH}, datastore)
         weights.append(read_state_dict(tmp_path / f"{run}.pt"))
     assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
     assert not all(torch.equal(weights[0][k], weights[2][k]) for k in weights[0])

@@ -14,6 +14,8 @@ import requests
 from monailabel.client import MONAILabelClient
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from tests.conftest import LOOP_PATCH
+
 pytestmark = pytest.mark.server
 
 UNLABELLED = ("BraTS-GLI-00004-000", "BraTS-GLI-00005-000")
@@ -23,8 +25,8 @@ UNLABELLED = ("BraTS-GLI-00004-000", "BraTS-GLI-00005-000")
 def server(studies_2mm, server_factory, tmp_path_factory):
     studies = tmp_path_factory.mktemp("retrain") / "studies"
     shutil.copytree(studies_2mm, studies, ignore=shutil.ignore_patterns(".brats_label"))
-    # one automatic run in this module; small training patches: these tests are of the trigger, not the model
-    return server_factory(studies, max_epochs=1, retrain_after_labels=2, retrain_min_interval_s=3600, patch_size="32,32,32")
+    # one automatic run in this module
+    return server_factory(studies, max_epochs=1, retrain_after_labels=2, retrain_min_interval_s=3600, patch_size=LOOP_PATCH)
 
 
 def _submit(server, study: str, tmp_path) -> None:

@@ -22,6 +22,7 @@ from monailabel.client import MONAILabelClient
 from monailabel.client.client import MONAILabelClientException
 
 from lib.model.brats_metrics import brats_scores
+from tests.conftest import LOOP_PATCH
 
 pytestmark = pytest.mark.server
 
@@ -42,7 +43,7 @@ def studies(studies_2mm, tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def server(studies, server_factory):
-    return server_factory(studies, max_epochs=2, patch_size="32,32,32")  # small training patches: these tests are of the loop, not the model
+    return server_factory(studies, max_epochs=2, patch_size=LOOP_PATCH)
 
 
 @pytest.fixture(scope="module")

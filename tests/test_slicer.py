@@ -21,6 +21,8 @@ import pytest
 import requests
 import slicerio
 
+from tests.conftest import LOOP_PATCH
+
 pytestmark = pytest.mark.server
 
 SLICER_CLIENT = Path(sys.prefix) / "monailabel" / "plugins" / "slicer" / "MONAILabel" / "MONAILabelLib" / "client.py"
@@ -46,7 +48,7 @@ def server(studies_2mm, trained_weights, server_factory, tmp_path_factory):
 
     studies = tmp_path_factory.mktemp("slicer") / "studies"
     shutil.copytree(studies_2mm, studies, ignore=shutil.ignore_patterns(".brats_label"))
-    return server_factory(studies, pretrained_weights=trained_weights, max_epochs=1, retrain_after_labels=0, patch_size="32,32,32")
+    return server_factory(studies, pretrained_weights=trained_weights, max_epochs=1, retrain_after_labels=0, patch_size=LOOP_PATCH)
 
 
 @pytest.fixture(scope="module")

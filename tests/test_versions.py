@@ -12,6 +12,8 @@ import pytest
 import requests
 from monailabel.client import MONAILabelClient
 
+from tests.conftest import LOOP_PATCH
+
 pytestmark = pytest.mark.server
 
 STUDY = "BraTS-GLI-00005-000"  # unlabelled: predictions are compared on it
@@ -21,8 +23,7 @@ STUDY = "BraTS-GLI-00005-000"  # unlabelled: predictions are compared on it
 def setup(studies_2mm, trained_weights, tmp_path_factory):
     studies = tmp_path_factory.mktemp("versions") / "studies"
     shutil.copytree(studies_2mm, studies, ignore=shutil.ignore_patterns(".brats_label"))
-    # small training patches: promotion is decided on whole held-out studies, whatever the patch
-    conf = {"pretrained_weights": trained_weights, "retrain_after_labels": 0, "promote_tolerance": 0.05, "patch_size": "32,32,32"}
+    conf = {"pretrained_weights": trained_weights, "retrain_after_labels": 0, "promote_tolerance": 0.05, "patch_size": LOOP_PATCH}
     return studies, conf
 
 
