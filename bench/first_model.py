@@ -71,13 +71,11 @@ def plot_curves(work: Path, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    runs = sorted(p for p in work.glob("*_seed*") if (p / "model" / "train_stats.json").is_file())
-    settings = sorted({run.name.rsplit("_seed", 1)[0] for run in runs})
-    colours = dict(zip(settings, plt.get_cmap("tab10").colors))
+    runs = sorted((p.name.rsplit("_seed", 1), p) for p in work.glob("*_seed*") if (p / "model" / "train_stats.json").is_file())
+    colours = dict(zip(sorted({setting for (setting, _), _ in runs}), plt.get_cmap("tab10").colors))
     fig, ax = plt.subplots(figsize=(9, 5))
-    for run in runs:
+    for (setting, seed), run in runs:
         history = json.loads((run / "model" / "train_stats.json").read_text()).get("history", [])
-        setting, seed = run.name.rsplit("_seed", 1)
         epochs = [h["epoch"] for h in history]
         ax.plot(epochs, [h.get("val_mean_dice", np.nan) for h in history], color=colours[setting], alpha=0.8, label=f"{setting} seed {seed}")
     ax.axhline(0.85, color="grey", linestyle=":", label="target 0.85")
