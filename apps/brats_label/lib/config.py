@@ -284,6 +284,12 @@ MAX_UPLOAD_MB = 256  # request bodies over this are refused before they are read
 MAX_LABEL_LAYERS = len(LABELS) - 1
 BACKGROUND_NICENESS = 10  # training and scoring workers yield the CPU to the server answering annotators
 
+# --- interactive refinement: clicks per label (lib/interactive/) ------------------------------------------
+# One guidance channel per label, background included, in this order, after the four image channels.
+GUIDANCE_LABELS: Tuple[str, ...] = tuple(LABELS)
+GUIDANCE_SIGMA_MM = 4.0  # a click is a Gaussian of this width in its channel (peak 1), whatever the profile's spacing
+MAX_CLICKS = 100  # per request, all labels together: an annotator's session is tens, a larger list is not a person's
+
 # --- the application configuration -------------------------------------------------------------------
 
 MODEL_NAME = "segmentation"

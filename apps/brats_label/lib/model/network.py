@@ -9,12 +9,26 @@ from typing import Dict, Mapping, Optional
 import torch
 from monai.networks.nets import SegResNet
 
-from ..config import PROFILES, NetworkProfile
+from ..config import GUIDANCE_LABELS, PROFILES, NetworkProfile
 from ..errors import ModelNotReady
 
 
 def build_network(profile: NetworkProfile) -> SegResNet:
     return SegResNet(**profile.network_kwargs())  # type: ignore[arg-type]
+
+
+def build_guided_network(profile: NetworkProfile, segmentation: Optional[Mapping[str, torch.Tensor]] = None) -> SegResNet:
+    """The segmentation network with one more input channel per guidance label (``GUIDANCE_LABELS``). From
+    ``segmentation`` weights every layer is copied and the guidance channels' first-layer weights are zero: until it
+    has learnt from clicks it answers exactly as the segmentation model, clicks or not."""
+    network = SegResNet(**{**profile.network_kwargs(), "in_channels": profile.in_channels + len(GUIDANCE_LABELS)})  # type: ignore[arg-type]
+    if segmentation is not None:
+        state = dict(segmentation)
+        first = state["convInit.conv.weight"]
+        silent = torch.zeros((first.shape[0], len(GUIDANCE_LABELS), *first.shape[2:]), dtype=first.dtype)
+        state["convInit.conv.weight"] = torch.cat([first, silent], dim=1)
+        network.load_state_dict(state, strict=True)
+    return network
 
 
 def set_foreground_prior(network: SegResNet, prior: float) -> SegResNet:

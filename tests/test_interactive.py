@@ -1,0 +1,104 @@
+"""Clicks land where the annotator put them, whatever the orientation of the series clicked on, and a refinement
+network that has not learnt from clicks answers exactly as the segmentation model."""
+
+from __future__ import annotations
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+from monai.transforms import Compose, EnsureTyped, LoadImaged, Orientationd, Spacingd
+
+from lib.config import GUIDANCE_LABELS, MAX_CLICKS, PROFILES
+from lib.errors import InvalidInput
+from lib.interactive.clicks import clicks_in_world
+from lib.interactive.guidance import AddGuidanceChannelsd
+from lib.model.network import build_guided_network, build_network
+
+
+def _rotation(axis: np.ndarray, degrees: float) -> np.ndarray:
+    axis = axis / np.linalg.norm(axis)
+    k = np.array([[0, -axis[2], axis[1]], [axis[2], 0, -axis[0]], [-axis[1], axis[0], 0]])
+    angle = np.radians(degrees)
+    return np.eye(3) + np.sin(angle) * k + (1 - np.cos(angle)) * k @ k
+
+
+def _affine(directions: np.ndarray, spacing, origin) -> np.ndarray:
+    affine = np.eye(4)
+    affine[:3, :3] = directions * np.asarray(spacing, dtype=float)
+    affine[:3, 3] = origin
+    return affine
+
+
+# Grids a client may click on, as RAS affines (columns: the i, j, k directions): an axial series stored as DICOM
+# stores it (LPS: i to the patient's left, j to the back), a sagittal one (i front to back, j head to feet, k right
+# to left) and the same sagittal series tilted 20 degrees: i, j and k each run along another world axis, some reversed.
+AXIAL_LPS = _affine(np.diag([-1.0, -1.0, 1.0]), (0.9, 0.9, 5.0), (110.0, 120.0, -60.0))
+SAGITTAL = _affine(np.array([[0, 0, -1.0], [-1.0, 0, 0], [0, -1.0, 0]]), (1.0, 1.0, 1.2), (70.0, 110.0, 90.0))
+OBLIQUE = _affine(_rotation(np.array([1.0, 0.3, 0.2]), 20.0) @ np.array([[0, 0, -1.0], [-1.0, 0, 0], [0, -1.0, 0]]), (1.0, 1.0, 1.2), (70.0, 110.0, 90.0))
+SHAPES = {"axial": (256, 256, 28), "sagittal": (230, 180, 120), "oblique": (230, 180, 120)}
+
+
+@pytest.fixture(scope="module")
+def case_file(tmp_path_factory):
+    """A 4-channel case on an axial 1 mm LPS grid, as the server stacks a study (the channels' content is irrelevant)."""
+    path = tmp_path_factory.mktemp("case") / "case.nii.gz"
+    affine = _affine(np.diag([-1.0, -1.0, 1.0]), (1.0, 1.0, 1.0), (95.0, 110.0, -70.0))
+    nib.save(nib.Nifti1Image(np.ones((190, 220, 150, 4), dtype=np.float32), affine), path)
+    return path
+
+
+@pytest.mark.parametrize("grid", ["axial", "sagittal", "oblique"])
+def test_a_click_lands_at_the_world_point_clicked_on_the_networks_grid(case_file, grid):
+    affine = {"axial": AXIAL_LPS, "sagittal": SAGITTAL, "oblique": OBLIQUE}[grid]
+    target = np.array([-12.0, 8.0, 20.0])  # a point in the brain, RAS mm, to the patient's right of the midline
+    index = np.round(np.linalg.inv(affine) @ np.append(target, 1.0))[:3]
+    clicked = (affine @ np.append(index, 1.0))[:3]  # the voxel centre the annotator's click rounds to
+    clicks = clicks_in_world({"edema": [index.tolist()], "background": [], "model": "refinement"}, affine, SHAPES[grid])
+    assert set(clicks) == {"edema"} and np.allclose(clicks["edema"][0], clicked)
+
+    profile = PROFILES["cpu"]
+    prepared = Compose(
+        [
+            LoadImaged(keys="image", ensure_channel_first=True, image_only=True),
+            EnsureTyped(keys="image", dtype=torch.float32, track_meta=True),
+            Orientationd(keys="image", axcodes="RAS"),
+            Spacingd(keys="image", pixdim=profile.spacing_mm, mode="bilinear"),
+            AddGuidanceChannelsd(keys="image"),
+        ]
+    )({"image": str(case_file), "clicks_world": clicks})
+    image = prepared["image"]
+    assert image.shape[0] == 4 + len(GUIDANCE_LABELS)
+    edema = image[4 + GUIDANCE_LABELS.index("edema")].numpy()
+    assert edema.max() > 0.8 and not image[4:].numpy()[[i for i, name in enumerate(GUIDANCE_LABELS) if name != "edema"]].any()
+    peak = np.array(np.unravel_index(np.argmax(edema), edema.shape), dtype=float)
+    landed = (np.asarray(image.affine) @ np.append(peak, 1.0))[:3]
+    # within half a voxel of the 2 mm grid in every direction; a click mirrored or on swapped axes is centimetres off
+    assert np.abs(landed - clicked).max() <= 1.0 + 1e-6, (grid, landed, clicked)
+
+
+def test_clicks_that_are_not_voxel_indices_of_the_volume_clicked_on_are_refused():
+    shape = SHAPES["axial"]
+    with pytest.raises(InvalidInput, match="outside the volume clicked on"):
+        clicks_in_world({"edema": [[10, 10, 40]]}, AXIAL_LPS, shape)  # 28 slices
+    with pytest.raises(InvalidInput, match=r"\[i, j, k\]"):
+        clicks_in_world({"necrotic_core": [[1, 2]]}, AXIAL_LPS, shape)
+    with pytest.raises(InvalidInput, match="must be numbers"):
+        clicks_in_world({"necrotic_core": [["a", 2, 3]]}, AXIAL_LPS, shape)
+    with pytest.raises(InvalidInput, match="finite"):
+        clicks_in_world({"necrotic_core": [[float("nan"), 2, 3]]}, AXIAL_LPS, shape)
+    with pytest.raises(InvalidInput, match=f"more than {MAX_CLICKS} clicks"):
+        clicks_in_world({"edema": [[1, 1, 1]] * MAX_CLICKS, "background": [[2, 2, 2]]}, AXIAL_LPS, shape)
+    assert clicks_in_world({"edema": [], "label": "edema", "result_extension": ".nrrd"}, AXIAL_LPS, shape) == {}
+
+
+def test_the_refinement_network_answers_as_the_segmentation_network_until_it_learns_from_clicks():
+    profile = PROFILES["cpu"]
+    torch.manual_seed(0)
+    segmentation = build_network(profile).eval()
+    guided = build_guided_network(profile, segmentation.state_dict()).eval()
+    image = torch.randn(1, 4, 32, 32, 32)
+    guidance = torch.zeros(1, len(GUIDANCE_LABELS), 32, 32, 32)
+    guidance[0, 2, 10:14, 10:14, 10:14] = 1.0  # clicks present: still ignored by untrained guidance weights
+    with torch.no_grad():
+        assert torch.allclose(segmentation(image), guided(torch.cat([image, guidance], dim=1)), atol=1e-6)
