@@ -102,3 +102,28 @@ def test_the_refinement_network_answers_as_the_segmentation_network_until_it_lea
     guidance[0, 2, 10:14, 10:14, 10:14] = 1.0  # clicks present: still ignored by untrained guidance weights
     with torch.no_grad():
         assert torch.allclose(segmentation(image), guided(torch.cat([image, guidance], dim=1)), atol=1e-6)
+
+
+def _ball(shape, centre, radius) -> np.ndarray:
+    grid = np.indices(shape)
+    return sum((g - c) ** 2 for g, c in zip(grid, centre)) <= radius**2
+
+
+def test_the_robot_user_clicks_the_centre_of_the_largest_error_with_the_true_label():
+    from lib.config import LABELS
+    from lib.interactive.simulated_clicks import next_click
+
+    shape = (40, 40, 40)
+    truth = np.zeros(shape, dtype=np.uint8)
+    truth[_ball(shape, (20, 20, 20), 12)] = LABELS["edema"]
+    truth[_ball(shape, (20, 20, 20), 6)] = LABELS["enhancing_tumour"]
+    assert next_click(truth, truth.copy()) is None
+
+    missed = truth.copy()
+    missed[_ball(shape, (20, 20, 20), 6)] = LABELS["edema"]  # the enhancing core called edema
+    missed[_ball(shape, (5, 5, 5), 2)] = LABELS["edema"]  # and a small false blob outside the tumour
+    label, index = next_click(truth, missed)
+    assert label == "enhancing_tumour" and np.abs(np.subtract(index, (20, 20, 20))).max() <= 1, (label, index)
+    # per region: the whole tumour is right apart from the false blob, which is corrected with a background click
+    label, index = next_click(truth, missed, region="WT")
+    assert label == "background" and np.abs(np.subtract(index, (5, 5, 5))).max() <= 1, (label, index)
