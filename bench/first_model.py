@@ -7,7 +7,10 @@ The demo trains its first model on its sample's labelled studies (``scripts/demo
 seed 0, 16 studies, the first 8 labelled) with the app's defaults, on the cpu profile; the trainer holds a quarter
 of them out for its own validation (what the demo prints). Here the same training runs once per seed, each on the
 same 8 studies, and every resulting model is scored on ``--held-out`` further studies of the same generator
-(indices 1000 on, never in the demo's sample): mean Dice over TC, WT and ET per study. ``--set key=value``
+(indices 1000 on, never in the demo's sample): mean Dice over TC, WT and ET per study. A run is from scratch, so it
+takes ``max_epochs_from_scratch`` epochs (``--set max_epochs=N`` sets both, as ``--conf max_epochs`` does). Seeds can
+be run a few at a time (``--seeds 1 --first-seed S``, interleaved with another setting's): each invocation adds its
+runs to the setting's results file. ``--set key=value``
 overrides a training setting (``TrainSettings`` in lib/config.py) to compare a change against the defaults in the
 same run. Writes ``bench/results/first_model/<name>.json`` and prints a table: per seed, the trainer's own
 validation Dice and the held-out mean Dice (mean, min), and the training time.
@@ -49,11 +52,26 @@ def parse_overrides(pairs: list) -> dict:
         if key not in fields:
             raise SystemExit(f"--set {pair}: unknown setting; known: {', '.join(fields)}")
         default = getattr(TrainSettings(), key)
-        if default is not None:
+        if isinstance(default, bool):
+            out[key] = value.lower() in ("1", "true", "yes")
+        elif default is not None:
             out[key] = type(default)(value)
         else:  # optional settings: a seed, or a patch size such as 48,48,48
             out[key] = tuple(int(v) for v in value.split(",")) if "," in value else int(value)
+    if "max_epochs" in out and "max_epochs_from_scratch" not in out:
+        out["max_epochs_from_scratch"] = out["max_epochs"]  # as --conf max_epochs does: these runs are all from scratch
     return out
+
+
+def earlier_runs(path: Path, settings: TrainSettings, seeds: set) -> list:
+    """The runs an earlier invocation of the same setting recorded for other seeds: seeds can be run a few at a
+    time (interleaved with another setting's, so that both see the machine alike) and summarised together."""
+    if not path.is_file():
+        return []
+    earlier = json.loads(path.read_text())
+    if earlier.get("settings") != json.loads(json.dumps(dataclasses.asdict(settings))):
+        return []  # another setting under this name: replaced, not mixed
+    return [run for run in earlier.get("runs", []) if run["seed"] not in seeds]
 
 
 def held_out_mean_dice(weights: Path, items: list) -> list:
@@ -125,7 +143,7 @@ def main() -> int:
             datastore = StudyFolderDatastore(sample, run_dir / "ws")
             trainer = BratsSegmentationTrainer(run_dir / "model", PROFILES["cpu"], settings, publish_path=run_dir / "model.pt")
             started = time.monotonic()
-            stats = trainer({"device": "cpu", "max_epochs": settings.max_epochs, "seed": seed}, datastore)
+            stats = trainer({"device": "cpu", "seed": seed}, datastore)  # the epochs of a first model, as the demo asks
             seconds = time.monotonic() - started
             means = held_out_mean_dice(run_dir / "model.pt", items)
             run = {
@@ -137,6 +155,7 @@ def main() -> int:
             }
             runs.append(run)
             print(json.dumps(run), flush=True)
+    runs = earlier_runs(out / f"{args.name}.json", settings, {r["seed"] for r in runs}) + runs
     held = [r["held_out_mean_dice"] for r in runs]
     summary = {
         "name": args.name,

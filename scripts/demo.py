@@ -25,6 +25,7 @@ import tempfile
 import time
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Optional
 
 import nibabel as nib
 import numpy as np
@@ -149,16 +150,20 @@ Pre-segment from the command line:
     )
 
 
-def follow_training(url: str, epochs: int, started_ts: int) -> dict:
+def follow_training(url: str, epochs: Optional[int], started_ts: int) -> dict:
     """Progress bar over epochs of the training started at ``started_ts`` (an earlier run's progress is ignored),
-    from the server's training progress (``/brats/training``: epoch, validation Dice per region)."""
+    from the server's training progress (``/brats/training``: epoch, max_epochs, validation Dice per region)."""
     bar = tqdm(total=epochs, desc="==> training the first model", unit="epoch")
     since = datetime.fromtimestamp(started_ts, UTC).strftime("%Y-%m-%dT%H:%M:%S")
     done = 0
     while True:
         status = requests.get(f"{url}/train/", timeout=10).json()
         progress = requests.get(f"{url}/brats/training", timeout=10).json()["progress"]
-        epoch = int(progress.get("epoch") or 0) if progress.get("started_at", "") >= since else 0
+        this_run = progress.get("started_at", "") >= since
+        epoch = int(progress.get("epoch") or 0) if this_run else 0
+        if this_run and progress.get("max_epochs") and bar.total != progress["max_epochs"]:
+            bar.total = int(progress["max_epochs"])  # the server's choice (a first model runs longer than a fine-tune)
+            bar.refresh()
         if epoch > done:
             bar.update(epoch - done)
             done = epoch
@@ -196,7 +201,7 @@ def interrupt(signum, frame) -> None:
     raise KeyboardInterrupt
 
 
-def start_or_follow_training(url: str, epochs: int) -> int:
+def start_or_follow_training(url: str, epochs: Optional[int]) -> int:
     """Start the first training, or follow the one the server is already running (it may have started one by
     itself); the time (epoch s) after which its statistics are this run's."""
     status = requests.get(f"{url}/train/", timeout=10).json()
@@ -204,7 +209,8 @@ def start_or_follow_training(url: str, epochs: int) -> int:
         print("==> the server is already training; following that run")
         return int(time.mktime(time.strptime(status["start_ts"], "%Y-%m-%d %H:%M:%S"))) - 1
     started_ts = int(time.time()) - 1
-    answer = requests.post(f"{url}/train/segmentation", json={"max_epochs": epochs}, timeout=30)
+    # with no --epochs the server chooses: its max_epochs_from_scratch for this first model
+    answer = requests.post(f"{url}/train/segmentation", json={"max_epochs": epochs} if epochs else {}, timeout=30)
     if answer.status_code == 429:  # started by the server between our two requests
         print("==> the server started a training by itself; following that run")
         return start_or_follow_training(url, epochs)
@@ -240,8 +246,7 @@ def run(args: argparse.Namespace, started: Started) -> None:
     started.server = start_server(args, log_path, studies, workspace, orthanc.credentials_env if orthanc else {})
     cases = sorted(requests.get(f"{url}/datastore/?output=all", timeout=60).json()["objects"])
     banner(url, studies, log_path, cases[0] if cases else None)
-    info = requests.get(f"{url}/info/", timeout=10).json()
-    epochs = args.epochs or int(info["trainers"]["segmentation"]["config"]["max_epochs"])
+    epochs = args.epochs
     started_ts = start_or_follow_training(url, epochs)
     if args.no_wait:
         print(f"training started in the background; server pid {started.server.pid}" + (f", Orthanc pid {orthanc.process.pid}" if orthanc else ""))

@@ -177,6 +177,37 @@ def test_early_stopping_is_honoured_when_asked(studies_copy, tmp_path):
     assert trainer(request, datastore)["epoch"] == 2
 
 
+def test_a_first_model_trains_its_own_number_of_epochs_and_a_fine_tune_its_own(studies_copy, tmp_path):
+    """From no weights a run needs many more steps than a fine-tune from weights: each kind has its epochs, and a
+    request naming only ``max_epochs`` gets exactly that."""
+    from lib.config import TrainSettings
+    from lib.studies.folder_datastore import StudyFolderDatastore
+    from lib.trainers.segmentation import BratsSegmentationTrainer
+
+    datastore = StudyFolderDatastore(studies_copy, tmp_path / "ws")
+    settings = TrainSettings(max_epochs=1, max_epochs_from_scratch=2)
+    quick = {"device": "cpu", "samples_per_case": 1, "val_split": 0.0, "seed": 1, "patch_size": LOOP_PATCH}
+    first = BratsSegmentationTrainer(tmp_path / "first", PROFILES["cpu"], settings, publish_path=tmp_path / "first.pt")
+    assert first.config()["max_epochs_from_scratch"] == 2, "shown to clients (Slicer sends the config it shows)"
+    assert first(quick, datastore)["epoch"] == 2
+    named = BratsSegmentationTrainer(tmp_path / "named", PROFILES["cpu"], settings, publish_path=tmp_path / "named.pt")
+    assert named({**quick, "max_epochs": 3}, datastore)["epoch"] == 3
+    fine_tune = BratsSegmentationTrainer(tmp_path / "tune", PROFILES["cpu"], settings, publish_path=tmp_path / "tune.pt", load_path=tmp_path / "first.pt")
+    assert fine_tune(quick, datastore)["epoch"] == 1
+
+
+def test_conf_max_epochs_sets_every_run_unless_the_first_models_epochs_are_named():
+    from lib.config import AppConfig, ConfigError, TrainSettings
+
+    assert AppConfig.from_conf({}).train.max_epochs_from_scratch == TrainSettings.max_epochs_from_scratch
+    one_number = AppConfig.from_conf({"max_epochs": "3"}).train
+    assert (one_number.max_epochs, one_number.max_epochs_from_scratch) == (3, 3)
+    both = AppConfig.from_conf({"max_epochs": "3", "max_epochs_from_scratch": "50"}).train
+    assert (both.max_epochs, both.max_epochs_from_scratch) == (3, 50)
+    with pytest.raises(ConfigError, match="max_epochs_from_scratch"):
+        AppConfig.from_conf({"max_epochs_from_scratch": "0"})
+
+
 def test_a_seeded_training_repeats_exactly(studies_copy, tmp_path):
     """The same seed gives the same weights (network start, patches, augmentations); another seed does not."""
     from lib.config import TrainSettings

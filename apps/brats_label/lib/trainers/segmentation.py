@@ -99,6 +99,7 @@ class BratsSegmentationTrainer(BasicTrainTask):
         patch = settings.patch_size or profile.patch_size
         config = {
             "max_epochs": settings.max_epochs,
+            "max_epochs_from_scratch": settings.max_epochs_from_scratch,
             "learning_rate": settings.learning_rate,
             "fine_tune_learning_rate": settings.fine_tune_learning_rate,
             "train_batch_size": settings.batch_size,
@@ -130,6 +131,18 @@ class BratsSegmentationTrainer(BasicTrainTask):
         self.promote_alpha = promote_alpha
         self.held_out = HeldOutSet(Path(model_dir) / "holdout.json")
         self.progress_path = Path(model_dir) / "training_progress.json"
+
+    def __call__(self, request, datastore):
+        """A run from no weights takes ``max_epochs_from_scratch`` (from the request, else the settings) unless the
+        request names only ``max_epochs``; a run from weights takes ``max_epochs``. Slicer sends both as shown."""
+        merged = {**self._config, **request}
+        path = self.load_path(os.path.join(self._model_dir, merged["name"]), bool(merged["pretrained"]))
+        from_scratch = not (path and os.path.exists(path))
+        if from_scratch and ("max_epochs_from_scratch" in request or "max_epochs" not in request):
+            epochs = merged["max_epochs_from_scratch"]
+        else:
+            epochs = merged["max_epochs"]
+        return super().__call__({**request, "max_epochs": int(epochs)}, datastore)
 
     def train(self, rank, world_size, request, datalist):
         """Seeded: the request's ``seed``, or one drawn now and kept in the version record, so that any run
@@ -198,7 +211,7 @@ class BratsSegmentationTrainer(BasicTrainTask):
         return torch.optim.AdamW(context.network.parameters(), lr=lr, weight_decay=1e-5)
 
     def loss_function(self, context: Context) -> torch.nn.Module:
-        return DiceCELoss(sigmoid=True, smooth_nr=0.0, smooth_dr=1e-5, squared_pred=True)
+        return DiceCELoss(sigmoid=True, smooth_nr=0.0, smooth_dr=1e-5, squared_pred=True, batch=self.settings.batch_dice)
 
     def lr_scheduler_handler(self, context: Context) -> Any:
         scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(context.optimizer, T_max=int(context.max_epochs))
