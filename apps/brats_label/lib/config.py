@@ -293,6 +293,8 @@ BACKGROUND_NICENESS = 10  # training and scoring workers yield the CPU to the se
 GUIDANCE_LABELS: Tuple[str, ...] = tuple(LABELS)
 GUIDANCE_SIGMA_MM = 4.0  # a click is a Gaussian of this width in its channel (peak 1), whatever the profile's spacing
 MAX_CLICKS = 100  # per request, all labels together: an annotator's session is tens, a larger list is not a person's
+# The robot user's targets per region (bench/interactive.py): where an annotator would stop correcting.
+CORRECTION_TARGET_DICE: Dict[str, float] = {"WT": 0.90, "TC": 0.85, "ET": 0.80}
 
 # --- the application configuration -------------------------------------------------------------------
 
