@@ -34,7 +34,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from bench.evaluate import items_of  # noqa: E402
-from lib.config import PROFILES, TrainSettings  # noqa: E402
+from lib.config import PROFILES, TrainSettings, with_epochs_for_every_run  # noqa: E402
 from lib.studies.folder_datastore import StudyFolderDatastore  # noqa: E402
 from lib.trainers.evaluation import evaluate_on, evaluation_transforms  # noqa: E402
 from lib.trainers.segmentation import BratsSegmentationTrainer  # noqa: E402
@@ -58,9 +58,7 @@ def parse_overrides(pairs: list) -> dict:
             out[key] = type(default)(value)
         else:  # optional settings: a seed, or a patch size such as 48,48,48
             out[key] = tuple(int(v) for v in value.split(",")) if "," in value else int(value)
-    if "max_epochs" in out and "max_epochs_from_scratch" not in out:
-        out["max_epochs_from_scratch"] = out["max_epochs"]  # as --conf max_epochs does: these runs are all from scratch
-    return out
+    return with_epochs_for_every_run(out)  # as --conf max_epochs does: these runs are all from scratch
 
 
 def earlier_runs(path: Path, settings: TrainSettings, seeds: set) -> list:

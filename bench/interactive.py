@@ -25,29 +25,27 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO), str(REPO / "apps" / "brats_label")]
 
 import numpy as np  # noqa: E402
+import torch  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 from bench.evaluate import items_of  # noqa: E402
 from lib.config import CORRECTION_TARGET_DICE, LABELS, PROFILES, REGIONS  # noqa: E402
 from lib.interactive.simulated_clicks import next_click  # noqa: E402
+from lib.model.brats_metrics import dice as region_dice  # noqa: E402
+from lib.model.transforms import RegionsToLabeld  # noqa: E402
 from lib.trainers.evaluation import evaluation_transforms, predict_regions  # noqa: E402
 
 REPORTED_AFTER = (0, 1, 3, 5, 10)
 
 
 def label_map(regions: Dict[str, np.ndarray]) -> np.ndarray:
-    """Region masks (tc, wt, et) as one label map, nested as BraTS defines them."""
-    label = np.zeros(regions["wt"].shape, dtype=np.uint8)
-    label[regions["wt"]] = LABELS["edema"]
-    label[regions["tc"]] = LABELS["necrotic_core"]
-    label[regions["et"]] = LABELS["enhancing_tumour"]
-    return label
+    """Region masks (tc, wt, et) as one label map, as inference makes it (``RegionsToLabeld``)."""
+    stacked = torch.as_tensor(np.stack([regions[name.lower()] for name in REGIONS]))
+    return RegionsToLabeld(keys="pred")({"pred": stacked})["pred"][0].numpy()
 
 
 def dice(truth: np.ndarray, labels: np.ndarray, region: str) -> float:
-    a, b = np.isin(truth, REGIONS[region]), np.isin(labels, REGIONS[region])
-    total = int(a.sum() + b.sum())
-    return 1.0 if total == 0 else 2.0 * float((a & b).sum()) / total
+    return region_dice(np.isin(labels, REGIONS[region]), np.isin(truth, REGIONS[region]))
 
 
 def brush_stroke(labels: np.ndarray, at: tuple, value: int, radius_mm: float, spacing_mm: np.ndarray) -> np.ndarray:

@@ -251,6 +251,15 @@ class TrainSettings:
     seed: Optional[int] = None  # None: each run draws one (kept in its version record, so any run can be repeated)
 
 
+def with_epochs_for_every_run(overrides: Mapping[str, object]) -> Dict[str, object]:
+    """Training overrides where ``max_epochs`` named alone sets the epochs of a first model too: one number for
+    every run, as asked."""
+    out = dict(overrides)
+    if "max_epochs" in out and "max_epochs_from_scratch" not in out:
+        out["max_epochs_from_scratch"] = out["max_epochs"]
+    return out
+
+
 # --- active learning ----------------------------------------------------------------------------
 
 
@@ -401,9 +410,7 @@ class AppConfig:
                     raise ConfigError(f"--conf {key} {conf[key]!r}: expected a number") from None
         if "patch_size" in conf:
             overrides["patch_size"] = _tuple3("patch_size", conf["patch_size"])
-        if "max_epochs" in overrides and "max_epochs_from_scratch" not in overrides:
-            overrides["max_epochs_from_scratch"] = overrides["max_epochs"]  # one number for every run, as asked
-        train = dataclasses.replace(train, **overrides)  # type: ignore[arg-type]  # each value checked above
+        train = dataclasses.replace(train, **with_epochs_for_every_run(overrides))  # type: ignore[arg-type]  # each value checked above
         if min(train.max_epochs, train.max_epochs_from_scratch) < 1 or train.batch_size < 1 or train.learning_rate <= 0 or train.fine_tune_learning_rate <= 0:
             raise ConfigError("--conf max_epochs, max_epochs_from_scratch and batch_size must be at least 1, learning rates positive")
         if not 0.0 <= train.val_split < 1.0:

@@ -136,8 +136,7 @@ class BratsSegmentationTrainer(BasicTrainTask):
         """A run from no weights takes ``max_epochs_from_scratch`` (from the request, else the settings) unless the
         request names only ``max_epochs``; a run from weights takes ``max_epochs``. Slicer sends both as shown."""
         merged = {**self._config, **request}
-        path = self.load_path(os.path.join(self._model_dir, merged["name"]), bool(merged["pretrained"]))
-        from_scratch = not (path and os.path.exists(path))
+        from_scratch = not self._loads_weights(os.path.join(self._model_dir, merged["name"]), merged["pretrained"])
         if from_scratch and ("max_epochs_from_scratch" in request or "max_epochs" not in request):
             epochs = merged["max_epochs_from_scratch"]
         else:
@@ -199,10 +198,13 @@ class BratsSegmentationTrainer(BasicTrainTask):
         logger.info(f"Training on {len(train)} cases; validating on the {len(val)} held-out cases {sorted(holdout)}")
         return train, val
 
+    def _loads_weights(self, output_dir: str, pretrained: Any) -> bool:
+        path = self.load_path(output_dir, pretrained)
+        return bool(path and os.path.exists(path))
+
     def starts_from_weights(self, context: Context) -> bool:
         """True when this run loads weights (the last run's best model, or the starting weights)."""
-        path = self.load_path(context.output_dir, context.pretrained)
-        return bool(path and os.path.exists(path))
+        return self._loads_weights(context.output_dir, context.pretrained)
 
     def optimizer(self, context: Context) -> torch.optim.Optimizer:
         key = "fine_tune_learning_rate" if self.starts_from_weights(context) else "learning_rate"
