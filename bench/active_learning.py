@@ -59,7 +59,6 @@ from scipy.stats import wilcoxon
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO), str(REPO / "apps" / "brats_label")]
 
-from monai.inferers import SlidingWindowInferer  # noqa: E402
 from monai.metrics import DiceMetric  # noqa: E402
 from monai.transforms import Compose  # noqa: E402
 
@@ -67,7 +66,7 @@ from lib.activelearning.scores import ScoreStore  # noqa: E402
 from lib.activelearning.scoring import EpistemicScoring  # noqa: E402
 from lib.activelearning.selection import power_sample, study_features, typiclust  # noqa: E402
 from lib.config import PROFILES, REGIONS, ScoringSettings, TrainSettings  # noqa: E402
-from lib.model.network import load_network  # noqa: E402
+from lib.model.network import load_network, sliding_window_inferer  # noqa: E402
 from lib.studies.folder_datastore import StudyFolderDatastore  # noqa: E402
 from lib.trainers.evaluation import evaluation_transforms  # noqa: E402
 from lib.trainers.segmentation import BratsSegmentationTrainer  # noqa: E402
@@ -142,7 +141,7 @@ def fine_tune(profile, datastore: StudyFolderDatastore, work: Path, start_from: 
 
 def test_dice(profile, weights: Path, test_items: List[Dict]) -> Dict[str, float]:
     network = load_network(profile, weights, torch.device("cpu")).eval()
-    inferer = SlidingWindowInferer(profile.roi_size, overlap=profile.sw_overlap, mode="gaussian")
+    inferer = sliding_window_inferer(profile)
     metric = DiceMetric(include_background=True, reduction="mean_batch")
     with torch.no_grad():
         for item in test_items:

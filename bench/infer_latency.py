@@ -46,13 +46,12 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO), str(REPO / "apps" / "brats_label")]
 
-from monai.inferers import SlidingWindowInferer  # noqa: E402
 from monai.transforms import Compose  # noqa: E402
 from monailabel.client import MONAILabelClient  # noqa: E402
 
 from lib.config import PROFILES  # noqa: E402
 from lib.infers.segmentation import preprocessing  # noqa: E402
-from lib.model.network import build_network, load_network  # noqa: E402
+from lib.model.network import build_network, load_network, sliding_window_inferer  # noqa: E402
 from lib.studies.folder_datastore import StudyFolderDatastore  # noqa: E402
 from scripts.import_studies import import_studies  # noqa: E402
 from scripts.local_orthanc import LocalOrthanc  # noqa: E402
@@ -84,7 +83,7 @@ def time_forward(profile_name: str, weights: Path, image_path: str, repeats: int
     profile = PROFILES[profile_name]
     network = load_network(profile, weights, torch.device("cpu")).eval()
     tensor = Compose(preprocessing(profile))({"image": image_path})["image"][None]
-    inferer = SlidingWindowInferer(roi_size=profile.roi_size, overlap=profile.sw_overlap, sw_batch_size=1, mode="gaussian")
+    inferer = sliding_window_inferer(profile)
     times = []
     with torch.no_grad():
         inferer(tensor, network)  # warm-up, as the server's first request

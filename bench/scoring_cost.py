@@ -23,14 +23,13 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO), str(REPO / "apps" / "brats_label")]
 
-from monai.inferers import SlidingWindowInferer  # noqa: E402
 from monai.transforms import Compose  # noqa: E402
 
 from lib.activelearning.scores import ScoreStore  # noqa: E402
 from lib.activelearning.scoring import EpistemicScoring  # noqa: E402
 from lib.config import PROFILES, ScoringSettings  # noqa: E402
 from lib.infers.segmentation import preprocessing  # noqa: E402
-from lib.model.network import build_network, load_network  # noqa: E402
+from lib.model.network import build_network, load_network, sliding_window_inferer  # noqa: E402
 from lib.studies.folder_datastore import StudyFolderDatastore  # noqa: E402
 from synthetic.__main__ import main as generate  # noqa: E402
 
@@ -61,7 +60,7 @@ def main() -> int:
             record = scoring.score_case(uri, network, generator_seed=i)
             case_times.append(time.perf_counter() - start)
         prepared = Compose(preprocessing(profile))({"image": uri})["image"].as_tensor()[None]
-        inferer = SlidingWindowInferer(profile.roi_size, overlap=profile.sw_overlap, mode="gaussian")
+        inferer = sliding_window_inferer(profile)
         network.eval()
         with torch.no_grad():
             start = time.perf_counter()

@@ -127,3 +127,45 @@ def test_the_robot_user_clicks_the_centre_of_the_largest_error_with_the_true_lab
     # per region: the whole tumour is right apart from the false blob, which is corrected with a background click
     label, index = next_click(truth, missed, region="WT")
     assert label == "background" and np.abs(np.subtract(index, (5, 5, 5))).max() <= 1, (label, index)
+
+
+def test_a_validation_step_of_the_refinement_model_sees_the_robots_clicks_on_what_it_missed():
+    """Inside an evaluator step (as MONAI Label's DeepEdit ``Interaction`` does): a model that finds no tumour is
+    clicked at the centre of the tumour with the true label there, region by region, and the step sees those clicks
+    in the guidance channels; the sequences are left as they were."""
+    from ignite.engine import Events
+    from monai.engines import SupervisedEvaluator
+    from monai.inferers import SimpleInferer
+
+    from lib.interactive.click_rounds import ClickRounds
+
+    profile = PROFILES["cpu"]
+    shape = (32, 32, 32)
+    network = build_guided_network(profile, build_network(profile).state_dict()).eval()
+    with torch.no_grad():
+        network.conv_final[-1].conv.bias.fill_(-20.0)  # sees no tumour anywhere, clicks or not
+    edema, core = _ball(shape, (16, 16, 16), 9), _ball(shape, (16, 16, 16), 4)
+    # region channels TC, WT, ET: an enhancing core (TC and ET) inside edema (WT)
+    label = torch.as_tensor(np.stack([core, edema, core]), dtype=torch.float32)[None]
+    sequences = torch.randn(1, 4, *shape)
+    image = torch.cat([sequences, torch.zeros(1, len(GUIDANCE_LABELS), *shape)], dim=1)
+    seen = {}
+    evaluator = SupervisedEvaluator(
+        device=torch.device("cpu"),
+        val_data_loader=[{"image": image, "label": label}],
+        network=network,
+        inferer=SimpleInferer(),
+        iteration_update=ClickRounds(spacing_mm=profile.spacing_mm, max_rounds=3, train=False),
+        decollate=False,
+    )
+    evaluator.add_event_handler(Events.ITERATION_COMPLETED, lambda engine: seen.update(image=engine.state.batch["image"].clone()))
+    evaluator.run()
+
+    stepped = seen["image"]
+    assert torch.equal(stepped[:, :4], sequences)
+    guidance = {name: stepped[0, 4 + i].numpy() for i, name in enumerate(GUIDANCE_LABELS)}
+    # WT first: the whole tumour is missed; its innermost voxel is the core's centre, enhancing there
+    peak = np.unravel_index(int(np.argmax(guidance["enhancing_tumour"])), shape)
+    assert guidance["enhancing_tumour"].max() == pytest.approx(1.0) and np.abs(np.subtract(peak, (16, 16, 16))).max() <= 1, peak
+    # TC, then ET: the model, not yet taught to follow clicks, still misses the core, so it is clicked again there
+    assert all(guidance[name].max() == 0.0 for name in ("background", "necrotic_core", "edema"))

@@ -165,6 +165,33 @@ def test_infer_returns_label_on_the_study_grid_with_volumes(client, studies):
     assert params["model"]["path"].endswith("segmentation.pt")
 
 
+def test_the_refinement_model_is_offered_to_the_viewers_once_trained_and_takes_clicks_on_the_volume_shown(client, server, studies):
+    assert "refinement" not in client.info()["models"], "offered before it has learnt from clicks, it would ignore them"
+    started = client.train_start("refinement", {"max_epochs": 1})
+    assert started["status"] in ("SUBMITTED", "RUNNING")
+    status = server.wait_training(timeout_s=600)
+    assert status["status"] == "DONE", status.get("details")
+    model = client.info()["models"]["refinement"]
+    assert model["type"] == "deepedit", "the type OHIF's Point Prompts and Slicer's DeepEdit look for"
+    assert model["labels"] == {"background": 0, "necrotic_core": 1, "edema": 2, "enhancing_tumour": 3}
+
+    # Slicer's DeepEdit: voxel indices of the volume /datastore/image sent, here the study's own grid
+    source = nib.load(str(studies / UNLABELLED / f"{UNLABELLED}-t1c.nii.gz"))
+    centre = [s // 2 for s in source.shape[:3]]
+    label_file, params = client.infer("refinement", UNLABELLED, {"enhancing_tumour": [centre], "background": [[2, 2, 2]]})
+    result = nib.load(label_file)
+    assert result.shape == source.shape and np.allclose(result.affine, source.affine)
+    assert set(np.unique(np.asarray(result.dataobj))) <= {0, 1, 2, 3}
+    params = json.loads(params) if isinstance(params, str) else params
+    assert params["model"]["path"].endswith("refinement.pt")
+
+    # a click off the volume shown would land where nobody put it: refused, saying what to send
+    with pytest.raises(MONAILabelClientException) as error:
+        client.infer("refinement", UNLABELLED, {"edema": [[source.shape[0] + 40, 0, 0]]})
+    assert "Status: 422" in error.value.msg or "Status: 400" in error.value.msg, error.value.msg
+    assert "outside the volume clicked on" in error.value.msg
+
+
 def test_corrected_label_is_saved_and_counted(client, server, studies, tmp_path):
     truth = nib.load(str(studies / LABELLED / f"{LABELLED}-seg.nii.gz"))
     correction = np.asarray(truth.dataobj).copy()

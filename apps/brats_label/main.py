@@ -62,6 +62,7 @@ from lib.config import (
     MODEL_NAME,
     NEXT_SAMPLE_PICKS,
     POWER_SAMPLING_BETA,
+    REFINEMENT_MODEL_NAME,
     SCRATCH_DIR_NAME,
     TOKEN_ALGORITHMS,
     ZOO_CACHE_DIR,
@@ -77,7 +78,9 @@ from lib.endpoints.routes import answer_domain_errors, check_monai_label_version
 from lib.endpoints.save_label import install_save_label_route
 from lib.endpoints.token_check import TokenVerifier, install_token_check
 from lib.errors import InvalidInput, NotFound
+from lib.infers.refinement import BratsRefinement
 from lib.infers.segmentation import BratsSegmentation
+from lib.interactive.clicks import clicks_in_world
 from lib.labels.audit import PreLabels, audit_csv, audit_rows
 from lib.labels.label_store import check_case_id
 from lib.model.model_zoo import fetch_weights
@@ -90,6 +93,7 @@ from lib.studies.folder_datastore import StudyFolderDatastore
 from lib.trainers.evaluation import evaluation_transforms
 from lib.trainers.held_out import MAX_ADDED_AT_ONCE, HeldOutReevaluation, reevaluation
 from lib.trainers.progress import read_progress
+from lib.trainers.refinement import BratsRefinementTrainer
 from lib.trainers.retrain import RetrainTrigger
 from lib.trainers.segmentation import BratsSegmentationTrainer
 from lib.trainers.versions import ModelVersions
@@ -138,6 +142,7 @@ class BratsLabelApp(MONAILabelApp):
             self.pretrained_weights = fetch_weights(self.config.pretrained_zoo, self.workspace / ZOO_CACHE_DIR, self.config.zoo_url)
         self.model_dir = self.workspace / "model"
         self.model_path = self.model_dir / f"{MODEL_NAME}.pt"
+        self.refinement_path = self.model_dir / f"{REFINEMENT_MODEL_NAME}.pt"
         self.model_dir.mkdir(parents=True, exist_ok=True)
         self.scores = ScoreStore(self.workspace / "scores")
         self.handouts = HandOuts(self.workspace / "handouts.json", self.config.handout_ttl_s)
@@ -254,7 +259,12 @@ class BratsLabelApp(MONAILabelApp):
         request["save_label"] = False  # the model's own output is a pre-label, never a stored label
         # MONAI Label reads ``image`` as a file wherever such a path exists on the server (/etc/passwd, another
         # workspace): only a listed study's id (or, from an archive, one of its series' UIDs) is taken.
-        case = self._datastore.case_id(check_case_id(str(request.get("image", ""))))  # type: ignore[attr-defined]
+        image_id = check_case_id(str(request.get("image", "")))
+        case = self._datastore.case_id(image_id)  # type: ignore[attr-defined]
+        if request.get("model") == REFINEMENT_MODEL_NAME:
+            # clicks are indices of the volume the client shows: placed in the world through that volume's grid now
+            grid = self._datastore.clicked_grid(image_id)  # type: ignore[attr-defined]
+            request["clicks_world"] = clicks_in_world(request, grid.affine, grid.shape)
         request["image"] = self._datastore.get_image_uri(case)
         with self.infer_queue.turn():
             self.versions.apply_promotions()  # a training that just ended may have made a version to serve
@@ -272,21 +282,39 @@ class BratsLabelApp(MONAILabelApp):
         return rows
 
     def init_infers(self) -> Dict[str, InferTask]:
-        return {MODEL_NAME: BratsSegmentation(self.config.profile, self.model_path, self.pretrained_weights, version_fn=self.versions.serving)}
+        return {
+            MODEL_NAME: BratsSegmentation(self.config.profile, self.model_path, self.pretrained_weights, version_fn=self.versions.serving),
+            REFINEMENT_MODEL_NAME: BratsRefinement(self.config.profile, self.refinement_path),
+        }
+
+    def _segmentation_weights(self) -> Optional[Path]:
+        """What the refinement model starts from: the served segmentation model, else the starting weights."""
+        for path in (self.model_path, self.pretrained_weights):
+            if path is not None and Path(path).exists():
+                return Path(path)
+        return None
 
     def init_trainers(self) -> Dict[str, TrainTask]:
-        return {
-            MODEL_NAME: BratsSegmentationTrainer(
-                model_dir=self.model_dir,
-                profile=self.config.profile,
-                settings=self.config.train,
-                publish_path=self.model_path,
-                load_path=self.pretrained_weights,
-                versions=self.versions,
-                promote_tolerance=self.config.retrain.promote_tolerance,
-                promote_alpha=self.config.retrain.promote_alpha,
-            )
-        }
+        segmentation = BratsSegmentationTrainer(
+            model_dir=self.model_dir,
+            profile=self.config.profile,
+            settings=self.config.train,
+            publish_path=self.model_path,
+            load_path=self.pretrained_weights,
+            versions=self.versions,
+            promote_tolerance=self.config.retrain.promote_tolerance,
+            promote_alpha=self.config.retrain.promote_alpha,
+        )
+        refinement = BratsRefinementTrainer(
+            model_dir=self.model_dir / REFINEMENT_MODEL_NAME,  # runs and progress of its own
+            profile=self.config.profile,
+            settings=self.config.train,
+            refinement=self.config.refinement,
+            publish_path=self.refinement_path,
+            segmentation_weights=self._segmentation_weights,
+            held_out=segmentation.held_out,  # judged on studies neither model learnt from
+        )
+        return {MODEL_NAME: segmentation, REFINEMENT_MODEL_NAME: refinement}
 
     def init_strategies(self) -> Dict[str, Strategy]:
         # Listed first, so the viewers' default: random. bench/active_learning.py (5 seeds, a varied cohort, 3 to 16

@@ -13,7 +13,6 @@ import time
 from typing import Any, Dict, List
 
 import torch
-from monai.inferers import SlidingWindowInferer
 from monai.transforms import Compose
 from monailabel.interfaces.datastore import Datastore
 from monailabel.interfaces.tasks.scoring import ScoringMethod
@@ -21,7 +20,7 @@ from tqdm import tqdm
 
 from ..config import NetworkProfile, ScoringSettings
 from ..infers.segmentation import preprocessing
-from ..model.network import load_network
+from ..model.network import load_network, sliding_window_inferer
 from ..model.transforms import voxel_volume_ml
 from .sampling import stochastic_predictions
 from .scores import ScoreStore, model_version
@@ -50,7 +49,7 @@ class EpistemicScoring(ScoringMethod):
     def score_case(self, image_uri: str, network: torch.nn.Module, generator_seed: int) -> Dict[str, Any]:
         prepared = Compose(preprocessing(self.profile))({"image": image_uri})["image"]
         voxel_ml = voxel_volume_ml(prepared.affine)
-        inferer = SlidingWindowInferer(roi_size=self.profile.roi_size, overlap=self.profile.sw_overlap, sw_batch_size=1, mode="gaussian")
+        inferer = sliding_window_inferer(self.profile)
         torch.manual_seed(generator_seed)
         samples = stochastic_predictions(prepared.as_tensor()[None], network, inferer, self.settings.samples, self.settings.mc_dropout, self.settings.flips)
         result = case_uncertainty(samples, voxel_ml, self.settings.roi_threshold, self.settings.margin_vox, self.settings.fallback_top)

@@ -20,10 +20,11 @@ from typing import Any, Callable, Dict, Optional, Sequence, Tuple
 import nibabel as nib
 import numpy as np
 import torch
-from monai.inferers import Inferer, SlidingWindowInferer
+from monai.inferers import Inferer
 from monai.transforms import (
     Activationsd,
     AsDiscreted,
+    CropForegroundd,
     DeleteItemsd,
     EnsureTyped,
     LoadImaged,
@@ -38,7 +39,7 @@ from monailabel.transform.cache import CacheTransformDatad
 from ..config import FOREGROUND_LABELS, MODEL_NAME, PREPARED_INPUT_TTL_S, REGION_THRESHOLD, NetworkProfile
 from ..errors import ModelNotReady
 from ..labels.label_files import NRRD_SUFFIX, write_nrrd_label
-from ..model.network import load_network
+from ..model.network import load_network, sliding_window_inferer
 from ..model.transforms import KeepWithinInputd, RegionsToLabeld, RegionVolumesd, RestoreToSourceGridd
 
 logger = logging.getLogger(__name__)
@@ -53,6 +54,8 @@ def preprocessing(profile: NetworkProfile, keys: Tuple[str, ...] = ("image",), m
         EnsureTyped(keys=keys, dtype=torch.float32, track_meta=True),
         Orientationd(keys=keys, axcodes="RAS"),
         Spacingd(keys=keys, pixdim=profile.spacing_mm, mode=modes),
+        # to the brain (non-zero in any sequence) before normalising: the affine follows, so results restore in place
+        CropForegroundd(keys=keys, source_key="image", margin=profile.crop_margin, allow_smaller=True),
         NormalizeIntensityd(keys="image", nonzero=True, channel_wise=True),
     ]
 
@@ -69,6 +72,8 @@ def prepared_input_cache() -> CacheTransformDatad:
 
 
 class BratsSegmentation(BasicInferTask):
+    guided = False  # whether the network takes guidance channels after the four sequences (the refinement model)
+
     def __init__(
         self,
         profile: NetworkProfile,
@@ -124,7 +129,7 @@ class BratsSegmentation(BasicInferTask):
         ]
 
     def inferer(self, data=None) -> Inferer:
-        return SlidingWindowInferer(roi_size=self.profile.roi_size, overlap=self.profile.sw_overlap, sw_batch_size=1, mode="gaussian")
+        return sliding_window_inferer(self.profile)
 
     def post_transforms(self, data=None) -> Sequence[Callable]:
         return [
@@ -148,7 +153,7 @@ class BratsSegmentation(BasicInferTask):
         mtime = os.stat(path).st_mtime
         cached = self._loaded.get(str(device))
         if cached is None or cached[1] != mtime or cached[2] != path:
-            network = load_network(self.profile, Path(path), torch.device(device))
+            network = load_network(self.profile, Path(path), torch.device(device), guided=self.guided)
             network.eval()
             self._loaded[str(device)] = (network, mtime, path)
             logger.info(f"Loaded weights {path} (modified {mtime})")

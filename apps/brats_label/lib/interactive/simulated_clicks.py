@@ -10,7 +10,7 @@ training of the refinement model both draw their clicks here.
 
 from __future__ import annotations
 
-from typing import Optional, Sequence, Tuple
+from typing import Optional, Sequence, Tuple, Union
 
 import numpy as np
 from scipy import ndimage
@@ -28,7 +28,9 @@ def error_mask(truth: np.ndarray, predicted: np.ndarray, region: Optional[str] =
     return np.isin(truth, values) != np.isin(predicted, values)
 
 
-def next_click(truth: np.ndarray, predicted: np.ndarray, region: Optional[str] = None, spacing_mm: Sequence[float] = (1.0, 1.0, 1.0)) -> Optional[Tuple[str, Tuple[int, int, int]]]:
+def next_click(
+    truth: np.ndarray, predicted: np.ndarray, region: Optional[str] = None, spacing_mm: Union[Sequence[float], np.ndarray] = (1.0, 1.0, 1.0)
+) -> Optional[Tuple[str, Tuple[int, int, int]]]:
     """(label name, voxel index) of the next click on label maps ``truth`` and ``predicted`` (same grid), or None
     when there is nothing left to correct."""
     errors = error_mask(truth, predicted, region)

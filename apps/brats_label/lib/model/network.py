@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Dict, Mapping, Optional
 
 import torch
+from monai.inferers import SlidingWindowInferer
 from monai.networks.nets import SegResNet
 
 from ..config import GUIDANCE_LABELS, PROFILES, NetworkProfile
@@ -66,9 +67,10 @@ def _profile_of(state: Mapping[str, torch.Tensor]) -> Optional[str]:
     return None
 
 
-def check_weights(state: Mapping[str, torch.Tensor], profile: NetworkProfile, path: Path) -> None:
-    """Raise ModelNotReady naming what differs when ``state`` does not fit the profile's network."""
-    expected = build_network(profile).state_dict()
+def check_weights(state: Mapping[str, torch.Tensor], profile: NetworkProfile, path: Path, guided: bool = False) -> None:
+    """Raise ModelNotReady naming what differs when ``state`` does not fit the profile's network (its guided form, with
+    the guidance channels, when ``guided``)."""
+    expected = (build_guided_network(profile) if guided else build_network(profile)).state_dict()
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
     mismatched = [k for k in expected if k in state and tuple(state[k].shape) != tuple(expected[k].shape)]
@@ -92,9 +94,15 @@ def check_weights(state: Mapping[str, torch.Tensor], profile: NetworkProfile, pa
     raise ModelNotReady(f"{path} does not fit the '{profile.name}' network: {'; '.join(details)}.{hint}")
 
 
-def load_network(profile: NetworkProfile, path: Path, device: torch.device) -> SegResNet:
+def sliding_window_inferer(profile: NetworkProfile) -> SlidingWindowInferer:
+    """The profile's windows: one inferer for serving, validation, scoring and benchmarks, so that a model is judged
+    as it is served."""
+    return SlidingWindowInferer(roi_size=profile.roi_size, overlap=profile.sw_overlap, sw_batch_size=1, mode="gaussian")
+
+
+def load_network(profile: NetworkProfile, path: Path, device: torch.device, guided: bool = False) -> SegResNet:
     state = read_state_dict(path)
-    check_weights(state, profile, path)
-    network = build_network(profile)
+    check_weights(state, profile, path, guided)
+    network = build_guided_network(profile) if guided else build_network(profile)
     network.load_state_dict(state)
     return network.to(device)

@@ -95,6 +95,11 @@ class StudyDatastore(Datastore):
     def geometry(self, image_id: str) -> Geometry:
         """The study's reference grid."""
 
+    def clicked_grid(self, image_id: str) -> Geometry:
+        """The grid of the volume a client clicks on when it names ``image_id``: the study's own, which
+        ``/datastore/image`` sends (Slicer's DeepEdit clicks on that volume)."""
+        return self.geometry(image_id)
+
     @abstractmethod
     def _source(self, image_id: str) -> Any:
         """The study's source (files or series); raises NotFound."""

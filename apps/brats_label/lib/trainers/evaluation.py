@@ -12,13 +12,12 @@ from typing import Any, Dict, Iterator, List, Sequence, Tuple
 
 import numpy as np
 import torch
-from monai.inferers import SlidingWindowInferer
 from monai.transforms import Compose, ConvertToMultiChannelBasedOnBratsClassesd, EnsureTyped
 
 from ..config import ENHANCING_LABEL, REGION_THRESHOLD, REGIONS, NetworkProfile
 from ..infers.segmentation import preprocessing
 from ..model.brats_metrics import region_scores
-from ..model.network import load_network
+from ..model.network import load_network, sliding_window_inferer
 from ..model.transforms import KeepWithinInputd
 
 SCORES = ("dice", "hd95", "lesion_dice", "lesion_hd95")
@@ -39,7 +38,7 @@ def predict_regions(
     """For each item: its id, the network's input (C, X, Y, Z), and the predicted and reference region masks."""
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     network = load_network(profile, weights, device).eval()
-    inferer = SlidingWindowInferer(profile.roi_size, overlap=profile.sw_overlap, sw_batch_size=1, mode="gaussian")
+    inferer = sliding_window_inferer(profile)
     prepare = Compose(transforms)
     keep_within_input = KeepWithinInputd(keys="pred", ref_key="image")
     names = [name.lower() for name in REGIONS]

@@ -22,7 +22,7 @@ from ignite.engine import Events
 from ignite.handlers import EarlyStopping
 from ignite.metrics import Metric
 from monai.handlers import LrScheduleHandler, MeanDice, from_engine, stopping_fn_from_metric
-from monai.inferers import SimpleInferer, SlidingWindowInferer
+from monai.inferers import SimpleInferer
 from monai.losses import DiceCELoss
 from monai.transforms import (
     Activationsd,
@@ -38,7 +38,7 @@ from monai.utils import set_determinism
 from monailabel.tasks.train.basic_train import BasicTrainTask, Context
 
 from ..config import REGION_THRESHOLD, REGIONS, NetworkProfile, TrainSettings
-from ..model.network import build_network, set_foreground_prior
+from ..model.network import build_network, set_foreground_prior, sliding_window_inferer
 from ..model.transforms import KeepWithinInputd
 from ..runtime.clock import utc_now
 from .evaluation import evaluate_on, evaluation_transforms
@@ -267,7 +267,7 @@ class BratsSegmentationTrainer(BasicTrainTask):
         return SimpleInferer()
 
     def val_inferer(self, context: Context):
-        return SlidingWindowInferer(roi_size=self.profile.roi_size, overlap=self.profile.sw_overlap, sw_batch_size=1, mode="gaussian")
+        return sliding_window_inferer(self.profile)
 
     def finalize(self, context: Context) -> None:
         """Stats and curve every epoch; the model is served at the end if its version is not worse,

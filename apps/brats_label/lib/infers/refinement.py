@@ -1,0 +1,48 @@
+"""The refinement model: the auto-segmentation that follows an annotator's clicks (MONAI Label type ``deepedit``).
+
+OHIF's Point Prompts and Slicer's DeepEdit call any model of this type with ``params[<label name>] = [[i, j, k], ...]``.
+The server turns those indices into world points through the grid the client clicked on before this task runs
+(``main.py``: ``request["clicks_world"]``, from ``lib/interactive/clicks.clicks_in_world``); here they become guidance
+channels on the network's own grid, after the study is reoriented, resampled and cropped, so each click lands where it
+was put whatever the orientation of the series. With no clicks it answers as an auto-segmentation. Listed in ``/info/``
+only once trained (``POST /train/refinement``): until then it would ignore the clicks it is sent.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable, Optional, Sequence
+
+from monailabel.interfaces.tasks.infer_v2 import InferType
+
+from ..config import LABELS, NetworkProfile
+from ..errors import ModelNotReady
+from ..interactive.guidance import AddGuidanceChannelsd
+from .segmentation import BratsSegmentation
+
+
+class BratsRefinement(BratsSegmentation):
+    guided = True
+
+    def __init__(self, profile: NetworkProfile, model_path: Path, version_fn: Optional[Callable[[], Optional[str]]] = None):
+        super().__init__(
+            profile,
+            model_path,
+            None,
+            description=f"Glioma sub-regions that follow your clicks: a point per label, background included ({profile.description})",
+            version_fn=version_fn,
+        )
+        self.type = InferType.DEEPEDIT
+        self.labels = dict(LABELS)  # DeepEdit's clients ask for one point list per label, background included
+
+    def is_valid(self) -> bool:
+        return self.model_path.exists()
+
+    def pre_transforms(self, data=None) -> Sequence[Callable]:
+        # after the prepared-input cache: the study is read and resampled once, the clicks drawn on every request
+        return [*super().pre_transforms(data), AddGuidanceChannelsd(keys="image", clicks_key="clicks_world")]
+
+    def _get_network(self, device, data):
+        if not self.model_path.exists():
+            raise ModelNotReady("The refinement model is not trained yet: POST /train/refinement once the segmentation model is trained")
+        return super()._get_network(device, data)

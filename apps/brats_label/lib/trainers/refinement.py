@@ -1,0 +1,83 @@
+"""Teaching the segmentation network to follow an annotator's clicks (the ``refinement`` model, type deepedit).
+
+Every run starts from the served segmentation weights with one zero-weighted input channel per label
+(``build_guided_network``): before its first step it answers exactly as the segmentation model. Samples and
+augmentations are the segmentation trainer's; inside each step the robot user clicks on what the network gets wrong
+(``lib/interactive/click_rounds.ClickRounds``), and the step learns from the guidance of the last round. Validation,
+on the segmentation model's held-out studies, is the Dice after ``click_rounds`` robot clicks.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+from pathlib import Path
+from typing import Callable, Optional
+
+import torch
+from monailabel.tasks.train.basic_train import Context
+
+from ..config import NetworkProfile, RefinementSettings, TrainSettings
+from ..errors import ModelNotReady
+from ..interactive.click_rounds import ClickRounds
+from ..interactive.guidance import AddGuidanceChannelsd
+from ..model.network import build_guided_network, read_state_dict
+from .evaluation import evaluation_transforms
+from .held_out import HeldOutSet
+from .segmentation import BratsSegmentationTrainer
+
+
+class BratsRefinementTrainer(BratsSegmentationTrainer):
+    def __init__(
+        self,
+        model_dir: Path,
+        profile: NetworkProfile,
+        settings: TrainSettings,
+        refinement: RefinementSettings,
+        publish_path: Path,
+        segmentation_weights: Callable[[], Optional[Path]],
+        held_out: Optional[HeldOutSet] = None,
+    ):
+        """``segmentation_weights`` gives the served segmentation model's file (None before there is one);
+        ``held_out`` is the segmentation model's held-out set, so no study it learnt from judges clicks."""
+        one_rate = dataclasses.replace(
+            settings,
+            max_epochs=refinement.max_epochs,
+            max_epochs_from_scratch=refinement.max_epochs,
+            learning_rate=refinement.learning_rate,
+            fine_tune_learning_rate=refinement.learning_rate,
+        )
+        super().__init__(model_dir, profile, one_rate, publish_path, description="Teach the segmentation model to follow clicks (robot user)")
+        self.refinement = refinement
+        self.segmentation_weights = segmentation_weights
+        if held_out is not None:
+            self.held_out = held_out
+
+    def network(self, context: Context) -> torch.nn.Module:
+        path = self.segmentation_weights()
+        if path is None or not Path(path).exists():
+            raise ModelNotReady("The refinement model starts from the segmentation model: train that first (POST /train/segmentation)")
+        return build_guided_network(self.profile, read_state_dict(Path(path)))
+
+    def load_path(self, output_dir, pretrained=True):
+        """Nothing to load: ``network`` already holds the served segmentation weights, the newest the lab has."""
+        return None
+
+    def partition_datalist(self, context: Context, shuffle=False):
+        if not self.held_out.chosen():
+            return super().partition_datalist(context, shuffle)
+        holdout = set(self.held_out.studies())
+        return [d for d in context.datalist if d["id"] not in holdout], [d for d in context.datalist if d["id"] in holdout]
+
+    def _deterministic(self) -> list:
+        return [*evaluation_transforms(self.profile), AddGuidanceChannelsd(keys="image")]  # zero until the robot clicks
+
+    def _click_rounds(self, context: Context, train: bool) -> ClickRounds:
+        rng = random.Random(int(context.request["seed"]) + (0 if train else 1))
+        return ClickRounds(self.profile.spacing_mm, self.refinement.click_rounds, train, self.refinement.click_probability, rng)
+
+    def train_iteration_update(self, context: Context):
+        return self._click_rounds(context, train=True)
+
+    def val_iteration_update(self, context: Context):
+        return self._click_rounds(context, train=False)
