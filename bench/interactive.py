@@ -6,10 +6,17 @@ The protocol of interactive-segmentation papers: from the pre-label, a simulated
 time (WT, then TC, then ET); each action corrects that region's largest error at its innermost voxel
 (``lib/interactive/simulated_clicks.next_click``), saying what the voxel truly is, until the region reaches its
 target Dice (``CORRECTION_TARGET_DICE``: WT 0.90, TC 0.85, ET 0.80) or the actions run out. Everything happens on the
-network's grid (the profile's spacing). The action here is a brush stroke: a disc of ``--brush-mm`` radius on the
-axial slice through that voxel, painted with the true label there; it is the baseline that clicks on the refinement
-model (issue 21, not trained yet) must beat by 5 times. Reports per region: actions to the target (a study that never
-gets there counts as ``--actions``), Dice after 0, 1, 3, 5 and 10 actions; writes ``<out>/brush.json``.
+network's grid (the profile's spacing). Two kinds of action, on the same studies and pre-label:
+
+- a brush stroke (the baseline): a disc of ``--brush-mm`` radius on the axial slice through that voxel, painted with
+  the true label there;
+- a click on the refinement model (``--refinement WEIGHTS``, or trained here from ``--weights`` on ``--train-studies``
+  with ``--train-seed``): the click is added to the clicks so far and the model answers again, as OHIF's Point
+  Prompts and Slicer's DeepEdit ask the server. Its pre-label is the refinement model's answer with no clicks.
+
+Reports per region and kind: actions to the target (a study that never gets there counts as ``--actions``), Dice
+after 0, 1, 3, 5 and 10 actions, and seconds per click (the model's answer, p50 and p95); writes
+``<out>/<name>.json`` (``--name``, default ``clicks`` with a refinement model, else ``brush``).
 """
 
 from __future__ import annotations
@@ -18,6 +25,7 @@ import argparse
 import json
 import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import Dict, List
 
@@ -26,14 +34,19 @@ sys.path[:0] = [str(REPO), str(REPO / "apps" / "brats_label")]
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+from monai.transforms import Compose  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 from bench.evaluate import items_of  # noqa: E402
-from lib.config import CORRECTION_TARGET_DICE, LABELS, PROFILES, REGIONS  # noqa: E402
+from lib.config import CORRECTION_TARGET_DICE, GUIDANCE_LABELS, LABELS, PROFILES, REGION_THRESHOLD, REGIONS, NetworkProfile, RefinementSettings, TrainSettings  # noqa: E402
+from lib.interactive.click_rounds import add_click, region_channels_to_label  # noqa: E402
 from lib.interactive.simulated_clicks import next_click  # noqa: E402
 from lib.model.brats_metrics import dice as region_dice  # noqa: E402
-from lib.model.transforms import RegionsToLabeld  # noqa: E402
+from lib.model.network import load_network, sliding_window_inferer  # noqa: E402
+from lib.model.transforms import KeepWithinInputd, RegionsToLabeld  # noqa: E402
+from lib.studies.folder_datastore import StudyFolderDatastore  # noqa: E402
 from lib.trainers.evaluation import evaluation_transforms, predict_regions  # noqa: E402
+from lib.trainers.refinement import BratsRefinementTrainer  # noqa: E402
 
 REPORTED_AFTER = (0, 1, 3, 5, 10)
 
@@ -75,6 +88,58 @@ def correct_with_brush(truth: np.ndarray, labels: np.ndarray, actions: int, radi
     return curves
 
 
+class RefinementModel:
+    """The refinement model answering a study's clicks so far, as the server does (same windows, kept to the brain)."""
+
+    def __init__(self, profile: NetworkProfile, weights: Path, image: torch.Tensor):
+        self.network = load_network(profile, weights, torch.device("cpu"), guided=True).eval()
+        self.inferer = sliding_window_inferer(profile)
+        self.image = image
+        self.keep = KeepWithinInputd(keys="pred", ref_key="image")
+        self.spacing = np.asarray(profile.spacing_mm, dtype=float)
+        self.guidance = np.zeros((len(GUIDANCE_LABELS), *image.shape[1:]), dtype=np.float32)
+        self.seconds: List[float] = []
+
+    def answer(self) -> np.ndarray:
+        started = time.perf_counter()
+        inputs = torch.cat([self.image, torch.as_tensor(self.guidance)], dim=0)[None]
+        with torch.no_grad():
+            probabilities = torch.sigmoid(self.inferer(inputs, self.network))[0]
+        regions = self.keep({"image": self.image, "pred": probabilities})["pred"] > REGION_THRESHOLD
+        self.seconds.append(time.perf_counter() - started)
+        return region_channels_to_label(regions)
+
+    def click(self, label: str, at: tuple) -> np.ndarray:
+        add_click(self.guidance, label, at, self.spacing)
+        return self.answer()
+
+
+def correct_with_clicks(truth: np.ndarray, model: RefinementModel, actions: int) -> Dict[str, List[float]]:
+    """As ``correct_with_brush``, each action a click; the clicks accumulate over the regions, as in a session."""
+    labels = model.answer()
+    curves: Dict[str, List[float]] = {}
+    for region in CORRECTION_TARGET_DICE:
+        curve = [dice(truth, labels, region)]
+        for _ in range(actions):
+            if curve[-1] >= CORRECTION_TARGET_DICE[region]:
+                break
+            click = next_click(truth, labels, region, model.spacing)
+            if click is None:
+                break
+            labels = model.click(*click)
+            curve.append(dice(truth, labels, region))
+        curves[region] = curve
+    return curves
+
+
+def train_refinement(profile: NetworkProfile, segmentation: Path, studies: Path, seed: int, epochs: int, work: Path) -> Path:
+    """A refinement model trained as the server trains it (``POST /train/refinement``), from ``segmentation``."""
+    settings = RefinementSettings(max_epochs=epochs) if epochs else RefinementSettings()
+    trainer = BratsRefinementTrainer(work / "model", profile, TrainSettings(), settings, work / "refinement.pt", lambda: segmentation)
+    trainer({"device": "cpu", "seed": seed}, StudyFolderDatastore(studies, work / "ws"))
+    return work / "refinement.pt"
+
+
 def summarise(curves: List[Dict[str, List[float]]], actions: int) -> Dict[str, Dict[str, float]]:
     out: Dict[str, Dict[str, float]] = {}
     for region, target in CORRECTION_TARGET_DICE.items():
@@ -94,30 +159,52 @@ def main() -> int:
     parser.add_argument("--profile", default="cpu", choices=sorted(PROFILES))
     parser.add_argument("--actions", type=int, default=20)
     parser.add_argument("--brush-mm", type=float, default=5.0, help="brush radius")
+    parser.add_argument("--refinement", type=Path, default=None, help="refinement weights to click on")
+    parser.add_argument("--train-studies", type=Path, default=None, help="train a refinement model from --weights on these first")
+    parser.add_argument("--train-seed", type=int, default=0)
+    parser.add_argument("--train-epochs", type=int, default=0, help="0: RefinementSettings' default")
+    parser.add_argument("--name", default=None)
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "interactive")
     args = parser.parse_args()
     profile = PROFILES[args.profile]
     spacing = np.asarray(profile.spacing_mm, dtype=float)
-    curves = []
+    summary: Dict[str, object] = {"weights": str(args.weights), "studies_folder": str(args.studies), "actions": args.actions, "profile": profile.name}
     with tempfile.TemporaryDirectory() as scratch:
+        refinement = args.refinement
+        if refinement is None and args.train_studies is not None:
+            started = time.monotonic()
+            refinement = train_refinement(profile, args.weights, args.train_studies, args.train_seed, args.train_epochs, Path(scratch) / "train")
+            summary.update(train_studies=str(args.train_studies), train_seed=args.train_seed, train_s=round(time.monotonic() - started, 1))
         items = items_of(args.studies, Path(scratch))
+        brush = []
         predictions = predict_regions(profile, args.weights, items, evaluation_transforms(profile))
         for _, _, predicted, expected in tqdm(predictions, total=len(items), desc="brush strokes", unit="study"):
-            curves.append(correct_with_brush(label_map(expected), label_map(predicted), args.actions, args.brush_mm, spacing))
-    summary = {
-        "weights": str(args.weights),
-        "studies_folder": str(args.studies),
-        "studies": len(curves),
-        "actions": args.actions,
-        "brush_mm": args.brush_mm,
-        "profile": profile.name,
-        "brush": summarise(curves, args.actions),
-    }
+            brush.append(correct_with_brush(label_map(expected), label_map(predicted), args.actions, args.brush_mm, spacing))
+        summary.update(studies=len(brush), brush_mm=args.brush_mm, brush=summarise(brush, args.actions))
+        if refinement is not None:
+            prepare, clicks, seconds = Compose(evaluation_transforms(profile)), [], []
+            for item in tqdm(items, desc="clicks", unit="study"):
+                data = prepare({"image": item["image"], "label": item["label"]})
+                model = RefinementModel(profile, refinement, torch.as_tensor(data["image"]))
+                clicks.append(correct_with_clicks(region_channels_to_label(torch.as_tensor(data["label"]) > 0), model, args.actions))
+                seconds += model.seconds[1:]  # the answers to clicks, not the first auto-segmentation
+            summary.update(
+                refinement=str(refinement),
+                clicks=summarise(clicks, args.actions),
+                seconds_per_click={"p50": round(float(np.percentile(seconds, 50)), 3), "p95": round(float(np.percentile(seconds, 95)), 3), "clicks": len(seconds), "device": "cpu"},
+            )
+    name = args.name or ("clicks" if "clicks" in summary else "brush")
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "brush.json").write_text(json.dumps(summary, indent=2) + "\n")
-    print(f"{'region':6} {'strokes to target':>18} {'reached':>8} " + " ".join(f"{'after ' + str(k):>9}" for k in REPORTED_AFTER))
-    for region, row in summary["brush"].items():
-        print(f"{region:6} {row['actions_to_target']:>18} {row['reached']:>5}/{len(curves):<2} " + " ".join(f"{row[f'dice_after_{k}']:>9.3f}" for k in REPORTED_AFTER))
+    (args.out / f"{name}.json").write_text(json.dumps(summary, indent=2) + "\n")
+    for kind in ("brush", "clicks"):
+        if kind not in summary:
+            continue
+        print(f"{kind}: {'region':6} {'actions to target':>18} {'reached':>8} " + " ".join(f"{'after ' + str(k):>9}" for k in REPORTED_AFTER))
+        for region, row in summary[kind].items():  # type: ignore[attr-defined]
+            print(f"{kind}: {region:6} {row['actions_to_target']:>18} {row['reached']:>5}/{len(items):<2} " + " ".join(f"{row[f'dice_after_{k}']:>9.3f}" for k in REPORTED_AFTER))
+    if "seconds_per_click" in summary:
+        print(f"seconds per click: {summary['seconds_per_click']}")
+    print(f"written: {args.out / f'{name}.json'}")
     return 0
 
 

@@ -111,6 +111,30 @@ def test_restore_to_source_grid_matches_full_inverse_resampling():
     assert (shortcut != reference).sum() <= 0.002 * reference.sum()
 
 
+def test_an_answer_asked_on_the_series_clicked_on_lies_on_that_series_grid_where_the_tumour_is():
+    """OHIF reads a refinement's answer in the indices of the series on screen: a sagittal series here, each of
+    whose axes runs along another world axis than the study's. The tumour's centre lands at the sagittal voxel
+    of the same world point."""
+    affine, shape = _study_grid()
+    image = MetaTensor(torch.zeros((1, *shape)), affine=torch.as_tensor(affine), meta={"original_affine": affine, "spatial_shape": np.array(shape)})
+    low = Spacing(pixdim=(2.0, 2.0, 2.0))(Orientation(axcodes="RAS")(image))
+    centre = np.array(low.shape[1:]) // 2
+    grid = np.stack(np.meshgrid(*[np.arange(s) for s in low.shape[1:]], indexing="ij"))
+    ball = torch.as_tensor((np.sqrt(((grid - centre[:, None, None, None]) ** 2).sum(0)) <= 5).astype(np.float32))
+    prediction = MetaTensor(torch.stack([ball, ball, ball]), affine=low.affine)
+    world_centre = (low.affine.numpy() @ np.append(centre, 1.0))[:3]
+    sagittal = np.eye(4)  # i front to back, j head to feet, k right to left; 1 x 1 x 1.5 mm
+    sagittal[:3, :3] = np.array([[0, 0, -1.5], [-1.0, 0, 0], [0, -1.0, 0]])
+    sagittal[:3, 3] = world_centre + np.array([30.0, 60.0, 70.0])
+    sagittal_shape = (150, 160, 50)
+
+    restored = RestoreToSourceGridd(keys="pred")({"pred": prediction, "image": image, "answer_grid": {"affine": sagittal.tolist(), "shape": list(sagittal_shape)}})["pred"]
+    assert tuple(restored.shape[1:]) == sagittal_shape and np.allclose(restored.affine.numpy(), sagittal)
+    inside = np.argwhere(restored[1].numpy() > 0.5)
+    expected = (np.linalg.inv(sagittal) @ np.append(world_centre, 1.0))[:3]
+    assert len(inside) > 100 and np.abs(inside.mean(0) - expected).max() <= 1.0, (inside.mean(0), expected)
+
+
 def test_restore_with_empty_prediction_is_all_background():
     affine, shape = _study_grid()
     image = MetaTensor(torch.zeros((1, *shape)), affine=torch.as_tensor(affine), meta={"original_affine": affine, "spatial_shape": np.array(shape)})

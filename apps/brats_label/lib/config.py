@@ -198,17 +198,19 @@ PROFILES: Dict[str, NetworkProfile] = {
         sw_overlap=0.5,
         patch_size=(128, 128, 128),
     ),
-    # Light enough for 2 CPU cores. It sees at inference the field of view it was trained on: a model trained on 64^3
-    # patches and run on the whole 2 mm volume in one window (128x128x80, mostly empty margin) over-called the core
-    # and missed edema (held-out Dice 0.60-0.72 where 64^3 windows of the same weights gave 0.68-0.78).
+    # Light enough for 2 CPU cores. It trains on what it is shown at inference: the whole brain, cropped to its box
+    # (a brain at 2 mm is about 80x100x80). A model trained on 64^3 patches and run on the whole uncropped volume in one
+    # window (128x128x80, mostly empty margin) over-called the core and missed edema (held-out Dice 0.60-0.72 where
+    # 64^3 windows of the same weights gave 0.68-0.78); 64^3 windows cost 8 forward passes, each as slow on a CPU as
+    # one of this size (bench/first_model.py, README).
     "cpu": NetworkProfile(
         name="cpu",
         description="CPU profile: 2 mm, SegResNet 8 filters",
         spacing_mm=(2.0, 2.0, 2.0),
         init_filters=8,
-        roi_size=(64, 64, 64),
+        roi_size=(96, 96, 80),
         sw_overlap=0.25,
-        patch_size=(64, 64, 64),
+        patch_size=(96, 96, 80),
     ),
 }
 DEFAULT_PROFILE = "cpu"
@@ -248,10 +250,13 @@ class TrainSettings:
     batch_size: int = 1
     patch_size: Optional[Tuple[int, int, int]] = None  # None: the profile's
     val_split: float = 0.25
-    samples_per_case: int = 2  # random patches drawn from each case per epoch
+    samples_per_case: int = 1  # random patches drawn from each case per epoch (a cpu patch is nearly the whole brain)
     foreground_ratio: float = 0.67  # share of patches centred on tumour
     foreground_prior: float = 0.02  # initial sigmoid output of a network trained from scratch
     batch_dice: bool = False  # Dice over the whole batch of patches rather than per patch (nnU-Net's "batch Dice")
+    # Gradients are clipped to this norm before each step: one bad batch sent a first model's every output to 0 at
+    # epoch 21 of 80 (loss 0.38 -> 1.05, never recovered). 0: off.
+    grad_clip_norm: float = 1.0
     early_stop_patience: int = 0  # stop after this many validations without a better mean Dice; 0: run every epoch
     seed: Optional[int] = None  # None: each run draws one (kept in its version record, so any run can be repeated)
 
@@ -323,6 +328,8 @@ class RefinementSettings:
     learning_rate: float = 1e-3
     click_rounds: int = 3  # a training sample gets 1 to this many rounds of robot clicks; validation always this many
     click_probability: float = 0.5  # share of training samples with clicks; the rest keep the no-click answer
+    # A validation with clicks costs a sliding-window pass per round per study: every few epochs, not every one.
+    val_interval: int = 5
 
 
 # --- the application configuration -------------------------------------------------------------------

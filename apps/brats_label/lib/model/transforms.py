@@ -7,7 +7,7 @@ regions the network learns; ``RegionsToLabeld`` is its inverse for the network's
 
 from __future__ import annotations
 
-from typing import Dict, Hashable, Mapping
+from typing import Any, Dict, Hashable, Mapping
 
 import numpy as np
 import torch
@@ -90,21 +90,26 @@ class RestoreToSourceGridd(MapTransform):
     ``threshold`` only within one network-grid voxel of a voxel that already does. Only the bounding
     box of those voxels (plus ``margin`` voxels) is resampled; the rest is 0. The labels match those of
     MONAI's full inverse resampling up to round-off at the threshold (7 of 600 boundary voxels in a check). The original grid is read from the reference image's metadata
-    (``original_affine``, ``spatial_shape``), so the orientation change is undone in the same step.
+    (``original_affine``, ``spatial_shape``), so the orientation change is undone in the same step. A request may
+    name another grid in ``data[grid_key]`` (``{"affine": RAS 4x4, "shape": [X, Y, Z]}``): the series a viewer shows
+    and clicked on, whose indices it reads the answer in.
     """
 
-    def __init__(self, keys: KeysCollection, ref_key: str = "image", threshold: float = REGION_THRESHOLD, margin: int = 2):
+    def __init__(self, keys: KeysCollection, ref_key: str = "image", threshold: float = REGION_THRESHOLD, margin: int = 2, grid_key: str = "answer_grid"):
         super().__init__(keys)
         self.ref_key = ref_key
         self.threshold = threshold
         self.margin = margin
+        self.grid_key = grid_key
         self.resample = SpatialResample(mode="bilinear", padding_mode="zeros")
 
     def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> Dict[Hashable, torch.Tensor]:
         d = dict(data)
+        grid: Any = d.get(self.grid_key)
         meta = d[self.ref_key].meta
-        target_affine = torch.as_tensor(np.asarray(meta["original_affine"], dtype=np.float64))
-        target_shape = [int(s) for s in np.asarray(meta["spatial_shape"]).tolist()]
+        affine, shape = (grid["affine"], grid["shape"]) if grid else (meta["original_affine"], meta["spatial_shape"])
+        target_affine = torch.as_tensor(np.asarray(affine, dtype=np.float64))
+        target_shape = [int(s) for s in np.asarray(shape).tolist()]
         for key in self.key_iterator(d):
             prob = d[key]
             restored = MetaTensor(torch.zeros((prob.shape[0], *target_shape), dtype=prob.dtype), affine=target_affine)

@@ -53,6 +53,13 @@ class BratsRefinementTrainer(BratsSegmentationTrainer):
         if held_out is not None:
             self.held_out = held_out
 
+    def train(self, rank, world_size, request, datalist):
+        """Validated every ``val_interval`` epochs at most, and always after the last (the best model is chosen
+        there): the largest divisor of the run's epochs not above it."""
+        epochs = int(request["max_epochs"])
+        self._val_interval = max(d for d in range(1, self.refinement.val_interval + 1) if epochs % d == 0)
+        return super().train(rank, world_size, request, datalist)
+
     def network(self, context: Context) -> torch.nn.Module:
         path = self.segmentation_weights()
         if path is None or not Path(path).exists():

@@ -82,6 +82,20 @@ def _log_weights_digest(context: Context) -> None:
     logger.info(f"rank {torch.distributed.get_rank()} of {torch.distributed.get_world_size()}: final weights {digest.hexdigest()[:16]}")
 
 
+class ClippedAdamW(torch.optim.AdamW):
+    """AdamW that clips the gradients' global norm before each step. Adam scales a step by the gradient's running
+    size, so a spike far above it moves every weight by many learning rates at once."""
+
+    def __init__(self, params, max_norm: float, **kwargs):
+        super().__init__(list(params), **kwargs)
+        self.max_norm = max_norm
+
+    def step(self, closure=None):
+        if self.max_norm > 0:
+            torch.nn.utils.clip_grad_norm_([p for group in self.param_groups for p in group["params"]], self.max_norm)
+        return super().step(closure)
+
+
 class BratsSegmentationTrainer(BasicTrainTask):
     def __init__(
         self,
@@ -210,7 +224,7 @@ class BratsSegmentationTrainer(BasicTrainTask):
         key = "fine_tune_learning_rate" if self.starts_from_weights(context) else "learning_rate"
         lr = float(context.request[key])
         logger.info(f"{'Fine-tuning' if key != 'learning_rate' else 'Training from scratch'} with learning rate {lr}")
-        return torch.optim.AdamW(context.network.parameters(), lr=lr, weight_decay=1e-5)
+        return ClippedAdamW(context.network.parameters(), max_norm=self.settings.grad_clip_norm, lr=lr, weight_decay=1e-5)
 
     def loss_function(self, context: Context) -> torch.nn.Module:
         return DiceCELoss(sigmoid=True, smooth_nr=0.0, smooth_dr=1e-5, squared_pred=True, batch=self.settings.batch_dice)
