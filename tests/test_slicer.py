@@ -189,3 +189,37 @@ def test_a_downloaded_study_is_prepared_for_its_auto_segmentation(client, server
     assert requests.get(f"{server.url}/datastore/image", params={"image": "no_such_study"}, timeout=60).status_code == 404
     assert _preparations(client, downloaded) == [("downloaded", "prepared")], "prepared once for two downloads"
     assert _preparations(client, checked, settle_s=0) == [] and _preparations(client, "no_such_study", settle_s=0) == []
+
+
+def test_deepedit_points_on_the_refinement_model_then_submit_label(client, server, sample):
+    """The module's DeepEdit section with several labels (MONAILabel.py, onUpdateDeepgrow): once the refinement model
+    is trained it is listed as type deepedit; each segment's control points go as IJK of the volume node, one list per
+    label of /info/; the answer lies on that volume and Submit Label stores it."""
+    sample, image = sample
+    info = client.info()
+    assert "refinement" not in info["models"]
+    started = client.train_start("refinement", dict(info["trainers"]["refinement"]["config"], max_epochs=1))
+    assert started.get("id")
+    deadline = time.time() + 600
+    status = client.train_status()
+    while status["status"] not in ("DONE", "ERROR", "STOPPED") and time.time() < deadline:
+        time.sleep(2)
+        status = client.train_status()
+    assert status["status"] == "DONE", status
+    info = client.info()
+    assert info["models"]["refinement"]["type"] == "deepedit"
+
+    # a control point placed at a RAS position; Slicer rounds the volume node's RAS-to-IJK of it
+    ras = image.affine @ np.array([*(np.array(image.shape[:3]) // 2), 1.0])
+    ijk = [int(round(v)) for v in (np.linalg.inv(image.affine) @ ras)[:3]]
+    params = {name: [] for name in info["labels"]}
+    params["enhancing_tumour"] = [ijk]
+    params["label"] = "enhancing_tumour"
+    label_file, result = client.infer("refinement", sample["id"], params)
+    label = nib.load(label_file)
+    assert label.shape == image.shape[:3] and np.allclose(label.affine, image.affine, atol=1e-3)
+    assert result["model"]["path"].endswith("refinement.pt")
+
+    answer = np.asarray(label.dataobj).astype(np.uint8)
+    client.save_label(sample["id"], label_file, params={"label_info": [{"name": n, "idx": i} for n, i in (("necrotic_core", 1), ("edema", 2), ("enhancing_tumour", 3))]})
+    assert np.array_equal(_final_label(server, sample["id"]), answer)

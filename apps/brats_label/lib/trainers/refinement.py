@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Callable, Optional
 
 import torch
-from monailabel.tasks.train.basic_train import Context
+from monailabel.tasks.train.basic_train import BasicTrainTask, Context
 
 from ..config import NetworkProfile, RefinementSettings, TrainSettings
 from ..errors import ModelNotReady
@@ -48,10 +48,15 @@ class BratsRefinementTrainer(BratsSegmentationTrainer):
             fine_tune_learning_rate=refinement.learning_rate,
         )
         super().__init__(model_dir, profile, one_rate, publish_path, description="Teach the segmentation model to follow clicks (robot user)")
+        self._config.pop("max_epochs_from_scratch", None)  # no first model of its own: every run is a fine-tune
         self.refinement = refinement
         self.segmentation_weights = segmentation_weights
         if held_out is not None:
             self.held_out = held_out
+
+    def __call__(self, request, datastore):
+        """``max_epochs`` whatever else the request names (Slicer sends every key it shows)."""
+        return BasicTrainTask.__call__(self, {**request, "max_epochs": int(request.get("max_epochs", self._config["max_epochs"]))}, datastore)
 
     def train(self, rank, world_size, request, datalist):
         """Validated every ``val_interval`` epochs at most, and always after the last (the best model is chosen
