@@ -162,6 +162,13 @@ def test_no_region_is_kept_where_the_model_saw_no_brain_nor_in_the_csf_at_its_ed
     assert not kept[:, ~brain].any(), "nothing outside the brain the model saw"
     assert not kept[:, sheet].any(), "the sheet of CSF along the edge is dropped"
 
+    # a refinement model's input: the same study and, after it, a background click drawn outside the brain
+    guidance = torch.zeros((4, 50, 50, 50))
+    guidance[0, torch.as_tensor(outside)] = 1.0
+    guided = MetaTensor(torch.cat([image.as_tensor(), guidance]), affine=image.affine)
+    kept = KeepWithinInputd(keys="pred", ref_key="image")({"image": guided, "pred": pred})["pred"].numpy()
+    assert not kept[:, ~brain].any(), "a click is not brain: nothing is kept where it was drawn outside"
+
 
 def test_network_trained_from_scratch_starts_at_the_foreground_prior():
     from lib.model.network import set_foreground_prior

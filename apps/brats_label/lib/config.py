@@ -240,9 +240,10 @@ class TrainSettings:
     """Fine-tuning defaults; a train request may override each (``/train/segmentation`` body)."""
 
     max_epochs: int = 20  # a run from existing weights (fine-tuning)
-    # A run from no weights (the first model): 20 epochs of 6 studies are about 120 steps, and left the demo's first
-    # model at held-out Dice 0.35-0.60 with a region (TC) never switched on in some seeds (bench/first_model.py).
-    max_epochs_from_scratch: int = 80
+    # A run from no weights (the first model): 20 epochs of 64^3 patches left the demo's first model at held-out Dice
+    # 0.35-0.60 with a region (TC) never switched on in some seeds; 80 reached 0.60-0.87 (bench/first_model.py). On the
+    # whole brain an epoch sees every tumour voxel of every study, and costs twice as long.
+    max_epochs_from_scratch: int = 40
     learning_rate: float = 5e-3  # from scratch
     # From existing weights: a fresh AdamW moves every weight by about the learning rate in its first
     # steps; at 5e-3 that wrecked a trained model within one epoch (train Dice 0.50 -> 0.03 -> 0).

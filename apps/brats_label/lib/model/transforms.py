@@ -16,7 +16,7 @@ from monai.data import MetaTensor
 from monai.transforms import MapTransform, SpatialResample
 from scipy import ndimage
 
-from ..config import BRAIN_EDGE_SHELL_FRACTION, BRAIN_EDGE_SHELL_MM, FOREGROUND_LABELS, LABELS, REGION_THRESHOLD, REGIONS
+from ..config import BRAIN_EDGE_SHELL_FRACTION, BRAIN_EDGE_SHELL_MM, CHANNELS, FOREGROUND_LABELS, LABELS, REGION_THRESHOLD, REGIONS
 
 
 def input_support(image: torch.Tensor) -> torch.Tensor:
@@ -52,7 +52,8 @@ class KeepWithinInputd(MapTransform):
     brain and whole-tumour Dice 0.44 against 0.76 on the same study BraTS-prepared (bench/preparation.py). So
     probabilities are zeroed where every input channel is zero, and in any predicted tumour (WT, thresholded)
     lying mostly within ``BRAIN_EDGE_SHELL_MM`` of the brain's edge; a tumour reaching the surface from within the
-    brain is kept whole. On a skull-stripped BraTS study the input's support is the brain too.
+    brain is kept whole. On a skull-stripped BraTS study the input's support is the brain too. Only the first
+    ``sequences`` channels are the study: a refinement model's guidance channels after them are clicks.
     """
 
     def __init__(
@@ -62,9 +63,11 @@ class KeepWithinInputd(MapTransform):
         shell_mm: float = BRAIN_EDGE_SHELL_MM,
         threshold: float = REGION_THRESHOLD,
         allow_missing_keys: bool = False,
+        sequences: int = len(CHANNELS),
     ):
         super().__init__(keys, allow_missing_keys)
         self.ref_key = ref_key
+        self.sequences = sequences
         self.shell_mm = shell_mm
         self.threshold = threshold
         self.whole_tumour = list(REGIONS).index("WT")
@@ -72,7 +75,7 @@ class KeepWithinInputd(MapTransform):
     def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> Dict[Hashable, torch.Tensor]:
         d = dict(data)
         image = d[self.ref_key]
-        inside = input_support(torch.as_tensor(image)).cpu().numpy()
+        inside = input_support(torch.as_tensor(image)[: self.sequences]).cpu().numpy()
         affine = image.affine.cpu().numpy() if isinstance(image, MetaTensor) else np.eye(4)
         depth = max(1, int(round(self.shell_mm / float(np.mean(np.linalg.norm(affine[:3, :3], axis=0))))))  # profiles are isotropic
         for key in self.key_iterator(d):
