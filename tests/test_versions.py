@@ -106,3 +106,23 @@ def test_versions_promotion_rollback_and_restart(setup, server_factory, tmp_path
     assert models["serving"] == serving and [v["id"] for v in models["versions"]] == ["v0", "v1", "v2", "v3"]
     assert _infer(restarted, tmp_path)[1] == serving
     assert requests.get(f"{restarted.url}/brats/holdout", timeout=30).json()["studies"] == grown["studies"]
+
+
+def test_a_training_worker_finds_the_version_the_server_is_about_to_serve(tmp_path):
+    """The refinement model queued behind a segmentation retrain starts from the new segmentation version as soon as
+    that training asked for it to be served, before the server process has applied the promotion."""
+    from lib.trainers.versions import ModelVersions
+
+    versions = ModelVersions(tmp_path, tmp_path / "segmentation.pt")
+    assert versions.to_be_served() is None
+    first, second = tmp_path / "first.pt", tmp_path / "second.pt"
+    first.write_bytes(b"first weights")
+    second.write_bytes(b"second weights")
+    versions.promote(versions.add(first, {"parent": None})["id"], "starting model")
+    assert versions.to_be_served() == tmp_path / "segmentation.pt" and versions.to_be_served().read_bytes() == b"first weights"
+
+    asked = versions.add(second, {"parent": "v0"})["id"]
+    versions.update(asked, promotion="pending", promotion_reason="not worse")  # what a worker's request_promotion writes
+    assert versions.to_be_served().read_bytes() == b"second weights"
+    assert versions.apply_promotions() == [asked]
+    assert versions.to_be_served() == tmp_path / "segmentation.pt" and versions.to_be_served().read_bytes() == b"second weights"

@@ -158,8 +158,8 @@ class BratsLabelApp(MONAILabelApp):
             self.workspace / "retrain.json",
             self.config.retrain,
             history=lambda: self._datastore.history_records(),  # type: ignore[attr-defined]
-            start_training=lambda: self.async_training(MODEL_NAME, {MODEL_NAME: {"reason": "new labels"}}),
-            training_tasks=self._training_tasks,
+            start_training=self._retrain,
+            training_tasks=lambda: [t for t in self._training_tasks() if t.get("request", {}).get("model", MODEL_NAME) == MODEL_NAME],
         )
         # evaluated lazily: the infer task exists only once MONAI Label's __init__ has run
         self.served_version = ServedModelVersion(lambda: self._infers[MODEL_NAME].get_path())
@@ -295,11 +295,20 @@ class BratsLabelApp(MONAILabelApp):
         }
 
     def _segmentation_weights(self) -> Optional[Path]:
-        """What the refinement model starts from: the served segmentation model, else the starting weights."""
-        for path in (self.model_path, self.pretrained_weights):
+        """What the refinement model starts from: the segmentation model served once the promotions trainings asked
+        for are applied (a retrain queues the refinement right behind the segmentation), else the starting weights."""
+        for path in (self.versions.to_be_served(), self.pretrained_weights):
             if path is not None and Path(path).exists():
                 return Path(path)
         return None
+
+    def _retrain(self) -> Optional[Any]:
+        """New labels retrain the segmentation model, then, once an admin has trained one, the refinement model from
+        it, queued in that order: the clicks' model always follows the served pre-label."""
+        reason = {"reason": "new labels"}
+        if not self.refinement_path.exists():
+            return self.async_training(MODEL_NAME, {MODEL_NAME: reason})
+        return self.async_training([MODEL_NAME, REFINEMENT_MODEL_NAME], {MODEL_NAME: reason, REFINEMENT_MODEL_NAME: reason}, enqueue=True)
 
     def init_trainers(self) -> Dict[str, TrainTask]:
         segmentation = BratsSegmentationTrainer(

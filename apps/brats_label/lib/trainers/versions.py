@@ -107,6 +107,14 @@ class ModelVersions:
         if not in_worker_process():
             self.apply_promotions()
 
+    def to_be_served(self) -> Optional[Path]:
+        """The weights served once the server applies the promotions trainings asked for: the newest pending
+        version's, else those served now. Read-only, so a training worker may ask."""
+        pending = [r for r in self.list() if r.get("promotion") == "pending"]
+        if pending:
+            return self.folder / pending[-1]["id"] / "model.pt"
+        return self.serving_path if self.serving_path.exists() else None
+
     def apply_promotions(self) -> List[str]:
         """Serve the versions trainings asked for, oldest first (server process only); the ids served."""
         if in_worker_process() or not self.folder.is_dir():
