@@ -133,6 +133,12 @@ def test_a_whole_head_is_prepared_skull_off_series_aligned_and_the_label_stays_o
         assert abs(model_ml - scanner_ml) <= 0.01 * scanner_ml + 0.05, (region, model_ml, scanner_ml)
 
 
+def _world_corners(affine: np.ndarray, shape) -> np.ndarray:
+    """The grid's 8 corner voxel centres in the world, in a fixed order whatever the grid's axis order."""
+    corners = [(affine @ np.array([*np.multiply(c, np.subtract(shape, 1)), 1.0]))[:3] for c in np.ndindex(2, 2, 2)]
+    return np.array(sorted(tuple(np.round(c, 2)) for c in corners))
+
+
 def test_a_raw_study_in_the_archive_is_opened_prepared_on_its_t1c_grid(raw_head_study, orthanc, tmp_path):
     """The same whole head sent to Orthanc as DICOM (axial T1c, thick axial T1 and T2, sagittal FLAIR)."""
     folder, raw = raw_head_study
@@ -148,6 +154,15 @@ def test_a_raw_study_in_the_archive_is_opened_prepared_on_its_t1c_grid(raw_head_
         true_degrees = np.degrees(Rotation.from_matrix(raw.motion[channel][:3, :3]).magnitude())
         assert abs(preparation["alignment"][channel]["rotation_deg"] - true_degrees) < 1.0, (channel, preparation["alignment"][channel])
     assert preparation["brain"]["method"].startswith("atlas") and abs(preparation["brain"]["volume_ml"] - raw.brain.sum() / 1000) < 0.05 * raw.brain.sum() / 1000
+
+    # OHIF's Point Prompts click on the series on screen: each series' own grid, the sagittal FLAIR's included
+    series = ds.get_image_info(study)["series"]
+    for channel in ("t1c", "flair"):
+        data, affine = raw.series[channel]
+        grid = ds.clicked_grid(series[channel]["uid"])
+        assert sorted(grid.shape) == sorted(data.shape), (channel, grid.shape, data.shape)
+        assert np.allclose(_world_corners(grid.affine, grid.shape), _world_corners(affine, data.shape), atol=0.01), f"{channel}: its voxels where the scanner put them"
+    assert ds.clicked_grid(study).shape == ds.geometry(study).shape
 
 
 @pytest.mark.server
