@@ -261,8 +261,8 @@ class BratsSegmentationTrainer(BasicTrainTask):
             RandFlipd(keys=("image", "label"), prob=0.5, spatial_axis=0),
             RandFlipd(keys=("image", "label"), prob=0.5, spatial_axis=1),
             RandFlipd(keys=("image", "label"), prob=0.5, spatial_axis=2),
-            RandScaleIntensityd(keys="image", factors=0.1, prob=1.0),
-            RandShiftIntensityd(keys="image", offsets=0.1, prob=1.0),
+            RandScaleIntensityd(keys="image", factors=self.settings.intensity_scale, prob=1.0, channel_wise=True),
+            RandShiftIntensityd(keys="image", offsets=0.1, prob=1.0, channel_wise=True),
             # plain tensors into the network: no metadata bookkeeping around every op of the step
             EnsureTyped(keys=("image", "label"), track_meta=False),
         ]
