@@ -173,7 +173,8 @@ def main() -> int:
         refinement = args.refinement
         if refinement is None and args.train_studies is not None:
             started = time.monotonic()
-            refinement = train_refinement(profile, args.weights, args.train_studies, args.train_seed, args.train_epochs, Path(scratch) / "train")
+            work = Path(tempfile.mkdtemp(prefix="refinement_"))  # kept: the trained model can be clicked on again (--refinement)
+            refinement = train_refinement(profile, args.weights, args.train_studies, args.train_seed, args.train_epochs, work)
             summary.update(train_studies=str(args.train_studies), train_seed=args.train_seed, train_s=round(time.monotonic() - started, 1))
         items = items_of(args.studies, Path(scratch))
         brush = []
