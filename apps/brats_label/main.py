@@ -262,21 +262,21 @@ class BratsLabelApp(MONAILabelApp):
         # workspace): only a listed study's id (or, from an archive, one of its series' UIDs) is taken.
         image_id = check_case_id(str(request.get("image", "")))
         case = self._datastore.case_id(image_id)  # type: ignore[attr-defined]
-        on_study_grid = True
-        if request.get("model") == REFINEMENT_MODEL_NAME:
+        refinement = request.get("model") == REFINEMENT_MODEL_NAME
+        if refinement:
             # clicks are indices of the volume the client shows: placed in the world through that volume's grid now,
             # and the answer drawn on that grid (OHIF reads it in the indices of the series on screen, any of the four)
             grid = self._datastore.clicked_grid(image_id)  # type: ignore[attr-defined]
             request["clicks_world"] = clicks_in_world(request, grid.affine, grid.shape)
             study = self._datastore.geometry(case)  # type: ignore[attr-defined]
-            on_study_grid = grid.shape == study.shape and np.allclose(grid.affine, study.affine, atol=1e-3)
-            if not on_study_grid:
+            if not (grid.shape == study.shape and np.allclose(grid.affine, study.affine, atol=1e-3)):
                 request["answer_grid"] = {"affine": grid.affine.tolist(), "shape": list(grid.shape)}
         request["image"] = self._datastore.get_image_uri(case)
         with self.infer_queue.turn():
             self.versions.apply_promotions()  # a training that just ended may have made a version to serve
             result = super().infer(request, datastore)
-        if on_study_grid and result.get("file") and os.path.exists(result["file"]):  # the audit compares on the study's grid
+        # the audit measures the auto-segmentation a correction started from; a clicked answer is partly the annotator's
+        if not refinement and result.get("file") and os.path.exists(result["file"]):
             version = self.versions.serving() or self.served_version()  # "vN"; the weights' hash if unversioned
             self.prelabels.save(case, result["file"], version, request.get("client_id"))
         return result
