@@ -201,8 +201,8 @@ PROFILES: Dict[str, NetworkProfile] = {
     # Light enough for 2 CPU cores. It trains on what it is shown at inference: the whole brain, cropped to its box
     # (a brain at 2 mm is about 80x100x80). A model trained on 64^3 patches and run on the whole uncropped volume in one
     # window (128x128x80, mostly empty margin) over-called the core and missed edema (held-out Dice 0.60-0.72 where
-    # 64^3 windows of the same weights gave 0.68-0.78); 64^3 windows cost 8 forward passes, each as slow on a CPU as
-    # one of this size (bench/first_model.py, README).
+    # 64^3 windows of the same weights gave 0.68-0.78); eight 64^3 windows a study made validation half of each epoch
+    # (bench/first_model.py, README).
     "cpu": NetworkProfile(
         name="cpu",
         description="CPU profile: 2 mm, SegResNet 8 filters",
