@@ -27,7 +27,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Dict, List
+from typing import Callable, Dict, List
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO), str(REPO / "apps" / "brats_label")]
@@ -70,8 +70,9 @@ def brush_stroke(labels: np.ndarray, at: tuple, value: int, radius_mm: float, sp
     return painted
 
 
-def correct_with_brush(truth: np.ndarray, labels: np.ndarray, actions: int, radius_mm: float, spacing_mm: np.ndarray) -> Dict[str, List[float]]:
-    """Dice of each region after each action, the regions corrected in turn; a region at its target takes none."""
+def correct(truth: np.ndarray, labels: np.ndarray, actions: int, spacing_mm: np.ndarray, act: Callable[[np.ndarray, str, tuple], np.ndarray]) -> Dict[str, List[float]]:
+    """Dice of each region after each action, the regions corrected in turn; a region at its target takes none.
+    ``act(labels, label name, voxel)`` is one action at the robot's next click: the labels after it."""
     curves: Dict[str, List[float]] = {}
     for region in CORRECTION_TARGET_DICE:
         curve = [dice(truth, labels, region)]
@@ -81,11 +82,15 @@ def correct_with_brush(truth: np.ndarray, labels: np.ndarray, actions: int, radi
             click = next_click(truth, labels, region, spacing_mm)
             if click is None:
                 break
-            name, at = click
-            labels = brush_stroke(labels, at, LABELS[name], radius_mm, spacing_mm)
+            labels = act(labels, *click)
             curve.append(dice(truth, labels, region))
         curves[region] = curve
     return curves
+
+
+def correct_with_brush(truth: np.ndarray, labels: np.ndarray, actions: int, radius_mm: float, spacing_mm: np.ndarray) -> Dict[str, List[float]]:
+    """Each action a brush stroke at the click."""
+    return correct(truth, labels, actions, spacing_mm, lambda current, name, at: brush_stroke(current, at, LABELS[name], radius_mm, spacing_mm))
 
 
 class RefinementModel:
@@ -115,21 +120,8 @@ class RefinementModel:
 
 
 def correct_with_clicks(truth: np.ndarray, model: RefinementModel, actions: int) -> Dict[str, List[float]]:
-    """As ``correct_with_brush``, each action a click; the clicks accumulate over the regions, as in a session."""
-    labels = model.answer()
-    curves: Dict[str, List[float]] = {}
-    for region in CORRECTION_TARGET_DICE:
-        curve = [dice(truth, labels, region)]
-        for _ in range(actions):
-            if curve[-1] >= CORRECTION_TARGET_DICE[region]:
-                break
-            click = next_click(truth, labels, region, model.spacing)
-            if click is None:
-                break
-            labels = model.click(*click)
-            curve.append(dice(truth, labels, region))
-        curves[region] = curve
-    return curves
+    """Each action a click; the clicks accumulate over the regions, as in a session."""
+    return correct(truth, model.answer(), actions, model.spacing, lambda current, name, at: model.click(name, at))
 
 
 def train_refinement(profile: NetworkProfile, segmentation: Path, studies: Path, seed: int, epochs: int, work: Path) -> Path:

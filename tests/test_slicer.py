@@ -153,10 +153,9 @@ def test_seg_nrrd_with_a_segment_the_server_does_not_know_is_refused_with_its_na
     assert client.datastore()["objects"][study]["labels"].get("final") == before, "the stored label is untouched"
 
 
-def test_train_starts_and_reports_its_status(client, server):
-    info = client.info()
-    params = dict(info["trainers"]["segmentation"]["config"], max_epochs=1)  # the module sends the config it shows
-    started = client.train_start("segmentation", params)
+def _train_and_wait(client, model: str, params: dict) -> None:
+    """The module's Train button, then its status polled until the run ends; it must end DONE."""
+    started = client.train_start(model, params)
     assert started.get("id")
     deadline = time.time() + 600
     status = client.train_status()
@@ -164,6 +163,12 @@ def test_train_starts_and_reports_its_status(client, server):
         time.sleep(2)
         status = client.train_status()
     assert status["status"] == "DONE", status
+
+
+def test_train_starts_and_reports_its_status(client, server):
+    info = client.info()
+    params = dict(info["trainers"]["segmentation"]["config"], max_epochs=1)  # the module sends the config it shows
+    _train_and_wait(client, "segmentation", params)
     progress = requests.get(f"{server.url}/brats/training", timeout=30).json()["progress"]
     assert progress["phase"] == "finished" and progress["epoch"] == 1
 
@@ -198,14 +203,7 @@ def test_deepedit_points_on_the_refinement_model_then_submit_label(client, serve
     sample, image = sample
     info = client.info()
     assert "refinement" not in info["models"]
-    started = client.train_start("refinement", dict(info["trainers"]["refinement"]["config"], max_epochs=1))
-    assert started.get("id")
-    deadline = time.time() + 600
-    status = client.train_status()
-    while status["status"] not in ("DONE", "ERROR", "STOPPED") and time.time() < deadline:
-        time.sleep(2)
-        status = client.train_status()
-    assert status["status"] == "DONE", status
+    _train_and_wait(client, "refinement", dict(info["trainers"]["refinement"]["config"], max_epochs=1))
     info = client.info()
     assert info["models"]["refinement"]["type"] == "deepedit"
 
