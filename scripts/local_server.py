@@ -64,6 +64,20 @@ class LocalServer:
             time.sleep(2)
         raise TimeoutError(f"training did not finish within {timeout_s} s")
 
+    def workers(self, marker: str) -> list:
+        """The server's live worker processes whose command line contains ``marker``: one that has
+        ended (a zombie not yet reaped, or gone) is not a worker any more."""
+        import psutil
+
+        found = []
+        for child in psutil.Process(self.process.pid).children(recursive=True):
+            try:
+                if marker in " ".join(child.cmdline()):
+                    found.append(child)
+            except psutil.NoSuchProcess:  # ZombieProcess is one
+                continue
+        return found
+
     def stop(self) -> None:
         if self.process.poll() is None:
             os.killpg(self.process.pid, signal.SIGTERM)

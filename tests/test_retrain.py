@@ -94,8 +94,6 @@ def _check_progress_and_tensorboard(training: dict) -> None:
 
 
 def test_a_killed_training_keeps_the_served_model_says_failed_and_gives_its_labels_back(server):
-    import psutil
-
     before = requests.get(f"{server.url}/brats/training", timeout=30).json()
     versions_before = requests.get(f"{server.url}/brats/models", timeout=30).json()["versions"]
     assert before["retrain"]["new_labels"] == 4
@@ -108,7 +106,7 @@ def test_a_killed_training_keeps_the_served_model_says_failed_and_gives_its_labe
         time.sleep(1)
     assert requests.get(f"{server.url}/brats/training", timeout=30).json()["retrain"]["new_labels"] == 0, "its labels are in use"
     # MONAI Label's worker: python -m monailabel.interfaces.utils.app -m train ... (a scoring worker may run beside it)
-    workers = [p for p in psutil.Process(server.process.pid).children(recursive=True) if "monailabel.interfaces.utils.app -m train" in " ".join(p.cmdline())]
+    workers = server.workers("monailabel.interfaces.utils.app -m train")
     assert len(workers) == 1
     workers[0].kill()  # SIGKILL: the worker cannot say anything about it
     assert server.wait_training(timeout_s=60)["status"] == "ERROR"

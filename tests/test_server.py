@@ -93,14 +93,13 @@ def _worker_niceness(server, marker: str, timeout_s: float = 120) -> int:
     deadline = time.time() + timeout_s
     seen = None
     while time.time() < deadline:
-        for child in psutil.Process(server.process.pid).children(recursive=True):
+        for child in server.workers(marker):
             try:
-                if marker in " ".join(child.cmdline()):
-                    seen = child.nice()
-                    if seen >= 10:
-                        return seen
+                seen = child.nice()
             except psutil.NoSuchProcess:
                 continue
+            if seen >= 10:
+                return seen
         time.sleep(0.2)
     assert seen is not None, f"no worker process with '{marker}' seen"
     return seen
