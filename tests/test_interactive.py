@@ -169,3 +169,33 @@ def test_a_validation_step_of_the_refinement_model_sees_the_robots_clicks_on_wha
     assert guidance["enhancing_tumour"].max() == pytest.approx(1.0) and np.abs(np.subtract(peak, (16, 16, 16))).max() <= 1, peak
     # TC, then ET: the model, not yet taught to follow clicks, still misses the core, so it is clicked again there
     assert all(guidance[name].max() == 0.0 for name in ("background", "necrotic_core", "edema"))
+
+
+def test_training_samples_of_the_refinement_model_have_boxes_where_only_clicks_can_tell():
+    """Blanked boxes cover tumour or brain as asked, blank the sequences only, and are drawn afresh for each sample."""
+    from lib.interactive.blank_boxes import RandBlankBoxesd
+
+    shape = (48, 48, 40)
+    tumour = _ball(shape, (24, 24, 20), 8)
+    brain = _ball(shape, (24, 24, 20), 20)
+    sequences = torch.as_tensor(np.where(brain, 1.0 + np.random.default_rng(0).random((4, *shape)), 0.0), dtype=torch.float32)
+    guidance = torch.full((len(GUIDANCE_LABELS), *shape), 0.5)
+    sample = {"image": torch.cat([sequences, guidance]), "label": torch.as_tensor(np.stack([tumour, tumour, tumour]), dtype=torch.float32)}
+
+    def blanked(pos: float, seed: int) -> np.ndarray:
+        blank = RandBlankBoxesd(keys="image", label_key="label", sequences=4, boxes=(1, 1), side_voxels=((6, 6, 6), (6, 6, 6)), pos=pos, prob=1.0)
+        blank.set_random_state(seed)
+        out = blank(sample)["image"]
+        assert torch.equal(out[4:], sample["image"][4:]), "guidance channels are left alone"
+        assert torch.equal(sample["image"][:4], sequences), "the input sample is not changed in place"
+        zero = (out[:4] == 0).all(0).numpy() & brain
+        assert ((out[:4] == 0).any(0).numpy() & brain).sum() == zero.sum(), "a box blanks all four sequences together"
+        return zero
+
+    on_tumour = [blanked(1.0, seed) for seed in range(5)]
+    assert all(box[tumour].sum() > 0 for box in on_tumour)
+    assert len({box.tobytes() for box in on_tumour}) > 1, "each sample its own box"
+    off_tumour = [blanked(0.0, seed) for seed in range(5)]
+    assert all(box.sum() > 0 for box in off_tumour) and sum(box[tumour].sum() > 0 for box in off_tumour) < 5
+    never = RandBlankBoxesd(keys="image", label_key="label", sequences=4, boxes=(1, 3), side_voxels=((6, 6, 6), (12, 12, 12)), prob=0.0)
+    assert torch.equal(never(sample)["image"], sample["image"])

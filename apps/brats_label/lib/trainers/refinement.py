@@ -2,7 +2,8 @@
 
 Every run starts from the served segmentation weights with one zero-weighted input channel per label
 (``build_guided_network``): before its first step it answers exactly as the segmentation model. Samples and
-augmentations are the segmentation trainer's; inside each step the robot user clicks on what the network gets wrong
+augmentations are the segmentation trainer's, with boxes of the sequences blanked (where only clicks can tell);
+inside each step the robot user clicks on what the network gets wrong
 (``lib/interactive/click_rounds.ClickRounds``), and the step learns from the guidance of the last round. Validation,
 on the segmentation model's held-out studies, is the Dice after ``click_rounds`` robot clicks.
 """
@@ -14,11 +15,14 @@ import random
 from pathlib import Path
 from typing import Callable, Optional
 
+import numpy as np
 import torch
+from monai.transforms import RandScaleIntensityd
 from monailabel.tasks.train.basic_train import BasicTrainTask, Context
 
 from ..config import NetworkProfile, RefinementSettings, TrainSettings
 from ..errors import ModelNotReady
+from ..interactive.blank_boxes import RandBlankBoxesd
 from ..interactive.click_rounds import ClickRounds
 from ..interactive.guidance import AddGuidanceChannelsd
 from ..model.network import build_guided_network, read_state_dict
@@ -83,6 +87,23 @@ class BratsRefinementTrainer(BratsSegmentationTrainer):
 
     def _deterministic(self) -> list:
         return [*evaluation_transforms(self.profile), AddGuidanceChannelsd(keys="image")]  # zero until the robot clicks
+
+    def train_pre_transforms(self, context: Context) -> list:
+        """The segmentation trainer's samples, with boxes of the sequences blanked before the intensity augmentation
+        (``RefinementSettings.blank_*``, ``lib/interactive/blank_boxes``): inside a box only the clicks tell."""
+        spacing = np.asarray(self.profile.spacing_mm, dtype=float)
+        sides = tuple([int(round(mm / s)) for s in spacing] for mm in self.refinement.blank_box_mm)
+        blank = RandBlankBoxesd(
+            keys="image",
+            label_key="label",
+            sequences=self.profile.in_channels,
+            boxes=self.refinement.blank_boxes,
+            side_voxels=(sides[0], sides[1]),
+            prob=self.refinement.blank_probability,
+        )
+        samples = super().train_pre_transforms(context)
+        first_intensity = next(i for i, t in enumerate(samples) if isinstance(t, RandScaleIntensityd))
+        return [*samples[:first_intensity], blank, *samples[first_intensity:]]
 
     def _click_rounds(self, context: Context, train: bool) -> ClickRounds:
         rng = random.Random(int(context.request["seed"]) + (0 if train else 1))
