@@ -14,8 +14,9 @@ network's grid (the profile's spacing). Two kinds of action, on the same studies
   with ``--train-seed``): the click is added to the clicks so far and the model answers again, as OHIF's Point
   Prompts and Slicer's DeepEdit ask the server. Its pre-label is the refinement model's answer with no clicks.
 
-Reports per region and kind: actions to the target (a study that never gets there counts as ``--actions``), Dice
-after 0, 1, 3, 5 and 10 actions, and seconds per click (the model's answer, p50 and p95); writes
+Reports per region and kind, over all studies and over those whose starting WT Dice is below 0.85 (where the targets
+apply): actions to the target (a study that never gets there counts as ``--actions``), Dice after 0, 1, 3, 5 and 10
+actions and the gain after 5, and seconds per click (the model's answer, p50 and p95); writes
 ``<out>/<name>.json`` (``--name``, default ``clicks`` with a refinement model, else ``brush``).
 """
 
@@ -49,6 +50,7 @@ from lib.trainers.evaluation import evaluation_transforms, predict_regions  # no
 from lib.trainers.refinement import BratsRefinementTrainer  # noqa: E402
 
 REPORTED_AFTER = (0, 1, 3, 5, 10)
+WEAK_PRELABEL_WT = 0.85  # issue 21's targets are on studies whose pre-label WT Dice is below this
 
 
 def label_map(regions: Dict[str, np.ndarray]) -> np.ndarray:
@@ -133,15 +135,27 @@ def train_refinement(profile: NetworkProfile, segmentation: Path, studies: Path,
 
 
 def summarise(curves: List[Dict[str, List[float]]], actions: int) -> Dict[str, Dict[str, float]]:
+    """Per region: actions to the target (``actions`` when never reached), studies that reached it, Dice after
+    ``REPORTED_AFTER`` actions, and the gain after 5."""
     out: Dict[str, Dict[str, float]] = {}
     for region, target in CORRECTION_TARGET_DICE.items():
         per_study = [c[region] for c in curves]
+        if not per_study:
+            continue
         reached = [next((n for n, d in enumerate(curve) if d >= target), actions) for curve in per_study]
         row = {"actions_to_target": round(float(np.mean(reached)), 2), "reached": sum(any(d >= target for d in curve) for curve in per_study)}
         for k in REPORTED_AFTER:
             row[f"dice_after_{k}"] = round(float(np.mean([curve[min(k, len(curve) - 1)] for curve in per_study])), 4)
+        row["gain_after_5"] = round(row["dice_after_5"] - row["dice_after_0"], 4)
         out[region] = row
     return out
+
+
+def summaries(curves: List[Dict[str, List[float]]], actions: int) -> Dict[str, object]:
+    """Over all studies, and over those whose starting WT Dice is below ``WEAK_PRELABEL_WT`` (where the issue's targets
+    apply: a good pre-label leaves little to correct)."""
+    weak = [c for c in curves if c["WT"][0] < WEAK_PRELABEL_WT]
+    return {"all": summarise(curves, actions), "weak_prelabel": {"studies": len(weak), **summarise(weak, actions)}}
 
 
 def main() -> int:
@@ -173,7 +187,7 @@ def main() -> int:
         predictions = predict_regions(profile, args.weights, items, evaluation_transforms(profile))
         for _, _, predicted, expected in tqdm(predictions, total=len(items), desc="brush strokes", unit="study"):
             brush.append(correct_with_brush(label_map(expected), label_map(predicted), args.actions, args.brush_mm, spacing))
-        summary.update(studies=len(brush), brush_mm=args.brush_mm, brush=summarise(brush, args.actions))
+        summary.update(studies=len(brush), brush_mm=args.brush_mm, brush=summaries(brush, args.actions))
         if refinement is not None:
             prepare, clicks, seconds = Compose(evaluation_transforms(profile)), [], []
             for item in tqdm(items, desc="clicks", unit="study"):
@@ -183,7 +197,7 @@ def main() -> int:
                 seconds += model.seconds[1:]  # the answers to clicks, not the first auto-segmentation
             summary.update(
                 refinement=str(refinement),
-                clicks=summarise(clicks, args.actions),
+                clicks=summaries(clicks, args.actions),
                 seconds_per_click={"p50": round(float(np.percentile(seconds, 50)), 3), "p95": round(float(np.percentile(seconds, 95)), 3), "clicks": len(seconds), "device": "cpu"},
             )
     name = args.name or ("clicks" if "clicks" in summary else "brush")
@@ -192,9 +206,12 @@ def main() -> int:
     for kind in ("brush", "clicks"):
         if kind not in summary:
             continue
-        print(f"{kind}: {'region':6} {'actions to target':>18} {'reached':>8} " + " ".join(f"{'after ' + str(k):>9}" for k in REPORTED_AFTER))
-        for region, row in summary[kind].items():  # type: ignore[attr-defined]
-            print(f"{kind}: {region:6} {row['actions_to_target']:>18} {row['reached']:>5}/{len(items):<2} " + " ".join(f"{row[f'dice_after_{k}']:>9.3f}" for k in REPORTED_AFTER))
+        for subset, rows in summary[kind].items():  # type: ignore[attr-defined]
+            rows = {region: row for region, row in rows.items() if region in CORRECTION_TARGET_DICE}
+            count = len(items) if subset == "all" else summary[kind][subset]["studies"]  # type: ignore[index]
+            print(f"{kind} ({subset}, {count} studies): {'region':6} {'actions to target':>18} {'reached':>8} " + " ".join(f"{'after ' + str(k):>9}" for k in REPORTED_AFTER))
+            for region, row in rows.items():
+                print(f"  {region:6} {row['actions_to_target']:>18} {row['reached']:>5}/{count:<2} " + " ".join(f"{row[f'dice_after_{k}']:>9.3f}" for k in REPORTED_AFTER))
     if "seconds_per_click" in summary:
         print(f"seconds per click: {summary['seconds_per_click']}")
     print(f"written: {args.out / f'{name}.json'}")
