@@ -1,7 +1,7 @@
 """The demo's first model, trained again and again with fresh seeds, judged on studies it did not learn from.
 
     .venv/bin/python bench/first_model.py [--seeds 5] [--first-seed 100] [--held-out 8] [--spacing 1] [--set max_epochs=20 ...]
-    .venv/bin/python bench/first_model.py --work DIR --curves-only
+    .venv/bin/python bench/first_model.py --work DIR --curves-only [--compare NAME ...]
 
 The demo trains its first model on its sample's labelled studies (``scripts/demo.sh``: ``python -m synthetic``
 seed 0, 16 studies, the first 8 labelled) with the app's defaults, on the cpu profile; the trainer holds a quarter
@@ -26,6 +26,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Optional, Sequence
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO), str(REPO / "apps" / "brats_label")]
@@ -79,16 +80,18 @@ def held_out_mean_dice(weights: Path, items: list) -> list:
     return [float(np.mean([scores[r]["dice"] for r in ("tc", "wt", "et")])) for scores in studies.values()]
 
 
-def plot_curves(work: Path, path: Path) -> None:
-    """The trainer's validation mean Dice per epoch, one line per run kept in ``work``: how far apart seeds of one
-    setting end up, which a table of final figures hides."""
+def plot_curves(work: Path, path: Path, settings: Optional[Sequence[str]] = None) -> None:
+    """The trainer's validation mean Dice per epoch, one line per run kept in ``work`` (of ``settings`` only, when
+    named): how far apart seeds of one setting end up, which a table of final figures hides."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     runs = sorted((p.name.rsplit("_seed", 1), p) for p in work.glob("*_seed*") if (p / "model" / "train_stats.json").is_file())
-    colours = dict(zip(sorted({setting for (setting, _), _ in runs}), plt.get_cmap("tab10").colors))
+    runs = [((setting, seed), p) for (setting, seed), p in runs if settings is None or setting in settings]
+    palette = plt.get_cmap("tab10").colors
+    colours = {setting: palette[i % len(palette)] for i, setting in enumerate(sorted({setting for (setting, _), _ in runs}))}
     fig, ax = plt.subplots(figsize=(9, 5))
     for (setting, seed), run in runs:
         history = json.loads((run / "model" / "train_stats.json").read_text()).get("history", [])
@@ -114,13 +117,14 @@ def main() -> int:
     parser.add_argument("--name", default="defaults")
     parser.add_argument("--work", type=Path, default=None, help="keep the generated studies here (reused when present)")
     parser.add_argument("--curves-only", action="store_true", help="only draw the validation curves of the runs kept in --work")
+    parser.add_argument("--compare", nargs="*", default=[], help="settings (--name of earlier runs in --work) drawn beside this one's")
     args = parser.parse_args()
     out = REPO / "bench" / "results" / "first_model"
     if args.curves_only:
         if args.work is None:
             raise SystemExit("--curves-only needs --work, the folder of earlier runs")
         out.mkdir(parents=True, exist_ok=True)
-        plot_curves(args.work, out / "validation_curves.png")
+        plot_curves(args.work, out / "validation_curves.png", args.compare or None)
         print(f"validation curves: {out / 'validation_curves.png'}")
         return 0
     overrides = parse_overrides(args.set)
@@ -165,7 +169,7 @@ def main() -> int:
         "held_out_mean_dice": {"mean": round(float(np.mean(held)), 4), "min": round(float(np.min(held)), 4), "std": round(float(np.std(held)), 4)},
     }
     (out / f"{args.name}.json").write_text(json.dumps(summary, indent=2) + "\n")
-    plot_curves(work, out / "validation_curves.png")
+    plot_curves(work, out / "validation_curves.png", [args.name, *args.compare])
     print(f"\n{args.name}: held-out mean Dice over {len(runs)} seeds: mean {summary['held_out_mean_dice']['mean']:.3f}, min {summary['held_out_mean_dice']['min']:.3f}")
     return 0
 

@@ -24,6 +24,7 @@ from ignite.metrics import Metric
 from monai.handlers import LrScheduleHandler, MeanDice, from_engine, stopping_fn_from_metric
 from monai.inferers import SimpleInferer
 from monai.losses import DiceCELoss
+from monai.optimizers import WarmupCosineSchedule
 from monai.transforms import (
     Activationsd,
     AsDiscreted,
@@ -230,7 +231,10 @@ class BratsSegmentationTrainer(BasicTrainTask):
         return DiceCELoss(sigmoid=True, smooth_nr=0.0, smooth_dr=1e-5, squared_pred=True, batch=self.settings.batch_dice)
 
     def lr_scheduler_handler(self, context: Context) -> Any:
-        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(context.optimizer, T_max=int(context.max_epochs))
+        """Cosine decay over the run; a run from no weights first warms up (``TrainSettings.warmup_epochs``)."""
+        epochs = int(context.max_epochs)
+        warmup = 0 if self.starts_from_weights(context) else min(self.settings.warmup_epochs, epochs // 4)
+        scheduler = WarmupCosineSchedule(context.optimizer, warmup_steps=warmup, t_total=epochs, warmup_multiplier=self.settings.warmup_start)
         return LrScheduleHandler(lr_scheduler=scheduler, print_lr=True)
 
     # --- data -----------------------------------------------------------------------------------------
