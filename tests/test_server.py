@@ -173,6 +173,12 @@ def test_the_refinement_model_is_offered_to_the_viewers_once_trained_and_takes_c
     model = client.info()["models"]["refinement"]
     assert model["type"] == "deepedit", "the type OHIF's Point Prompts and Slicer's DeepEdit look for"
     assert model["labels"] == {"background": 0, "necrotic_core": 1, "edema": 2, "enhancing_tumour": 3}
+    # a version of its own, judged as the segmentation model's are: the first is served
+    versions = requests.get(f"{server.url}/brats/models", params={"model": "refinement"}, timeout=30).json()
+    assert versions["model"] == "refinement" and [v["reason"] for v in versions["versions"]] == ["first model"]
+    assert versions["serving"] == versions["versions"][0]["id"]
+    assert requests.get(f"{server.url}/brats/models", timeout=30).json()["model"] == "segmentation"
+    assert requests.get(f"{server.url}/brats/models", params={"model": "nonsense"}, timeout=30).status_code == 404
 
     # Slicer's DeepEdit: voxel indices of the volume /datastore/image sent, here the study's own grid
     source = nib.load(str(studies / UNLABELLED / f"{UNLABELLED}-t1c.nii.gz"))

@@ -149,6 +149,7 @@ class BratsLabelApp(MONAILabelApp):
         self.handouts = HandOuts(self.workspace / "handouts.json", self.config.handout_ttl_s)
         self.prelabels = PreLabels(self.workspace / "prelabels")
         self.versions = ModelVersions(self.model_dir, self.model_path)
+        self.refinement_versions = ModelVersions(self.model_dir / REFINEMENT_MODEL_NAME, self.refinement_path)
         self.infer_queue = FairQueue(self.config.infer_concurrency)
         self.case_preparation = CasePreparation(self._prepare_case, CASE_PREPARATION_AGAIN_S, CASE_PREPARATION_QUEUE_MAX)
         self.arrival_preparation = ArrivalPreparation(self._unprepared_studies, lambda study: self._datastore.get_image_uri(study), self._idle, ARRIVAL_PREPARATION_INTERVAL_S)
@@ -190,15 +191,27 @@ class BratsLabelApp(MONAILabelApp):
         record = self.versions.add(Path(source), {"parent": None, "source": str(source), "reason": "starting model", "promoted": True})
         self.versions.promote(record["id"], "starting model")
 
-    def models(self):
-        """Every model version, which one is served, and why each was or was not promoted."""
+    def _apply_promotions(self) -> None:
+        """Serve the versions trainings asked for (this process is the one that writes what is served)."""
         self.versions.apply_promotions()
-        return {"serving": self.versions.serving(), "versions": self.versions.list()}
+        self.refinement_versions.apply_promotions()
 
-    def promote_model(self, version: str):
+    def _versions_of(self, model: str) -> ModelVersions:
+        if model not in (MODEL_NAME, REFINEMENT_MODEL_NAME):
+            raise NotFound(f"No model '{model}': the models with versions are '{MODEL_NAME}' and '{REFINEMENT_MODEL_NAME}'")
+        return self.versions if model == MODEL_NAME else self.refinement_versions
+
+    def models(self, model: str = MODEL_NAME):
+        """Every version of a model (``?model=refinement`` for the clicks' model), which one is served, and why each
+        was or was not promoted."""
+        self._apply_promotions()
+        versions = self._versions_of(model)
+        return {"model": model, "serving": versions.serving(), "versions": versions.list()}
+
+    def promote_model(self, version: str, model: str = MODEL_NAME):
         """Serve this version (a rollback when it is older); inference switches without a restart."""
-        record = self.versions.promote(version, "promoted by hand")
-        return {"serving": version, "version": record}
+        record = self._versions_of(model).promote(version, "promoted by hand")
+        return {"model": model, "serving": version, "version": record}
 
     @property
     def segmentation_trainer(self) -> BratsSegmentationTrainer:
@@ -222,7 +235,7 @@ class BratsLabelApp(MONAILabelApp):
 
     def training(self):
         """The running (or last) training: phase, epoch, loss, validation Dice, time left; and the retrain trigger."""
-        self.versions.apply_promotions()
+        self._apply_promotions()
         last, _ = AsyncTask.status("train")  # queued counts as running: the worker may not have started yet
         running = bool(last) and last.get("status") not in TRAINING_ENDED
         return {
@@ -273,7 +286,7 @@ class BratsLabelApp(MONAILabelApp):
                 request["answer_grid"] = {"affine": grid.affine.tolist(), "shape": list(grid.shape)}
         request["image"] = self._datastore.get_image_uri(case)
         with self.infer_queue.turn():
-            self.versions.apply_promotions()  # a training that just ended may have made a version to serve
+            self._apply_promotions()  # a training that just ended may have made a version to serve
             result = super().infer(request, datastore)
         # the audit measures the auto-segmentation a correction started from; a clicked answer is partly the annotator's
         if not refinement and result.get("file") and os.path.exists(result["file"]):
@@ -328,6 +341,7 @@ class BratsLabelApp(MONAILabelApp):
             refinement=self.config.refinement,
             publish_path=self.refinement_path,
             segmentation_weights=self._segmentation_weights,
+            versions=self.refinement_versions,  # promoted by the same guard, on the robot's clicks
             held_out=segmentation.held_out,  # judged on studies neither model learnt from
         )
         return {MODEL_NAME: segmentation, REFINEMENT_MODEL_NAME: refinement}
@@ -399,7 +413,7 @@ class BratsLabelApp(MONAILabelApp):
         scored_for = None
         while True:
             try:
-                self.versions.apply_promotions()
+                self._apply_promotions()
                 version = self.served_version()
                 self.retrain.check()
                 if version is not None and version != scored_for:
@@ -498,7 +512,7 @@ class BratsLabelApp(MONAILabelApp):
             self.case_preparation.submit(study_uid, "viewed")
 
     def info(self):
-        self.versions.apply_promotions()
+        self._apply_promotions()
         info = super().info()
         info["profile"] = {"name": self.config.profile.name, "description": self.config.profile.description}
         info["datastore"]["problems"] = [p.__dict__ for p in self._datastore.problems()]  # type: ignore[attr-defined]

@@ -16,6 +16,8 @@ from monai.transforms import Compose, ConvertToMultiChannelBasedOnBratsClassesd,
 
 from ..config import ENHANCING_LABEL, REGION_THRESHOLD, REGIONS, NetworkProfile
 from ..infers.segmentation import preprocessing
+from ..interactive.click_rounds import region_channels_to_label
+from ..interactive.robot_user import GuidedSession, after_robot_clicks
 from ..model.brats_metrics import region_scores
 from ..model.network import load_network, sliding_window_inferer
 from ..model.transforms import KeepWithinInputd
@@ -33,11 +35,13 @@ def evaluation_transforms(profile: NetworkProfile) -> list:
 
 
 def predict_regions(
-    profile: NetworkProfile, weights: Path, items: Sequence[Dict], transforms: List
+    profile: NetworkProfile, weights: Path, items: Sequence[Dict], transforms: List, clicks: int = 0
 ) -> Iterator[Tuple[str, np.ndarray, Dict[str, np.ndarray], Dict[str, np.ndarray]]]:
-    """For each item: its id, the network's input (C, X, Y, Z), and the predicted and reference region masks."""
+    """For each item: its id, the network's input (C, X, Y, Z), and the predicted and reference region masks.
+    ``clicks``: ``weights`` are a refinement model's, and the prediction is its answer after that many robot clicks
+    (``interactive/robot_user``); ``transforms`` then give the four sequences only."""
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    network = load_network(profile, weights, device).eval()
+    network = load_network(profile, weights, device, guided=clicks > 0).eval()
     inferer = sliding_window_inferer(profile)
     prepare = Compose(transforms)
     keep_within_input = KeepWithinInputd(keys="pred", ref_key="image")
@@ -45,19 +49,26 @@ def predict_regions(
     with torch.no_grad():
         for number, item in enumerate(items):
             data = prepare({"image": item["image"], "label": item["label"]})
+            expected = np.asarray(torch.as_tensor(data["label"]).cpu()) > 0
+            if clicks > 0:
+                session = GuidedSession(network, inferer, torch.as_tensor(data["image"]), profile.spacing_mm)
+                labels = after_robot_clicks(session, region_channels_to_label(torch.as_tensor(expected)), clicks)
+                predicted = np.stack([np.isin(labels, REGIONS[name]) for name in REGIONS])
+                yield str(item.get("id", number)), np.asarray(data["image"]), dict(zip(names, predicted)), dict(zip(names, expected))
+                continue
             image = torch.as_tensor(data["image"])[None].to(device)
             # kept to the input's brain as inference keeps it
             probabilities = keep_within_input({"image": data["image"], "pred": torch.sigmoid(inferer(image, network))[0]})["pred"]
             predicted = (probabilities > REGION_THRESHOLD).cpu().numpy()
-            expected = np.asarray(torch.as_tensor(data["label"]).cpu()) > 0
             yield str(item.get("id", number)), np.asarray(image[0].cpu()), dict(zip(names, predicted)), dict(zip(names, expected))
 
 
-def evaluate_on(profile: NetworkProfile, weights: Path, items: Sequence[Dict], transforms: List) -> Dict[str, Any]:
+def evaluate_on(profile: NetworkProfile, weights: Path, items: Sequence[Dict], transforms: List, clicks: int = 0) -> Dict[str, Any]:
     """Mean Dice per region (tc, wt, et) and their mean (``mean``, what promotion compares), the mean of every
     BraTS score per region (``brats``) and each study's scores (``studies``), over ``items`` ({"id", "image",
-    "label"} paths)."""
-    studies = {case: region_scores(predicted, expected, profile.spacing_mm) for case, _, predicted, expected in predict_regions(profile, weights, items, transforms)}
+    "label"} paths); for a refinement model, after ``clicks`` robot clicks."""
+    predictions = predict_regions(profile, weights, items, transforms, clicks)
+    studies = {case: region_scores(predicted, expected, profile.spacing_mm) for case, _, predicted, expected in predictions}
     brats = {region: {score: round(float(np.mean([s[region][score] for s in studies.values()])), 4) for score in SCORES} for region in ("et", "tc", "wt")}
     dice = {name.lower(): brats[name.lower()]["dice"] for name in REGIONS}
     return {**dice, "mean": round(float(np.mean(list(dice.values()))), 4), "brats": brats, "studies": studies}

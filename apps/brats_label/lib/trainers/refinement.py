@@ -5,7 +5,9 @@ Every run starts from the served segmentation weights with one zero-weighted inp
 augmentations are the segmentation trainer's, with boxes of the sequences blanked (where only clicks can tell);
 inside each step the robot user clicks on what the network gets wrong
 (``lib/interactive/click_rounds.ClickRounds``), and the step learns from the guidance of the last round. Validation,
-on the segmentation model's held-out studies, is the Dice after ``click_rounds`` robot clicks.
+on the segmentation model's held-out studies, is the Dice after ``click_rounds`` robot clicks. With ``versions`` each
+run is a version, served only if, after those clicks, it is not worse than the served refinement model (the
+segmentation model's guard, ``promotion.compare``).
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from __future__ import annotations
 import dataclasses
 import random
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Any, Callable, Dict, Optional
 
 import numpy as np
 import torch
@@ -26,9 +28,10 @@ from ..interactive.blank_boxes import RandBlankBoxesd
 from ..interactive.click_rounds import ClickRounds
 from ..interactive.guidance import AddGuidanceChannelsd
 from ..model.network import build_guided_network, read_state_dict
-from .evaluation import evaluation_transforms
+from .evaluation import evaluate_on, evaluation_transforms
 from .held_out import HeldOutSet
 from .segmentation import BratsSegmentationTrainer
+from .versions import ModelVersions
 
 
 class BratsRefinementTrainer(BratsSegmentationTrainer):
@@ -40,6 +43,7 @@ class BratsRefinementTrainer(BratsSegmentationTrainer):
         refinement: RefinementSettings,
         publish_path: Path,
         segmentation_weights: Callable[[], Optional[Path]],
+        versions: Optional[ModelVersions] = None,
         held_out: Optional[HeldOutSet] = None,
     ):
         """``segmentation_weights`` gives the served segmentation model's file (None before there is one);
@@ -51,7 +55,7 @@ class BratsRefinementTrainer(BratsSegmentationTrainer):
             learning_rate=refinement.learning_rate,
             fine_tune_learning_rate=refinement.learning_rate,
         )
-        super().__init__(model_dir, profile, one_rate, publish_path, description="Teach the segmentation model to follow clicks (robot user)")
+        super().__init__(model_dir, profile, one_rate, publish_path, description="Teach the segmentation model to follow clicks (robot user)", versions=versions)
         self._config.pop("max_epochs_from_scratch", None)  # no first model of its own: every run is a fine-tune
         self.refinement = refinement
         self.segmentation_weights = segmentation_weights
@@ -78,6 +82,14 @@ class BratsRefinementTrainer(BratsSegmentationTrainer):
     def load_path(self, output_dir, pretrained=True):
         """Nothing to load: ``network`` already holds the served segmentation weights, the newest the lab has."""
         return None
+
+    def compared_with(self, context: Context) -> Optional[str]:
+        """The served refinement model (not the segmentation weights every run starts from)."""
+        return str(self.versions.serving_path) if self.versions is not None and self.versions.serving_path.exists() else None
+
+    def judge(self, weights: Path, items: list) -> Dict[str, Any]:
+        """Dice after the robot user's ``click_rounds`` clicks (the regions in turn), on the held-out studies."""
+        return evaluate_on(self.profile, weights, items, evaluation_transforms(self.profile), clicks=self.refinement.click_rounds)
 
     def partition_datalist(self, context: Context, shuffle=False):
         if not self.held_out.chosen():

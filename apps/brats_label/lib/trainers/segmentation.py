@@ -309,7 +309,7 @@ class BratsSegmentationTrainer(BasicTrainTask):
         progress = TrainingProgress(self.progress_path, context.run_id, len(context.train_datalist), len(context.val_datalist or []))
         progress.attach(context.trainer, context.evaluator)
         if self.versions is not None:
-            parent_path = self.load_path(context.output_dir, context.pretrained)
+            parent_path = self.compared_with(context)
             parent = {"path": parent_path if parent_path and os.path.exists(parent_path) else None, "version": self.versions.serving()}
             context.trainer.add_event_handler(Events.COMPLETED, lambda engine: self._make_version(context, parent, progress))
         else:
@@ -328,6 +328,14 @@ class BratsSegmentationTrainer(BasicTrainTask):
         stopper = EarlyStopping(patience=patience, score_function=stopping_fn_from_metric(metric), trainer=context.trainer)
         context.evaluator.add_event_handler(Events.EPOCH_COMPLETED, stopper)
 
+    def compared_with(self, context: Context) -> Optional[str]:
+        """The weights a new version must not be worse than: the ones this run started from."""
+        return self.load_path(context.output_dir, context.pretrained)
+
+    def judge(self, weights: Path, items: list) -> Dict[str, Any]:
+        """Scores of ``weights`` on held-out ``items``, as versions are compared (``evaluate_on``)."""
+        return evaluate_on(self.profile, weights, items, self._deterministic())
+
     def _make_version(self, context: Context, parent: Dict[str, Any], progress: TrainingProgress) -> None:
         assert self.versions is not None, "attached only with versions"
         candidate = Path(context.output_dir) / self._key_metric_filename
@@ -337,8 +345,8 @@ class BratsSegmentationTrainer(BasicTrainTask):
             return
         val = context.val_datalist or []
         progress.update(phase="comparing with the served model", remaining_s=None)
-        scores = evaluate_on(self.profile, candidate, val, self._deterministic()) if val else {}
-        parent_scores = evaluate_on(self.profile, Path(parent["path"]), val, self._deterministic()) if val and parent["path"] else {}
+        scores = self.judge(candidate, val) if val else {}
+        parent_scores = self.judge(Path(parent["path"]), val) if val and parent["path"] else {}
         dice, parent_dice = _dice_only(scores), _dice_only(parent_scores)
         comparison = None
         if parent["path"] is None:

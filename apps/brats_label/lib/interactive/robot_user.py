@@ -1,0 +1,57 @@
+"""The robot user's session with the refinement model: the model answers the clicks so far, the robot clicks again.
+
+Shared by the refinement model's version comparison (``trainers/evaluation.evaluate_on`` with ``clicks``) and
+``bench/interactive.py``, so that a version is promoted on the same protocol the benchmark reports.
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import numpy as np
+import torch
+from monai.inferers import Inferer
+
+from ..config import GUIDANCE_LABELS, REGION_THRESHOLD
+from ..model.transforms import KeepWithinInputd
+from .click_rounds import add_click, click_on_errors, region_channels_to_label
+
+REGIONS_IN_TURN = ("WT", "TC", "ET")  # the order an annotator corrects in: the whole tumour, then inside it
+
+
+class GuidedSession:
+    """A guided network answering one study's clicks so far, as the server answers them (same windows, kept to the
+    brain). ``image``: the four prepared sequences (C, X, Y, Z) on the network's grid."""
+
+    def __init__(self, network: torch.nn.Module, inferer: Inferer, image: torch.Tensor, spacing_mm: Sequence[float]):
+        self.network = network
+        self.inferer = inferer
+        self.image = image
+        self.spacing = np.asarray(spacing_mm, dtype=float)
+        self.guidance = np.zeros((len(GUIDANCE_LABELS), *image.shape[1:]), dtype=np.float32)
+        self._keep = KeepWithinInputd(keys="pred", ref_key="image")
+
+    def answer(self) -> np.ndarray:
+        """The label map the model gives for the clicks so far."""
+        device = next(self.network.parameters()).device
+        inputs = torch.cat([self.image, torch.as_tensor(self.guidance)], dim=0)[None].to(device)
+        with torch.no_grad():
+            probabilities = torch.sigmoid(self.inferer(inputs, self.network))[0].cpu()
+        return region_channels_to_label(self._keep({"image": self.image, "pred": probabilities})["pred"] > REGION_THRESHOLD)
+
+    def click(self, label: str, at: Sequence[int]) -> np.ndarray:
+        add_click(self.guidance, label, at, self.spacing)
+        return self.answer()
+
+
+def after_robot_clicks(session: GuidedSession, truth: np.ndarray, clicks: int, labels: Optional[np.ndarray] = None) -> np.ndarray:
+    """The label map after ``clicks`` robot clicks, the regions in turn (``REGIONS_IN_TURN``; any error when the
+    region's own are all corrected), as the refinement model's validation clicks; from ``labels`` (the model's answer
+    with no clicks when None)."""
+    labels = session.answer() if labels is None else labels
+    for number in range(clicks):
+        region = REGIONS_IN_TURN[number % len(REGIONS_IN_TURN)]
+        if not (click_on_errors(truth, labels, session.guidance, session.spacing, region) or click_on_errors(truth, labels, session.guidance, session.spacing, None)):
+            break
+        labels = session.answer()
+    return labels
