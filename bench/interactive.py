@@ -39,12 +39,13 @@ from monai.transforms import Compose  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 from bench.evaluate import items_of  # noqa: E402
-from lib.config import CORRECTION_TARGET_DICE, GUIDANCE_LABELS, LABELS, PROFILES, REGION_THRESHOLD, REGIONS, NetworkProfile, RefinementSettings, TrainSettings  # noqa: E402
-from lib.interactive.click_rounds import add_click, region_channels_to_label  # noqa: E402
+from lib.config import CORRECTION_TARGET_DICE, LABELS, PROFILES, REGIONS, NetworkProfile, RefinementSettings, TrainSettings  # noqa: E402
+from lib.interactive.click_rounds import region_channels_to_label  # noqa: E402
+from lib.interactive.robot_user import GuidedSession  # noqa: E402
 from lib.interactive.simulated_clicks import next_click  # noqa: E402
 from lib.model.brats_metrics import dice as region_dice  # noqa: E402
 from lib.model.network import load_network, sliding_window_inferer  # noqa: E402
-from lib.model.transforms import KeepWithinInputd, RegionsToLabeld  # noqa: E402
+from lib.model.transforms import RegionsToLabeld  # noqa: E402
 from lib.studies.folder_datastore import StudyFolderDatastore  # noqa: E402
 from lib.trainers.evaluation import evaluation_transforms, predict_regions  # noqa: E402
 from lib.trainers.refinement import BratsRefinementTrainer  # noqa: E402
@@ -95,33 +96,21 @@ def correct_with_brush(truth: np.ndarray, labels: np.ndarray, actions: int, radi
     return correct(truth, labels, actions, spacing_mm, lambda current, name, at: brush_stroke(current, at, LABELS[name], radius_mm, spacing_mm))
 
 
-class RefinementModel:
-    """The refinement model answering a study's clicks so far, as the server does (same windows, kept to the brain)."""
+class TimedSession(GuidedSession):
+    """The refinement model answering a study's clicks so far, as the server does, each answer timed."""
 
-    def __init__(self, profile: NetworkProfile, weights: Path, image: torch.Tensor):
-        self.network = load_network(profile, weights, torch.device("cpu"), guided=True).eval()
-        self.inferer = sliding_window_inferer(profile)
-        self.image = image
-        self.keep = KeepWithinInputd(keys="pred", ref_key="image")
-        self.spacing = np.asarray(profile.spacing_mm, dtype=float)
-        self.guidance = np.zeros((len(GUIDANCE_LABELS), *image.shape[1:]), dtype=np.float32)
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
         self.seconds: List[float] = []
 
     def answer(self) -> np.ndarray:
         started = time.perf_counter()
-        inputs = torch.cat([self.image, torch.as_tensor(self.guidance)], dim=0)[None]
-        with torch.no_grad():
-            probabilities = torch.sigmoid(self.inferer(inputs, self.network))[0]
-        regions = self.keep({"image": self.image, "pred": probabilities})["pred"] > REGION_THRESHOLD
+        labels = super().answer()
         self.seconds.append(time.perf_counter() - started)
-        return region_channels_to_label(regions)
-
-    def click(self, label: str, at: tuple) -> np.ndarray:
-        add_click(self.guidance, label, at, self.spacing)
-        return self.answer()
+        return labels
 
 
-def correct_with_clicks(truth: np.ndarray, model: RefinementModel, actions: int) -> Dict[str, List[float]]:
+def correct_with_clicks(truth: np.ndarray, model: TimedSession, actions: int) -> Dict[str, List[float]]:
     """Each action a click; the clicks accumulate over the regions, as in a session."""
     return correct(truth, model.answer(), actions, model.spacing, lambda current, name, at: model.click(name, at))
 
@@ -190,9 +179,10 @@ def main() -> int:
         summary.update(studies=len(brush), brush_mm=args.brush_mm, brush=summaries(brush, args.actions))
         if refinement is not None:
             prepare, clicks, seconds = Compose(evaluation_transforms(profile)), [], []
+            network = load_network(profile, refinement, torch.device("cpu"), guided=True).eval()
             for item in tqdm(items, desc="clicks", unit="study"):
                 data = prepare({"image": item["image"], "label": item["label"]})
-                model = RefinementModel(profile, refinement, torch.as_tensor(data["image"]))
+                model = TimedSession(network, sliding_window_inferer(profile), torch.as_tensor(data["image"]), profile.spacing_mm)
                 clicks.append(correct_with_clicks(region_channels_to_label(torch.as_tensor(data["label"]) > 0), model, args.actions))
                 seconds += model.seconds[1:]  # the answers to clicks, not the first auto-segmentation
             summary.update(

@@ -320,7 +320,12 @@ BACKGROUND_NICENESS = 10  # training and scoring workers yield the CPU to the se
 # --- interactive refinement: clicks per label (lib/interactive/) ------------------------------------------
 # One guidance channel per label, background included, in this order, after the four image channels.
 GUIDANCE_LABELS: Tuple[str, ...] = tuple(LABELS)
-GUIDANCE_SIGMA_MM = 4.0  # a click is a Gaussian of this width in its channel (peak 1), whatever the profile's spacing
+GUIDANCE_SIGMA_MM = 4.0  # a click is a Gaussian of this width in its channel, whatever the profile's spacing
+# ... peaking at this value: as loud as the brightest tumour in the z-scored sequences. The guidance weights start at
+# zero and AdamW moves a weight by about the learning rate per step whatever its input's scale, so the input's scale is
+# what a step changes the answer by: with peak 1, 20 epochs left them at 1/13 of the sequences' weights and 20 clicks
+# changed no region's Dice (bench/results/interactive/clicks.json).
+GUIDANCE_PEAK = 5.0
 MAX_CLICKS = 100  # per request, all labels together: an annotator's session is tens, a larger list is not a person's
 # The robot user's targets per region (bench/interactive.py): where an annotator would stop correcting.
 CORRECTION_TARGET_DICE: Dict[str, float] = {"WT": 0.90, "TC": 0.85, "ET": 0.80}
@@ -337,7 +342,7 @@ class RefinementSettings:
     # the segmentation trainer's fine-tuning (5e-4) and from-scratch (5e-3) rates.
     learning_rate: float = 1e-3
     click_rounds: int = 3  # a training sample gets 1 to this many rounds of robot clicks; validation always this many
-    click_probability: float = 0.5  # share of training samples with clicks; the rest keep the no-click answer
+    click_probability: float = 0.8  # share of training samples with clicks; the rest keep the no-click answer
     # A model that starts from the segmentation weights already answers its training studies well from the images
     # alone: the robot's clicks there fall on few, small errors, and a run that ignored the guidance channels scored as
     # well as one that used them (20 clicks, held-out Dice unchanged: bench/results/interactive/clicks.json). Boxes of

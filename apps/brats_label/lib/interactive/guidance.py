@@ -11,14 +11,15 @@ from monai.config import KeysCollection
 from monai.data import MetaTensor
 from monai.transforms import MapTransform
 
-from ..config import GUIDANCE_LABELS, GUIDANCE_SIGMA_MM
+from ..config import GUIDANCE_LABELS, GUIDANCE_PEAK, GUIDANCE_SIGMA_MM
 
 TRUNCATE_SIGMAS = 3.0  # a click's Gaussian is drawn out to this many widths; beyond, it is below 0.012
 
 
 def guidance_channel(shape, world_to_voxel: np.ndarray, points: np.ndarray, spacing_mm: np.ndarray, sigma_mm: float) -> np.ndarray:
-    """One label's channel: at each voxel, the largest exp(-d²/2σ²) over the clicks (d in mm), so each click peaks at
-    1 however many there are. Points off the grid (clicked outside the brain the network sees) draw nothing."""
+    """One label's channel: at each voxel, ``GUIDANCE_PEAK`` times the largest exp(-d²/2σ²) over the clicks (d in mm),
+    so each click peaks at that value however many there are. Points off the grid (clicked outside the brain the
+    network sees) draw nothing."""
     channel = np.zeros(shape, dtype=np.float32)
     reach = np.ceil(TRUNCATE_SIGMAS * sigma_mm / spacing_mm).astype(int)
     for point in points:
@@ -30,7 +31,7 @@ def guidance_channel(shape, world_to_voxel: np.ndarray, points: np.ndarray, spac
         grid = np.meshgrid(*[np.arange(a, b) for a, b in zip(lo, hi)], indexing="ij")
         squared_mm = sum(((g - c) * s) ** 2 for g, c, s in zip(grid, centre, spacing_mm))
         box = tuple(slice(a, b) for a, b in zip(lo, hi))
-        channel[box] = np.maximum(channel[box], np.exp(-squared_mm / (2.0 * sigma_mm**2)))
+        channel[box] = np.maximum(channel[box], GUIDANCE_PEAK * np.exp(-squared_mm / (2.0 * sigma_mm**2)))
     return channel
 
 
