@@ -155,13 +155,19 @@ def test_a_raw_study_in_the_archive_is_opened_prepared_on_its_t1c_grid(raw_head_
         assert abs(preparation["alignment"][channel]["rotation_deg"] - true_degrees) < 1.0, (channel, preparation["alignment"][channel])
     assert preparation["brain"]["method"].startswith("atlas") and abs(preparation["brain"]["volume_ml"] - raw.brain.sum() / 1000) < 0.05 * raw.brain.sum() / 1000
 
-    # OHIF's Point Prompts click on the series on screen: each series' own grid, the sagittal FLAIR's included
+    # OHIF's Point Prompts click on the series on screen: each series' own grid, the sagittal FLAIR's included, placed
+    # where its anatomy lies in the T1c's space (the patient moved before it: a click lands on the anatomy clicked)
     series = ds.get_image_info(study)["series"]
     for channel in ("t1c", "flair"):
         data, affine = raw.series[channel]
         grid = ds.clicked_grid(series[channel]["uid"])
         assert sorted(grid.shape) == sorted(data.shape), (channel, grid.shape, data.shape)
-        assert np.allclose(_world_corners(grid.affine, grid.shape), _world_corners(affine, data.shape), atol=0.01), f"{channel}: its voxels where the scanner put them"
+        anatomy = np.linalg.inv(raw.motion[channel]) @ affine  # the true motion undone
+        error = np.abs(_world_corners(grid.affine, grid.shape) - _world_corners(anatomy, data.shape)).max()
+        assert error <= 1.5, f"{channel}: a corner voxel {error:.2f} mm from the anatomy it shows"
+        if channel == "flair":
+            moved = np.abs(_world_corners(affine, data.shape) - _world_corners(anatomy, data.shape)).max()
+            assert moved > 3.0, f"the FLAIR's motion ({moved:.1f} mm at a corner) is what is corrected"
     assert ds.clicked_grid(study).shape == ds.geometry(study).shape
 
 

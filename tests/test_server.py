@@ -189,6 +189,9 @@ def test_the_refinement_model_is_offered_to_the_viewers_once_trained_and_takes_c
     assert set(np.unique(np.asarray(result.dataobj))) <= {0, 1, 2, 3}
     params = json.loads(params) if isinstance(params, str) else params
     assert params["model"]["path"].endswith("refinement.pt")
+    placed = params["clicks_ras_mm"]  # where the server put each click: the clicked voxel's centre in the world
+    assert np.allclose(placed["enhancing_tumour"], [(source.affine @ [*centre, 1.0])[:3]], atol=0.01)
+    assert np.allclose(placed["background"], [(source.affine @ [2, 2, 2, 1.0])[:3]], atol=0.01)
 
     # a click off the volume shown would land where nobody put it: refused, saying what to send
     with pytest.raises(MONAILabelClientException) as error:

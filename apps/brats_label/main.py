@@ -276,6 +276,7 @@ class BratsLabelApp(MONAILabelApp):
         image_id = check_case_id(str(request.get("image", "")))
         case = self._datastore.case_id(image_id)  # type: ignore[attr-defined]
         refinement = request.get("model") == REFINEMENT_MODEL_NAME
+        image_uri = self._datastore.get_image_uri(case)  # prepared first: a moved series' grid is known once aligned
         if refinement:
             # clicks are indices of the volume the client shows: placed in the world through that volume's grid now,
             # and the answer drawn on that grid (OHIF reads it in the indices of the series on screen, any of the four)
@@ -284,7 +285,7 @@ class BratsLabelApp(MONAILabelApp):
             study = self._datastore.geometry(case)  # type: ignore[attr-defined]
             if not (grid.shape == study.shape and np.allclose(grid.affine, study.affine, atol=1e-3)):
                 request["answer_grid"] = {"affine": grid.affine.tolist(), "shape": list(grid.shape)}
-        request["image"] = self._datastore.get_image_uri(case)
+        request["image"] = image_uri
         with self.infer_queue.turn():
             self._apply_promotions()  # a training that just ended may have made a version to serve
             result = super().infer(request, datastore)

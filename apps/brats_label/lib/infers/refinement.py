@@ -11,8 +11,9 @@ only once trained (``POST /train/refinement``): until then it would ignore the c
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Callable, Optional, Sequence
+from typing import Any, Callable, Dict, Optional, Sequence, Tuple
 
+import numpy as np
 from monailabel.interfaces.tasks.infer_v2 import InferType
 
 from ..config import LABELS, NetworkProfile
@@ -41,6 +42,14 @@ class BratsRefinement(BratsSegmentation):
     def pre_transforms(self, data=None) -> Sequence[Callable]:
         # after the prepared-input cache: the study is read and resampled once, the clicks drawn on every request
         return [*super().pre_transforms(data), AddGuidanceChannelsd(keys="image", clicks_key="clicks_world")]
+
+    def writer(self, data: Dict[str, Any], extension=None, dtype=None) -> Tuple[Any, Any]:
+        """The result says where each click was placed (RAS mm): what the network was told, for a viewer or a person
+        to check against where they clicked."""
+        path, result = super().writer(data, extension, dtype)
+        clicks = data.get("clicks_world") or {}
+        result["clicks_ras_mm"] = {label: np.round(np.asarray(points, dtype=float), 2).tolist() for label, points in clicks.items() if len(points)}
+        return path, result
 
     def _get_network(self, device, data):
         if not self.model_path.exists():

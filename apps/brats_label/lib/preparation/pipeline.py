@@ -75,7 +75,13 @@ def prepare_study(series: Mapping[str, Series], settings: PreparationSettings) -
         transform, found = register_rigid(fixed, moving, settings, f"{channel.upper()} series")
         channels[channel] = to_numpy(resample_onto(moving, fixed, transform))
         transforms[channel] = found.ras
-        alignment[channel] = {"method": "rigid registration to the T1c (mutual information)", **found.summary()}
+        alignment[channel] = {
+            "method": "rigid registration to the T1c (mutual information)",
+            **found.summary(),
+            # a point of the series as the scanner placed it -> the same anatomy in the T1c's space: where a click on
+            # this series lands, and where an answer drawn on it comes from
+            "series_to_study_ras": np.round(np.linalg.inv(found.ras), 6).tolist(),
+        }
 
     brain: Optional[np.ndarray] = None
     if looks_skull_stripped(reference_volume, voxel, settings):

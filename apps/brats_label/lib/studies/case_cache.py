@@ -39,7 +39,7 @@ class Preparation:
 
 
 # Raised whenever what the preparation makes of the same files changes, so cached volumes are made again.
-PREPARATION_VERSION = 1
+PREPARATION_VERSION = 2  # 2: each registered series' transform to the study kept in the report
 
 
 class UnusableVolume(ValueError):

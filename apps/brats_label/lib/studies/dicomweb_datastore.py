@@ -462,12 +462,18 @@ class DicomWebStudyDatastore(StudyDatastore):
 
     def clicked_grid(self, image_id: str) -> Geometry:
         """OHIF's Point Prompts send indices of the series on screen (any of the four, in its own orientation and
-        spacing; cornerstone's grid is the series' ``SliceStack``): that series' grid. A study UID: the study's."""
+        spacing; cornerstone's grid is the series' ``SliceStack``): that series' grid, placed where its anatomy lies
+        in the study's space (a series the patient moved before is registered to the T1c when the study is prepared:
+        prepare it first). A study UID: the study's."""
         study = self._source(image_id)
         for channel, series in study.channels.items():
             if series.series_uid == image_id:
                 stack = self._stack(study.study_id, channel, series)
-                return Geometry(tuple(int(s) for s in stack.shape), np.asarray(stack.affine, dtype=float))  # type: ignore[arg-type]
+                affine = np.asarray(stack.affine, dtype=float)
+                moved = self.preparation_info(study.study_id).get("alignment", {}).get(channel, {}).get("series_to_study_ras")
+                if moved is not None:
+                    affine = np.asarray(moved, dtype=float) @ affine
+                return Geometry(tuple(int(s) for s in stack.shape), affine)  # type: ignore[arg-type]
         if image_id != study.study_id:
             raise InvalidInput(f"series {image_id} is not one of the study's four sequences: click on its T1c, T1, T2 or FLAIR series")
         return self.geometry(image_id)
