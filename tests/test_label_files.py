@@ -55,3 +55,42 @@ def test_a_labelmap_half_a_voxel_off_the_grid_is_refused(tmp_path):
     params = _viewer_nrrd(tmp_path / "off.nrrd", _label(), shifted, {1: "necrotic_core", 2: "edema", 3: "enhancing_tumour"})
     with pytest.raises(LabelError, match="not on the study's voxel grid"):
         read_uploaded_label(tmp_path / "off.nrrd", STUDY, params)
+
+
+def test_a_labelmap_drawn_on_a_moved_sagittal_series_of_the_study_is_saved_on_the_study_grid(tmp_path):
+    """OHIF segments the series on screen: a label drawn on the study's sagittal FLAIR, which the patient moved before
+    (registered to the T1c: ``to_study``), lands on the study's grid where its anatomy is."""
+    from scipy import ndimage
+    from scipy.spatial.transform import Rotation
+
+    from lib.labels.label_files import SeriesGrid
+
+    study = Geometry((48, 48, 40), np.array([[-1.0, 0, 0, 24], [0, -1.0, 0, 24], [0, 0, 1.0, -20], [0, 0, 0, 1]]))
+    world = np.stack(np.meshgrid(*[np.arange(n) for n in study.shape], indexing="ij"), -1) @ study.affine[:3, :3].T + study.affine[:3, 3]
+    truth = np.zeros(study.shape, np.uint8)
+    truth[np.linalg.norm(world - [2.0, -3.0, 1.0], axis=-1) <= 12] = LABELS["edema"]
+    truth[np.linalg.norm(world - [2.0, -3.0, 1.0], axis=-1) <= 5] = LABELS["enhancing_tumour"]
+    # the FLAIR as stored: sagittal 1 x 1 x 1.2 mm, the patient turned 5 degrees and shifted 4 mm before it
+    sagittal = np.array([[0, 0, -1.2, 30], [-1.0, 0, 0, 28], [0, -1.0, 0, 24], [0, 0, 0, 1]])
+    series = Geometry((56, 48, 50), sagittal)
+    to_study = np.eye(4)
+    to_study[:3, :3] = Rotation.from_euler("z", 5, degrees=True).as_matrix()
+    to_study[:3, 3] = [4.0, 0.0, -1.0]
+    # what the annotator draws on that series: the anatomy it shows there
+    series_to_study_voxels = np.linalg.inv(study.affine) @ to_study @ sagittal
+    drawn = ndimage.affine_transform(truth, series_to_study_voxels[:3, :3], series_to_study_voxels[:3, 3], output_shape=series.shape, order=0)
+    params = _viewer_nrrd(tmp_path / "flair.nrrd", drawn, np.linalg.inv(LPS_TO_RAS) @ sagittal, {2: "edema", 3: "enhancing_tumour"})
+
+    with pytest.raises(LabelError, match="not on the study's voxel grid"):
+        read_uploaded_label(tmp_path / "flair.nrrd", study, params)  # the study's other series not known: refused
+    elsewhere = sagittal.copy()
+    elsewhere[0, 3] += 5.0
+    other = SeriesGrid(Geometry(series.shape, elsewhere), np.eye(4))
+    with pytest.raises(LabelError, match="not on the study's voxel grid"):
+        read_uploaded_label(tmp_path / "flair.nrrd", study, params, lambda: [other])  # nor on any series' grid
+    saved = read_uploaded_label(tmp_path / "flair.nrrd", study, params, lambda: [other, SeriesGrid(series, to_study)])
+    for value in (LABELS["edema"], LABELS["enhancing_tumour"]):
+        dice = 2 * ((saved == value) & (truth == value)).sum() / ((saved == value).sum() + (truth == value).sum())
+        assert dice > 0.9, (value, dice)
+    unmoved = read_uploaded_label(tmp_path / "flair.nrrd", study, params, lambda: [SeriesGrid(series, np.eye(4))])
+    assert ((unmoved > 0) & (truth > 0)).sum() < 0.9 * (truth > 0).sum(), "the series' placement is what puts it right"

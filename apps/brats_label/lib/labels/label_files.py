@@ -17,8 +17,9 @@ from __future__ import annotations
 
 import math
 import zlib
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Callable, Dict, Iterable, List, Optional
 
 import nibabel as nib
 import nrrd
@@ -26,6 +27,7 @@ import numpy as np
 import pydicom
 import slicerio
 from pydicom.errors import InvalidDicomError
+from scipy import ndimage
 
 from ..config import LABELS, MAX_LABEL_LAYERS
 from ..dicom.mr_series import RAS_TO_LPS
@@ -191,8 +193,30 @@ def _on_study_grid(voxels: np.ndarray, ijk_to_lps: np.ndarray, geometry: Geometr
     return out
 
 
-def read_nrrd_label(path: Path, geometry: Geometry, params: Dict[str, Any]) -> np.ndarray:
-    """A plain NRRD label map (OHIF's Submit label sends its labelmap so), values named by ``label_info``."""
+@dataclass(frozen=True)
+class SeriesGrid:
+    """Another series of the study, as a viewer shows it (``scanner``: its grid as stored, RAS) and where its anatomy
+    lies in the study's space (``to_study``: 4x4 RAS, identity unless the series was registered to the T1c)."""
+
+    scanner: Geometry
+    to_study: np.ndarray
+
+
+def _from_series_grid(voxels: np.ndarray, ijk_to_lps: np.ndarray, geometry: Geometry, series: Iterable[SeriesGrid]) -> Optional[np.ndarray]:
+    """A label drawn on one of the study's other series (OHIF segments the series on screen, any of the four),
+    resampled onto the study's grid by nearest neighbour through that series' placement; None if it is on none."""
+    drawn = LPS_TO_RAS @ np.asarray(ijk_to_lps, float)
+    for grid in series:
+        if tuple(voxels.shape) == tuple(grid.scanner.shape) and np.allclose(drawn, grid.scanner.affine, atol=GRID_TOLERANCE):
+            study_to_drawn = np.linalg.inv(np.asarray(grid.to_study, float) @ drawn) @ np.asarray(geometry.affine, float)
+            out = ndimage.affine_transform(voxels, study_to_drawn[:3, :3], study_to_drawn[:3, 3], output_shape=geometry.shape, order=0, mode="constant", cval=0)
+            return out.astype(voxels.dtype)
+    return None
+
+
+def read_nrrd_label(path: Path, geometry: Geometry, params: Dict[str, Any], series: Callable[[], Iterable[SeriesGrid]] = tuple) -> np.ndarray:
+    """A plain NRRD label map (OHIF's Submit label sends its labelmap so), values named by ``label_info``; on the
+    study's grid or on the grid of one of ``series()`` (asked only then; resampled onto the study's)."""
     check_nrrd_header(path, geometry)
     try:
         data, header = nrrd.read(str(path), index_order="F")
@@ -202,7 +226,14 @@ def read_nrrd_label(path: Path, geometry: Geometry, params: Dict[str, Any]) -> n
     if header.get("space") not in ("left-posterior-superior", "LPS"):
         raise LabelError(f"NRRD space '{header.get('space')}' is not supported; write it in left-posterior-superior")
     # values checked before the uint8 grid (a stray 258 is refused, not wrapped to 2)
-    return _on_study_grid(check_label_values(_named_values_to_ours(data, params)), ijk_to_lps, geometry)
+    values = check_label_values(_named_values_to_ours(data, params))
+    try:
+        return _on_study_grid(values, ijk_to_lps, geometry)
+    except LabelError:
+        resampled = _from_series_grid(values, ijk_to_lps, geometry, series())
+        if resampled is None:
+            raise
+        return resampled
 
 
 def read_seg_nrrd(path: Path, geometry: Geometry) -> np.ndarray:
@@ -246,14 +277,15 @@ def read_dicom_seg(path: Path, geometry: Geometry) -> np.ndarray:
         raise LabelError(f"the DICOM SEG cannot be a label of this study: {e}") from None
 
 
-def read_uploaded_label(path: Path, geometry: Geometry, params: Dict[str, Any]) -> np.ndarray:
-    """The uploaded label in our values on the study's grid, or LabelError saying what is wrong."""
+def read_uploaded_label(path: Path, geometry: Geometry, params: Dict[str, Any], series: Callable[[], Iterable[SeriesGrid]] = tuple) -> np.ndarray:
+    """The uploaded label in our values on the study's grid, or LabelError saying what is wrong. ``series``: the
+    study's other series a viewer may have drawn on (a NRRD on one of their grids is resampled onto the study's)."""
     if str(path).endswith(SEG_NRRD_SUFFIX):
         return read_seg_nrrd(path, geometry)
     if str(path).endswith(DICOM_SUFFIX) or _is_dicom(path):
         return read_dicom_seg(path, geometry)
     if str(path).endswith(NRRD_SUFFIX):
-        return read_nrrd_label(path, geometry, params)
+        return read_nrrd_label(path, geometry, params, series)
     try:
         uploaded = read_geometry(path)  # the header only: the grid is checked before any voxel is decoded
     except ValueError as e:

@@ -61,6 +61,7 @@ from ..dicom.series_rules import SeriesRules, SeriesSummary
 from ..dicom.series_volume import SeriesProblem, SliceStack, slice_stack
 from ..errors import ArchiveUnavailable, InvalidInput, NotAllowed, NotFound
 from ..labels.conventions import LabelError, check_label_values
+from ..labels.label_files import SeriesGrid
 from ..preparation.alignment import RegistrationRefused
 from ..preparation.brain_mask import looks_skull_stripped
 from ..preparation.pipeline import already_prepared_report, voxel_ml
@@ -459,6 +460,22 @@ class DicomWebStudyDatastore(StudyDatastore):
         study = self._resolve(image_id)
         with self._lock:
             return self._geometries[study]
+
+    def series_grids(self, study_id: str) -> List[SeriesGrid]:
+        """Each of the study's four series as OHIF shows it (a labelmap drawn on the series on screen is on its grid),
+        placed in the study's space as ``clicked_grid`` places it. A series that cannot be read is left out."""
+        study = self._source(study_id)
+        grids = []
+        for channel, series in study.channels.items():
+            try:
+                stack = self._stack(study.study_id, channel, series)
+            except (SeriesProblem, ValueError) as e:
+                logger.info(f"study {study.study_id}: {channel} series not offered as a label grid ({e})")
+                continue
+            moved = self.preparation_info(study.study_id).get("alignment", {}).get(channel, {}).get("series_to_study_ras")
+            scanner = Geometry(tuple(int(s) for s in stack.shape), np.asarray(stack.affine, dtype=float))  # type: ignore[arg-type]
+            grids.append(SeriesGrid(scanner, np.eye(4) if moved is None else np.asarray(moved, dtype=float)))
+        return grids
 
     def clicked_grid(self, image_id: str) -> Geometry:
         """OHIF's Point Prompts send indices of the series on screen (any of the four, in its own orientation and

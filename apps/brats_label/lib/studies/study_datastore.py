@@ -21,7 +21,7 @@ from monailabel.interfaces.datastore import Datastore, DefaultLabelTag
 from ..config import FOREGROUND_LABELS
 from ..errors import InvalidInput, NotFound
 from ..labels.conventions import LabelError
-from ..labels.label_files import read_uploaded_label
+from ..labels.label_files import SeriesGrid, read_uploaded_label
 from ..labels.label_store import LabelStore, LabelVersion, check_case_id, check_tag, migrate_flat_layout
 from ..runtime.shared_state import update_json
 from .case_cache import CaseCache
@@ -94,6 +94,11 @@ class StudyDatastore(Datastore):
     @abstractmethod
     def geometry(self, image_id: str) -> Geometry:
         """The study's reference grid."""
+
+    def series_grids(self, study_id: str) -> List[SeriesGrid]:
+        """The study's series a viewer may draw a label on, other than the study's own volume: none here (a folder's
+        study is shown as the volume the server sends)."""
+        return []
 
     def clicked_grid(self, image_id: str) -> Geometry:
         """The grid of the volume a client clicks on when it names ``image_id``: the study's own, which
@@ -173,7 +178,7 @@ class StudyDatastore(Datastore):
         geometry = self.geometry(study)
         tag = check_tag(_tag(label_tag))
         try:
-            label = read_uploaded_label(Path(label_filename), geometry, label_info or {})
+            label = read_uploaded_label(Path(label_filename), geometry, label_info or {}, lambda: self.series_grids(study))
         except LabelError as e:
             raise InvalidInput(f"label for '{study}' not saved: {e}") from None
         info = {**client_fields(label_info or {}), "source": SUBMITTED, **self._commit_fields(study, tag)}
