@@ -80,7 +80,8 @@ class BratsRefinementTrainer(BratsSegmentationTrainer):
         return build_guided_network(self.profile, read_state_dict(Path(path)))
 
     def load_path(self, output_dir, pretrained=True):
-        """Nothing to load: ``network`` already holds the served segmentation weights, the newest the lab has."""
+        """Nothing to load: ``network`` already holds the served segmentation weights, the newest the lab has. (So the
+        run warms up its learning rate as a first model does: the guidance weights and the optimiser's state are new.)"""
         return None
 
     def compared_with(self, context: Context) -> Optional[str]:
