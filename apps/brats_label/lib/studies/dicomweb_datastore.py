@@ -472,10 +472,15 @@ class DicomWebStudyDatastore(StudyDatastore):
             except (SeriesProblem, ValueError) as e:
                 logger.info(f"study {study.study_id}: {channel} series not offered as a label grid ({e})")
                 continue
-            moved = self.preparation_info(study.study_id).get("alignment", {}).get(channel, {}).get("series_to_study_ras")
             scanner = Geometry(tuple(int(s) for s in stack.shape), np.asarray(stack.affine, dtype=float))  # type: ignore[arg-type]
-            grids.append(SeriesGrid(scanner, np.eye(4) if moved is None else np.asarray(moved, dtype=float)))
+            grids.append(SeriesGrid(scanner, self._placement(study.study_id, channel)))
         return grids
+
+    def _placement(self, study_id: str, channel: str) -> np.ndarray:
+        """Where a series' anatomy lies in the study's space (4x4 RAS): the preparation's registration of a series the
+        patient moved before; identity for one that needed none, or a study not prepared yet."""
+        moved = self.preparation_info(study_id).get("alignment", {}).get(channel, {}).get("series_to_study_ras")
+        return np.eye(4) if moved is None else np.asarray(moved, dtype=float)
 
     def clicked_grid(self, image_id: str) -> Geometry:
         """OHIF's Point Prompts send indices of the series on screen (any of the four, in its own orientation and
@@ -486,10 +491,7 @@ class DicomWebStudyDatastore(StudyDatastore):
         for channel, series in study.channels.items():
             if series.series_uid == image_id:
                 stack = self._stack(study.study_id, channel, series)
-                affine = np.asarray(stack.affine, dtype=float)
-                moved = self.preparation_info(study.study_id).get("alignment", {}).get(channel, {}).get("series_to_study_ras")
-                if moved is not None:
-                    affine = np.asarray(moved, dtype=float) @ affine
+                affine = self._placement(study.study_id, channel) @ np.asarray(stack.affine, dtype=float)
                 return Geometry(tuple(int(s) for s in stack.shape), affine)  # type: ignore[arg-type]
         if image_id != study.study_id:
             raise InvalidInput(f"series {image_id} is not one of the study's four sequences: click on its T1c, T1, T2 or FLAIR series")
