@@ -93,5 +93,6 @@ def test_a_point_prompt_on_a_sagittal_series_lands_where_clicked_and_the_answer_
     shown_ml = result["after"]["ofLabel"] * np.prod(result["image"]["spacing"]) / 1000
     assert shown_ml > 0 and saved_ml == pytest.approx(shown_ml, rel=0.05), "the edema on screen is the edema saved, in mL"
 
+    ARTIFACTS.mkdir(exist_ok=True)
     for picture in ("ohif_point_prompts_click.png", "ohif_point_prompts_answer.png"):
         shutil.copyfile(tmp_path / picture, ARTIFACTS / picture)
