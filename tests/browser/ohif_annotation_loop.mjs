@@ -7,6 +7,7 @@
 // through the identity provider instead).
 //   node ohif_annotation_loop.mjs SERVER_URL STUDY_UID OUT_DIR [TOKEN]
 import { reportRun } from './chromium.mjs';
+import { connectPanel, newMonaiLabelPage } from './monai_label_panel.mjs';
 
 const [server, study, outDir, token] = process.argv.slice(2);
 const TIMEOUT_MS = 90000;
@@ -19,16 +20,6 @@ async function waitForStudy(page) {
   await page.waitForFunction(() => /\(\d+\/\d+\)/.test(document.body.innerText), null, { timeout: TIMEOUT_MS }); // an image is on screen
   const notice = page.getByText('Confirm and Hide');
   if (await notice.count()) await notice.click();
-}
-
-async function connectPanel(page) {
-  // the panel's refresh button: it reads the server's /info/
-  const [answer] = await Promise.all([
-    page.waitForResponse((r) => r.url().startsWith(`${server}/info/`), { timeout: TIMEOUT_MS }),
-    page.locator('#monailabelServerURL').locator('xpath=following::button[1]').click(),
-  ]);
-  await page.getByText('Auto-Segmentation').waitFor({ timeout: TIMEOUT_MS }); // the panel lists what the server offers
-  return { ok: answer.ok(), info: await answer.json() };
 }
 
 async function overlayVoxels(page) {
@@ -68,13 +59,7 @@ async function brushStroke(page, segmentLabel) {
 
 const result = { errors: [], requestsWithoutToken: 0, series: [], connected: false, info: null, panel: false, nextSample: null, opened: null, infer: null, segmentations: [], overlay: null, corrected: null, submit: null, console: [] };
 await reportRun(result, async (browser) => {
-  const context = await browser.newContext({ viewport: { width: 1400, height: 900 } });
-  // the MONAI Label panel reads its server from this cookie
-  await context.addCookies([{ name: 'MONAILABEL_SERVER_URL', value: `${server}/`, url: server }]);
-  const page = await context.newPage();
-  page.on('pageerror', (e) => result.errors.push(e.message));
-  page.on('crash', () => result.errors.push('the page crashed'));
-  page.on('console', (m) => { if (m.type() === 'error' || m.text().startsWith('BraTS')) result.console.push(m.text().slice(0, 500)); });
+  const page = await newMonaiLabelPage(browser, server, result);
   page.on('dialog', (d) => d.accept()); // Next Sample's "This action will reload current page" confirmation
   page.on('request', (r) => { if (token && r.url().startsWith(server) && !r.url().includes('/ohif/')) result.requestsWithoutToken += r.headers().authorization ? 0 : 1; });
   await page.goto(`${server}/ohif/monai-label?StudyInstanceUIDs=${study}${token ? `&token=${token}` : ''}`, { timeout: TIMEOUT_MS });
@@ -83,7 +68,7 @@ await reportRun(result, async (browser) => {
   await waitForStudy(page);
   result.series = await page.evaluate(() => window.services.displaySetService.getActiveDisplaySets()
     .map((d) => ({ modality: d.Modality, description: d.SeriesDescription, uid: d.SeriesInstanceUID })));
-  const connection = await connectPanel(page);
+  const connection = await connectPanel(page, server);
   result.connected = connection.ok;
   result.info = connection.info;
   result.panel = await page.evaluate(() => document.body.innerText.includes('Active Learning') && document.body.innerText.includes('Auto-Segmentation'));
@@ -102,7 +87,7 @@ await reportRun(result, async (browser) => {
     await page.waitForURL((url) => url.searchParams.get('StudyInstanceUIDs') === result.nextSample.StudyInstanceUID, { timeout: TIMEOUT_MS });
     await waitForStudy(page);
     result.opened = new URL(page.url()).searchParams.get('StudyInstanceUIDs');
-    await connectPanel(page);
+    await connectPanel(page, server);
   }
 
   // Auto-Segmentation > Run: the server segments the series on screen; OHIF loads the result as a segmentation

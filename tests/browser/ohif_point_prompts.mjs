@@ -6,6 +6,7 @@
 //   node ohif_point_prompts.mjs SERVER_URL STUDY_UID SERIES_UID VIEWPORT LABEL OUT_DIR
 // VIEWPORT: the MPR viewport to click in (mpr-axial, mpr-sagittal or mpr-coronal).
 import { reportRun } from './chromium.mjs';
+import { connectPanel, newMonaiLabelPage } from './monai_label_panel.mjs';
 
 const [server, study, series, viewportId, label, outDir] = process.argv.slice(2);
 const TIMEOUT_MS = 120000;
@@ -36,12 +37,7 @@ async function labelmapState(page) {
 
 const result = { errors: [], tool: null, box: null, shown: null, image: null, connected: false, click: null, request: null, infer: null, before: null, after: null, submit: null, console: [] };
 await reportRun(result, async (browser) => {
-  const context = await browser.newContext({ viewport: { width: 1400, height: 900 } });
-  await context.addCookies([{ name: 'MONAILABEL_SERVER_URL', value: `${server}/`, url: server }]);
-  const page = await context.newPage();
-  page.on('pageerror', (e) => result.errors.push(e.message));
-  page.on('crash', () => result.errors.push('the page crashed'));
-  page.on('console', (m) => { if (m.type() === 'error' || m.text().startsWith('BraTS')) result.console.push(m.text().slice(0, 500)); });
+  const page = await newMonaiLabelPage(browser, server, result);
   await page.goto(`${server}/ohif/monai-label?StudyInstanceUIDs=${study}&SeriesInstanceUIDs=${series}`, { timeout: TIMEOUT_MS });
 
   // the MPR layout of the one series, an image on screen
@@ -63,11 +59,7 @@ await reportRun(result, async (browser) => {
   }, viewportId);
 
   // the panel reads the server's /info/ and makes the segmentation the answers are drawn into
-  const [info] = await Promise.all([
-    page.waitForResponse((r) => r.url().startsWith(`${server}/info/`), { timeout: TIMEOUT_MS }),
-    page.locator('#monailabelServerURL').locator('xpath=following::button[1]').click(),
-  ]);
-  result.connected = info.ok();
+  result.connected = (await connectPanel(page, server, TIMEOUT_MS)).ok;
   await page.waitForFunction(() => window.services.segmentationService.getSegmentations().length > 0, null, { timeout: TIMEOUT_MS });
   result.before = await labelmapState(page);
 
