@@ -23,6 +23,7 @@ actions and the gain after 5, and seconds per click (the model's answer, p50 and
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 import tempfile
@@ -39,7 +40,7 @@ from monai.transforms import Compose  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 from bench.evaluate import items_of  # noqa: E402
-from lib.config import CORRECTION_TARGET_DICE, LABELS, PROFILES, REGIONS, NetworkProfile, RefinementSettings, TrainSettings  # noqa: E402
+from lib.config import CORRECTION_TARGET_DICE, LABELS, PROFILES, REGIONS, ClickGrowth, NetworkProfile, RefinementSettings, TrainSettings  # noqa: E402
 from lib.interactive.click_rounds import region_channels_to_label  # noqa: E402
 from lib.interactive.robot_user import GuidedSession  # noqa: E402
 from lib.interactive.simulated_clicks import next_click  # noqa: E402
@@ -110,6 +111,15 @@ class TimedSession(GuidedSession):
         return labels
 
 
+class UnguidedSession(TimedSession):
+    """Clicks grown on the answer to no clicks: the network is never told of them (``--unguided``), to measure what
+    the guided network adds to the growth."""
+
+    def click(self, label: str, at: tuple) -> np.ndarray:
+        self.clicks.setdefault(label, []).append((int(at[0]), int(at[1]), int(at[2])))
+        return self.answer()
+
+
 def correct_with_clicks(truth: np.ndarray, model: TimedSession, actions: int) -> Dict[str, List[float]]:
     """Each action a click; the clicks accumulate over the regions, as in a session."""
     return correct(truth, model.answer(), actions, model.spacing, lambda current, name, at: model.click(name, at))
@@ -158,11 +168,15 @@ def main() -> int:
     parser.add_argument("--train-studies", type=Path, default=None, help="train a refinement model from --weights on these first")
     parser.add_argument("--train-seed", type=int, default=0)
     parser.add_argument("--train-epochs", type=int, default=0, help="0: RefinementSettings' default")
+    parser.add_argument("--growth-radius-mm", type=float, default=ClickGrowth().radius_mm, help="how far a click's region may grow (0: the network's answer only)")
+    parser.add_argument("--growth-multiplier", type=float, default=ClickGrowth().multiplier, help="standard deviations a grown voxel may differ by")
+    parser.add_argument("--unguided", action="store_true", help="clicks grown on the answer to no clicks (the network not told)")
     parser.add_argument("--name", default=None)
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "interactive")
     args = parser.parse_args()
     profile = PROFILES[args.profile]
     spacing = np.asarray(profile.spacing_mm, dtype=float)
+    growth = dataclasses.replace(ClickGrowth(), radius_mm=args.growth_radius_mm, multiplier=args.growth_multiplier)
     summary: Dict[str, object] = {"weights": str(args.weights), "studies_folder": str(args.studies), "actions": args.actions, "profile": profile.name}
     with tempfile.TemporaryDirectory() as scratch:
         refinement = args.refinement
@@ -182,11 +196,13 @@ def main() -> int:
             network = load_network(profile, refinement, torch.device("cpu"), guided=True).eval()
             for item in tqdm(items, desc="clicks", unit="study"):
                 data = prepare({"image": item["image"], "label": item["label"]})
-                model = TimedSession(network, sliding_window_inferer(profile), torch.as_tensor(data["image"]), profile.spacing_mm)
+                model = (UnguidedSession if args.unguided else TimedSession)(network, sliding_window_inferer(profile), torch.as_tensor(data["image"]), profile.spacing_mm, growth)
                 clicks.append(correct_with_clicks(region_channels_to_label(torch.as_tensor(data["label"]) > 0), model, args.actions))
                 seconds += model.seconds[1:]  # the answers to clicks, not the first auto-segmentation
             summary.update(
                 refinement=str(refinement),
+                growth=dataclasses.asdict(growth),
+                unguided=args.unguided,
                 clicks=summaries(clicks, args.actions),
                 seconds_per_click={"p50": round(float(np.percentile(seconds, 50)), 3), "p95": round(float(np.percentile(seconds, 95)), 3), "clicks": len(seconds), "device": "cpu"},
             )

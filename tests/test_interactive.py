@@ -199,3 +199,100 @@ def test_training_samples_of_the_refinement_model_have_boxes_where_only_clicks_c
     assert all(box.sum() > 0 for box in off_tumour) and sum(box[tumour].sum() > 0 for box in off_tumour) < 5
     never = RandBlankBoxesd(keys="image", label_key="label", sequences=4, boxes=(1, 3), side_voxels=((6, 6, 6), (12, 12, 12)), prob=0.0)
     assert torch.equal(never(sample)["image"], sample["image"])
+
+
+def _study_with_missed_edema():
+    """A 2 mm brain (z-scored-like values, zero outside) with a tumour core the answer has, an edema shell around it
+    bright on T2 and FLAIR that the answer missed, and a second, distant bright spot of the same look."""
+    shape = (48, 48, 40)
+    image = np.zeros((4, *shape), dtype=np.float32)
+    brain = _ball(shape, (24, 24, 20), 19)
+    rng = np.random.default_rng(0)
+    image[:, brain] = rng.normal(0.0, 0.1, size=(4, int(brain.sum())))
+    core, edema = _ball(shape, (20, 24, 20), 4), _ball(shape, (20, 24, 20), 9)
+    image[0][core] += 3.0  # enhancing on T1c
+    image[2:, edema & ~core] += 2.5  # bright on T2 and FLAIR
+    distant = _ball(shape, (34, 24, 30), 3)
+    image[2:, distant] += 2.5
+    labels = np.zeros(shape, dtype=np.uint8)
+    labels[core] = 3
+    return image, labels, core, edema, distant
+
+
+def test_a_click_on_a_missed_edema_fills_that_edema_and_nothing_it_did_not_touch():
+    from lib.config import ClickGrowth
+    from lib.interactive.click_growth import follow_clicks
+
+    image, labels, core, edema, distant = _study_with_missed_edema()
+    spacing = (2.0, 2.0, 2.0)
+    followed = follow_clicks(labels, image, {"edema": [(20, 31, 20)]}, spacing, ClickGrowth())
+    shell = edema & ~core
+    assert (followed[shell] == 2).mean() > 0.95  # the edema clicked in, filled
+    assert (followed[core] == 3).all()  # the enhancing core it did not touch
+    assert (followed[distant] == 0).all()  # the same look 22 mm away, beyond the shell: not connected, not taken
+    assert (followed[~edema] == 0).mean() > 0.999
+    # a click on a voxel already of its label, or outside the brain, changes nothing
+    assert (follow_clicks(labels, image, {"enhancing_tumour": [(20, 24, 20)]}, spacing, ClickGrowth()) == labels).all()
+    assert (follow_clicks(labels, image, {"edema": [(1, 1, 1)]}, spacing, ClickGrowth()) == labels).all()
+
+
+def test_a_background_click_on_a_false_edema_removes_the_false_part_not_the_true_edema_beside_it():
+    from lib.config import ClickGrowth
+    from lib.interactive.click_growth import follow_clicks
+
+    image, _, core, edema, _ = _study_with_missed_edema()
+    shape = image.shape[1:]
+    # the answer: the true edema, plus a false band of normal-looking tissue along it (+x side)
+    false = _ball(shape, (32, 24, 20), 5) & ~edema
+    labels = np.zeros(shape, dtype=np.uint8)
+    labels[edema] = 2
+    labels[core] = 3
+    labels[false] = 2
+    followed = follow_clicks(labels, image, {"background": [(34, 24, 20)]}, (2.0, 2.0, 2.0), ClickGrowth())
+    assert (followed[false] == 0).mean() > 0.9
+    assert (followed[edema & ~core] == 2).mean() > 0.99
+    # with no growth, only what the network says
+    assert (follow_clicks(labels, image, {"background": [(34, 24, 20)]}, (2.0, 2.0, 2.0), ClickGrowth(radius_mm=0)) == labels).all()
+
+
+def test_server_side_clicks_grow_where_they_were_put_in_the_world_on_a_flipped_grid():
+    from monai.data import MetaTensor
+
+    from lib.config import REGIONS
+    from lib.interactive.click_growth import FollowClicksd
+
+    image, labels, core, edema, _ = _study_with_missed_edema()
+    # the network's grid flipped along x, 2 mm, shifted: a world click must come back to the same voxel
+    affine = np.diag([-2.0, 2.0, 2.0, 1.0])
+    affine[:3, 3] = (100.0, -40.0, 7.0)
+    regions = np.stack([np.isin(labels, REGIONS[name]) for name in REGIONS]).astype(np.float32) * 0.9
+    world = (affine @ np.array([20, 31, 20, 1.0]))[:3]
+    out = FollowClicksd()({"image": MetaTensor(torch.as_tensor(image), affine=torch.as_tensor(affine)), "pred": torch.as_tensor(regions), "clicks_world": {"edema": np.array([world])}})
+    whole_tumour = list(REGIONS).index("WT")
+    assert (out["pred"][whole_tumour][torch.as_tensor(edema)] > 0.5).float().mean() > 0.95
+    assert torch.equal(out["pred"][:, torch.as_tensor(core)], torch.as_tensor(regions)[:, core])  # probabilities kept
+
+
+def test_a_click_changes_the_networks_answer_only_within_its_reach():
+    from monai.inferers import SimpleInferer
+
+    from lib.interactive.click_reach import ClickReachInferer
+    from lib.interactive.click_rounds import add_click
+
+    class AnswersAnyGuidanceEverywhere(torch.nn.Module):
+        """A network whose every output voxel moves with any click: what the reach must confine."""
+
+        def forward(self, x):
+            return x[:, :1].repeat(1, 3, 1, 1, 1) + x[:, 4:].sum(dim=(1, 2, 3, 4), keepdim=True)
+
+    shape = (40, 40, 40)
+    inputs = torch.zeros((1, 8, *shape))
+    guidance = np.zeros((4, *shape), dtype=np.float32)
+    add_click(guidance, "edema", (10, 20, 20), np.array([2.0, 2.0, 2.0]))
+    inputs[0, 4:] = torch.as_tensor(guidance)
+    out = ClickReachInferer(SimpleInferer(), 4, (2.0, 2.0, 2.0), radius_mm=20.0)(inputs, AnswersAnyGuidanceEverywhere())
+    assert float(out[0, 0, 10, 20, 20]) > 0  # at the click: the guided answer
+    assert float(out[0, 0, 10, 20, 31]) > 0  # 22 mm away: within 20 mm of the click's core (its Gaussian's width, 4 mm)
+    assert float(out[0, 0, 10, 20, 34]) == 0  # 28 mm away: the answer to no clicks
+    assert float(out[0, 0, 30, 20, 20]) == 0
+    assert torch.equal(ClickReachInferer(SimpleInferer(), 4, (2.0, 2.0, 2.0), radius_mm=20.0)(torch.zeros((1, 8, *shape)), AnswersAnyGuidanceEverywhere()), torch.zeros((1, 3, *shape)))

@@ -333,6 +333,22 @@ REFINEMENT_MODEL_NAME = "refinement"  # MONAI Label type "deepedit": what OHIF's
 
 
 @dataclass(frozen=True)
+class ClickGrowth:
+    """How far a click carries beyond the network's answer (lib/interactive/click_growth.py): from the clicked voxel,
+    through voxels the answer gave the same wrong label and that look like the clicked one in the four sequences, within
+    ``radius_mm``. The network alone moved no region's Dice with 20 clicks (bench/results/interactive/clicks*.json): a
+    click there is a few millimetres of Gaussian, an error is centimetres of edema. 0 mm: the network's answer only."""
+
+    radius_mm: float = 30.0  # no correction reaches farther from its click: an annotator's click is local
+    seed_radius_mm: float = 4.0  # the look of the clicked tissue: its voxels within this distance (GUIDANCE_SIGMA_MM)
+    # ITK's ConfidenceConnected: within this many standard deviations (Mahalanobis, the four z-scored sequences) of
+    # the grown region's mean, re-estimated ``iterations`` times
+    multiplier: float = 2.5
+    iterations: int = 2
+    min_std: float = 0.2  # a floor on each sequence's spread (z-score units): a uniform seed still grows
+
+
+@dataclass(frozen=True)
 class RefinementSettings:
     """Teaching the segmentation network to follow clicks (lib/trainers/refinement.py). It starts from the served
     segmentation weights, so every run is a fine-tune; the guidance channels' weights start at zero."""

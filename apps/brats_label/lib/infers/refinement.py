@@ -14,18 +14,22 @@ from pathlib import Path
 from typing import Any, Callable, Dict, Optional, Sequence, Tuple
 
 import numpy as np
+from monai.inferers import Inferer
 from monailabel.interfaces.tasks.infer_v2 import InferType
 
-from ..config import LABELS, NetworkProfile
+from ..config import CHANNELS, LABELS, ClickGrowth, NetworkProfile
 from ..errors import ModelNotReady
+from ..interactive.click_growth import FollowClicksd
+from ..interactive.click_reach import ClickReachInferer
 from ..interactive.guidance import AddGuidanceChannelsd
+from ..model.transforms import KeepWithinInputd
 from .segmentation import BratsSegmentation
 
 
 class BratsRefinement(BratsSegmentation):
     guided = True
 
-    def __init__(self, profile: NetworkProfile, model_path: Path, version_fn: Optional[Callable[[], Optional[str]]] = None):
+    def __init__(self, profile: NetworkProfile, model_path: Path, version_fn: Optional[Callable[[], Optional[str]]] = None, growth: ClickGrowth = ClickGrowth()):
         super().__init__(
             profile,
             model_path,
@@ -33,6 +37,7 @@ class BratsRefinement(BratsSegmentation):
             description=f"Glioma sub-regions that follow your clicks: a point per label, background included ({profile.description})",
             version_fn=version_fn,
         )
+        self.growth = growth
         self.type = InferType.DEEPEDIT
         self.labels = dict(LABELS)  # DeepEdit's clients ask for one point list per label, background included
 
@@ -42,6 +47,16 @@ class BratsRefinement(BratsSegmentation):
     def pre_transforms(self, data=None) -> Sequence[Callable]:
         # after the prepared-input cache: the study is read and resampled once, the clicks drawn on every request
         return [*super().pre_transforms(data), AddGuidanceChannelsd(keys="image", clicks_key="clicks_world")]
+
+    def inferer(self, data=None) -> Inferer:
+        """Clicks change the answer only near them (``interactive/click_reach``)."""
+        return ClickReachInferer(super().inferer(data), len(CHANNELS), self.profile.spacing_mm, self.growth.radius_mm)
+
+    def post_transforms(self, data=None) -> Sequence[Callable]:
+        """Each click grown on the network's grid (``interactive/click_growth``), after the answer is kept to the brain."""
+        transforms = list(super().post_transforms(data))
+        at = next(i for i, t in enumerate(transforms) if isinstance(t, KeepWithinInputd)) + 1
+        return [*transforms[:at], FollowClicksd(keys="pred", ref_key="image", clicks_key="clicks_world", growth=self.growth), *transforms[at:]]
 
     def writer(self, data: Dict[str, Any], extension=None, dtype=None) -> Tuple[Any, Any]:
         """The result says where each click was placed (RAS mm): what the network was told, for a viewer or a person

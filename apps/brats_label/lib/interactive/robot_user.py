@@ -6,29 +6,35 @@ Shared by the refinement model's version comparison (``trainers/evaluation.evalu
 
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 from monai.inferers import Inferer
 
-from ..config import GUIDANCE_LABELS, REGION_THRESHOLD
+from ..config import GUIDANCE_LABELS, REGION_THRESHOLD, ClickGrowth
 from ..model.transforms import KeepWithinInputd
-from .click_rounds import add_click, click_on_errors, region_channels_to_label
+from .click_growth import follow_clicks
+from .click_reach import ClickReachInferer
+from .click_rounds import add_click, region_channels_to_label
+from .simulated_clicks import next_click
 
 REGIONS_IN_TURN = ("WT", "TC", "ET")  # the order an annotator corrects in: the whole tumour, then inside it
 
 
 class GuidedSession:
     """A guided network answering one study's clicks so far, as the server answers them (same windows, kept to the
-    brain). ``image``: the four prepared sequences (C, X, Y, Z) on the network's grid."""
+    brain, each click grown as ``growth`` says). ``image``: the four prepared sequences (C, X, Y, Z) on the network's
+    grid."""
 
-    def __init__(self, network: torch.nn.Module, inferer: Inferer, image: torch.Tensor, spacing_mm: Sequence[float]):
+    def __init__(self, network: torch.nn.Module, inferer: Inferer, image: torch.Tensor, spacing_mm: Sequence[float], growth: ClickGrowth = ClickGrowth()):
         self.network = network
-        self.inferer = inferer
+        self.inferer = ClickReachInferer(inferer, image.shape[0], spacing_mm, growth.radius_mm)
         self.image = image
         self.spacing = np.asarray(spacing_mm, dtype=float)
+        self.growth = growth
         self.guidance = np.zeros((len(GUIDANCE_LABELS), *image.shape[1:]), dtype=np.float32)
+        self.clicks: Dict[str, List[Tuple[int, int, int]]] = {}
         self._keep = KeepWithinInputd(keys="pred", ref_key="image")
 
     def answer(self) -> np.ndarray:
@@ -37,10 +43,12 @@ class GuidedSession:
         inputs = torch.cat([self.image, torch.as_tensor(self.guidance)], dim=0)[None].to(device)
         with torch.no_grad():
             probabilities = torch.sigmoid(self.inferer(inputs, self.network))[0].cpu()
-        return region_channels_to_label(self._keep({"image": self.image, "pred": probabilities})["pred"] > REGION_THRESHOLD)
+        labels = region_channels_to_label(self._keep({"image": self.image, "pred": probabilities})["pred"] > REGION_THRESHOLD)
+        return follow_clicks(labels, self.image.numpy(), self.clicks, self.spacing, self.growth)
 
     def click(self, label: str, at: Sequence[int]) -> np.ndarray:
         add_click(self.guidance, label, at, self.spacing)
+        self.clicks.setdefault(label, []).append((int(at[0]), int(at[1]), int(at[2])))
         return self.answer()
 
 
@@ -51,7 +59,8 @@ def after_robot_clicks(session: GuidedSession, truth: np.ndarray, clicks: int, l
     labels = session.answer() if labels is None else labels
     for number in range(clicks):
         region = REGIONS_IN_TURN[number % len(REGIONS_IN_TURN)]
-        if not (click_on_errors(truth, labels, session.guidance, session.spacing, region) or click_on_errors(truth, labels, session.guidance, session.spacing, None)):
+        click = next_click(truth, labels, region, session.spacing) or next_click(truth, labels, None, session.spacing)
+        if click is None:
             break
-        labels = session.answer()
+        labels = session.click(*click)
     return labels
