@@ -267,7 +267,9 @@ def test_server_side_clicks_grow_where_they_were_put_in_the_world_on_a_flipped_g
     affine[:3, 3] = (100.0, -40.0, 7.0)
     regions = np.stack([np.isin(labels, REGIONS[name]) for name in REGIONS]).astype(np.float32) * 0.9
     world = (affine @ np.array([20, 31, 20, 1.0]))[:3]
-    out = FollowClicksd()({"image": MetaTensor(torch.as_tensor(image), affine=torch.as_tensor(affine)), "pred": torch.as_tensor(regions), "clicks_world": {"edema": np.array([world])}})
+    out = FollowClicksd()(
+        {"image": MetaTensor(torch.as_tensor(image), affine=torch.as_tensor(affine)), "pred": torch.as_tensor(regions), "clicks_world": {"edema": np.array([world])}}
+    )
     whole_tumour = list(REGIONS).index("WT")
     assert (out["pred"][whole_tumour][torch.as_tensor(edema)] > 0.5).float().mean() > 0.95
     assert torch.equal(out["pred"][:, torch.as_tensor(core)], torch.as_tensor(regions)[:, core])  # probabilities kept
@@ -295,4 +297,6 @@ def test_a_click_changes_the_networks_answer_only_within_its_reach():
     assert float(out[0, 0, 10, 20, 31]) > 0  # 22 mm away: within 20 mm of the click's core (its Gaussian's width, 4 mm)
     assert float(out[0, 0, 10, 20, 34]) == 0  # 28 mm away: the answer to no clicks
     assert float(out[0, 0, 30, 20, 20]) == 0
-    assert torch.equal(ClickReachInferer(SimpleInferer(), 4, (2.0, 2.0, 2.0), radius_mm=20.0)(torch.zeros((1, 8, *shape)), AnswersAnyGuidanceEverywhere()), torch.zeros((1, 3, *shape)))
+    assert torch.equal(
+        ClickReachInferer(SimpleInferer(), 4, (2.0, 2.0, 2.0), radius_mm=20.0)(torch.zeros((1, 8, *shape)), AnswersAnyGuidanceEverywhere()), torch.zeros((1, 3, *shape))
+    )
