@@ -135,7 +135,7 @@ def train_refinement(profile: NetworkProfile, segmentation: Path, studies: Path,
 
 def summarise(curves: List[Dict[str, List[float]]], actions: int) -> Dict[str, Dict[str, float]]:
     """Per region: actions to the target (``actions`` when never reached), studies that reached it, Dice after
-    ``REPORTED_AFTER`` actions, and the gain after 5."""
+    ``REPORTED_AFTER`` actions, and the gain after 5 (over all studies, and over those that started below the target)."""
     out: Dict[str, Dict[str, float]] = {}
     for region, target in CORRECTION_TARGET_DICE.items():
         per_study = [c[region] for c in curves]
@@ -146,6 +146,10 @@ def summarise(curves: List[Dict[str, List[float]]], actions: int) -> Dict[str, D
         for k in REPORTED_AFTER:
             row[f"dice_after_{k}"] = round(float(np.mean([curve[min(k, len(curve) - 1)] for curve in per_study])), 4)
         row["gain_after_5"] = round(row["dice_after_5"] - row["dice_after_0"], 4)
+        # a region already at its target takes no action: the gain where there was something to correct
+        below = [curve for curve in per_study if curve[0] < target]
+        row["below_target"] = len(below)
+        row["gain_after_5_below_target"] = round(float(np.mean([curve[min(5, len(curve) - 1)] - curve[0] for curve in below])), 4) if below else None
         out[region] = row
     return out
 
@@ -215,9 +219,17 @@ def main() -> int:
         for subset, rows in summary[kind].items():  # type: ignore[attr-defined]
             rows = {region: row for region, row in rows.items() if region in CORRECTION_TARGET_DICE}
             count = len(items) if subset == "all" else summary[kind][subset]["studies"]  # type: ignore[index]
-            print(f"{kind} ({subset}, {count} studies): {'region':6} {'actions to target':>18} {'reached':>8} " + " ".join(f"{'after ' + str(k):>9}" for k in REPORTED_AFTER))
+            print(
+                f"{kind} ({subset}, {count} studies): {'region':6} {'actions to target':>18} {'reached':>8} "
+                + " ".join(f"{'after ' + str(k):>9}" for k in REPORTED_AFTER)
+                + "  gain after 5 (studies below target)"
+            )
             for region, row in rows.items():
-                print(f"  {region:6} {row['actions_to_target']:>18} {row['reached']:>5}/{count:<2} " + " ".join(f"{row[f'dice_after_{k}']:>9.3f}" for k in REPORTED_AFTER))
+                print(
+                    f"  {region:6} {row['actions_to_target']:>18} {row['reached']:>5}/{count:<2} "
+                    + " ".join(f"{row[f'dice_after_{k}']:>9.3f}" for k in REPORTED_AFTER)
+                    + f"  {row['gain_after_5_below_target']} ({row['below_target']})"
+                )
     if "seconds_per_click" in summary:
         print(f"seconds per click: {summary['seconds_per_click']}")
     print(f"written: {args.out / f'{name}.json'}")
