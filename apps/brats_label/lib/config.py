@@ -369,6 +369,7 @@ class RefinementSettings:
     blank_box_mm: Tuple[float, float] = (20.0, 48.0)  # a box's side, drawn per box and axis
     # A validation with clicks costs a sliding-window pass per round per study: every few epochs, not every one.
     val_interval: int = 5
+    growth: ClickGrowth = ClickGrowth()  # how far each click carries when the model answers (served and judged alike)
 
 
 # --- the application configuration -------------------------------------------------------------------

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from monai.transforms import Compose, ConvertToMultiChannelBasedOnBratsClassesd, EnsureTyped
 
-from ..config import ENHANCING_LABEL, REGION_THRESHOLD, REGIONS, NetworkProfile
+from ..config import ENHANCING_LABEL, REGION_THRESHOLD, REGIONS, ClickGrowth, NetworkProfile
 from ..infers.segmentation import preprocessing
 from ..interactive.click_rounds import region_channels_to_label
 from ..interactive.robot_user import GuidedSession, after_robot_clicks
@@ -35,11 +35,11 @@ def evaluation_transforms(profile: NetworkProfile) -> list:
 
 
 def predict_regions(
-    profile: NetworkProfile, weights: Path, items: Sequence[Dict], transforms: List, clicks: int = 0
+    profile: NetworkProfile, weights: Path, items: Sequence[Dict], transforms: List, clicks: int = 0, growth: ClickGrowth = ClickGrowth()
 ) -> Iterator[Tuple[str, np.ndarray, Dict[str, np.ndarray], Dict[str, np.ndarray]]]:
     """For each item: its id, the network's input (C, X, Y, Z), and the predicted and reference region masks.
     ``clicks``: ``weights`` are a refinement model's, and the prediction is its answer after that many robot clicks
-    (``interactive/robot_user``); ``transforms`` then give the four sequences only."""
+    (``interactive/robot_user``, each click grown as ``growth`` says); ``transforms`` then give the four sequences only."""
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     network = load_network(profile, weights, device, guided=clicks > 0).eval()
     inferer = sliding_window_inferer(profile)
@@ -51,7 +51,7 @@ def predict_regions(
             data = prepare({"image": item["image"], "label": item["label"]})
             expected = np.asarray(torch.as_tensor(data["label"]).cpu()) > 0
             if clicks > 0:
-                session = GuidedSession(network, inferer, torch.as_tensor(data["image"]), profile.spacing_mm)
+                session = GuidedSession(network, inferer, torch.as_tensor(data["image"]), profile.spacing_mm, growth)
                 labels = after_robot_clicks(session, region_channels_to_label(torch.as_tensor(expected)), clicks)
                 predicted = np.stack([np.isin(labels, REGIONS[name]) for name in REGIONS])
                 yield str(item.get("id", number)), np.asarray(data["image"]), dict(zip(names, predicted)), dict(zip(names, expected))
@@ -63,11 +63,11 @@ def predict_regions(
             yield str(item.get("id", number)), np.asarray(image[0].cpu()), dict(zip(names, predicted)), dict(zip(names, expected))
 
 
-def evaluate_on(profile: NetworkProfile, weights: Path, items: Sequence[Dict], transforms: List, clicks: int = 0) -> Dict[str, Any]:
+def evaluate_on(profile: NetworkProfile, weights: Path, items: Sequence[Dict], transforms: List, clicks: int = 0, growth: ClickGrowth = ClickGrowth()) -> Dict[str, Any]:
     """Mean Dice per region (tc, wt, et) and their mean (``mean``, what promotion compares), the mean of every
     BraTS score per region (``brats``) and each study's scores (``studies``), over ``items`` ({"id", "image",
     "label"} paths); for a refinement model, after ``clicks`` robot clicks."""
-    predictions = predict_regions(profile, weights, items, transforms, clicks)
+    predictions = predict_regions(profile, weights, items, transforms, clicks, growth)
     studies = {case: region_scores(predicted, expected, profile.spacing_mm) for case, _, predicted, expected in predictions}
     brats = {region: {score: round(float(np.mean([s[region][score] for s in studies.values()])), 4) for score in SCORES} for region in ("et", "tc", "wt")}
     dice = {name.lower(): brats[name.lower()]["dice"] for name in REGIONS}

@@ -90,7 +90,7 @@ class BratsRefinementTrainer(BratsSegmentationTrainer):
 
     def judge(self, weights: Path, items: list) -> Dict[str, Any]:
         """Dice after the robot user's ``click_rounds`` clicks (the regions in turn), on the held-out studies."""
-        return evaluate_on(self.profile, weights, items, evaluation_transforms(self.profile), clicks=self.refinement.click_rounds)
+        return evaluate_on(self.profile, weights, items, evaluation_transforms(self.profile), clicks=self.refinement.click_rounds, growth=self.refinement.growth)
 
     def partition_datalist(self, context: Context, shuffle=False):
         if not self.held_out.chosen():
