@@ -300,3 +300,21 @@ def test_a_click_changes_the_networks_answer_only_within_its_reach():
     assert torch.equal(
         ClickReachInferer(SimpleInferer(), 4, (2.0, 2.0, 2.0), radius_mm=20.0)(torch.zeros((1, 8, *shape)), AnswersAnyGuidanceEverywhere()), torch.zeros((1, 3, *shape))
     )
+
+
+def test_a_segmentation_models_weights_serve_as_a_refinement_network_that_answers_as_they_do(tmp_path):
+    """Until a refinement model is trained, the server offers the segmentation model's weights with the guidance
+    channels' weights at zero: the same answer, clicks or not, and the reach spends no second pass on it."""
+    from lib.interactive.click_reach import ClickReachInferer
+    from lib.model.network import load_network
+
+    profile = PROFILES["cpu"]
+    plain = build_network(profile).eval()
+    torch.save(plain.state_dict(), tmp_path / "segmentation.pt")
+    guided = load_network(profile, tmp_path / "segmentation.pt", torch.device("cpu"), guided=True).eval()
+    inputs = torch.randn((1, profile.in_channels + len(GUIDANCE_LABELS), 32, 32, 32))
+    inputs[:, profile.in_channels :] = 0
+    inputs[0, profile.in_channels + 1, 16, 16, 16] = GUIDANCE_PEAK
+    with torch.no_grad():
+        assert torch.allclose(guided(inputs), plain(inputs[:, : profile.in_channels]), atol=1e-5)
+    assert not ClickReachInferer(torch.nn.Identity(), profile.in_channels, (2.0, 2.0, 2.0), 30.0).reads_guidance(guided)

@@ -164,8 +164,14 @@ def test_infer_returns_label_on_the_study_grid_with_volumes(client, studies):
     assert params["model"]["path"].endswith("segmentation.pt")
 
 
-def test_the_refinement_model_is_offered_to_the_viewers_once_trained_and_takes_clicks_on_the_volume_shown(client, server, studies):
-    assert "refinement" not in client.info()["models"], "offered before it has learnt from clicks, it would ignore them"
+def test_the_refinement_model_takes_clicks_on_the_volume_shown_from_the_first_segmentation_model_then_its_own(client, server, studies):
+    # offered with the segmentation model: its network until one is trained, the clicks acting through their growth
+    source = nib.load(str(studies / UNLABELLED / f"{UNLABELLED}-t1c.nii.gz"))
+    centre = [s // 2 for s in source.shape[:3]]
+    assert client.info()["models"]["refinement"]["type"] == "deepedit"
+    _, untrained = client.infer("refinement", UNLABELLED, {"enhancing_tumour": [centre]})
+    untrained = json.loads(untrained) if isinstance(untrained, str) else untrained
+    assert untrained["model"]["path"].endswith("segmentation.pt")
     started = client.train_start("refinement", {"max_epochs": 1})
     assert started["status"] in ("SUBMITTED", "RUNNING")
     status = server.wait_training(timeout_s=600)
@@ -181,8 +187,6 @@ def test_the_refinement_model_is_offered_to_the_viewers_once_trained_and_takes_c
     assert requests.get(f"{server.url}/brats/models", params={"model": "nonsense"}, timeout=30).status_code == 404
 
     # Slicer's DeepEdit: voxel indices of the volume /datastore/image sent, here the study's own grid
-    source = nib.load(str(studies / UNLABELLED / f"{UNLABELLED}-t1c.nii.gz"))
-    centre = [s // 2 for s in source.shape[:3]]
     label_file, params = client.infer("refinement", UNLABELLED, {"enhancing_tumour": [centre], "background": [[2, 2, 2]]})
     result = nib.load(label_file)
     assert result.shape == source.shape and np.allclose(result.affine, source.affine)

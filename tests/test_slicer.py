@@ -197,12 +197,12 @@ def test_a_downloaded_study_is_prepared_for_its_auto_segmentation(client, server
 
 
 def test_deepedit_points_on_the_refinement_model_then_submit_label(client, server, sample):
-    """The module's DeepEdit section with several labels (MONAILabel.py, onUpdateDeepgrow): once the refinement model
-    is trained it is listed as type deepedit; each segment's control points go as IJK of the volume node, one list per
-    label of /info/; the answer lies on that volume and Submit Label stores it."""
+    """The module's DeepEdit section with several labels (MONAILabel.py, onUpdateDeepgrow): the refinement model is
+    listed as type deepedit (from the segmentation model until trained); each segment's control points go as IJK of
+    the volume node, one list per label of /info/; the answer lies on that volume and Submit Label stores it."""
     sample, image = sample
     info = client.info()
-    assert "refinement" not in info["models"]
+    assert info["models"]["refinement"]["type"] == "deepedit"
     _train_and_wait(client, "refinement", dict(info["trainers"]["refinement"]["config"], max_epochs=1))
     info = client.info()
     assert info["models"]["refinement"]["type"] == "deepedit"

@@ -305,7 +305,7 @@ class BratsLabelApp(MONAILabelApp):
     def init_infers(self) -> Dict[str, InferTask]:
         return {
             MODEL_NAME: BratsSegmentation(self.config.profile, self.model_path, self.pretrained_weights, version_fn=self.versions.serving),
-            REFINEMENT_MODEL_NAME: BratsRefinement(self.config.profile, self.refinement_path, growth=self.config.refinement.growth),
+            REFINEMENT_MODEL_NAME: BratsRefinement(self.config.profile, self.refinement_path, (self.pretrained_weights, self.model_path), growth=self.config.refinement.growth),
         }
 
     def _segmentation_weights(self) -> Optional[Path]:

@@ -4,8 +4,13 @@ OHIF's Point Prompts and Slicer's DeepEdit call any model of this type with ``pa
 The server turns those indices into world points through the grid the client clicked on before this task runs
 (``main.py``: ``request["clicks_world"]``, from ``lib/interactive/clicks.clicks_in_world``); here they become guidance
 channels on the network's own grid, after the study is reoriented, resampled and cropped, so each click lands where it
-was put whatever the orientation of the series. With no clicks it answers as an auto-segmentation. Listed in ``/info/``
-only once trained (``POST /train/refinement``): until then it would ignore the clicks it is sent.
+was put whatever the orientation of the series. The network's answer changes only near the clicks
+(``interactive/click_reach``), and each click then grows over the tissue it landed on (``interactive/click_growth``).
+With no clicks it answers as an auto-segmentation.
+
+Offered as soon as there is a segmentation model: until a refinement model is trained (``POST /train/refinement``)
+the network is the segmentation model's, its guidance weights zero, and the clicks act through their growth alone
+(on held-out studies as good as the trained network's so far: bench/interactive.py, README).
 """
 
 from __future__ import annotations
@@ -29,7 +34,16 @@ from .segmentation import BratsSegmentation
 class BratsRefinement(BratsSegmentation):
     guided = True
 
-    def __init__(self, profile: NetworkProfile, model_path: Path, version_fn: Optional[Callable[[], Optional[str]]] = None, growth: ClickGrowth = ClickGrowth()):
+    def __init__(
+        self,
+        profile: NetworkProfile,
+        model_path: Path,
+        segmentation_paths: Sequence[Optional[Path]] = (),
+        version_fn: Optional[Callable[[], Optional[str]]] = None,
+        growth: ClickGrowth = ClickGrowth(),
+    ):
+        """``segmentation_paths``: the segmentation model's weights, in the order it prefers them (its starting weights,
+        then its published model): the network until ``model_path`` is trained."""
         super().__init__(
             profile,
             model_path,
@@ -38,11 +52,12 @@ class BratsRefinement(BratsSegmentation):
             version_fn=version_fn,
         )
         self.growth = growth
+        self.path = [str(p) for p in (*segmentation_paths, model_path) if p is not None]  # the last that exists is served
         self.type = InferType.DEEPEDIT
         self.labels = dict(LABELS)  # DeepEdit's clients ask for one point list per label, background included
 
     def is_valid(self) -> bool:
-        return self.model_path.exists()
+        return self.get_path() is not None
 
     def pre_transforms(self, data=None) -> Sequence[Callable]:
         # after the prepared-input cache: the study is read and resampled once, the clicks drawn on every request
@@ -67,6 +82,6 @@ class BratsRefinement(BratsSegmentation):
         return path, result
 
     def _get_network(self, device, data):
-        if not self.model_path.exists():
-            raise ModelNotReady("The refinement model is not trained yet: POST /train/refinement once the segmentation model is trained")
+        if self.get_path() is None:
+            raise ModelNotReady("The refinement model starts from the segmentation model: train that first (POST /train/segmentation)")
         return super()._get_network(device, data)

@@ -35,10 +35,16 @@ class ClickReachInferer(Inferer):
         clicked = guidance.amax(dim=0).cpu().numpy() >= CLICK_CORE * GUIDANCE_PEAK
         return ndimage.distance_transform_edt(~clicked, sampling=self.spacing) <= self.radius_mm
 
+    def reads_guidance(self, network: Any) -> bool:
+        """False for a segmentation model's weights served as the refinement model (guidance weights all zero): its
+        answer is the same with or without clicks, one pass is enough."""
+        first = getattr(getattr(getattr(network, "convInit", None), "conv", None), "weight", None)
+        return first is None or bool(first[:, self.sequences :].abs().sum() > 0)
+
     def __call__(self, inputs: torch.Tensor, network: Any, *args: Any, **kwargs: Any) -> torch.Tensor:
         guided = self.inferer(inputs, network, *args, **kwargs)
         guidance = inputs[:, self.sequences :]
-        if self.radius_mm <= 0 or not bool((guidance > 0).any()):
+        if self.radius_mm <= 0 or not bool((guidance > 0).any()) or not self.reads_guidance(network):
             return guided
         plain = inputs.clone()
         plain[:, self.sequences :] = 0

@@ -101,7 +101,13 @@ def sliding_window_inferer(profile: NetworkProfile) -> SlidingWindowInferer:
 
 
 def load_network(profile: NetworkProfile, path: Path, device: torch.device, guided: bool = False) -> SegResNet:
+    """The network in ``path``; ``guided``: with guidance channels, and a segmentation model's weights then load with
+    those channels' weights at zero (``build_guided_network``), answering as the segmentation model does."""
     state = read_state_dict(path)
+    first = state.get("convInit.conv.weight")
+    if guided and first is not None and first.shape[1] == profile.in_channels:
+        check_weights(state, profile, path)
+        return build_guided_network(profile, state).to(device)
     check_weights(state, profile, path, guided)
     network = build_guided_network(profile) if guided else build_network(profile)
     network.load_state_dict(state)
