@@ -10,7 +10,7 @@ With no clicks it answers as an auto-segmentation.
 
 Offered as soon as there is a segmentation model: until a refinement model is trained (``POST /train/refinement``)
 the network is the segmentation model's, its guidance weights zero, and the clicks act through their growth alone
-(on held-out studies as good as the trained network's so far: bench/interactive.py, README).
+(held-out studies: 5.75 clicks to whole-tumour Dice 0.90 on average, 4.25 with a trained network; bench/interactive.py).
 """
 
 from __future__ import annotations

@@ -5,9 +5,9 @@ several centimetres and expects it filled. So after the network answers, each cl
 different label relabels the connected tissue around it that looks like the clicked voxel (ITK's ConfidenceConnected
 region growing, on the four z-scored sequences, restricted to voxels the answer gave that same wrong label, within
 ``ClickGrowth.radius_mm``), and looks more like it than like the rest of that label around the click (so a click on a
-false edema beside a true one takes the false part, not both). ITK's filter has no mask, and its statistics would mix in the regions it must not enter,
-hence the few lines here. MONAI Label's scribbles apps refine a network's answer from the user's strokes the same
-way (an image-driven optimisation after the network, rather than inside it).
+false edema beside a true one takes the false part, not both). ITK's filter has no mask, and its statistics would
+mix in the regions it must not enter, hence the few lines here. MONAI Label's scribbles apps refine a network's
+answer from the user's strokes the same way (an image-driven step after the network, rather than inside it).
 
 What a click may change: only voxels of the label found under it, near it, into the clicked label; never another
 region, never beyond the radius. A click on a voxel already of its label changes nothing here (the network's guidance
@@ -50,8 +50,8 @@ class _Gaussian:
 
 def grown_region(image: np.ndarray, labels: np.ndarray, voxel: Sequence[int], spacing_mm: Union[Sequence[float], np.ndarray], growth: ClickGrowth) -> Optional[np.ndarray]:
     """The voxels a click at ``voxel`` relabels: a boolean mask of ``labels``' shape, or None when the click has
-    nothing to grow (off the grid, outside the brain, or on a voxel its label already has elsewhere decided).
-    ``image``: the prepared sequences (C, X, Y, Z), zero outside the brain."""
+    nothing to grow (off the grid, outside the brain, or no growth asked for). ``image``: the prepared sequences
+    (C, X, Y, Z), zero outside the brain; ``labels``: the answer so far."""
     spacing = np.asarray(spacing_mm, dtype=float)
     at = np.asarray(voxel, dtype=int)
     shape = np.asarray(labels.shape)

@@ -1,10 +1,10 @@
 """The guided network's answer where the annotator clicked, its answer with no clicks elsewhere.
 
-A click is a statement about the tissue near it. The guided network, trained for a few minutes from the segmentation
-weights, also moved regions far from the clicks: on a tuning study one background click on a false edema took 11 % of
-the whole tumour's Dice elsewhere (bench/interactive.py, tuning studies). So clicks change the answer only within
-``ClickGrowth.radius_mm`` of a click; beyond, it is the answer to no clicks (one more pass of the network, only on a
-request that has clicks).
+A click is a statement about the tissue near it, and an annotator must be able to trust that a click never changes
+a region far from where it was put. A network guarantees no such thing (its receptive field spans the brain, and a
+few minutes of training from the segmentation weights teach it little about where a click matters). So clicks
+change the answer only within ``ClickGrowth.radius_mm`` of a click; beyond, it is the answer to no clicks (one more
+pass of the network, only on a request with clicks, and none for a network whose guidance weights are all zero).
 """
 
 from __future__ import annotations
