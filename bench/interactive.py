@@ -174,13 +174,14 @@ def main() -> int:
     parser.add_argument("--train-epochs", type=int, default=0, help="0: RefinementSettings' default")
     parser.add_argument("--growth-radius-mm", type=float, default=ClickGrowth().radius_mm, help="how far a click's region may grow (0: the network's answer only)")
     parser.add_argument("--growth-multiplier", type=float, default=ClickGrowth().multiplier, help="standard deviations a grown voxel may differ by")
+    parser.add_argument("--growth-seed-mm", type=float, default=ClickGrowth().seed_radius_mm, help="the clicked tissue's statistics: its voxels within this")
     parser.add_argument("--unguided", action="store_true", help="clicks grown on the answer to no clicks (the network not told)")
     parser.add_argument("--name", default=None)
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "interactive")
     args = parser.parse_args()
     profile = PROFILES[args.profile]
     spacing = np.asarray(profile.spacing_mm, dtype=float)
-    growth = dataclasses.replace(ClickGrowth(), radius_mm=args.growth_radius_mm, multiplier=args.growth_multiplier)
+    growth = dataclasses.replace(ClickGrowth(), radius_mm=args.growth_radius_mm, multiplier=args.growth_multiplier, seed_radius_mm=args.growth_seed_mm)
     summary: Dict[str, object] = {"weights": str(args.weights), "studies_folder": str(args.studies), "actions": args.actions, "profile": profile.name}
     with tempfile.TemporaryDirectory() as scratch:
         refinement = args.refinement
