@@ -340,10 +340,9 @@ class ClickGrowth:
     click there is a few millimetres of Gaussian, an error is centimetres of edema. 0 mm: the network's answer only."""
 
     radius_mm: float = 30.0  # no correction reaches farther from its click: an annotator's click is local
-    # the look of the clicked tissue: its voxels within this distance. 4 mm took statistics from both sides of a thin
-    # error's edge and leaked (one click grew over 38 mL of normal tissue); on 8 fresh tuning studies 2 mm took WT to
-    # 0.90 in 2.6 clicks (8 of 8) against 3.0 (7 of 8, one leak), bench/interactive.py --growth-seed-mm
-    seed_radius_mm: float = 2.0
+    # the look of the clicked tissue: its voxels within this distance. 2 mm, tried against leaks, was worse on the 16
+    # tuning studies together (WT 0.90 in 3.2 clicks against 2.9, bench/results/interactive/tuning/) and on held-out
+    seed_radius_mm: float = 4.0
     # ITK's ConfidenceConnected: within this many standard deviations (Mahalanobis, the four z-scored sequences) of
     # the grown region's mean, re-estimated ``iterations`` times
     multiplier: float = 2.5
