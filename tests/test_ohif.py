@@ -81,7 +81,9 @@ def test_an_annotator_opens_segments_corrects_and_submits_in_ohif(server, orthan
     # Auto-Segmentation > Run: OHIF asks for the series on screen; the server resolves it to the study
     series = {s.series_uid for s in orthanc.archive().series(unlabelled[0])}
     assert result["infer"]["status"] == 200 and result["infer"]["image"] in series
-    assert [sorted(labels) for labels in result["segmentations"]] == [["edema", "enhancing_tumour", "necrotic_core"]], "the result is loaded, segments named"
+    # OHIF's panel names its segments after the first model it lists, interactive ones first: the refinement model
+    # (type deepedit), whose labels include background for its clicks
+    assert [sorted(labels) for labels in result["segmentations"]] == [["background", "edema", "enhancing_tumour", "necrotic_core"]], "the result is loaded, segments named"
 
     # what OHIF draws is the server's pre-label, slice by slice (not flipped, not shifted)
     prelabel = np.asarray(nib.load(str(server.workspace / "prelabels" / f"{unlabelled[0]}.nii.gz")).dataobj)
