@@ -116,7 +116,7 @@ class UnguidedSession(TimedSession):
     the guided network adds to the growth."""
 
     def click(self, label: str, at: tuple) -> np.ndarray:
-        self.clicks.setdefault(label, []).append((int(at[0]), int(at[1]), int(at[2])))
+        self.remember(label, at)
         return self.answer()
 
 

@@ -15,7 +15,7 @@ the BraTS way (``"ET: enhancing tumour"``); ``volumes_from_report`` reads them b
   TID 1501 is extensible and has no ROI, so this conforms; a reader that knows only TID 1411 still finds
   the labels' groups.
 
-Segments are found by label (``seg._segment_values``), not by position, as a SEG edited in a viewer may be
+Segments are found by label (``seg.segment_values``), not by position, as a SEG edited in a viewer may be
 renumbered. The SR copies the patient and study modules from the SEG (evidence), which is normal DICOM;
 it adds no identifier of its own. UIDs derive from the caller's seed, like ``label_to_seg``'s.
 """
@@ -30,7 +30,7 @@ from pydicom.sr.codedict import codes
 
 from ..config import FOREGROUND_LABELS, MANUFACTURER, REGIONS, SEG_ALGORITHM, SEG_CATEGORY, SEG_SEGMENTS
 from .mr_series import uid_from
-from .seg import SegProblem, _segment_values
+from .seg import SegProblem, equipment, segment_values, source_instances
 
 SERIES_NUMBER = 901
 SERIES_DESCRIPTION = "Tumour volumes (BraTS Label)"
@@ -80,15 +80,6 @@ def _checked_volumes(volumes_ml: Mapping[str, float]) -> Dict[str, float]:
     return volumes
 
 
-def _source_instances(source_series: Sequence[Dataset]) -> List[Dataset]:
-    """The instances of the series, once each (slices of a multi-frame instance share theirs, see multiframe.py)."""
-    instances: Dict[str, Dataset] = {}
-    for ds in source_series:
-        instance = getattr(ds, "source_instance", ds)
-        instances.setdefault(str(instance.SOPInstanceUID), instance)
-    return list(instances.values())
-
-
 def measurement_report(seg: Dataset, source_series: Sequence[Dataset], volumes_ml: Mapping[str, float], seed: str, software_version: str) -> hd.sr.Comprehensive3DSR:
     """Measurement Report of the tumour volumes of the label saved as ``seg``, drawn on ``source_series``.
 
@@ -103,7 +94,7 @@ def measurement_report(seg: Dataset, source_series: Sequence[Dataset], volumes_m
     source_uid = series_uids.pop()
     if {str(ds.StudyInstanceUID) for ds in source_series} != {str(seg.StudyInstanceUID)}:
         raise ValueError("the SEG and its source series belong to different studies")
-    numbers = {value: number for number, value in _segment_values(seg).items()}
+    numbers = {value: number for number, value in segment_values(seg).items()}
     site = [hd.sr.FindingSite(codes.SCT.Brain)]
     category = _sct(*SEG_CATEGORY)
     algorithm = hd.sr.AlgorithmIdentification(name=SEG_ALGORITHM, version=software_version)
@@ -162,16 +153,13 @@ def measurement_report(seg: Dataset, source_series: Sequence[Dataset], volumes_m
         imaging_measurements=groups,
     )
     return hd.sr.Comprehensive3DSR(
-        evidence=[seg, *_source_instances(source_series)],
+        evidence=[seg, *source_instances(source_series)],
         content=report[0],
         series_instance_uid=uid_from(seed, "sr-series"),
         series_number=SERIES_NUMBER,
         sop_instance_uid=uid_from(seed, "sr-instance"),
         instance_number=1,
-        manufacturer=MANUFACTURER,
-        manufacturer_model_name=SEG_ALGORITHM,
-        software_versions=software_version,
-        device_serial_number="0",
+        **equipment(software_version),
         series_description=SERIES_DESCRIPTION,
         is_complete=True,  # every region is reported; not final nor verified: no clinician signed it
     )

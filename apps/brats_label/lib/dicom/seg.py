@@ -12,7 +12,7 @@ that is on that grid decodes, and one that is not is refused with what differs.
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Dict, Optional, Sequence
+from typing import Dict, List, Optional, Sequence
 
 import highdicom as hd
 import numpy as np
@@ -49,6 +49,21 @@ def segment_descriptions(algorithm_version: str) -> list:
     ]
 
 
+def equipment(software_version: str) -> Dict[str, str]:
+    """Who made an object this server writes (SEG, SR): highdicom's equipment arguments, one identity for all."""
+    return {"manufacturer": MANUFACTURER, "manufacturer_model_name": SEG_ALGORITHM, "software_versions": software_version, "device_serial_number": "0"}
+
+
+def source_instances(reference: Sequence[Dataset]) -> List[Dataset]:
+    """The instances a series' slices come from, once each, in slice order: the slices themselves, or the multi-frame
+    instance whose frames they are (``multiframe.py`` gives each such slice its ``source_instance``)."""
+    instances: Dict[str, Dataset] = {}
+    for ds in reference:
+        instance = getattr(ds, "source_instance", ds)
+        instances.setdefault(str(instance.SOPInstanceUID), instance)
+    return list(instances.values())
+
+
 def label_to_seg(
     label: np.ndarray, reference: Sequence[Dataset], seed: str, software_version: str, series_description: Optional[str] = None, ground_truth: bool = False
 ) -> Dataset:
@@ -58,13 +73,11 @@ def label_to_seg(
     if label.shape[2] != len(reference):
         raise SegProblem(f"label has {label.shape[2]} slices, the reference series {len(reference)}")
     frames = np.ascontiguousarray(np.transpose(label.astype(np.uint8), (2, 1, 0)))  # (Z, rows=Y, columns=X)
-    sources = list(reference)
-    multiframe = {id(s.source_instance): s.source_instance for s in reference if hasattr(s, "source_instance")}
-    if multiframe:  # slices are frames of multi-frame instances (lib/dicom/multiframe.py): refer to the instance
-        if len(multiframe) > 1 or any(not hasattr(s, "source_instance") for s in reference):
+    sources = source_instances(reference)
+    if any(hasattr(s, "source_instance") for s in reference):  # frames of multi-frame instances: refer to the instance
+        if len(sources) > 1 or any(not hasattr(s, "source_instance") for s in reference):
             raise SegProblem("the reference series is split over several multi-frame instances; a SEG can refer to one (highdicom)")
         frames = frames[np.argsort([s.source_frame for s in reference])]  # in the instance's own frame order
-        sources = list(multiframe.values())
     now = datetime.now()
     seg = hd.seg.Segmentation(
         source_images=sources,
@@ -75,10 +88,7 @@ def label_to_seg(
         series_number=900,
         sop_instance_uid=uid_from(seed, "seg-instance"),
         instance_number=1,
-        manufacturer=MANUFACTURER,
-        manufacturer_model_name=SEG_ALGORITHM,
-        software_versions=software_version,
-        device_serial_number="0",
+        **equipment(software_version),
         series_description=series_description or (GROUND_TRUTH_SERIES_DESCRIPTION if ground_truth else "BraTS Label segmentation"),
         content_label=GROUND_TRUTH_CONTENT_LABEL if ground_truth else SEG_CONTENT_LABEL,
         content_description=f"Tumour labels saved {now:%Y-%m-%d %H:%M}",
@@ -94,7 +104,7 @@ def is_shipped_ground_truth(seg: Dataset) -> bool:
     return str(seg.get("ContentLabel", "")) == GROUND_TRUTH_CONTENT_LABEL or str(seg.get("SeriesDescription", "")) == GROUND_TRUTH_SERIES_DESCRIPTION
 
 
-def _segment_values(seg: Dataset) -> Dict[int, int]:
+def segment_values(seg: Dataset) -> Dict[int, int]:
     """Segment number -> our label value, by SegmentLabel, else by property type code."""
     by_code = {code[0]: value for value, (_, code) in SEG_SEGMENTS.items()}
     mapping = {}
@@ -115,7 +125,7 @@ def seg_to_label(seg: Dataset, affine: np.ndarray, shape: tuple) -> np.ndarray:
         raise SegProblem(f"not a DICOM SEG (Modality {seg.get('Modality', 'missing')})")
     if str(seg.get("SegmentationType", "")) not in ("BINARY", "FRACTIONAL"):
         raise SegProblem(f"SegmentationType {seg.get('SegmentationType')} is not supported")
-    values = _segment_values(seg)
+    values = segment_values(seg)
     lps = RAS_TO_LPS @ np.asarray(affine, dtype=float)
     steps = np.linalg.norm(lps[:3, :3], axis=0)
     row_dir, col_dir = lps[:3, 0] / steps[0], lps[:3, 1] / steps[1]

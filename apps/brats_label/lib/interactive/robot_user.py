@@ -48,8 +48,12 @@ class GuidedSession:
 
     def click(self, label: str, at: Sequence[int]) -> np.ndarray:
         add_click(self.guidance, label, at, self.spacing)
-        self.clicks.setdefault(label, []).append((int(at[0]), int(at[1]), int(at[2])))
+        self.remember(label, at)
         return self.answer()
+
+    def remember(self, label: str, at: Sequence[int]) -> None:
+        """Keep the click for its growth (``follow_clicks``), which every answer applies again."""
+        self.clicks.setdefault(label, []).append((int(at[0]), int(at[1]), int(at[2])))
 
 
 def after_robot_clicks(session: GuidedSession, truth: np.ndarray, clicks: int, labels: Optional[np.ndarray] = None) -> np.ndarray:
