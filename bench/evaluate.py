@@ -3,8 +3,11 @@
     .venv/bin/python bench/evaluate.py --weights model.pt --studies data/studies [--profile cpu] [--out bench/results/evaluate]
 
 Every study of the folder with ground truth (BraTS or MSD layout) is segmented at the profile's resolution, as
-validation does, and scored per region (ET, TC, WT): Dice, HD95 (mm), lesion-wise Dice and HD95 (BraTS 2023).
-Writes ``scores.csv`` (one row per study and region), ``summary.json`` (means, medians), prints the tables,
+validation does, and scored per region (ET, TC, WT): Dice, HD95 (mm), lesion-wise Dice and HD95 (BraTS 2023),
+and per label (necrotic core, edema, enhancing tumour: Dice, predicted and true volumes in mL), which the nested
+regions hide (a necrotic core called enhancing tumour leaves TC whole).
+Writes ``scores.csv`` (one row per study and region), ``label_scores.csv`` (one row per study and label),
+``summary.json`` (means, medians), prints the tables,
 and ``<study>.png``: the three axial slices where prediction and reference disagree most, FLAIR underneath,
 reference contours solid and prediction dashed (WT yellow, TC red, ET cyan).
 """
@@ -29,9 +32,9 @@ import nibabel as nib  # noqa: E402
 import numpy as np  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
-from lib.config import CHANNELS, PROFILES  # noqa: E402
+from lib.config import CHANNELS, FOREGROUND_LABELS, PROFILES  # noqa: E402
 from lib.labels.conventions import brats_convention, to_project_convention  # noqa: E402
-from lib.model.brats_metrics import region_scores  # noqa: E402
+from lib.model.brats_metrics import label_dice, label_masks, region_scores  # noqa: E402
 from lib.studies.case_cache import stack_study_files  # noqa: E402
 from lib.studies.folder_layout import find_studies  # noqa: E402
 from lib.trainers.evaluation import SCORES, evaluation_transforms, predict_regions  # noqa: E402
@@ -89,7 +92,8 @@ def main() -> int:
     args = parser.parse_args()
     profile = PROFILES[args.profile]
     args.out.mkdir(parents=True, exist_ok=True)
-    rows = []
+    rows, label_rows = [], []
+    voxel_ml = float(np.prod(profile.spacing_mm)) / 1000.0
     with tempfile.TemporaryDirectory() as scratch:
         items = items_of(args.studies, Path(scratch))
         if not items:
@@ -98,11 +102,23 @@ def main() -> int:
         for case, image, predicted, expected in tqdm(predict_regions(profile, args.weights, items, evaluation_transforms(profile)), total=len(items), desc="studies"):
             scores = region_scores(predicted, expected, profile.spacing_mm)
             rows += [{"study": case, "region": r.upper(), **scores[r]} for r in REGIONS]
+            dices, ours, theirs = label_dice(predicted, expected), label_masks(predicted), label_masks(expected)
+            label_rows += [
+                {
+                    "study": case,
+                    "label": name,
+                    "dice": dices[name],
+                    "predicted_ml": round(float(ours[name].sum()) * voxel_ml, 2),
+                    "true_ml": round(float(theirs[name].sum()) * voxel_ml, 2),
+                }
+                for name in FOREGROUND_LABELS
+            ]
             worst_slices_png(case, image, predicted, expected, args.out / f"{case}.png")
-    with open(args.out / "scores.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+    for name, table in (("scores.csv", rows), ("label_scores.csv", label_rows)):
+        with open(args.out / name, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=list(table[0]))
+            writer.writeheader()
+            writer.writerows(table)
     summary = {
         r.upper(): {
             s: {"mean": round(float(np.mean(values)), 4), "median": round(float(np.median(values)), 4)}
@@ -111,12 +127,19 @@ def main() -> int:
         }
         for r in REGIONS
     }
-    (args.out / "summary.json").write_text(json.dumps({"weights": str(args.weights), "profile": args.profile, "studies": len(items), "scores": summary}, indent=2) + "\n")
+    labels = {
+        name: {key: round(float(np.mean([row[key] for row in label_rows if row["label"] == name])), 4) for key in ("dice", "predicted_ml", "true_ml")} for name in FOREGROUND_LABELS
+    }
+    record = {"weights": str(args.weights), "profile": args.profile, "studies": len(items), "scores": summary, "labels": labels}
+    (args.out / "summary.json").write_text(json.dumps(record, indent=2) + "\n")
     print(f"\n{len(items)} studies, {args.profile} profile ({profile.spacing_mm[0]:g} mm); mean (median)")
     print(f"{'region':7}" + "".join(f"{s:>22}" for s in SCORES))
     for r in REGIONS:
         print(f"{r.upper():7}" + "".join(f"{summary[r.upper()][s]['mean']:>13.3f} ({summary[r.upper()][s]['median']:.3f})" for s in SCORES))
-    print(f"\nper study: {args.out / 'scores.csv'}; pictures: {args.out}/<study>.png")
+    print(f"\n{'label':18}{'dice':>8}{'predicted mL':>15}{'true mL':>10}  (means)")
+    for name, values in labels.items():
+        print(f"{name:18}{values['dice']:>8.3f}{values['predicted_ml']:>15.2f}{values['true_ml']:>10.2f}")
+    print(f"\nper study: {args.out / 'scores.csv'}, {args.out / 'label_scores.csv'}; pictures: {args.out}/<study>.png")
     return 0
 
 

@@ -15,7 +15,7 @@ import numpy as np
 from scipy import ndimage
 
 from .anatomy import Anatomy, brain_depth_mm
-from .cohort import TumourKind
+from .cohort import KINDS, TumourKind
 
 # BraTS 2023 file-format label values (the format this generator writes).
 NECROTIC_CORE, EDEMA, ENHANCING = 1, 2, 3
@@ -33,10 +33,12 @@ class GliomaShape:
 
 
 def draw_shape(anatomy: Anatomy, rng: np.random.Generator) -> GliomaShape:
-    """Pick sizes, then a centre in white matter deep enough that most of the tumour stays in the brain."""
-    whole = float(rng.uniform(16.0, 32.0))
-    core = whole * float(rng.uniform(0.45, 0.7))
-    necrosis = core * float(rng.uniform(0.3, 0.65))
+    """Pick sizes (those of the cohort's typical glioblastoma), then a centre in white matter deep enough that most
+    of the tumour stays in the brain."""
+    typical = KINDS["typical"]
+    whole = float(rng.uniform(*typical.whole_radius_mm))
+    core = whole * float(rng.uniform(*typical.core_fraction))
+    necrosis = core * float(rng.uniform(*typical.necrosis_fraction))
     depth_mm = brain_depth_mm(anatomy.spacing_mm)
     candidates = np.argwhere((anatomy.wm > 0.5) & (depth_mm > 0.6 * whole))
     if len(candidates) == 0:
@@ -66,16 +68,21 @@ def draw_label(anatomy: Anatomy, shape: GliomaShape, rng: np.random.Generator) -
     grid = np.stack(np.meshgrid(*[np.arange(a, b) for a, b in zip(lo, hi)], indexing="ij"), axis=-1)
     distance_mm = np.linalg.norm((grid - centre_vox) * spacing, axis=-1).astype(np.float32)
 
-    def region(radius_mm: float, bias: np.ndarray | float = 0.0) -> np.ndarray:
+    def outline(radius_mm: float) -> np.ndarray:
+        return _smooth_noise(box_shape, max(1.0, 0.35 * radius_mm / spacing), rng)
+
+    def region(radius_mm: float, noise: np.ndarray, bias: np.ndarray | float = 0.0) -> np.ndarray:
         if radius_mm <= 0.0:  # a kind without necrosis
             return np.zeros(box_shape, dtype=bool)
-        noise = _smooth_noise(box_shape, max(1.0, 0.35 * radius_mm / spacing), rng)
         return distance_mm / radius_mm + shape.lobulation * noise - bias < 1.0
 
     brain = anatomy.brain[box]
-    whole = region(shape.whole_radius_mm, bias=0.25 * (anatomy.wm[box] - 0.5)) & brain
-    core = region(shape.core_radius_mm) & whole
-    necrosis = region(shape.necrosis_radius_mm) & core
+    whole = region(shape.whole_radius_mm, outline(shape.whole_radius_mm), bias=0.25 * (anatomy.wm[box] - 0.5)) & brain
+    # the necrosis follows the core's outline, so the enhancing rim encloses it at a thickness that varies with
+    # the lobulation, as on a glioblastoma's T1c
+    core_outline = outline(shape.core_radius_mm)
+    core = region(shape.core_radius_mm, core_outline) & whole
+    necrosis = region(shape.necrosis_radius_mm, core_outline) & core
     # keep the core one connected blob with the centre, as a real tumour core is
     labelled, _ = ndimage.label(core)
     centre_label = labelled[tuple(np.clip(np.round(centre_vox).astype(int) - lo, 0, np.array(box_shape) - 1))]

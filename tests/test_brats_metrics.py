@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from lib.model.brats_metrics import HD95_MISSING_MM, brats_scores, lesion_wise
+from lib.model.brats_metrics import HD95_MISSING_MM, brats_scores, label_dice, lesion_wise, region_masks
 
 SHAPE = (64, 64, 40)
 ONE_MM = (1.0, 1.0, 1.0)
@@ -27,6 +27,19 @@ def test_a_perfect_segmentation_scores_dice_1_and_hd95_0_in_every_region():
     for region in ("et", "tc", "wt"):
         assert scores[region]["dice"] == 1.0 and scores[region]["hd95"] == 0.0
         assert scores[region]["lesion_dice"] == 1.0 and scores[region]["lesion_hd95"] == 0.0 and scores[region]["lesions"] == 1
+
+
+def test_a_necrotic_core_called_enhancing_tumour_scores_0_for_the_core_though_the_regions_stay_whole():
+    truth = np.zeros(SHAPE, np.uint8)
+    truth[10:30, 10:30, 5:25] = 2
+    truth[15:25, 15:25, 10:20] = 3
+    truth[18:22, 18:22, 13:17] = 1
+    called_enhancing = np.where(truth == 1, 3, truth)
+    regions = brats_scores(called_enhancing, truth, ONE_MM)
+    assert regions["tc"]["dice"] == 1.0 and regions["wt"]["dice"] == 1.0, "TC and WT hide the mistake"
+    labels = label_dice(region_masks(called_enhancing), region_masks(truth))
+    assert labels["necrotic_core"] == 0.0 and labels["edema"] == 1.0
+    assert 0.9 < labels["enhancing_tumour"] < 1.0, "ET is too large by the core's 64 voxels"
 
 
 def test_a_region_empty_in_both_counts_as_agreement():

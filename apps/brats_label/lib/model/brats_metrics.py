@@ -23,7 +23,7 @@ import torch
 from monai.metrics import compute_dice, compute_hausdorff_distance
 from scipy import ndimage
 
-from ..config import REGIONS
+from ..config import FOREGROUND_LABELS, REGIONS
 
 HD95_MISSING_MM = 374.0  # BraTS's HD95 when one side is empty (the diagonal of its 240x240x155 mm volume)
 LESION_DILATIONS = 3  # BraTS-GLI
@@ -111,6 +111,21 @@ def region_scores(predicted: Dict[str, np.ndarray], expected: Dict[str, np.ndarr
         p, r = predicted[region], expected[region]
         scores[region] = {"dice": dice(p, r), "hd95": hd95(p, r, spacing), **lesion_wise(p, r, spacing)}
     return {region: {k: round(v, 4) if isinstance(v, float) else v for k, v in s.items()} for region, s in scores.items()}
+
+
+def label_masks(regions: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
+    """Each label's mask from the three nested regions: the necrotic core is TC outside ET, edema WT outside TC.
+
+    The region scores hide a missed label inside its region (a necrotic core called enhancing tumour leaves TC
+    and WT whole); these masks show it."""
+    et, tc, wt = regions["et"], regions["tc"] & ~regions["et"], regions["wt"] & ~regions["tc"]
+    return dict(zip(FOREGROUND_LABELS, (tc, wt, et)))
+
+
+def label_dice(predicted: Dict[str, np.ndarray], expected: Dict[str, np.ndarray]) -> Dict[str, float]:
+    """Dice per label (necrotic_core, edema, enhancing_tumour) of two sets of region masks, rounded for records."""
+    ours, theirs = label_masks(predicted), label_masks(expected)
+    return {name: round(dice(ours[name], theirs[name]), 4) for name in FOREGROUND_LABELS}
 
 
 def _reference_lesions(reference: np.ndarray) -> np.ndarray:

@@ -14,11 +14,11 @@ import numpy as np
 import torch
 from monai.transforms import Compose, ConvertToMultiChannelBasedOnBratsClassesd, EnsureTyped
 
-from ..config import ENHANCING_LABEL, REGION_THRESHOLD, REGIONS, ClickGrowth, NetworkProfile
+from ..config import ENHANCING_LABEL, FOREGROUND_LABELS, REGION_THRESHOLD, REGIONS, ClickGrowth, NetworkProfile
 from ..infers.segmentation import preprocessing
 from ..interactive.click_rounds import region_channels_to_label
 from ..interactive.robot_user import GuidedSession, after_robot_clicks
-from ..model.brats_metrics import region_scores
+from ..model.brats_metrics import label_dice, region_scores
 from ..model.network import load_network, sliding_window_inferer
 from ..model.transforms import KeepWithinInputd
 
@@ -66,9 +66,14 @@ def predict_regions(
 def evaluate_on(profile: NetworkProfile, weights: Path, items: Sequence[Dict], transforms: List, clicks: int = 0, growth: ClickGrowth = ClickGrowth()) -> Dict[str, Any]:
     """Mean Dice per region (tc, wt, et) and their mean (``mean``, what promotion compares), the mean of every
     BraTS score per region (``brats``) and each study's scores (``studies``), over ``items`` ({"id", "image",
-    "label"} paths); for a refinement model, after ``clicks`` robot clicks."""
-    predictions = predict_regions(profile, weights, items, transforms, clicks, growth)
-    studies = {case: region_scores(predicted, expected, profile.spacing_mm) for case, _, predicted, expected in predictions}
+    "label"} paths); for a refinement model, after ``clicks`` robot clicks. ``labels`` and ``label_studies``: Dice
+    per label (necrotic core, edema, enhancing tumour), mean and per study, which the regions hide."""
+    studies, label_studies = {}, {}
+    for case, _, predicted, expected in predict_regions(profile, weights, items, transforms, clicks, growth):
+        studies[case] = region_scores(predicted, expected, profile.spacing_mm)
+        label_studies[case] = label_dice(predicted, expected)
     brats = {region: {score: round(float(np.mean([s[region][score] for s in studies.values()])), 4) for score in SCORES} for region in ("et", "tc", "wt")}
     dice = {name.lower(): brats[name.lower()]["dice"] for name in REGIONS}
-    return {**dice, "mean": round(float(np.mean(list(dice.values()))), 4), "brats": brats, "studies": studies}
+    labels = {name: round(float(np.mean([s[name] for s in label_studies.values()])), 4) for name in FOREGROUND_LABELS} if label_studies else {}
+    mean = round(float(np.mean(list(dice.values()))), 4)
+    return {**dice, "mean": mean, "brats": brats, "studies": studies, "labels": labels, "label_studies": label_studies}
