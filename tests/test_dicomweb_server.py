@@ -20,8 +20,10 @@ from monailabel.client import MONAILabelClient
 from monailabel.client.client import MONAILabelClientException
 
 from lib.config import CHANNELS, PROFILES, REFERENCE_CHANNEL
+from lib.dicom.measurement_report import volumes_from_report
 from lib.dicom.seg import referenced_series, seg_to_label
 from lib.model.network import build_network
+from lib.model.transforms import region_volumes_ml, voxel_volume_ml
 from scripts.import_studies import import_studies
 from tests.conftest import dciodvfy_errors, make_studies
 
@@ -114,6 +116,31 @@ def test_infer_from_the_series_on_screen_and_save_the_correction_as_seg(client, 
     assert np.array_equal(seg_to_label(seg, reference.affine, reference.shape), correction)
     seg.save_as(str(tmp_path / "saved_seg.dcm"), write_like_original=False)
     assert dciodvfy_errors(tmp_path / "saved_seg.dcm") == []
+
+    # beside the SEG, the label's volumes as a measurement report that refers to it
+    report = archive.retrieve_instance(case, label_info["sr_series_uid"], label_info["sr_sop_instance_uid"])
+    assert report.Modality == "SR" and report.StudyInstanceUID == case
+    expected = region_volumes_ml(correction, voxel_volume_ml(reference.affine))
+    assert volumes_from_report(report) == pytest.approx(expected, abs=1e-3) and expected["enhancing_tumour"] > 0
+    evidence = {
+        str(item.ReferencedSOPInstanceUID) for series in report.CurrentRequestedProcedureEvidenceSequence[0].ReferencedSeriesSequence for item in series.ReferencedSOPSequence
+    }
+    assert seg.SOPInstanceUID in evidence, "the report names the SEG it measures"
+    report.save_as(str(tmp_path / "saved_sr.dcm"), write_like_original=False)
+    assert dciodvfy_errors(tmp_path / "saved_sr.dcm") == []
+
+    # a corrected version writes a new report; the first is kept in the archive and superseded in the records
+    correction[50:60, 50:60, 35:40] = 2
+    nib.save(nib.Nifti1Image(correction, result.affine), str(upload))
+    client.save_label(flair_series, str(upload), tag="final", params={"user": "dr_dicom"})
+    second = _listing(client)[case]["labels"]["final"]["info"]
+    assert second["sr_sop_instance_uid"] != label_info["sr_sop_instance_uid"]
+    newer = archive.retrieve_instance(case, second["sr_series_uid"], second["sr_sop_instance_uid"])
+    assert volumes_from_report(newer)["enhancing_tumour"] < volumes_from_report(report)["enhancing_tumour"]
+    records = json.loads((Path(server.conf["workspace"]) / "seg_registry.json").read_text())
+    assert records[label_info["sr_sop_instance_uid"]]["status"] == "superseded" and records[label_info["sr_sop_instance_uid"]]["superseded_by"] == newer.SOPInstanceUID
+    assert records[newer.SOPInstanceUID]["status"] == "current"
+    assert archive.retrieve_instance(case, label_info["sr_series_uid"], label_info["sr_sop_instance_uid"]).SOPInstanceUID == report.SOPInstanceUID
 
 
 def test_a_seg_written_by_another_client_becomes_the_label(client, orthanc, studies, tmp_path):

@@ -52,6 +52,7 @@ from ..config import (
 )
 from ..dicom.archive import Archive, series_from_metadata
 from ..dicom.listing_store import ListingStore
+from ..dicom.measurement_report import measurement_report
 from ..dicom.multiframe import frames_as_slices
 from ..dicom.orthanc_changes import OrthancChanges
 from ..dicom.seg import SegProblem, is_shipped_ground_truth, label_to_seg, seg_to_label
@@ -62,6 +63,7 @@ from ..dicom.series_volume import SeriesProblem, SliceStack, slice_stack
 from ..errors import ArchiveUnavailable, InvalidInput, NotAllowed, NotFound
 from ..labels.conventions import LabelError, check_label_values
 from ..labels.label_files import SeriesGrid
+from ..model.transforms import region_volumes_ml, voxel_volume_ml
 from ..preparation.alignment import RegistrationRefused
 from ..preparation.brain_mask import looks_skull_stripped
 from ..preparation.pipeline import already_prepared_report, voxel_ml
@@ -595,10 +597,12 @@ class DicomWebStudyDatastore(StudyDatastore):
             return
         self._pending.add(study)
         label = np.asarray(nib.load(str(version.label_path)).dataobj, dtype=np.uint8)
+        seed = f"{study}/{version.record().get('saved_at', '')}"
         try:
             reference = self._reference_datasets(self._source(study))
-            seg = label_to_seg(label, reference, seed=f"{study}/{version.record().get('saved_at', '')}", software_version=self._software_version)
-            self._archive.store([seg])
+            seg = label_to_seg(label, reference, seed=seed, software_version=self._software_version)
+            report, report_problem = self._measurement_report(seg, reference, label, study, seed)
+            self._archive.store([seg, *([report] if report is not None else [])])
         except ArchiveUnavailable as e:
             logger.warning(f"label of {study} kept on the server, not yet in the archive: {e}")
             return
@@ -608,8 +612,40 @@ class DicomWebStudyDatastore(StudyDatastore):
             self._pending.discard(study)
             return
         self._register_seg(str(seg.SOPInstanceUID), study, "written")
-        self._labels.update_status(version, {"archive": "stored", "seg_sop_instance_uid": str(seg.SOPInstanceUID), "seg_series_uid": str(seg.SeriesInstanceUID)})
+        stored = {"archive": "stored", "seg_sop_instance_uid": str(seg.SOPInstanceUID), "seg_series_uid": str(seg.SeriesInstanceUID)}
+        if report is not None:
+            self._register_report(str(report.SOPInstanceUID), study)
+            stored.update(sr_sop_instance_uid=str(report.SOPInstanceUID), sr_series_uid=str(report.SeriesInstanceUID))
+        else:
+            stored["sr_problem"] = report_problem
+        self._labels.update_status(version, stored)
         self._pending.discard(study)
+
+    def _measurement_report(self, seg: Dataset, reference: list, label: np.ndarray, study: str, seed: str) -> Tuple[Optional[Dataset], str]:
+        """The label's volumes as a TID 1500 report beside its SEG; one that cannot be written (said why) never
+        keeps the SEG out of the archive."""
+        volumes = region_volumes_ml(label, voxel_volume_ml(self.geometry(study).affine))
+        try:
+            return measurement_report(seg, reference, volumes, seed=seed, software_version=self._software_version), ""
+        except (ValueError, SegProblem) as e:
+            logger.warning(f"label of {study}: no measurement report written: {e}")
+            return None, str(e)
+
+    def _register_report(self, sop_uid: str, study: str) -> None:
+        """The study's new measurement report is current; the one it replaces is superseded, and says by which."""
+
+        def supersede(registry: Dict[str, Any]) -> Dict[str, Any]:
+            for uid, entry in registry.items():
+                if entry.get("kind") == "measurement report" and entry.get("study") == study and entry.get("status") == "current" and uid != sop_uid:
+                    registry[uid] = {**entry, "status": "superseded", "superseded_by": sop_uid}
+            return {**registry, sop_uid: {"study": study, "kind": "measurement report", "status": "current"}}
+
+        update_json(self._seg_registry_path, supersede, {})
+
+    def measurement_reports(self, study: str) -> List[Dict[str, Any]]:
+        """The study's measurement reports this server wrote, as its records have them (current or superseded)."""
+        registry = read_json(self._seg_registry_path, {})
+        return [{"sop_instance_uid": uid, **entry} for uid, entry in registry.items() if entry.get("kind") == "measurement report" and entry.get("study") == study]
 
     def _send_pending_labels(self) -> None:
         for study in sorted(self._pending):
