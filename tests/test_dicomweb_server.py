@@ -298,10 +298,49 @@ def test_archive_stopped_gives_clear_errors_and_the_server_recovers(client, serv
     assert nib.load(label_file).shape[:3] == nib.load(str(studies / patients[0] / f"{patients[0]}-t1c.nii.gz")).shape
 
 
+FOLLOW_UP_PATIENT = "FOLLOWUP-4471"
+
+
+def test_a_patients_studies_in_the_archive_form_one_timeline_ordered_by_study_date(client, server, orthanc, tmp_path):
+    """Two studies of one PatientID, stored newest first: the timeline orders them by StudyDate and StudyTime, the
+    earlier one's volumes from its SEG (the final label), the later one's from the pre-label the server made."""
+    from lib.dicom.study_import import content_seed, study_datasets
+    from lib.studies.folder_layout import find_studies
+
+    sources, _ = find_studies(make_studies(tmp_path / "follow_up", cases=2, labelled=1, seed=47))
+    baseline, follow_up = sorted(sources, key=lambda source: source.study_id)  # the first is the labelled one
+    archive = orthanc.archive()
+    uids = {}
+    for source, (date, time_of_day) in ((follow_up, ("20240611", "143000")), (baseline, ("20240105", "081500"))):
+        datasets = study_datasets(source, content_seed(source), "test")
+        for ds in datasets:
+            ds.PatientID, ds.PatientName, ds.StudyDate, ds.StudyTime = FOLLOW_UP_PATIENT, "Follow^Up", date, time_of_day
+        archive.store(datasets)
+        uids[source.study_id] = str(datasets[0].StudyInstanceUID)
+    deadline = time.monotonic() + 120
+    while not {*uids.values()} <= set(_listing(client)) and time.monotonic() < deadline:
+        time.sleep(1)
+    later = uids[follow_up.study_id]
+    client.infer("segmentation", later, {})  # its pre-label
+    answer = requests.get(f"{server.url}/brats/timeline/{later}", timeout=60)
+    assert answer.status_code == 200, answer.text
+    rows = answer.json()["studies"]
+    assert [row["case"] for row in rows] == [uids[baseline.study_id], later]
+    assert [row["acquired"] for row in rows] == ["2024-01-05T08:15:00", "2024-06-11T14:30:00"]
+    assert [row["volumes_from"] for row in rows] == ["final label", "pre-label"]
+    truth = nib.load(str(baseline.ground_truth))
+    expected = region_volumes_ml(np.asarray(truth.dataobj, dtype=np.uint8), voxel_volume_ml(truth.affine))
+    assert rows[0]["volumes_ml"] == pytest.approx(expected, abs=1e-2)
+    assert set(rows[1]["change"]["WT"]) == {"previous", "baseline", "nadir"}
+    assert FOLLOW_UP_PATIENT not in answer.text and "Follow^Up" not in answer.text
+    for case in set(_listing(client)) - set(uids.values()):  # every other study is its own patient's only one
+        assert [row["case"] for row in requests.get(f"{server.url}/brats/timeline/{case}", timeout=60).json()["studies"]] == [case]
+
+
 def test_no_patient_identifier_in_anything_the_server_wrote(server, studies):
     """After the whole module's run (listing, inference, saves, STOW, archive outage): the test patients' IDs
     and names appear in none of the server's logs and none of the files in its workspace."""
-    patients = sorted(p.name for p in studies.iterdir() if p.is_dir() and not p.name.startswith("."))
+    patients = sorted(p.name for p in studies.iterdir() if p.is_dir() and not p.name.startswith(".")) + [FOLLOW_UP_PATIENT]
     written = [server.log_path, *(p for p in Path(server.conf["workspace"]).rglob("*") if p.is_file())]
     found = []
     for path in written:

@@ -79,6 +79,7 @@ from lib.endpoints.routes import answer_domain_errors, check_monai_label_version
 from lib.endpoints.save_label import install_save_label_route
 from lib.endpoints.token_check import TokenVerifier, install_token_check
 from lib.errors import InvalidInput, NotFound
+from lib.followup.timeline import patient_timeline, timeline_png
 from lib.infers.refinement import BratsRefinement
 from lib.infers.segmentation import BratsSegmentation
 from lib.interactive.clicks import clicks_in_world
@@ -302,6 +303,16 @@ class BratsLabelApp(MONAILabelApp):
             return Response(audit_csv(rows), media_type="text/csv", headers={"Content-Disposition": "attachment; filename=label_audit.csv"})
         return rows
 
+    def timeline(self, case: str, format: str = "json"):
+        """The patient's studies oldest first: each region's volume (final label, or pre-label, said which) and
+        its change against the previous study, the baseline and the nadir; ``?format=png``: the volumes over time."""
+        rows, own = patient_timeline(self._datastore, self.prelabels, check_case_id(case))
+        if format == "png":
+            return Response(timeline_png(rows, f"Tumour volumes over {len(rows)} {'study' if len(rows) == 1 else 'studies'}"), media_type="image/png")
+        if format != "json":
+            raise InvalidInput(f"format '{format[:20]}' is not offered: json (the default) or png")
+        return {"case": own, "studies": rows}
+
     def init_infers(self) -> Dict[str, InferTask]:
         return {
             MODEL_NAME: BratsSegmentation(self.config.profile, self.model_path, self.pretrained_weights, version_fn=self.versions.serving),
@@ -399,6 +410,7 @@ class BratsLabelApp(MONAILabelApp):
             ("holdout", self.add_held_out, "POST", "Add labelled studies to the held-out set; every version is scored again"),
             ("training", self.training, "GET", "Training progress: epoch, loss, validation Dice, time left"),
             ("audit", self.audit, "GET", "Label audit trail (?format=csv for a CSV file)"),
+            ("timeline/{case}", self.timeline, "GET", "A patient's studies over time: volumes and their changes (?format=png for a picture)"),
         ]
         for path, endpoint, method, summary in routes:
             server.add_api_route(f"{API_PREFIX}/{path}", endpoint, methods=[method], summary=summary)

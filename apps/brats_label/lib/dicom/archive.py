@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import functools
 import io
-from typing import Any, Dict, List, NamedTuple, Optional, Sequence
+from typing import Any, Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 import pydicom
 import requests
@@ -55,6 +55,15 @@ def _first(element: Dict[str, Any], default: Any = "") -> Any:
 
 def _text(item: Dict[str, Any], tag: str) -> str:
     return str(_first(item.get(tag, {}), ""))
+
+
+PATIENT_AND_DATE = ("00100020", "00080020", "00080030")  # PatientID, StudyDate, StudyTime
+
+
+def patient_and_date(item: Dict[str, Any]) -> Tuple[str, str, str]:
+    """PatientID, StudyDate and StudyTime of a DICOM JSON item (study search result or instance metadata)."""
+    patient, date, time = (_text(item, tag) for tag in PATIENT_AND_DATE)
+    return patient, date, time
 
 
 def _acquisition(item: Dict[str, Any]) -> Acquisition:
@@ -181,6 +190,12 @@ class Archive:
             studies += [{"study_uid": _text(s, "0020000D"), "instances": int(_first(s.get("00201208", {}), 0) or 0)} for s in found]
             if len(found) < page:
                 return studies
+
+    def study_patient_and_date(self, study_uid: str) -> Tuple[str, str, str]:
+        """PatientID, StudyDate and StudyTime of one study (one study search), for grouping a patient's studies
+        into a timeline; the caller turns the identifier into a pseudonym at once."""
+        found = self._call("study search", self.client.search_for_studies, search_filters={"StudyInstanceUID": study_uid}, fields=list(PATIENT_AND_DATE))
+        return patient_and_date(found[0] if found else {})
 
     def series(self, study_uid: str) -> List[SeriesSummary]:
         """A study's series, each with its acquisition where the archive answers instance attributes at series

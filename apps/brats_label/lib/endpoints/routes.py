@@ -207,6 +207,7 @@ ROUTE_ROLES: Tuple[Tuple[str, str, Access], ...] = (
     ("GET", "/brats/models", Role.USER),
     ("GET", "/brats/holdout", Role.USER),
     ("GET", "/brats/training", Role.USER),
+    ("GET", "/brats/timeline/{case}", Role.USER),
     ("GET", "/proxy/dicom/qido/{path:path}", Role.USER),
     ("GET", "/proxy/dicom/wado/{path:path}", Role.USER),
     ("POST", "/activelearning/{strategy}", Role.ANNOTATOR),

@@ -60,6 +60,15 @@ class PreLabels:
         fields = {f"{score}_{region}": scores[region][score] for region in ("tc", "wt", "et") for score in ("dice", "hd95", "lesion_dice", "lesion_hd95")}
         return {"prelabel_model_version": info["model_version"], "prelabel_made_at": info["made_at"], **fields}
 
+    def latest(self, case: str) -> Optional[tuple]:
+        """The case's latest pre-label (label array, affine) and its record, or None when none was made."""
+        label_path, info_path = self._paths(case)
+        info = read_json(info_path, None)
+        if info is None or not label_path.exists():
+            return None
+        image = nib.load(str(label_path))
+        return np.asarray(image.dataobj, dtype=np.uint8), image.affine, info
+
 
 def audit_rows(history: Iterable[tuple[str, Dict[str, Any]]]) -> List[Dict[str, Any]]:
     """One row per saved label version, oldest first: (case, history record) pairs in, flat dicts out."""

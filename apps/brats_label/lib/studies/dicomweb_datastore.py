@@ -50,7 +50,7 @@ from ..config import (
     PREPARATION,
     REFERENCE_CHANNEL,
 )
-from ..dicom.archive import Archive, series_from_metadata
+from ..dicom.archive import Archive, patient_and_date, series_from_metadata
 from ..dicom.listing_store import ListingStore
 from ..dicom.measurement_report import measurement_report
 from ..dicom.multiframe import frames_as_slices
@@ -71,6 +71,7 @@ from ..runtime.atomic import nifti_image, read_json, write_json
 from ..runtime.shared_state import update_json
 from .case_cache import Preparation, UnusableVolume, prepare_series
 from .folder_layout import Geometry, StudyProblem
+from .patients import StudyMoment, dicom_acquired
 from .stacked_nifti import StackedNiftiFile
 from .study_datastore import FINAL, IMPORTED_FROM, StudyDatastore, _tag
 
@@ -316,12 +317,17 @@ class DicomWebStudyDatastore(StudyDatastore):
         if instances_hint is not None and instances_hint <= STUDY_METADATA_MAX_INSTANCES:
             metadata = self._archive.study_metadata(uid)
             series = [self._with_acquisition(uid, s) for s in series_from_metadata(metadata)]
+            patient, date, time_of_day = patient_and_date(next((items[0] for items in metadata.values() if items), {}))
         else:
             series = [self._with_acquisition(uid, s) for s in self._archive.series(uid)]
+            patient, date, time_of_day = self._archive.study_patient_and_date(uid) if series else ("", "", "")
         if not series:
             return None
         instances = sum(s.instances for s in series)
-        entry: Dict[str, Any] = {"series": [s.series_uid for s in series]}
+        # the patient only as this workspace's pseudonym: the identifier itself is not kept
+        entry: Dict[str, Any] = {"series": [s.series_uid for s in series], "acquired": dicom_acquired(date, time_of_day)}
+        if patient.strip():
+            entry["patient"] = self._pseudonyms(patient)
         assignment = self._rules.assign(series)
         if assignment.problem:
             return instances, {**entry, "problem": assignment.problem}
@@ -350,6 +356,7 @@ class DicomWebStudyDatastore(StudyDatastore):
         """The listing with ``rows`` listed again and ``removed`` gone (under the lock)."""
         for uid in removed | set(rows):
             self._counts.pop(uid, None)
+            self._moments.pop(uid, None)
             self._sources.pop(uid, None)
             self._geometries.pop(uid, None)
             self._study_problems.pop(uid, None)
@@ -357,6 +364,10 @@ class DicomWebStudyDatastore(StudyDatastore):
                 self._series_to_study.pop(series_uid, None)
         for uid, (instances, entry) in rows.items():
             self._counts[uid] = instances
+            if entry.get("patient"):
+                self._moments[uid] = StudyMoment(entry["patient"], entry.get("acquired", ""))
+            else:
+                self._moments.pop(uid, None)
             if "problem" in entry:
                 self._study_problems[uid] = StudyProblem(uid, uid, entry["problem"])
                 continue

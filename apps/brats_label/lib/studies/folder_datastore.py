@@ -8,6 +8,8 @@ project's label convention. Studies that cannot be used are listed with the reas
 Everything the server writes lives in the workspace (``<studies>/.brats_label`` by default):
 
     cases/<id>.nii                     stacked 4-channel volume (cache, rebuilt when a source changes)
+    patient_pseudonym.key              the key of the patients' pseudonyms (``patients.py``; ``patients.csv``
+                                       beside the studies says which studies are one patient's, and when)
     label_store/<id>/<time>_<tag>/     every label version ever saved, each committed as one unit
                                        (``labels/label_store.py``); the newest of a tag is the current label
 
@@ -30,6 +32,7 @@ from ..labels.conventions import LabelError, brats_convention, to_project_conven
 from ..runtime.atomic import read_json, write_nifti
 from .case_cache import UnusableVolume, stack_study_files
 from .folder_layout import Geometry, StudyProblem, StudySource, find_studies, study_geometry
+from .patients import PATIENT_TABLE, read_patient_table
 from .study_datastore import FINAL, IMPORTED_FROM, StudyDatastore
 
 logger = logging.getLogger(__name__)
@@ -63,7 +66,8 @@ class StudyFolderDatastore(StudyDatastore):
                     problems.append(StudyProblem(source.study_id, source.study_id, broken[1]))
                     sources.remove(source)
             self._sources = {s.study_id: s for s in sources}
-            self._problems = problems
+            self._moments, table_problems = read_patient_table(self._studies_dir / PATIENT_TABLE, self._sources, self._pseudonyms)
+            self._problems = problems + table_problems
             self._geometries = {}
             for source in sources if self._writer else []:
                 problem = self._import_ground_truth(source)

@@ -26,6 +26,7 @@ from ..labels.label_store import LabelStore, LabelVersion, check_case_id, check_
 from ..runtime.shared_state import update_json
 from .case_cache import CaseCache
 from .folder_layout import Geometry, StudyProblem
+from .patients import Pseudonyms, StudyMoment, studies_of_patient
 
 logger = logging.getLogger(__name__)
 
@@ -85,6 +86,8 @@ class StudyDatastore(Datastore):
         self._geometries: Dict[str, Geometry] = {}
         self._broken: Dict[str, Tuple[str, str]] = {}  # study -> (fingerprint, reason) of a volume that cannot be used
         self._sources: Dict[str, Any] = {}
+        self._pseudonyms = Pseudonyms(self._workspace)
+        self._moments: Dict[str, StudyMoment] = {}  # study -> its patient's pseudonym and when it was acquired
 
     # --- what each datastore provides -----------------------------------------------------------------
     @abstractmethod
@@ -142,6 +145,14 @@ class StudyDatastore(Datastore):
             self._broken[study_id] = (fingerprint, reason)
             self._sources.pop(study_id, None)
             self._problems.append(StudyProblem(study_id, study_id, reason))
+
+    def patient_studies(self, image_id: str) -> List[Tuple[str, StudyMoment]]:
+        """Every listed study of the patient whose study ``image_id`` names, oldest first; empty when the source
+        says nothing of the patient (raises NotFound for an unlisted id)."""
+        case = self.case_id(image_id)
+        with self._lock:
+            moments = {study: moment for study, moment in self._moments.items() if study in self._sources}
+        return studies_of_patient(moments, case)
 
     def preparation_info(self, study_id: str) -> Dict[str, Any]:
         """How the case's model input was prepared (alignment per series, brain extraction), for its info."""
