@@ -20,6 +20,7 @@ from typing import Optional, Tuple
 from tqdm import tqdm
 
 from .cohort import DEFAULT_KIND_MIX, DEFAULT_SITE_MIX, KINDS, SITES, design_case, parse_mix
+from .follow_up import generate_follow_up, patients_table
 from .head import generate_raw_study
 from .layouts import LAYOUTS, case_name, write_msd_dataset_json, write_raw_study, write_study
 from .montage import save_montage
@@ -27,7 +28,11 @@ from .study import generate_study, varied_acquisition
 
 
 def _make_one(args: tuple) -> Tuple[str, Optional[dict]]:
-    index, seed, spacing, layout, with_label, out_dir, label_dir, montage_dir, varied, cohort, raw = args
+    index, seed, spacing, layout, with_label, out_dir, label_dir, montage_dir, varied, cohort, raw, visit = args
+    if visit:  # a later scan of patient ``index`` (synthetic/follow_up.py): unlabelled, its truth to --ground-truth
+        follow_up = generate_follow_up(seed, index, visit, spacing)
+        write_study(follow_up, Path(out_dir), layout, False, Path(label_dir) if label_dir else None)
+        return follow_up.case_id, None
     if raw:  # a whole head as the scanner writes it (1 mm T1c; synthetic/head.py)
         design = design_case(seed, index, *cohort) if cohort else None
         head = generate_raw_study(seed, index, case_id=f"{RAW_CASE_PREFIX}{index:05d}", design=design)
@@ -66,6 +71,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument(
         "--raw", type=int, default=0, help="the last N studies are whole heads as a scanner writes them (1 mm, series in their own planes, motion, bias; brats2023 layout)"
     )
+    parser.add_argument(
+        "--follow-ups",
+        type=int,
+        default=0,
+        help="also N later scans of each patient, unlabelled (brats2023 names -001, -002...; their truth goes to --ground-truth), and patients.csv",
+    )
     parser.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1))
     args = parser.parse_args(argv)
     if args.cases < 1:
@@ -78,6 +89,10 @@ def parse_args(argv=None) -> argparse.Namespace:
         parser.error(f"--raw must be between 0 and --cases ({args.cases})")
     if args.raw and args.layout != "brats2023":
         parser.error("--raw studies are written in the brats2023 layout (one file per series, each on its own grid)")
+    if args.follow_ups and (args.layout != "brats2023" or args.raw or args.cohort or args.kinds or args.sites or args.varied_acquisition):
+        parser.error("--follow-ups are BraTS 2023 prepared studies of the default kind (no --raw, --cohort or --varied-acquisition)")
+    if args.follow_ups < 0:
+        parser.error("--follow-ups must be 0 or more")
     if args.spacing <= 0:
         parser.error("--spacing must be positive (mm)")
     args.cohort_mix = None
@@ -109,8 +124,10 @@ def main(argv=None) -> int:
             args.varied_acquisition,
             args.cohort_mix,
             i >= args.cases - args.raw,
+            visit,
         )
         for i in range(args.cases)
+        for visit in range(args.follow_ups + 1)
     ]
     desc = f"generating {args.cases} studies ({args.layout}, {args.spacing:g} mm)"
     if args.workers > 1 and len(jobs) > 1:
@@ -126,7 +143,10 @@ def main(argv=None) -> int:
         print("kinds: " + ", ".join(f"{kind} {counts[kind]}" for kind in sorted(counts)))
     if args.layout == "msd":
         write_msd_dataset_json(args.out)
-    print(f"{args.cases} studies ({args.labelled} labelled) in {args.out}")
+    if args.follow_ups:
+        (args.out / "patients.csv").write_text(patients_table([(args.first_index + i, v) for i in range(args.cases) for v in range(args.follow_ups + 1)]))
+    follow_ups = f", {args.cases * args.follow_ups} follow-ups and patients.csv" if args.follow_ups else ""
+    print(f"{args.cases} studies ({args.labelled} labelled){follow_ups} in {args.out}")
     return 0
 
 

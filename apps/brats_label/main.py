@@ -26,6 +26,7 @@ Start it with MONAI Label's own server, for example::
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import sys
@@ -59,6 +60,7 @@ from lib.config import (
     CASE_PREPARATION_AGAIN_S,
     CASE_PREPARATION_QUEUE_MAX,
     DICOMWEB_WORKSPACE_ROOT,
+    FOLLOW_UP_MODEL_NAME,
     FOREGROUND_LABELS,
     MODEL_NAME,
     NEXT_SAMPLE_PICKS,
@@ -68,6 +70,7 @@ from lib.config import (
     TOKEN_ALGORITHMS,
     ZOO_CACHE_DIR,
     AppConfig,
+    FollowUpSettings,
 )
 from lib.dicom.archive import Archive
 from lib.dicom.series_rules import SeriesRules
@@ -79,7 +82,9 @@ from lib.endpoints.routes import answer_domain_errors, check_monai_label_version
 from lib.endpoints.save_label import install_save_label_route
 from lib.endpoints.token_check import TokenVerifier, install_token_check
 from lib.errors import InvalidInput, NotFound
+from lib.followup.prior_label import earlier_final_label
 from lib.followup.timeline import patient_timeline, timeline_png
+from lib.infers.follow_up import CURRENT_KEY, PRIOR_KEY, WHY_NONE_KEY, BratsFollowUp
 from lib.infers.refinement import BratsRefinement
 from lib.infers.segmentation import BratsSegmentation
 from lib.interactive.clicks import clicks_in_world
@@ -287,13 +292,19 @@ class BratsLabelApp(MONAILabelApp):
             if not (grid.shape == study.shape and np.allclose(grid.affine, study.affine, atol=1e-3)):
                 request["answer_grid"] = {"affine": grid.affine.tolist(), "shape": list(grid.shape)}
         request["image"] = image_uri
+        if request.get("model") == FOLLOW_UP_MODEL_NAME:  # the patient's earlier final label, found here (the task has no datastore)
+            prior, why_none = earlier_final_label(self._datastore, case)
+            request[PRIOR_KEY] = {**dataclasses.asdict(prior), "image_path": str(prior.image_path), "label_path": str(prior.label_path)} if prior else None
+            request[WHY_NONE_KEY], request[CURRENT_KEY] = why_none, image_uri
         with self.infer_queue.turn():
             self._apply_promotions()  # a training that just ended may have made a version to serve
             result = super().infer(request, datastore)
         # the audit measures the auto-segmentation a correction started from; a clicked answer is partly the annotator's
         if not refinement and result.get("file") and os.path.exists(result["file"]):
             version = self.versions.serving() or self.served_version()  # "vN"; the weights' hash if unversioned
-            self.prelabels.save(case, result["file"], version, request.get("client_id"))
+            follow_up = (result.get("params") or {}).get("follow_up")
+            origin = {"model": request.get("model"), **({"prior_case": follow_up.get("prior_case")} if follow_up else {})}
+            self.prelabels.save(case, result["file"], version, request.get("client_id"), origin)
         return result
 
     def audit(self, format: str = "json"):
@@ -316,6 +327,7 @@ class BratsLabelApp(MONAILabelApp):
     def init_infers(self) -> Dict[str, InferTask]:
         return {
             MODEL_NAME: BratsSegmentation(self.config.profile, self.model_path, self.pretrained_weights, version_fn=self.versions.serving),
+            FOLLOW_UP_MODEL_NAME: BratsFollowUp(self.config.profile, self.model_path, self.pretrained_weights, FollowUpSettings(), version_fn=self.versions.serving),
             REFINEMENT_MODEL_NAME: BratsRefinement(self.config.profile, self.refinement_path, (self.pretrained_weights, self.model_path), growth=self.config.refinement.growth),
         }
 

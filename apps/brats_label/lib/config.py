@@ -374,6 +374,24 @@ class RefinementSettings:
     growth: ClickGrowth = ClickGrowth()  # how far each click carries when the model answers (served and judged alike)
 
 
+FOLLOW_UP_MODEL_NAME = "follow_up"  # the patient's earlier final label carried onto a follow-up study
+
+
+@dataclass(frozen=True)
+class FollowUpSettings:
+    """The earlier label of the same patient as a follow-up's pre-label (lib/followup/prior_label.py)."""
+
+    # Rigid registration of the earlier study's T1 onto this one's (both brain-extracted), started from their centres
+    # of mass: a head is placed anew at each session, further than it moves between two series of one session.
+    max_rotation_deg: float = 30.0
+    max_translation_mm: float = 60.0
+    min_overlap: float = 0.9  # brain outlines after registration (a brain changes shape after surgery)
+    # A voxel changed between the two studies where T1c or FLAIR (each z-scored over the brain, smoothed) differs by
+    # more than this many standard deviations: there the model answers, elsewhere the earlier label stands.
+    change_sd: float = 1.0
+    change_smoothing_mm: float = 2.0
+
+
 # --- the application configuration -------------------------------------------------------------------
 
 MODEL_NAME = "segmentation"

@@ -24,7 +24,7 @@ from .label_files import read_label_file
 
 AUDIT_FIELDS = (
     "case", "tag", "saved_at", "user", "authenticated", "claimed_user", "client_id", "source",
-    "prelabel_model_version", "prelabel_made_at", "dice_tc", "dice_wt", "dice_et", "hd95_tc", "hd95_wt", "hd95_et",
+    "prelabel_model", "prelabel_model_version", "prelabel_prior_case", "prelabel_made_at", "dice_tc", "dice_wt", "dice_et", "hd95_tc", "hd95_wt", "hd95_et",
     "lesion_dice_tc", "lesion_dice_wt", "lesion_dice_et", "lesion_hd95_tc", "lesion_hd95_wt", "lesion_hd95_et",
     "voxels_necrotic_core", "voxels_edema", "voxels_enhancing_tumour",
 )  # fmt: skip
@@ -39,12 +39,13 @@ class PreLabels:
     def _paths(self, case: str) -> tuple[Path, Path]:
         return self.folder / f"{case}.nii.gz", self.folder / f"{case}.json"
 
-    def save(self, case: str, label_file: str, model_version: Optional[str], client_id: Optional[str]) -> None:
+    def save(self, case: str, label_file: str, model_version: Optional[str], client_id: Optional[str], origin: Optional[Dict[str, Any]] = None) -> None:
+        """``origin``: which model made it (``model``) and, for a follow-up pre-label, the earlier study it carried (``prior_case``)."""
         label_path, info_path = self._paths(case)
         label_path.parent.mkdir(parents=True, exist_ok=True)
         label, affine = read_label_file(Path(label_file))  # NIfTI, or NRRD for OHIF
         write_nifti(np.asarray(label, np.uint8), affine, label_path)
-        write_json({"model_version": model_version, "made_at": utc_now(), "client_id": client_id}, info_path)
+        write_json({"model_version": model_version, "made_at": utc_now(), "client_id": client_id, **(origin or {})}, info_path)
 
     def compare(self, case: str, final: np.ndarray) -> Dict[str, Any]:
         """What goes into the final label's record: the pre-label's origin and its BraTS scores against the final label."""
@@ -58,7 +59,8 @@ class PreLabels:
             return {"prelabel_model_version": info["model_version"], "prelabel_made_at": info["made_at"], "prelabel_note": "grid differs"}
         scores = brats_scores(prelabel, final, image.header.get_zooms()[:3])  # how far the correction moved the pre-label, as BraTS scores it
         fields = {f"{score}_{region}": scores[region][score] for region in ("tc", "wt", "et") for score in ("dice", "hd95", "lesion_dice", "lesion_hd95")}
-        return {"prelabel_model_version": info["model_version"], "prelabel_made_at": info["made_at"], **fields}
+        origin = {f"prelabel_{key}": info[key] for key in ("model", "prior_case") if info.get(key)}
+        return {"prelabel_model_version": info["model_version"], "prelabel_made_at": info["made_at"], **origin, **fields}
 
     def latest(self, case: str) -> Optional[tuple]:
         """The case's latest pre-label (label array, affine) and its record, or None when none was made."""

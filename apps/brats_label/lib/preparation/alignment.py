@@ -52,12 +52,21 @@ def coarse(image: sitk.Image, spacing_mm: float) -> sitk.Image:
     return sitk.BinShrink(sitk.Cast(image, sitk.sitkFloat32), factors) if max(factors) > 1 else sitk.Cast(image, sitk.sitkFloat32)
 
 
-def register_rigid(fixed: sitk.Image, moving: sitk.Image, settings: PreparationSettings, name: str) -> tuple[sitk.Transform, RigidAlignment]:
+def register_rigid(
+    fixed: sitk.Image, moving: sitk.Image, settings: PreparationSettings, name: str, onto: str = "the T1c", from_centres_of_mass: bool = False
+) -> tuple[sitk.Transform, RigidAlignment]:
     """The rigid transform (fixed -> moving points, as ``sitk.Resample`` takes it) that best aligns ``moving`` to
-    ``fixed``. Raises RegistrationRefused when it fails or lands beyond ``settings``' limits."""
+    ``fixed`` (named ``onto`` in messages). It starts from the headers' placement, or, ``from_centres_of_mass``, with
+    the two images' centres of mass on each other (two sessions: the head was placed anew). Raises
+    RegistrationRefused when it fails or lands beyond ``settings``' limits."""
     centre = fixed.TransformContinuousIndexToPhysicalPoint([(n - 1) / 2.0 for n in fixed.GetSize()])
     initial = sitk.Euler3DTransform()
     initial.SetCenter(centre)  # identity: the headers' placement is the starting point
+    if from_centres_of_mass:
+        initial = sitk.CenteredTransformInitializer(
+            sitk.Cast(fixed, sitk.sitkFloat32), sitk.Cast(moving, sitk.sitkFloat32), sitk.Euler3DTransform(), sitk.CenteredTransformInitializerFilter.MOMENTS
+        )
+        centre = initial.GetCenter()
     method = sitk.ImageRegistrationMethod()
     method.SetMetricAsMattesMutualInformation(settings.histogram_bins)
     method.SetMetricSamplingStrategy(method.RANDOM)
@@ -73,7 +82,7 @@ def register_rigid(fixed: sitk.Image, moving: sitk.Image, settings: PreparationS
         small_fixed, small_moving = coarse(fixed, settings.finest_mm), coarse(moving, settings.finest_mm)
         transform = method.Execute(small_fixed, small_moving)
     except RuntimeError as e:  # ITK: too few samples in the overlap, and similar
-        raise RegistrationRefused(f"{name}: registration to the T1c failed ({str(e).strip().splitlines()[-1]})") from None
+        raise RegistrationRefused(f"{name}: registration to {onto} failed ({str(e).strip().splitlines()[-1]})") from None
     ras = transform_to_ras(transform)
     rotation = np.degrees(np.arccos(np.clip((np.trace(ras[:3, :3]) - 1.0) / 2.0, -1.0, 1.0)))
     centre_ras = np.array([-centre[0], -centre[1], centre[2]])
@@ -84,13 +93,13 @@ def register_rigid(fixed: sitk.Image, moving: sitk.Image, settings: PreparationS
     )
     if not np.isfinite(result.metric) or rotation > settings.max_rotation_deg or result.translation_mm > settings.max_translation_mm:
         raise RegistrationRefused(
-            f"{name}: registration to the T1c found {rotation:.1f} degrees and {result.translation_mm:.1f} mm, beyond what a patient moves "
+            f"{name}: registration to {onto} found {rotation:.1f} degrees and {result.translation_mm:.1f} mm, beyond what a patient moves "
             f"between series (at most {settings.max_rotation_deg:g} degrees, {settings.max_translation_mm:g} mm). Check that the series belongs "
             "to this study and covers the head, or export the study co-registered."
         )
     if overlap < settings.min_overlap:
         raise RegistrationRefused(
-            f"{name}: registration to the T1c failed: the aligned series' outline overlaps the T1c's by Dice {overlap:.2f} "
+            f"{name}: registration to {onto} failed: the aligned outline overlaps {onto}'s by Dice {overlap:.2f} "
             f"(at least {settings.min_overlap:g} when aligned; the patient probably moved beyond what registration recovers, about 20 degrees). "
             "Check that the series belongs to this study, or export the study co-registered."
         )
