@@ -115,6 +115,41 @@ def test_an_annotator_opens_segments_corrects_and_submits_in_ohif(server, orthan
         shutil.copyfile(tmp_path / picture, ARTIFACTS / picture)
 
 
+def test_the_measurement_report_of_a_saved_label_is_listed_under_its_study(server, orthanc, tmp_path):
+    """A final label saved (here through MONAI Label's client) goes to Orthanc as a SEG and a TID 1500 report of its
+    volumes; OHIF's viewer lists both under the study, beside the four sequences."""
+    import requests
+    from monailabel.client import MONAILabelClient
+
+    from lib.dicom.measurement_report import SERIES_DESCRIPTION
+
+    listing = requests.get(f"{server.url}/datastore/?output=all", timeout=60).json()["objects"]
+    study = sorted(listing)[-1]
+    client = MONAILabelClient(server.url, tmpdir=str(tmp_path), client_id="pytest")
+    reference = tmp_path / "study.nii"  # the stacked volume, uncompressed
+    reference.write_bytes(requests.get(f"{server.url}/datastore/image", params={"image": study}, timeout=120).content)
+    image = nib.load(str(reference))
+    drawn = np.zeros(image.shape[:3], np.uint8)
+    centre = [n // 2 for n in drawn.shape]
+    drawn[centre[0] - 6 : centre[0] + 6, centre[1] - 6 : centre[1] + 6, centre[2] - 3 : centre[2] + 3] = 2
+    drawn[centre[0] - 2 : centre[0] + 2, centre[1] - 2 : centre[1] + 2, centre[2] - 1 : centre[2] + 1] = 3
+    upload = tmp_path / "label.nii.gz"
+    nib.save(nib.Nifti1Image(drawn, image.affine), str(upload))
+    client.save_label(study, str(upload), tag="final", params={"user": "dr_report"})
+    info = requests.get(f"{server.url}/datastore/?output=all", timeout=60).json()["objects"][study]["labels"]["final"]["info"]
+    assert info["archive"] == "stored" and info["sr_sop_instance_uid"]
+
+    run = subprocess.run(["node", "ohif_study_series.mjs", server.url, study, str(tmp_path)], cwd=BROWSER_DIR, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    result = json.loads(run.stdout.strip().splitlines()[-1])
+    assert result["errors"] == [], result["errors"]
+    reports = [s for s in result["series"] if s["modality"] == "SR"]
+    assert [s["description"] for s in reports] == [SERIES_DESCRIPTION], result["series"]
+    assert SERIES_DESCRIPTION in result["text"], "the study browser shows the report by its description"
+    assert sum(s["modality"] == "MR" for s in result["series"]) == 4 and any(s["modality"] == "SEG" for s in result["series"])
+    shutil.copyfile(tmp_path / "ohif_measurement_report_listed.png", ARTIFACTS / "ohif_measurement_report_listed.png")
+
+
 def test_study_list_shows_the_archive_studies(server, tmp_path):
     run = subprocess.run(["node", "ohif_study_list.mjs", server.url, str(tmp_path)], cwd=BROWSER_DIR, capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr[-3000:]
