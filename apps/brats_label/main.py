@@ -76,6 +76,7 @@ from lib.dicom.archive import Archive
 from lib.dicom.series_rules import SeriesRules
 from lib.endpoints.dicomweb_proxy import install_dicomweb_proxy
 from lib.endpoints.image_download import install_image_download_route
+from lib.endpoints.label_info import install_label_info_routes
 from lib.endpoints.next_sample import install_next_sample_route
 from lib.endpoints.ohif_submit import install_ohif_submit_routes
 from lib.endpoints.routes import answer_domain_errors, check_monai_label_version, install_route_guard, offload_blocking_stock_routes, record_task_start_times
@@ -90,6 +91,7 @@ from lib.infers.segmentation import BratsSegmentation
 from lib.interactive.clicks import clicks_in_world
 from lib.labels.audit import PreLabels, audit_csv, audit_rows
 from lib.labels.label_store import check_case_id
+from lib.labels.review import ReviewDecision
 from lib.model.model_zoo import fetch_weights
 from lib.model.network import check_weights, read_state_dict
 from lib.runtime.infer_queue import FairQueue
@@ -166,6 +168,7 @@ class BratsLabelApp(MONAILabelApp):
             self.config.retrain,
             history=lambda: self._datastore.history_records(),  # type: ignore[attr-defined]
             start_training=self._retrain,
+            train_on=lambda: self._datastore.train_on(),  # type: ignore[attr-defined]
             training_tasks=lambda: [t for t in self._training_tasks() if t.get("request", {}).get("model", MODEL_NAME) == MODEL_NAME],
         )
         # evaluated lazily: the infer task exists only once MONAI Label's __init__ has run
@@ -270,8 +273,11 @@ class BratsLabelApp(MONAILabelApp):
                 listing_extras=extras,
                 label_audit=self.prelabels.compare,
                 writer=self._writer,
+                train_on=self.config.train_on,
             )
-        return StudyFolderDatastore(Path(self.studies), self.workspace, listing_extras=extras, label_audit=self.prelabels.compare, writer=self._writer)
+        return StudyFolderDatastore(
+            Path(self.studies), self.workspace, listing_extras=extras, label_audit=self.prelabels.compare, writer=self._writer, train_on=self.config.train_on
+        )
 
     def infer(self, request, datastore=None):
         """MONAI Label's inference, one request at a time in arrival order (``infer_concurrency``), and the
@@ -313,6 +319,23 @@ class BratsLabelApp(MONAILabelApp):
         if format == "csv":
             return Response(audit_csv(rows), media_type="text/csv", headers={"Content-Disposition": "attachment; filename=label_audit.csv"})
         return rows
+
+    def review(
+        self,
+        case: str,
+        decision: str = Body(...),
+        comment: str = Body(""),
+        level: str = Body(""),
+        user: User = Depends(RBAC(settings.MONAI_LABEL_AUTH_ROLE_REVIEWER)),
+    ):
+        """A reviewer approves the study's final label or asks for changes (with a comment): kept with the label
+        version, who (the signed-in user) and when; the label's info after it."""
+        self._datastore.review_label(check_case_id(case), ReviewDecision(decision, comment, level), user.username)  # type: ignore[attr-defined]
+        return self._datastore.get_label_info(case, "final")
+
+    def review_queue(self):
+        """Final labels waiting for a review, oldest saved first, and which labels train now."""
+        return {"waiting": self._datastore.review_queue(), "train_on": self._datastore.train_on()}  # type: ignore[attr-defined]
 
     def timeline(self, case: str, format: str = "json"):
         """The patient's studies oldest first: each region's volume (final label, or pre-label, said which) and
@@ -402,6 +425,7 @@ class BratsLabelApp(MONAILabelApp):
         if verifier is not None:
             install_token_check(verifier)
         install_save_label_route(server)
+        install_label_info_routes(server, lambda: self._datastore)
         install_ohif_submit_routes(server)
         install_dicomweb_proxy(server)
         install_next_sample_route(server)
@@ -422,6 +446,8 @@ class BratsLabelApp(MONAILabelApp):
             ("holdout", self.add_held_out, "POST", "Add labelled studies to the held-out set; every version is scored again"),
             ("training", self.training, "GET", "Training progress: epoch, loss, validation Dice, time left"),
             ("audit", self.audit, "GET", "Label audit trail (?format=csv for a CSV file)"),
+            ("review", self.review_queue, "GET", "Final labels waiting for a review, oldest first"),
+            ("review/{case}", self.review, "POST", "Approve a final label or ask for changes (reviewers)"),
             ("timeline/{case}", self.timeline, "GET", "A patient's studies over time: volumes and their changes (?format=png for a picture)"),
         ]
         for path, endpoint, method, summary in routes:

@@ -374,6 +374,7 @@ class RefinementSettings:
     growth: ClickGrowth = ClickGrowth()  # how far each click carries when the model answers (served and judged alike)
 
 
+TRAIN_ON_CHOICES = ("auto", "approved", "submitted")  # --conf train_on (lib/labels/review.py)
 FOLLOW_UP_MODEL_NAME = "follow_up"  # the patient's earlier final label carried onto a follow-up study
 
 
@@ -464,6 +465,9 @@ class AppConfig:
     zoo_url: Optional[str] = None  # where bundles are fetched from ({name}, {version}); None: MONAI's hosting
     prepare_on_arrival: bool = True  # studies never opened are opened (and prepared) while the server is idle
     refinement: RefinementSettings = RefinementSettings()
+    # which final labels train (lib/labels/review.py): auto (submitted until the first review, approved from then on),
+    # approved or submitted
+    train_on: str = "auto"
 
     @property
     def patch_size(self) -> Tuple[int, int, int]:
@@ -546,6 +550,9 @@ class AppConfig:
             raise ConfigError("--conf max_upload_mb takes a number of megabytes") from None
         if max_upload_mb <= 0:
             raise ConfigError("--conf max_upload_mb must be positive")
+        train_on = str(conf.get("train_on", cls.train_on))
+        if train_on not in TRAIN_ON_CHOICES:
+            raise ConfigError(f"--conf train_on {train_on!r}: choose {', '.join(TRAIN_ON_CHOICES)} (auto: submitted labels until the first review, approved ones from then on)")
         workspace_path = Path(workspace).expanduser().resolve() if workspace else None
         return cls(
             PROFILES[name],
@@ -563,6 +570,7 @@ class AppConfig:
             zoo,
             zoo_url,
             prepare_on_arrival=_flag(conf, "prepare_on_arrival", True),
+            train_on=train_on,
         )
 
 

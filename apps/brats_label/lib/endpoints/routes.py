@@ -221,6 +221,8 @@ ROUTE_ROLES: Tuple[Tuple[str, str, Access], ...] = (
     ("POST", "/proxy/dicom/stow/studies/{study}", Role.ANNOTATOR),
     ("DELETE", "/datastore/label", Role.REVIEWER),  # a removal is a new version without voxels; history keeps all
     ("GET", "/brats/audit", Role.REVIEWER),
+    ("GET", "/brats/review", Role.REVIEWER),
+    ("POST", "/brats/review/{case}", Role.REVIEWER),
     ("GET", "/datastore/dataset", Role.ADMIN),  # every study and label in one download
     ("PUT", "/datastore/image/info", Role.ADMIN),
     ("GET", "/model/{model}", Role.ADMIN),

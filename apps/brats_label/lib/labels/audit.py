@@ -28,6 +28,8 @@ AUDIT_FIELDS = (
     "lesion_dice_tc", "lesion_dice_wt", "lesion_dice_et", "lesion_hd95_tc", "lesion_hd95_wt", "lesion_hd95_et",
     "voxels_necrotic_core", "voxels_edema", "voxels_enhancing_tumour",
 )  # fmt: skip
+REVIEW_COLUMNS = ("event", "label_saved_at", "reviewed_by", "review_comment", "review_level")
+AUDIT_COLUMNS = (*AUDIT_FIELDS, *REVIEW_COLUMNS)  # every row has every column (a CSV's header)
 
 
 class PreLabels:
@@ -73,16 +75,32 @@ class PreLabels:
 
 
 def audit_rows(history: Iterable[tuple[str, Dict[str, Any]]]) -> List[Dict[str, Any]]:
-    """One row per saved label version, oldest first: (case, history record) pairs in, flat dicts out."""
+    """One row per saved label version, and one per review of it, oldest first: (case, history record) pairs in,
+    flat dicts out. A review's row is its version's (case, tag, who saved it) with who reviewed, when and why."""
     rows = []
     for case, record in history:
         if "saved_at" not in record:
             continue  # a removal marker
         voxels = record.get("voxels", {})
-        row = {"case": case, **{k: record.get(k) for k in AUDIT_FIELDS if k not in ("case",)}}
+        row = {"case": case, **{k: record.get(k) for k in AUDIT_FIELDS if k not in ("case",)}, "event": "saved"}
         row.update({f"voxels_{name}": voxels.get(name) for name in ("necrotic_core", "edema", "enhancing_tumour")})
         rows.append(row)
-    return sorted(rows, key=lambda r: r["saved_at"])
+        for review in record.get("reviews", []):
+            rows.append(
+                {
+                    "case": case,
+                    "tag": record.get("tag"),
+                    "saved_at": review.get("at"),
+                    "event": f"review: {review.get('state')}",
+                    "user": record.get("user"),
+                    "label_saved_at": record.get("saved_at"),
+                    "reviewed_by": review.get("by"),
+                    "review_comment": review.get("comment"),
+                    "review_level": review.get("level"),
+                }
+            )
+    rows = sorted(rows, key=lambda r: r["saved_at"] or "")
+    return [{key: row.get(key) for key in AUDIT_COLUMNS} | row for row in rows]
 
 
 FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")  # a spreadsheet runs a cell that starts so as a formula
@@ -98,7 +116,7 @@ def inert_cell(value: Any) -> Any:
 def audit_csv(rows: List[Dict[str, Any]]) -> str:
     """The audit as CSV; client-written text (user names, client ids) cannot run as a formula when opened."""
     out = io.StringIO()
-    writer = csv.DictWriter(out, fieldnames=list(AUDIT_FIELDS), extrasaction="ignore")
+    writer = csv.DictWriter(out, fieldnames=list(AUDIT_COLUMNS), extrasaction="ignore")
     writer.writeheader()
     writer.writerows({k: inert_cell(v) for k, v in row.items()} for row in rows)
     return out.getvalue()

@@ -31,7 +31,7 @@ from collections import defaultdict
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Optional, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
 import nibabel as nib
 import numpy as np
@@ -202,10 +202,15 @@ class LabelStore:
 
     def update_status(self, version: LabelVersion, fields: Dict[str, Any]) -> Dict[str, Any]:
         """Record what happened to a version since it was committed (its record is never changed)."""
+        return self.amend_status(version, lambda _: fields)
+
+    def amend_status(self, version: LabelVersion, change: Callable[[Dict[str, Any]], Dict[str, Any]]) -> Dict[str, Any]:
+        """As ``update_status``, with fields computed from the status as it is under the lock (a list that grows)."""
         self._check_writer()
         path = version.folder / STATUS_FILE
         with file_lock(path):
-            status = {**read_json(path, {}), **fields}
+            current = read_json(path, {})
+            status = {**current, **change(current)}
             write_json(status, path)
         return status
 

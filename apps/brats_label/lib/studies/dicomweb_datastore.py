@@ -151,6 +151,7 @@ class DicomWebStudyDatastore(StudyDatastore):
         label_audit: Optional[Callable[[str, np.ndarray], Dict[str, Any]]] = None,
         writer: bool = True,
         reconcile_s: float = DICOMWEB_RECONCILE_S,
+        train_on: str = "auto",
     ):
         """``writer`` False in worker processes: they list and open studies but send, import and register nothing.
         ``reconcile_s``: how often the whole archive is listed (the refreshes between ask Orthanc what changed)."""
@@ -158,7 +159,7 @@ class DicomWebStudyDatastore(StudyDatastore):
         self._rules = rules or SeriesRules()
         self._refresh_s = refresh_s
         self._software_version = software_version
-        super().__init__(workspace, name, f"Studies in the DICOMweb archive {archive.url}", listing_extras, label_audit, writer)
+        super().__init__(workspace, name, f"Studies in the DICOMweb archive {archive.url}", listing_extras, label_audit, writer, train_on)
         self._metadata_dir = self._workspace / "dicom_metadata"
         self._seg_registry_path = self._workspace / "seg_registry.json"
         self._refresh_lock = threading.Lock()

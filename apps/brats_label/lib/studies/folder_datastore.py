@@ -48,9 +48,10 @@ class StudyFolderDatastore(StudyDatastore):
         listing_extras: Optional[Callable[[], Dict[str, Dict[str, Any]]]] = None,
         label_audit: Optional[Callable[[str, np.ndarray], Dict[str, Any]]] = None,
         writer: bool = True,
+        train_on: str = "auto",
     ):
         self._studies_dir = Path(studies_dir)
-        super().__init__(workspace, name, description or f"Studies in {self._studies_dir}", listing_extras, label_audit, writer)
+        super().__init__(workspace, name, description or f"Studies in {self._studies_dir}", listing_extras, label_audit, writer, train_on)
         self._sources: Dict[str, StudySource] = {}
         self.refresh()
 

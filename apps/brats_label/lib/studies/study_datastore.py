@@ -23,6 +23,8 @@ from ..errors import InvalidInput, NotFound
 from ..labels.conventions import LabelError
 from ..labels.label_files import SeriesGrid, read_uploaded_label
 from ..labels.label_store import LabelStore, LabelVersion, check_case_id, check_tag, migrate_flat_layout
+from ..labels.review import REVIEW_FIELDS, SUBMITTED_STATE, ReviewDecision, check_reviewer, effective_train_on, review_state, review_status, trains
+from ..runtime.clock import utc_now
 from ..runtime.shared_state import update_json
 from .case_cache import CaseCache
 from .folder_layout import Geometry, StudyProblem
@@ -35,7 +37,7 @@ IMPORTED_FROM = "imported"
 SUBMITTED = "submitted"
 FINAL = DefaultLabelTag.FINAL.value
 # Fields of a label's record that the server computes: a client's params never set them.
-SERVER_FIELDS = ("tag", "saved_at", "removed_at", "voxels", "source", "archive", "file", "convention", "migrated_from")
+SERVER_FIELDS = ("tag", "saved_at", "removed_at", "voxels", "source", "archive", "file", "convention", "migrated_from", *REVIEW_FIELDS)
 SERVER_FIELD_PREFIXES = ("dice_", "hd95_", "lesion_", "prelabel_", "seg_")
 WHO_SAVED = ("user", "authenticated", "claimed_user", "client_id")  # set once, when the label is saved
 
@@ -69,11 +71,14 @@ class StudyDatastore(Datastore):
         listing_extras: Optional[Callable[[], Dict[str, Dict[str, Any]]]] = None,
         label_audit: Optional[Callable[[str, np.ndarray], Dict[str, Any]]] = None,
         writer: bool = True,
+        train_on: str = "auto",
     ):
         """``listing_extras`` adds per-case entries to the listing (the app gives active-learning ranks);
         ``label_audit`` adds to each submitted final label's record (the app compares it with the pre-label);
-        ``writer`` False in worker processes: they read labels and the listing, the server writes."""
+        ``writer`` False in worker processes: they read labels and the listing, the server writes;
+        ``train_on``: which final labels train (``labels/review.py``)."""
         self._workspace = Path(workspace)
+        self._train_on = train_on
         self._labels = open_label_store(self._workspace, writer)
         self._writer = writer
         self._cases = CaseCache(self._workspace / "cases")
@@ -247,10 +252,37 @@ class StudyDatastore(Datastore):
         labelled = set(self.get_labeled_images(label_tag, labels))
         return [i for i in self.list_images() if i not in labelled]
 
+    # --- review -------------------------------------------------------------------------------------------
+    def review_label(self, image_id: str, decision: ReviewDecision, reviewer: str) -> Dict[str, Any]:
+        """A reviewer's decision on the study's current final label, kept with that version (who, when, comment)."""
+        study = self.case_id(image_id)
+        current = self._current(study, FINAL)
+        if current is None:
+            raise NotFound(f"study {study} has no final label to review")
+        info = current.info()
+        if info.get("source") == IMPORTED_FROM:
+            raise InvalidInput(f"the final label of {study} is ground truth imported with the study, not a correction under review")
+        check_reviewer(info, reviewer, decision)
+        return self._labels.amend_status(current, lambda status: review_status(status, decision, reviewer, utc_now()))
+
+    def review_queue(self) -> List[Dict[str, Any]]:
+        """Final labels waiting for a review, oldest saved first."""
+        waiting = []
+        for case in self.get_labeled_images():
+            info = self.get_label_info(case, FINAL)
+            if info.get("source") != IMPORTED_FROM and review_state(info) == SUBMITTED_STATE:
+                waiting.append({"case": case, "saved_at": info.get("saved_at", ""), "user": info.get("user", ""), "source": info.get("source", "")})
+        return sorted(waiting, key=lambda entry: entry["saved_at"])
+
+    def train_on(self) -> str:
+        """``approved`` or ``submitted``: which final labels train now."""
+        return effective_train_on(self._train_on, self.history_records())
+
     # --- training data and summaries --------------------------------------------------------------------
     def datalist(self) -> List[Dict[str, Any]]:
-        """Labelled studies for training: the 4-channel volume and the final label."""
-        return [self.training_item(i) for i in self.get_labeled_images()]
+        """Labelled studies for training: the 4-channel volume and the final label (of those that train now)."""
+        train_on = self.train_on()
+        return [self.training_item(i) for i in self.get_labeled_images() if trains(self.get_label_info(i, FINAL), train_on, (IMPORTED_FROM,))]
 
     def training_item(self, image_id: str) -> Dict[str, Any]:
         """One labelled study as training and evaluation read it (NotFound for a study without a final label)."""

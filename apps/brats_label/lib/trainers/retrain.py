@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
 
 from ..config import RetrainPolicy
+from ..labels.review import approved_at
 from ..runtime.atomic import read_json
 from ..runtime.clock import task_started_utc
 from ..runtime.shared_state import update_json
@@ -39,9 +40,12 @@ class RetrainTrigger:
         history: Callable[[], Iterable[Tuple[str, Dict[str, Any]]]],
         start_training: Callable[[], Optional[Any]],
         training_tasks: Callable[[], List[Dict[str, Any]]] = list,
+        train_on: Callable[[], str] = lambda: "submitted",
     ):
-        """``training_tasks``: MONAI Label's training tasks as the server knows them (empty in worker processes)."""
+        """``training_tasks``: MONAI Label's training tasks as the server knows them (empty in worker processes);
+        ``train_on``: which labels train now, ``approved`` or ``submitted`` (``labels/review.py``)."""
         self.state_path = Path(state_path)
+        self.train_on = train_on
         self.policy = policy
         self.history = history
         self.start_training = start_training
@@ -54,11 +58,13 @@ class RetrainTrigger:
         return next((r["started_at"] for r in reversed(runs) if r.get("outcome") != "failed"), "")
 
     def new_labels(self, runs: Optional[List[Dict[str, Any]]] = None) -> List[str]:
-        """Cases with a submitted final label saved since the last training that did not fail started."""
+        """Cases with a submitted final label saved (or, when only approved labels train, approved) since the last
+        training that did not fail started."""
         since = self._counted_since(self._state().get("runs", []) if runs is None else runs)
-        return sorted(
-            {case for case, record in self.history() if record.get("tag") == "final" and record.get("saved_at", "") > since and record.get("source") not in NOT_SUBMITTED}
-        )
+        finals = [(case, record) for case, record in self.history() if record.get("tag") == "final" and record.get("source") not in NOT_SUBMITTED]
+        if self.train_on() == "approved":
+            return sorted({case for case, record in finals if (approved_at(record) or "") > since})
+        return sorted({case for case, record in finals if record.get("saved_at", "") > since})
 
     def observe(self, tasks: Iterable[Dict[str, Any]]) -> None:
         """Record MONAI Label's training tasks (server process): each new start, and how each ended."""
