@@ -317,11 +317,18 @@ def test_changed_series_is_fetched_again_never_served_stale(orthanc, imported, t
     assert ds.get_image_info(case)["preparation"]["alignment"]["t2"]["method"].startswith("none"), "all on the reference grid now"
 
 
+def _opens(ds, case: str) -> bool:
+    try:
+        ds.get_image_uri(case)
+    except InvalidInput:
+        return False
+    return True
+
+
 def test_no_instance_header_is_kept_and_caches_of_earlier_versions_are_removed(orthanc, imported, tmp_path):
     patient_tags = ("00100010", "00100020", "00100030")  # PatientName, PatientID, PatientBirthDate
     ds = datastore(orthanc, tmp_path)
-    case = ds.list_images()[0]
-    ds.get_image_uri(case)
+    case = next(c for c in ds.list_images() if _opens(ds, c))  # a study another test broke on purpose is not this test's
     workspace = tmp_path / "workspace"
     kept = [p for p in workspace.rglob("*") if p.is_file() and p.suffix in (".json", ".sqlite")]
     assert kept and not any(tag.encode() in p.read_bytes() for p in kept for tag in patient_tags)

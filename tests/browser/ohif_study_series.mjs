@@ -17,7 +17,7 @@ await reportRun(result, async (browser) => {
   const notice = page.getByText('Confirm and Hide');
   if (await notice.count()) await notice.click();
   result.series = await page.evaluate(() => window.services.displaySetService.getActiveDisplaySets()
-    .map((d) => ({ modality: d.Modality, description: d.SeriesDescription, sopClassUids: d.SOPClassUID ? [d.SOPClassUID] : (d.sopClassUids || []), unsupported: Boolean(d.unsupported) })));
+    .map((d) => ({ modality: d.Modality, description: d.SeriesDescription, uid: d.SeriesInstanceUID, sopClassUids: d.SOPClassUID ? [d.SOPClassUID] : (d.sopClassUids || []), unsupported: Boolean(d.unsupported) })));
   result.text = await page.evaluate(() => document.body.innerText);
   await page.screenshot({ path: `${outDir}/ohif_measurement_report_listed.png` });
 });
