@@ -5,6 +5,7 @@ Studies here are small (four 8x8 MR series of 3 slices); what is counted is the 
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 
 import numpy as np
@@ -109,3 +110,20 @@ def test_the_listing_of_another_archive_is_not_reused(orthanc, studies, tmp_path
     other = Archive(f"{orthanc.url}/dicom-web-elsewhere", orthanc.user, orthanc.password)  # answers nothing
     ds = DicomWebStudyDatastore(other, tmp_path / "workspace", refresh_s=0)
     assert ds.list_images() == []
+
+
+def test_studies_listed_by_an_earlier_version_are_listed_again_for_their_patient_and_date(orthanc, studies, tmp_path):
+    """An earlier version kept no patient pseudonym or study date: its kept listing would leave every study off the
+    timelines forever (only changed studies are listed again), so the first refresh lists those studies again."""
+    import sqlite3
+
+    DicomWebStudyDatastore(orthanc.archive(), tmp_path / "workspace", refresh_s=0)
+    with sqlite3.connect(tmp_path / "workspace" / "archive_listing.sqlite") as db:  # as the earlier version wrote it
+        for uid, entry in db.execute("SELECT uid, entry FROM studies").fetchall():
+            old = {k: v for k, v in json.loads(entry).items() if k not in ("patient", "acquired")}
+            db.execute("UPDATE studies SET entry = ? WHERE uid = ?", (json.dumps(old), uid))
+    archive = counting(orthanc)
+    upgraded = DicomWebStudyDatastore(archive, tmp_path / "workspace", refresh_s=0)
+    assert archive.calls["series"] + archive.calls["study_metadata"] >= len(studies), f"listed again: {archive.calls}"
+    moments = [upgraded.patient_studies(uid) for uid in studies]
+    assert all(len(found) == 1 and found[0][1].acquired == "2026-01-01T12:00:00" for found in moments), moments

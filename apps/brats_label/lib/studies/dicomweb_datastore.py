@@ -198,8 +198,12 @@ class DicomWebStudyDatastore(StudyDatastore):
             return
         with self._lock:
             self._apply(rows, set())
+            # listed by an earlier version, which did not note the patient and date: listed again at the first refresh
+            earlier = [uid for uid, (_, entry) in rows.items() if "acquired" not in entry and "problem" not in entry]
+            for uid in earlier:
+                self._counts[uid] = UNKNOWN_COUNT
         self._changes_seq = seq
-        self._reconciled_at = time.monotonic()
+        self._reconciled_at = -math.inf if earlier else time.monotonic()
 
     def _remove_metadata_cache(self) -> None:
         """Earlier versions cached instance headers (and, before that, names and birth dates) per series: the
