@@ -129,3 +129,19 @@ def test_the_follow_up_model_answers_with_the_earlier_label_and_the_audit_says_w
     assert saved["dice_wt"] == 1.0, "saved as pre-labelled: the correction changed nothing"
     timeline = requests.get(f"{server.url}/brats/timeline/{FOLLOW_UP}", timeout=30).json()["studies"]
     assert [row["case"] for row in timeline] == [BASELINE, FOLLOW_UP] and [row["volumes_from"] for row in timeline] == ["final label"] * 2
+
+
+def test_an_earlier_study_that_cannot_be_opened_leaves_the_follow_up_to_the_model(studies, tmp_path):
+    import shutil
+
+    from lib.followup.prior_label import earlier_final_label
+    from lib.studies.folder_datastore import StudyFolderDatastore
+
+    broken = tmp_path / "studies"
+    shutil.copytree(studies, broken, ignore=shutil.ignore_patterns(".brats_label"))
+    t1 = broken / BASELINE / f"{BASELINE}-t1n.nii.gz"
+    image = nib.load(str(t1))
+    nib.save(nib.Nifti1Image(np.full(image.shape, np.nan, np.float32), image.affine), str(t1))  # NaN voxels: unusable
+    datastore = StudyFolderDatastore(broken, tmp_path / "workspace")
+    prior, why = earlier_final_label(datastore, FOLLOW_UP)
+    assert prior is None and BASELINE in why and "cannot be opened" in why, why

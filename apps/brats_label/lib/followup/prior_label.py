@@ -28,6 +28,7 @@ import SimpleITK as sitk
 from scipy import ndimage
 
 from ..config import CHANNELS, FollowUpSettings, PreparationSettings
+from ..errors import BratsLabelError
 from ..preparation.alignment import RegistrationRefused, register_rigid
 from ..preparation.sitk_images import to_numpy, to_sitk
 from .timeline import FINAL_TAG
@@ -62,7 +63,11 @@ def earlier_final_label(datastore: Any, case: str) -> Tuple[Optional[PriorStudy]
         uri = datastore.get_label_uri(study, FINAL_TAG)
         if uri:
             info = datastore.get_label_info(study, FINAL_TAG)
-            return PriorStudy(study, moment.acquired, Path(datastore.get_image_uri(study)), Path(uri), str(info.get("saved_at", ""))), ""
+            try:
+                image = datastore.get_image_uri(study)  # its model input, prepared now if it never was
+            except BratsLabelError as e:  # the earlier study's problem stays with it: this one gets the model's answer
+                return None, f"the earlier study {study} with a final label cannot be opened ({e})"
+            return PriorStudy(study, moment.acquired, Path(image), Path(uri), str(info.get("saved_at", ""))), ""
     return None, f"none of this patient's {len(earlier)} earlier {'study has' if len(earlier) == 1 else 'studies have'} a final label"
 
 
