@@ -99,6 +99,7 @@ from lib.runtime.processes import in_worker_process
 from lib.studies.case_preparation import ArrivalPreparation, CasePreparation
 from lib.studies.dicomweb_datastore import DicomWebStudyDatastore
 from lib.studies.folder_datastore import StudyFolderDatastore
+from lib.studies.study_datastore import FINAL
 from lib.trainers.evaluation import evaluation_transforms
 from lib.trainers.held_out import MAX_ADDED_AT_ONCE, HeldOutReevaluation, reevaluation
 from lib.trainers.progress import read_progress
@@ -168,7 +169,7 @@ class BratsLabelApp(MONAILabelApp):
             self.config.retrain,
             history=lambda: self._datastore.history_records(),  # type: ignore[attr-defined]
             start_training=self._retrain,
-            train_on=lambda: self._datastore.train_on(),  # type: ignore[attr-defined]
+            train_on=self.config.train_on,
             training_tasks=lambda: [t for t in self._training_tasks() if t.get("request", {}).get("model", MODEL_NAME) == MODEL_NAME],
         )
         # evaluated lazily: the infer task exists only once MONAI Label's __init__ has run
@@ -331,7 +332,7 @@ class BratsLabelApp(MONAILabelApp):
         """A reviewer approves the study's final label or asks for changes (with a comment): kept with the label
         version, who (the signed-in user) and when; the label's info after it."""
         self._datastore.review_label(check_case_id(case), ReviewDecision(decision, comment, level), user.username)  # type: ignore[attr-defined]
-        return self._datastore.get_label_info(case, "final")
+        return self._datastore.get_label_info(case, FINAL)
 
     def review_queue(self):
         """Final labels waiting for a review, oldest saved first, and which labels train now."""

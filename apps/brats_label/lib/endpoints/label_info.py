@@ -20,9 +20,8 @@ from monailabel.endpoints.user.auth import RBAC, User
 
 from ..errors import InvalidInput
 from ..labels.review import REVIEW_FIELDS, SLICER_META, ReviewRefused, decision_from_slicer
+from ..studies.study_datastore import FINAL
 from .routes import add_route_in_front
-
-FINAL_TAG = "final"
 
 
 def is_reviewer(user: User) -> bool:
@@ -47,7 +46,7 @@ def update_label_info(datastore: Any, label: str, tag: str, fields: Dict[str, An
             raise InvalidInput(f"{SLICER_META} must be a JSON object with status, level and comment")
         if not is_reviewer(user):
             raise ReviewRefused(f"only a reviewer approves or flags a label ({SLICER_META}); {user.username} is not one")
-        if tag != FINAL_TAG:
+        if tag != FINAL:
             raise InvalidInput(f"only final labels are reviewed, not '{str(tag)[:40]}'")
         datastore.review_label(label, decision_from_slicer(meta), user.username)
         claimed = str(meta.get("approvedBy") or "")

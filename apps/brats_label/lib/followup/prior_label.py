@@ -31,7 +31,7 @@ from ..config import CHANNELS, FollowUpSettings, PreparationSettings
 from ..errors import BratsLabelError
 from ..preparation.alignment import RegistrationRefused, register_rigid
 from ..preparation.sitk_images import to_numpy, to_sitk
-from .timeline import FINAL_TAG
+from ..studies.study_datastore import FINAL
 
 REGISTRATION_CHANNEL = "t1"  # what the tumour changes least
 CHANGE_CHANNELS = ("t1c", "flair")  # where enhancement, necrosis, cavity and edema show
@@ -60,9 +60,9 @@ def earlier_final_label(datastore: Any, case: str) -> Tuple[Optional[PriorStudy]
         return None, "this study has no date, so no study is known to be earlier"
     earlier = [(study, moment) for study, moment in studies[:position] if moment.acquired and moment.acquired < acquired]
     for study, moment in reversed(earlier):
-        uri = datastore.get_label_uri(study, FINAL_TAG)
+        uri = datastore.get_label_uri(study, FINAL)
         if uri:
-            info = datastore.get_label_info(study, FINAL_TAG)
+            info = datastore.get_label_info(study, FINAL)
             try:
                 image = datastore.get_image_uri(study)  # its model input, prepared now if it never was
             except BratsLabelError as e:  # the earlier study's problem stays with it: this one gets the model's answer

@@ -24,10 +24,10 @@ import numpy as np
 from ..dicom.measurement_report import REPORTED
 from ..labels.audit import PreLabels
 from ..model.transforms import region_volumes_ml, voxel_volume_ml
+from ..studies.study_datastore import FINAL
 
 FINAL_LABEL, PRE_LABEL, NOT_SEGMENTED = "final label", "pre-label", "not segmented yet"
 REGION_ORDER = tuple(REPORTED)  # necrotic_core, edema, enhancing_tumour, TC, WT
-COMPARED_WITH = ("previous", "baseline", "nadir")
 
 
 @dataclass(frozen=True)
@@ -39,24 +39,24 @@ class TimelineStudy:
     detail: Dict[str, Any]  # where the volumes come from (label version, model version, report UID)
 
 
-FINAL_TAG = "final"
 FINAL_DETAIL = ("saved_at", "user", "source", "sr_sop_instance_uid")
 
 
 def study_volumes(datastore: Any, prelabels: PreLabels, case: str, acquired: str) -> TimelineStudy:
     """One study's volumes: of its final label if it has one, else of its latest pre-label, else none."""
-    uri = datastore.get_label_uri(case, FINAL_TAG)
+    uri = datastore.get_label_uri(case, FINAL)
     if uri:
         image = nib.load(uri)
-        info = datastore.get_label_info(case, FINAL_TAG)
+        info = datastore.get_label_info(case, FINAL)
         detail = {f"label_{key}": info[key] for key in FINAL_DETAIL if info.get(key)}
         volumes = region_volumes_ml(np.asarray(image.dataobj, dtype=np.uint8), voxel_volume_ml(image.affine))
         return TimelineStudy(case, acquired, FINAL_LABEL, volumes, detail)
     latest = prelabels.latest(case)
     if latest is not None:
-        label, affine, info = latest
+        image, info = latest
         detail = {"prelabel_model_version": info.get("model_version"), "prelabel_made_at": info.get("made_at")}
-        return TimelineStudy(case, acquired, PRE_LABEL, region_volumes_ml(label, voxel_volume_ml(affine)), detail)
+        volumes = region_volumes_ml(np.asarray(image.dataobj, dtype=np.uint8), voxel_volume_ml(image.affine))
+        return TimelineStudy(case, acquired, PRE_LABEL, volumes, detail)
     return TimelineStudy(case, acquired, NOT_SEGMENTED, None, {})
 
 

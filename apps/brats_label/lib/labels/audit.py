@@ -12,7 +12,7 @@ from __future__ import annotations
 import csv
 import io
 from pathlib import Path
-from typing import Any, Dict, Iterable, List, Optional
+from typing import Any, Dict, Iterable, List, Optional, Tuple
 
 import nibabel as nib
 import numpy as np
@@ -51,11 +51,10 @@ class PreLabels:
 
     def compare(self, case: str, final: np.ndarray) -> Dict[str, Any]:
         """What goes into the final label's record: the pre-label's origin and its BraTS scores against the final label."""
-        label_path, info_path = self._paths(case)
-        info = read_json(info_path, None)
-        if info is None or not label_path.exists():
+        latest = self.latest(case)
+        if latest is None:
             return {}
-        image = nib.load(str(label_path))
+        image, info = latest
         prelabel = np.asarray(image.dataobj)
         if prelabel.shape != final.shape:
             return {"prelabel_model_version": info["model_version"], "prelabel_made_at": info["made_at"], "prelabel_note": "grid differs"}
@@ -64,14 +63,13 @@ class PreLabels:
         origin = {f"prelabel_{key}": info[key] for key in ("model", "prior_case") if info.get(key)}
         return {"prelabel_model_version": info["model_version"], "prelabel_made_at": info["made_at"], **origin, **fields}
 
-    def latest(self, case: str) -> Optional[tuple]:
-        """The case's latest pre-label (label array, affine) and its record, or None when none was made."""
+    def latest(self, case: str) -> Optional[Tuple[nib.Nifti1Image, Dict[str, Any]]]:
+        """The case's latest pre-label (the image, not yet read) and its record, or None when none was made."""
         label_path, info_path = self._paths(case)
         info = read_json(info_path, None)
         if info is None or not label_path.exists():
             return None
-        image = nib.load(str(label_path))
-        return np.asarray(image.dataobj, dtype=np.uint8), image.affine, info
+        return nib.load(str(label_path)), info
 
 
 def audit_rows(history: Iterable[tuple[str, Dict[str, Any]]]) -> List[Dict[str, Any]]:

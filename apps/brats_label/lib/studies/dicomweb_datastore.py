@@ -325,9 +325,10 @@ class DicomWebStudyDatastore(StudyDatastore):
             patient, date, time_of_day = patient_and_date(next((items[0] for items in metadata.values() if items), {}))
         else:
             series = [self._with_acquisition(uid, s) for s in self._archive.series(uid)]
-            patient, date, time_of_day = self._archive.study_patient_and_date(uid) if series else ("", "", "")
         if not series:
             return None
+        if not metadata:
+            patient, date, time_of_day = self._archive.study_patient_and_date(uid)
         instances = sum(s.instances for s in series)
         # the patient only as this workspace's pseudonym: the identifier itself is not kept
         entry: Dict[str, Any] = {"series": [s.series_uid for s in series], "acquired": dicom_acquired(date, time_of_day)}
@@ -371,8 +372,6 @@ class DicomWebStudyDatastore(StudyDatastore):
             self._counts[uid] = instances
             if entry.get("patient"):
                 self._moments[uid] = StudyMoment(entry["patient"], entry.get("acquired", ""))
-            else:
-                self._moments.pop(uid, None)
             if "problem" in entry:
                 self._study_problems[uid] = StudyProblem(uid, uid, entry["problem"])
                 continue
@@ -657,11 +656,6 @@ class DicomWebStudyDatastore(StudyDatastore):
             return {**registry, sop_uid: {"study": study, "kind": "measurement report", "status": "current"}}
 
         update_json(self._seg_registry_path, supersede, {})
-
-    def measurement_reports(self, study: str) -> List[Dict[str, Any]]:
-        """The study's measurement reports this server wrote, as its records have them (current or superseded)."""
-        registry = read_json(self._seg_registry_path, {})
-        return [{"sop_instance_uid": uid, **entry} for uid, entry in registry.items() if entry.get("kind") == "measurement report" and entry.get("study") == study]
 
     def _send_pending_labels(self) -> None:
         for study in sorted(self._pending):

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
 
 from ..config import RetrainPolicy
-from ..labels.review import approved_at
+from ..labels.review import approved_at, effective_train_on
 from ..runtime.atomic import read_json
 from ..runtime.clock import task_started_utc
 from ..runtime.shared_state import update_json
@@ -40,10 +40,10 @@ class RetrainTrigger:
         history: Callable[[], Iterable[Tuple[str, Dict[str, Any]]]],
         start_training: Callable[[], Optional[Any]],
         training_tasks: Callable[[], List[Dict[str, Any]]] = list,
-        train_on: Callable[[], str] = lambda: "submitted",
+        train_on: str = "submitted",
     ):
         """``training_tasks``: MONAI Label's training tasks as the server knows them (empty in worker processes);
-        ``train_on``: which labels train now, ``approved`` or ``submitted`` (``labels/review.py``)."""
+        ``train_on``: the ``--conf train_on`` setting, auto, approved or submitted (``labels/review.py``)."""
         self.state_path = Path(state_path)
         self.train_on = train_on
         self.policy = policy
@@ -61,8 +61,9 @@ class RetrainTrigger:
         """Cases with a submitted final label saved (or, when only approved labels train, approved) since the last
         training that did not fail started."""
         since = self._counted_since(self._state().get("runs", []) if runs is None else runs)
-        finals = [(case, record) for case, record in self.history() if record.get("tag") == "final" and record.get("source") not in NOT_SUBMITTED]
-        if self.train_on() == "approved":
+        history = list(self.history())
+        finals = [(case, record) for case, record in history if record.get("tag") == "final" and record.get("source") not in NOT_SUBMITTED]
+        if effective_train_on(self.train_on, history) == "approved":
             return sorted({case for case, record in finals if (approved_at(record) or "") > since})
         return sorted({case for case, record in finals if record.get("saved_at", "") > since})
 
