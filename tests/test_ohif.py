@@ -115,16 +115,11 @@ def test_an_annotator_opens_segments_corrects_and_submits_in_ohif(server, orthan
         shutil.copyfile(tmp_path / picture, ARTIFACTS / picture)
 
 
-def test_the_measurement_report_of_a_saved_label_is_listed_under_its_study(server, orthanc, tmp_path):
-    """A final label saved (here through MONAI Label's client) goes to Orthanc as a SEG and a TID 1500 report of its
-    volumes; OHIF's viewer lists both under the study, beside the four sequences."""
+def _save_drawn_label(server, study: str, tmp_path: Path, user: str) -> None:
+    """A small edema and enhancing block at the study's centre saved as its final label, through MONAI Label's client."""
     import requests
     from monailabel.client import MONAILabelClient
 
-    from lib.dicom.measurement_report import SERIES_DESCRIPTION
-
-    listing = requests.get(f"{server.url}/datastore/?output=all", timeout=60).json()["objects"]
-    study = sorted(listing)[-1]
     client = MONAILabelClient(server.url, tmpdir=str(tmp_path), client_id="pytest")
     reference = tmp_path / "study.nii"  # the stacked volume, uncompressed
     reference.write_bytes(requests.get(f"{server.url}/datastore/image", params={"image": study}, timeout=120).content)
@@ -135,7 +130,19 @@ def test_the_measurement_report_of_a_saved_label_is_listed_under_its_study(serve
     drawn[centre[0] - 2 : centre[0] + 2, centre[1] - 2 : centre[1] + 2, centre[2] - 1 : centre[2] + 1] = 3
     upload = tmp_path / "label.nii.gz"
     nib.save(nib.Nifti1Image(drawn, image.affine), str(upload))
-    client.save_label(study, str(upload), tag="final", params={"user": "dr_report"})
+    client.save_label(study, str(upload), tag="final", params={"user": user})
+
+
+def test_the_measurement_report_of_a_saved_label_is_listed_under_its_study(server, orthanc, tmp_path):
+    """A final label saved (here through MONAI Label's client) goes to Orthanc as a SEG and a TID 1500 report of its
+    volumes; OHIF's viewer lists both under the study, beside the four sequences."""
+    import requests
+
+    from lib.dicom.measurement_report import SERIES_DESCRIPTION
+
+    listing = requests.get(f"{server.url}/datastore/?output=all", timeout=60).json()["objects"]
+    study = sorted(listing)[-1]
+    _save_drawn_label(server, study, tmp_path, "dr_report")
     info = requests.get(f"{server.url}/datastore/?output=all", timeout=60).json()["objects"][study]["labels"]["final"]["info"]
     assert info["archive"] == "stored" and info["sr_sop_instance_uid"]
 
@@ -148,6 +155,29 @@ def test_the_measurement_report_of_a_saved_label_is_listed_under_its_study(serve
     assert SERIES_DESCRIPTION in result["text"], "the study browser shows the report by its description"
     assert sum(s["modality"] == "MR" for s in result["series"]) == 4 and any(s["modality"] == "SEG" for s in result["series"])
     shutil.copyfile(tmp_path / "ohif_measurement_report_listed.png", ARTIFACTS / "ohif_measurement_report_listed.png")
+
+
+def test_a_label_sent_back_for_changes_opens_with_the_reviewers_comment(server, tmp_path):
+    """A reviewer asks for changes; the annotator's Next Sample in OHIF hands that study back before any new one, and
+    the comment is on screen when it opens."""
+    import requests
+
+    listing = requests.get(f"{server.url}/datastore/?output=all", timeout=60).json()["objects"]
+    returned, elsewhere = sorted(listing)[0], sorted(listing)[-1]
+    _save_drawn_label(server, returned, tmp_path, "dr_ann")
+    comment = "The enhancing rim is missed on the posterior slices"
+    asked = requests.post(f"{server.url}/brats/review/{returned}", json={"decision": "changes requested", "comment": comment, "level": "medium"}, timeout=30)
+    assert asked.status_code == 200, asked.text
+
+    run = subprocess.run(["node", "ohif_returned_label.mjs", server.url, elsewhere, str(tmp_path)], cwd=BROWSER_DIR, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    result = json.loads(run.stdout.strip().splitlines()[-1])
+    assert result["errors"] == [], result["errors"]
+    assert result["nextSample"]["id"] == returned and result["nextSample"]["picked_by"] == "returned for changes"
+    assert result["opened"] == returned
+    assert result["review"]["returned"]["comment"] == comment
+    assert comment in result["notice"] and "Changes requested (medium)" in result["notice"], "the comment is on screen"
+    shutil.copyfile(tmp_path / "ohif_returned_label.png", ARTIFACTS / "ohif_returned_label.png")
 
 
 def test_study_list_shows_the_archive_studies(server, tmp_path):

@@ -98,6 +98,14 @@ def test_the_slicer_reviewer_module_lists_filters_approves_and_flags(studies_2mm
     flagged = _info(server, UNLABELLED[1], {})
     assert flagged["review"] == {**flagged["review"], "state": "changes requested", "comment": "edema missed anteriorly", "level": "hard"}
 
+    # the flagged label goes back before any new study, with the comment (authentication off: to whoever asks)
+    returned = requests.post(f"{server.url}/activelearning/random", json={"client_id": "slicer"}, timeout=30).json()
+    assert returned["id"] == UNLABELLED[1] and returned["picked_by"] == "returned for changes"
+    assert returned["review"] == {**returned["review"], "comment": "edema missed anteriorly", "reviewed_by": "admin", "level": "hard"}
+    shown = requests.get(f"{server.url}/brats/review/{UNLABELLED[1]}", timeout=30).json()
+    assert shown["state"] == "changes requested" and shown["returned"]["comment"] == "edema missed anteriorly"
+    assert requests.get(f"{server.url}/brats/review/{UNLABELLED[0]}", timeout=30).json()["returned"] is None, "approved: nothing to correct"
+
     # the module reads the decisions back: its filters
     controller = reviewer_lib()
     assert controller.connectToMonaiServer(server.url) and controller.initMetaDataProcessing()
@@ -156,6 +164,18 @@ def test_with_authentication_only_another_reviewer_approves_and_the_token_says_w
     assert no_comment.status_code == 422 and "comment" in no_comment.text
     asked = requests.post(f"{server.url}/brats/review/{UNLABELLED[1]}", json={"decision": "changes requested", "comment": "ET too thick"}, headers=other, timeout=30)
     assert asked.status_code == 200 and asked.json()["review"]["by"] == "dr_rev2"
+
+    # the label goes back to the one who saved it, with the comment; not to another annotator, whatever they send
+    def next_sample(headers: dict, body: dict) -> dict:
+        answer = requests.post(f"{server.url}/activelearning/random", json=body, headers=headers, timeout=30)
+        assert answer.status_code == 200, answer.text
+        return answer.json()
+
+    assert next_sample(annotator, {"returned_to": "dr_rev", "client_id": "dr_rev"}).get("id") != UNLABELLED[1]
+    back = next_sample(reviewer, {})
+    assert back["id"] == UNLABELLED[1] and back["review"]["comment"] == "ET too thick" and back["review"]["reviewed_by"] == "dr_rev2"
+    shown = requests.get(f"{server.url}/brats/review/{UNLABELLED[1]}", headers=annotator, timeout=30)
+    assert shown.status_code == 200 and shown.json()["returned"]["comment"] == "ET too thick"
     forged = requests.put(
         f"{server.url}/datastore/label/info",
         params={"label": UNLABELLED[1], "tag": "final"},

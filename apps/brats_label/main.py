@@ -91,7 +91,7 @@ from lib.infers.segmentation import BratsSegmentation
 from lib.interactive.clicks import clicks_in_world
 from lib.labels.audit import PreLabels, audit_csv, audit_rows
 from lib.labels.label_store import check_case_id
-from lib.labels.review import ReviewDecision
+from lib.labels.review import ReviewDecision, returned_review, review_state
 from lib.model.model_zoo import fetch_weights
 from lib.model.network import check_weights, read_state_dict
 from lib.runtime.infer_queue import FairQueue
@@ -334,6 +334,12 @@ class BratsLabelApp(MONAILabelApp):
         self._datastore.review_label(check_case_id(case), ReviewDecision(decision, comment, level), user.username)  # type: ignore[attr-defined]
         return self._datastore.get_label_info(case, FINAL)
 
+    def review_of(self, case: str):
+        """The review of the study's current final label, for the annotator it comes back to: its state and, when
+        changes were requested, who asked, when, and the comment (OHIF shows it when the study opens)."""
+        info = self._datastore.get_label_info(check_case_id(case), FINAL)  # {} without a final label
+        return {"case": case, "state": review_state(info) if info else None, "returned": returned_review(info), "reviews": info.get("reviews", [])}
+
     def review_queue(self):
         """Final labels waiting for a review, oldest saved first, and which labels train now."""
         return {"waiting": self._datastore.review_queue(), "train_on": self._datastore.train_on()}  # type: ignore[attr-defined]
@@ -449,6 +455,7 @@ class BratsLabelApp(MONAILabelApp):
             ("audit", self.audit, "GET", "Label audit trail (?format=csv for a CSV file)"),
             ("review", self.review_queue, "GET", "Final labels waiting for a review, oldest first"),
             ("review/{case}", self.review, "POST", "Approve a final label or ask for changes (reviewers)"),
+            ("review/{case}", self.review_of, "GET", "The review of a study's final label: state, and the comment when sent back"),
             ("timeline/{case}", self.timeline, "GET", "A patient's studies over time: volumes and their changes (?format=png for a picture)"),
         ]
         for path, endpoint, method, summary in routes:

@@ -1,7 +1,10 @@
 """Next-case strategies: a random unlabelled case, the most uncertain one, or one drawn by its uncertainty.
 
 All never return a labelled case, skip cases handed to another annotator, and reserve the case they
-return for the asking client (``client_id``, sent by MONAI Label's clients). The uncertainty
+return for the asking client (``client_id``, sent by MONAI Label's clients). One exception comes first: a label a
+reviewer sent back for changes goes back to the annotator who saved it (``returned_to``, set by the Next Sample route
+from the signed-in user), with the reviewer's comment in the answer (``review``): a correction asked for is work
+already started, and the model does not learn from that study until it is done. The uncertainty
 strategies use only scores made by the model being served; while there is no model, or no score for
 it yet, it picks at random and says so in the answer (``picked_by``, ``reason``). The answer avoids
 the key ``strategy``: MONAI Label's endpoint overwrites it with the case's stored hand-out record.
@@ -10,7 +13,7 @@ the key ``strategy``: MONAI Label's endpoint overwrites it with the case's store
 from __future__ import annotations
 
 import random
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Set
 
 import numpy as np
 from monailabel.interfaces.datastore import Datastore
@@ -21,6 +24,18 @@ from .scores import ScoreStore
 from .selection import power_sample
 
 ANONYMOUS = "anonymous"
+RETURNED_TO = "returned_to"  # request key: whose returned labels come first (None: anyone's, authentication off)
+RETURNED = "returned for changes"
+
+
+def returned_label(datastore: Datastore, owner: Optional[str], taken: Set[str]) -> Optional[Dict[str, Any]]:
+    """The oldest label sent back to ``owner`` that nobody else holds, as a strategy's answer; None if there is none."""
+    returned_labels = getattr(datastore, "returned_labels", None)  # the app's datastores; MONAI Label's have no reviews
+    waiting = [entry for entry in (returned_labels(owner) if returned_labels else []) if entry["case"] not in taken]
+    if not waiting:
+        return None
+    review = {key: value for key, value in waiting[0].items() if key != "case"}
+    return {"id": waiting[0]["case"], "picked_by": RETURNED, "review": review}
 
 
 class _HandOutStrategy(Strategy):
@@ -36,10 +51,12 @@ class _HandOutStrategy(Strategy):
         client = str(request.get("client_id") or ANONYMOUS)
         with self.handouts.lock:
             taken = self.handouts.taken_by_others(client)
-            candidates = [c for c in datastore.get_unlabeled_images() if c not in taken]
-            if not candidates:
-                return None
-            answer = self.choose(sorted(candidates), request)
+            answer = returned_label(datastore, request.get(RETURNED_TO), taken)
+            if answer is None:
+                candidates = [c for c in datastore.get_unlabeled_images() if c not in taken]
+                if not candidates:
+                    return None
+                answer = self.choose(sorted(candidates), request)
             answer["reserved_until"] = self.handouts.reserve(answer["id"], client)
             answer["client_id"] = client
             return answer

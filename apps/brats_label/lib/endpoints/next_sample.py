@@ -4,6 +4,8 @@ A strategy hands each client one study at a time (``activelearning.handouts``), 
 MONAI Label's route takes that id from the request body, so with authentication on one person could hold
 any number of studies by sending made-up ids. Here, with authentication on, the hand-out is keyed by the
 verified user name: one study per user, whatever the body says. With it off, the client's id is all there is.
+A label sent back for changes is handed to the user who saved it before any new study; with authentication off to
+whoever asks (``returned_to`` is set here, never taken from the body).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from monailabel.config import settings
 from monailabel.endpoints.activelearning import sample
 from monailabel.endpoints.user.auth import RBAC, User
 
+from ..activelearning.strategies import RETURNED_TO
 from .routes import add_route_in_front
 
 
@@ -24,8 +27,10 @@ def next_sample_for_user(
     user: User = Depends(RBAC(settings.MONAI_LABEL_AUTH_ROLE_ANNOTATOR)),
 ) -> Dict[str, Any]:
     fields = dict(params or {})
+    fields[RETURNED_TO] = None
     if settings.MONAI_LABEL_AUTH_ENABLE:
         fields["client_id"] = user.username
+        fields[RETURNED_TO] = user.username
     return sample(strategy, fields, user.username)
 
 

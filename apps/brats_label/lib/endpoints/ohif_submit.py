@@ -2,7 +2,8 @@
 
 ``app-config.js`` (OHIF's executable configuration) is served with ``ohif_submit_label.js`` appended: it
 adds a Submit label button to the MONAI Label mode's toolbar, which sends the labelmap on screen to
-``PUT /datastore/label`` (as NRRD, with the segments' names), the same route 3D Slicer uses.
+``PUT /datastore/label`` (as NRRD, with the segments' names), the same route 3D Slicer uses; and
+``ohif_returned_label.js``: a study whose label a reviewer sent back shows the reviewer's comment when it opens.
 
 OHIF can also STOW a segmentation as DICOM SEG through its data source, i.e. the server's DICOMweb
 proxy; that path answers here too. A body of SEG instances is saved as the study's final label through
@@ -44,6 +45,7 @@ STOW_PATHS = ("/proxy/dicom/wado/studies", "/proxy/dicom/wado/studies/{study}", 
 APP_CONFIG_PATH = "/ohif/app-config.js"
 OHIF_DIR = Path(str(__import__("monailabel").__file__)).parent / "endpoints" / "static" / "ohif"
 SUBMIT_SCRIPT = Path(__file__).with_name("ohif_submit_label.js")
+RETURNED_SCRIPT = Path(__file__).with_name("ohif_returned_label.js")  # a returned label's comment, shown on opening
 OHIF_CLIENT_ID = "OHIF"
 SEG_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.66.4"
 
@@ -114,8 +116,8 @@ def _referenced(ds: pydicom.Dataset) -> pydicom.Dataset:
 
 
 def app_config_js() -> Response:
-    """OHIF's configuration as shipped, then our toolbar button."""
-    script = (OHIF_DIR / "app-config.js").read_text() + "\n" + SUBMIT_SCRIPT.read_text()
+    """OHIF's configuration as shipped, then our toolbar button and the notice of a label sent back for changes."""
+    script = "\n".join(path.read_text() for path in (OHIF_DIR / "app-config.js", SUBMIT_SCRIPT, RETURNED_SCRIPT))
     return Response(script, media_type="application/javascript", headers={"Cache-Control": "no-cache"})
 
 

@@ -213,6 +213,7 @@ ROUTE_ROLES: Tuple[Tuple[str, str, Access], ...] = (
     ("POST", "/activelearning/{strategy}", Role.ANNOTATOR),
     ("POST", "/infer/{model}", Role.ANNOTATOR),
     ("PUT", "/datastore/label", Role.ANNOTATOR),
+    ("GET", "/brats/review/{case}", Role.ANNOTATOR),  # the comment of a label sent back to its annotator
     ("PUT", "/datastore/label/info", Role.ANNOTATOR),
     ("PUT", "/datastore/updatelabelinfo", Role.ANNOTATOR),
     ("POST", "/proxy/dicom/wado/studies", Role.ANNOTATOR),  # STOW-RS of a SEG (OHIF posts to its wado root)

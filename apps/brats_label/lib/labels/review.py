@@ -105,6 +105,21 @@ def trains(info: Mapping[str, Any], train_on: str, imported_sources: Tuple[str, 
     return review_state(info) == APPROVED
 
 
+def returned_review(info: Mapping[str, Any]) -> Optional[Dict[str, Any]]:
+    """What an annotator reads when a label comes back to them: the request for changes on the current version (who,
+    when, the comment, the level); None when the label is not sent back."""
+    review = info.get("review") or {}
+    if review.get("state") != CHANGES_REQUESTED:
+        return None
+    return {
+        "state": CHANGES_REQUESTED,
+        "comment": review.get("comment", ""),
+        "reviewed_by": review.get("by", ""),
+        "requested_at": review.get("at", ""),
+        "level": review.get("level", ""),
+    }
+
+
 def approved_at(info: Mapping[str, Any]) -> Optional[str]:
     review = info.get("review") or {}
     return review.get("at") if review.get("state") == APPROVED else None

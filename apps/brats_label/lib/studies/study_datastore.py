@@ -23,7 +23,17 @@ from ..errors import InvalidInput, NotFound
 from ..labels.conventions import LabelError
 from ..labels.label_files import SeriesGrid, read_uploaded_label
 from ..labels.label_store import LabelStore, LabelVersion, check_case_id, check_tag, migrate_flat_layout
-from ..labels.review import REVIEW_FIELDS, SUBMITTED_STATE, ReviewDecision, check_reviewer, effective_train_on, review_state, review_status, trains
+from ..labels.review import (
+    REVIEW_FIELDS,
+    SUBMITTED_STATE,
+    ReviewDecision,
+    check_reviewer,
+    effective_train_on,
+    returned_review,
+    review_state,
+    review_status,
+    trains,
+)
 from ..runtime.clock import utc_now
 from ..runtime.shared_state import update_json
 from .case_cache import CaseCache
@@ -273,6 +283,17 @@ class StudyDatastore(Datastore):
             if info.get("source") != IMPORTED_FROM and review_state(info) == SUBMITTED_STATE:
                 waiting.append({"case": case, "saved_at": info.get("saved_at", ""), "user": info.get("user", ""), "source": info.get("source", "")})
         return sorted(waiting, key=lambda entry: entry["saved_at"])
+
+    def returned_labels(self, owner: Optional[str] = None) -> List[Dict[str, Any]]:
+        """Final labels a reviewer sent back for changes, the oldest request first: of the annotator who saved them
+        (``owner``), or of anyone when None (authentication off: nobody's name can be trusted)."""
+        returned = []
+        for case in self.get_labeled_images():
+            info = self.get_label_info(case, FINAL)
+            review = returned_review(info)
+            if review is not None and (owner is None or info.get("user") == owner):
+                returned.append({"case": case, **review})
+        return sorted(returned, key=lambda entry: entry["requested_at"])
 
     def train_on(self) -> str:
         """``approved`` or ``submitted``: which final labels train now."""
