@@ -32,9 +32,9 @@ import nibabel as nib  # noqa: E402
 import numpy as np  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
-from lib.config import CHANNELS, FOREGROUND_LABELS, PROFILES  # noqa: E402
+from lib.config import BRATS_2023, CHANNELS, FOREGROUND_LABELS, PROFILES  # noqa: E402
 from lib.labels.conventions import brats_convention, to_project_convention  # noqa: E402
-from lib.model.brats_metrics import label_dice, label_masks, region_scores  # noqa: E402
+from lib.model.brats_metrics import label_dice, region_scores  # noqa: E402
 from lib.studies.case_cache import stack_study_files  # noqa: E402
 from lib.studies.folder_layout import find_studies  # noqa: E402
 from lib.trainers.evaluation import SCORES, evaluation_transforms, predict_regions  # noqa: E402
@@ -58,7 +58,7 @@ def items_of(studies: Path, scratch: Path) -> list:
         nib.save(nib.Nifti1Image(stacked, affine), str(image))
         truth = nib.load(str(source.ground_truth))
         raw = np.asanyarray(truth.dataobj)
-        convention = "msd" if source.layout == "msd" else brats_convention(np.unique(raw))
+        convention = "msd" if source.layout == "msd" else brats_convention(np.unique(raw), BRATS_2023)
         nib.save(nib.Nifti1Image(to_project_convention(raw, convention), truth.affine), str(label))
         items.append({"id": source.study_id, "image": str(image), "label": str(label)})
     return items
@@ -102,7 +102,7 @@ def main() -> int:
         for case, image, predicted, expected in tqdm(predict_regions(profile, args.weights, items, evaluation_transforms(profile)), total=len(items), desc="studies"):
             scores = region_scores(predicted, expected, profile.spacing_mm)
             rows += [{"study": case, "region": r.upper(), **scores[r]} for r in REGIONS]
-            dices, ours, theirs = label_dice(predicted, expected), label_masks(predicted), label_masks(expected)
+            dices, ours, theirs = label_dice(predicted, expected, BRATS_2023), BRATS_2023.label_masks(predicted), BRATS_2023.label_masks(expected)
             label_rows += [
                 {
                     "study": case,

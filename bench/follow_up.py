@@ -33,7 +33,7 @@ import numpy as np  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 from bench.evaluate import items_of  # noqa: E402
-from lib.config import PROFILES, FollowUpSettings  # noqa: E402
+from lib.config import BRATS_2023, PROFILES, FollowUpSettings  # noqa: E402
 from lib.followup.prior_label import PriorStudy, carry_prior, merge_with_prior  # noqa: E402
 from lib.infers.segmentation import BratsSegmentation  # noqa: E402
 from lib.model.brats_metrics import brats_scores, label_dice, region_masks  # noqa: E402
@@ -42,10 +42,10 @@ from synthetic.follow_up import follow_up_name  # noqa: E402
 
 
 def scores(prediction: np.ndarray, truth: np.ndarray, spacing) -> dict:
-    regions = brats_scores(prediction, truth, spacing)
+    regions = brats_scores(prediction, truth, spacing, BRATS_2023)
     out = {region: regions[region]["dice"] for region in ("et", "tc", "wt")}
     out["mean"] = round(float(np.mean(list(out.values()))), 4)
-    out.update(label_dice(region_masks(prediction), region_masks(truth)))
+    out.update(label_dice(region_masks(prediction, BRATS_2023), region_masks(truth, BRATS_2023), BRATS_2023))
     return out
 
 

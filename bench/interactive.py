@@ -40,7 +40,7 @@ from monai.transforms import Compose  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 from bench.evaluate import items_of  # noqa: E402
-from lib.config import CORRECTION_TARGET_DICE, LABELS, PROFILES, REGIONS, ClickGrowth, NetworkProfile, RefinementSettings, TrainSettings  # noqa: E402
+from lib.config import BRATS_2023, CORRECTION_TARGET_DICE, LABELS, PROFILES, REGIONS, ClickGrowth, NetworkProfile, RefinementSettings, TrainSettings  # noqa: E402
 from lib.interactive.click_rounds import region_channels_to_label  # noqa: E402
 from lib.interactive.robot_user import GuidedSession  # noqa: E402
 from lib.interactive.simulated_clicks import next_click  # noqa: E402
@@ -58,7 +58,7 @@ WEAK_PRELABEL_WT = 0.85  # issue 21's targets are on studies whose pre-label WT 
 def label_map(regions: Dict[str, np.ndarray]) -> np.ndarray:
     """Region masks (tc, wt, et) as one label map, as inference makes it (``RegionsToLabeld``)."""
     stacked = torch.as_tensor(np.stack([regions[name.lower()] for name in REGIONS]))
-    return RegionsToLabeld(keys="pred")({"pred": stacked})["pred"][0].numpy()
+    return RegionsToLabeld(keys="pred", label_set=BRATS_2023)({"pred": stacked})["pred"][0].numpy()
 
 
 def dice(truth: np.ndarray, labels: np.ndarray, region: str) -> float:

@@ -23,12 +23,20 @@ from .cohort import DEFAULT_KIND_MIX, DEFAULT_SITE_MIX, KINDS, SITES, design_cas
 from .follow_up import generate_follow_up, patients_table
 from .head import generate_raw_study
 from .layouts import LAYOUTS, case_name, write_msd_dataset_json, write_raw_study, write_study
-from .montage import save_montage
+from .montage import POST_TREATMENT_COLOURS, POST_TREATMENT_NAMES, save_montage
+from .post_treatment import generate_post_treatment
 from .study import generate_study, varied_acquisition
 
 
 def _make_one(args: tuple) -> Tuple[str, Optional[dict]]:
-    index, seed, spacing, layout, with_label, out_dir, label_dir, montage_dir, varied, cohort, raw, visit = args
+    index, seed, spacing, layout, with_label, out_dir, label_dir, montage_dir, varied, cohort, raw, visit, post = args
+    if post:  # after surgery, labelled as BraTS 2024's post-treatment task (synthetic/post_treatment.py)
+        study = generate_post_treatment(seed, index, visit + 1, spacing)
+        write_study(study, Path(out_dir), layout, with_label and visit == 0, Path(label_dir) if label_dir else None)
+        if montage_dir:
+            title = f"{study.case_id}  (seed {seed}, post-operative scan {visit + 1})"
+            save_montage(study.images, study.label, Path(montage_dir) / f"{study.case_id}.png", title, colours=POST_TREATMENT_COLOURS, names=POST_TREATMENT_NAMES)
+        return study.case_id, None
     if visit:  # a later scan of patient ``index`` (synthetic/follow_up.py): unlabelled, its truth to --ground-truth
         follow_up = generate_follow_up(seed, index, visit, spacing)
         write_study(follow_up, Path(out_dir), layout, False, Path(label_dir) if label_dir else None)
@@ -77,6 +85,12 @@ def parse_args(argv=None) -> argparse.Namespace:
         default=0,
         help="also N later scans of each patient, unlabelled (brats2023 names -001, -002...; their truth goes to --ground-truth), and patients.csv",
     )
+    parser.add_argument(
+        "--post-treatment",
+        action="store_true",
+        help="post-operative studies labelled in BraTS 2024's post-treatment values (1 NETC, 2 SNFH, 3 ET, 4 resection cavity; "
+        "the server's --conf labels brats2024_post), named -001; with --follow-ups, later post-operative scans",
+    )
     parser.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1))
     args = parser.parse_args(argv)
     if args.cases < 1:
@@ -89,6 +103,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         parser.error(f"--raw must be between 0 and --cases ({args.cases})")
     if args.raw and args.layout != "brats2023":
         parser.error("--raw studies are written in the brats2023 layout (one file per series, each on its own grid)")
+    if args.post_treatment and (args.layout != "brats2023" or args.raw or args.cohort or args.kinds or args.sites or args.varied_acquisition):
+        parser.error("--post-treatment studies are BraTS 2023-layout prepared studies (no --raw, --cohort or --varied-acquisition)")
     if args.follow_ups and (args.layout != "brats2023" or args.raw or args.cohort or args.kinds or args.sites or args.varied_acquisition):
         parser.error("--follow-ups are BraTS 2023 prepared studies of the default kind (no --raw, --cohort or --varied-acquisition)")
     if args.follow_ups < 0:
@@ -125,6 +141,7 @@ def main(argv=None) -> int:
             args.cohort_mix,
             i >= args.cases - args.raw,
             visit,
+            args.post_treatment,
         )
         for i in range(args.cases)
         for visit in range(args.follow_ups + 1)
@@ -144,7 +161,9 @@ def main(argv=None) -> int:
     if args.layout == "msd":
         write_msd_dataset_json(args.out)
     if args.follow_ups:
-        (args.out / "patients.csv").write_text(patients_table([(args.first_index + i, v) for i in range(args.cases) for v in range(args.follow_ups + 1)]))
+        first = 1 if args.post_treatment else 0  # post-operative scans are the patient's visits 1, 2, ...
+        visits = [(args.first_index + i, first + v) for i in range(args.cases) for v in range(args.follow_ups + 1)]
+        (args.out / "patients.csv").write_text(patients_table(visits))
     follow_ups = f", {args.cases * args.follow_ups} follow-ups and patients.csv" if args.follow_ups else ""
     print(f"{args.cases} studies ({args.labelled} labelled){follow_ups} in {args.out}")
     return 0

@@ -21,11 +21,11 @@ MODALITIES = ("t1", "t1c", "t2", "flair")
 
 # Mean relative intensity per (modality, tissue or tumour region).
 INTENSITY: Dict[str, Dict[str, float]] = {
-    "t1": {"csf": 0.30, "gm": 0.62, "wm": 0.90, "necrotic": 0.28, "edema": 0.55, "enhancing": 0.60},
-    "t1c": {"csf": 0.30, "gm": 0.64, "wm": 0.90, "necrotic": 0.28, "edema": 0.55, "enhancing": 1.40},
-    "t2": {"csf": 1.00, "gm": 0.60, "wm": 0.40, "necrotic": 0.95, "edema": 0.85, "enhancing": 0.65},
-    "flair": {"csf": 0.12, "gm": 0.58, "wm": 0.45, "necrotic": 0.50, "edema": 1.00, "enhancing": 0.78},
-}
+    "t1": {"csf": 0.30, "gm": 0.62, "wm": 0.90, "necrotic": 0.28, "edema": 0.55, "enhancing": 0.60, "non_enhancing": 0.45, "cavity": 0.26},
+    "t1c": {"csf": 0.30, "gm": 0.64, "wm": 0.90, "necrotic": 0.28, "edema": 0.55, "enhancing": 1.40, "non_enhancing": 0.47, "cavity": 0.26},
+    "t2": {"csf": 1.00, "gm": 0.60, "wm": 0.40, "necrotic": 0.95, "edema": 0.85, "enhancing": 0.65, "non_enhancing": 0.82, "cavity": 1.05},
+    "flair": {"csf": 0.12, "gm": 0.58, "wm": 0.45, "necrotic": 0.50, "edema": 1.00, "enhancing": 0.78, "non_enhancing": 0.92, "cavity": 0.16},
+}  # after treatment: non-enhancing tumour (no contrast uptake, bright on T2 and FLAIR) and the resection cavity's fluid
 REGION_OF_LABEL = {NECROTIC_CORE: "necrotic", EDEMA: "edema", ENHANCING: "enhancing"}
 
 OUTPUT_SCALE = 1000.0  # relative intensity 1.0 is stored as 1000 (int16)
@@ -74,15 +74,17 @@ def synthesise(
     bias_strength: tuple[float, float] = BIAS_STRENGTH,
     in_plane_mm: float = 0.0,
     slice_thickness_mm: float = 0.0,
+    regions: Dict[int, str] = REGION_OF_LABEL,
 ) -> Dict[str, np.ndarray]:
     """Return {modality: (X, Y, Z) int16}, one image per modality, on the anatomy's grid.
 
     ``tumour_contrast`` < 1 pulls the tumour's intensities towards the healthy tissue it replaces and
     ``noise_scale`` > 1 adds noise: together they make a case an expert would find ambiguous. A site's
-    scanner sets the bias field's strength and the resolution it acquired at (0: the grid's).
+    scanner sets the bias field's strength and the resolution it acquired at (0: the grid's). ``regions``: which
+    row of ``INTENSITY`` each label value takes (the post-treatment labels' differ from the pre-operative ones').
     """
     sigma_vox = PARTIAL_VOLUME_MM / anatomy.spacing_mm
-    region_weights = {name: np.clip(ndimage.gaussian_filter((label == value).astype(np.float32), sigma_vox), 0, 1) for value, name in REGION_OF_LABEL.items()}
+    region_weights = {name: np.clip(ndimage.gaussian_filter((label == value).astype(np.float32), sigma_vox), 0, 1) for value, name in regions.items()}
     total_weight = sum(region_weights.values())
     tumour_weight = np.clip(total_weight, 0, 1)
     texture = ndimage.gaussian_filter(rng.standard_normal(label.shape).astype(np.float32), 1.5 / anatomy.spacing_mm)

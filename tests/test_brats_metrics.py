@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from lib.config import BRATS_2023
 from lib.model.brats_metrics import HD95_MISSING_MM, brats_scores, label_dice, lesion_wise, region_masks
 
 SHAPE = (64, 64, 40)
@@ -23,7 +24,7 @@ def test_a_perfect_segmentation_scores_dice_1_and_hd95_0_in_every_region():
     label[10:30, 10:30, 5:25] = 2
     label[15:25, 15:25, 10:20] = 3
     label[18:22, 18:22, 13:17] = 1
-    scores = brats_scores(label, label, ONE_MM)
+    scores = brats_scores(label, label, ONE_MM, BRATS_2023)
     for region in ("et", "tc", "wt"):
         assert scores[region]["dice"] == 1.0 and scores[region]["hd95"] == 0.0
         assert scores[region]["lesion_dice"] == 1.0 and scores[region]["lesion_hd95"] == 0.0 and scores[region]["lesions"] == 1
@@ -35,9 +36,9 @@ def test_a_necrotic_core_called_enhancing_tumour_scores_0_for_the_core_though_th
     truth[15:25, 15:25, 10:20] = 3
     truth[18:22, 18:22, 13:17] = 1
     called_enhancing = np.where(truth == 1, 3, truth)
-    regions = brats_scores(called_enhancing, truth, ONE_MM)
+    regions = brats_scores(called_enhancing, truth, ONE_MM, BRATS_2023)
     assert regions["tc"]["dice"] == 1.0 and regions["wt"]["dice"] == 1.0, "TC and WT hide the mistake"
-    labels = label_dice(region_masks(called_enhancing), region_masks(truth))
+    labels = label_dice(region_masks(called_enhancing, BRATS_2023), region_masks(truth, BRATS_2023), BRATS_2023)
     assert labels["necrotic_core"] == 0.0 and labels["edema"] == 1.0
     assert 0.9 < labels["enhancing_tumour"] < 1.0, "ET is too large by the core's 64 voxels"
 
@@ -45,7 +46,7 @@ def test_a_necrotic_core_called_enhancing_tumour_scores_0_for_the_core_though_th
 def test_a_region_empty_in_both_counts_as_agreement():
     label = np.zeros(SHAPE, np.uint8)
     label[10:30, 10:30, 5:25] = 2  # edema only: no enhancing tumour, no core
-    scores = brats_scores(label, label, ONE_MM)
+    scores = brats_scores(label, label, ONE_MM, BRATS_2023)
     assert scores["et"] == {"dice": 1.0, "hd95": 0.0, "lesion_dice": 1.0, "lesion_hd95": 0.0, "lesions": 0, "detected": 0, "false_positives": 0}
 
 
@@ -60,7 +61,7 @@ def test_a_false_positive_lesion_halves_the_lesion_wise_scores_not_the_whole_dic
     reference = cube((10, 10, 10), 10)
     prediction = reference | cube((50, 50, 30), 3)  # a separate blob far from the lesion
     label_p, label_r = prediction.astype(np.uint8) * 2, reference.astype(np.uint8) * 2
-    wt = brats_scores(label_p, label_r, ONE_MM)["wt"]
+    wt = brats_scores(label_p, label_r, ONE_MM, BRATS_2023)["wt"]
     assert wt["false_positives"] == 1 and wt["lesion_dice"] == pytest.approx(0.5) and wt["lesion_hd95"] == pytest.approx(HD95_MISSING_MM / 2)
     assert wt["dice"] > 0.97
 

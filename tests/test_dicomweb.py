@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from scipy.spatial.transform import Rotation
 
-from lib.config import CHANNELS, REFERENCE_CHANNEL
+from lib.config import BRATS_2023, CHANNELS, REFERENCE_CHANNEL
 from lib.dicom.mr_series import StudyTags, uid_from, volume_to_mr_series
 from lib.dicom.seg import label_to_seg
 from lib.dicom.series_volume import slice_stack
@@ -265,7 +265,7 @@ def test_seg_off_the_study_grid_is_refused_and_the_stored_label_kept(orthanc, im
         instance.ImagePositionPatient = [float(v) + 1.3 for v in instance.ImagePositionPatient]
     label = np.zeros(stack.shape, np.uint8)
     label[40:50, 40:50, 30:35] = 2
-    orthanc.archive().store([label_to_seg(label, shifted, "shifted-seg", "test", "Shifted by another tool")])
+    orthanc.archive().store([label_to_seg(label, shifted, "shifted-seg", "test", BRATS_2023, "Shifted by another tool")])
     ds.refresh()
     assert any(p.study_id == case and "not on a slice of the study's grid" in p.reason for p in ds.problems())
     assert np.array_equal(np.asarray(nib.load(ds.get_label_uri(case, "final")).dataobj), before)

@@ -19,7 +19,7 @@ import torch
 from monailabel.client import MONAILabelClient
 from monailabel.client.client import MONAILabelClientException
 
-from lib.config import CHANNELS, PROFILES, REFERENCE_CHANNEL
+from lib.config import BRATS_2023, CHANNELS, PROFILES, REFERENCE_CHANNEL
 from lib.dicom.measurement_report import volumes_from_report
 from lib.dicom.seg import referenced_series, seg_to_label
 from lib.model.network import build_network
@@ -113,15 +113,15 @@ def test_infer_from_the_series_on_screen_and_save_the_correction_as_seg(client, 
     seg = archive.retrieve_instance(case, seg_series, label_info["seg_sop_instance_uid"])
     assert seg.Modality == "SEG" and seg.StudyInstanceUID == case
     assert referenced_series(seg) == info["series"][REFERENCE_CHANNEL]["uid"]
-    assert np.array_equal(seg_to_label(seg, reference.affine, reference.shape), correction)
+    assert np.array_equal(seg_to_label(seg, reference.affine, reference.shape, BRATS_2023), correction)
     seg.save_as(str(tmp_path / "saved_seg.dcm"), write_like_original=False)
     assert dciodvfy_errors(tmp_path / "saved_seg.dcm") == []
 
     # beside the SEG, the label's volumes as a measurement report that refers to it
     report = archive.retrieve_instance(case, label_info["sr_series_uid"], label_info["sr_sop_instance_uid"])
     assert report.Modality == "SR" and report.StudyInstanceUID == case
-    expected = region_volumes_ml(correction, voxel_volume_ml(reference.affine))
-    assert volumes_from_report(report) == pytest.approx(expected, abs=1e-3) and expected["enhancing_tumour"] > 0
+    expected = region_volumes_ml(correction, voxel_volume_ml(reference.affine), BRATS_2023)
+    assert volumes_from_report(report, BRATS_2023) == pytest.approx(expected, abs=1e-3) and expected["enhancing_tumour"] > 0
     evidence = {
         str(item.ReferencedSOPInstanceUID) for series in report.CurrentRequestedProcedureEvidenceSequence[0].ReferencedSeriesSequence for item in series.ReferencedSOPSequence
     }
@@ -136,7 +136,7 @@ def test_infer_from_the_series_on_screen_and_save_the_correction_as_seg(client, 
     second = _listing(client)[case]["labels"]["final"]["info"]
     assert second["sr_sop_instance_uid"] != label_info["sr_sop_instance_uid"]
     newer = archive.retrieve_instance(case, second["sr_series_uid"], second["sr_sop_instance_uid"])
-    assert volumes_from_report(newer)["enhancing_tumour"] < volumes_from_report(report)["enhancing_tumour"]
+    assert volumes_from_report(newer, BRATS_2023)["enhancing_tumour"] < volumes_from_report(report, BRATS_2023)["enhancing_tumour"]
     records = json.loads((Path(server.conf["workspace"]) / "seg_registry.json").read_text())
     assert records[label_info["sr_sop_instance_uid"]]["status"] == "superseded" and records[label_info["sr_sop_instance_uid"]]["superseded_by"] == newer.SOPInstanceUID
     assert records[newer.SOPInstanceUID]["status"] == "current"
@@ -155,7 +155,7 @@ def test_a_seg_written_by_another_client_becomes_the_label(client, orthanc, stud
     label = np.zeros(stack.shape, np.uint8)
     label[40:52, 44:50, 30:36] = 2
     label[44:48, 45:49, 32:34] = 3
-    seg = label_to_seg(label, [reference[i] for i in stack.order], "other-viewer", "9.9", "Segmentation from a viewer")
+    seg = label_to_seg(label, [reference[i] for i in stack.order], "other-viewer", "9.9", BRATS_2023, "Segmentation from a viewer")
     seg.Manufacturer = "Another viewer"
     archive.store([seg])
     entry = _listing(client)[case]["labels"]["final"]
@@ -185,7 +185,7 @@ def test_a_seg_stored_through_the_viewer_proxy_is_the_label_or_is_refused_with_t
 
     label = np.zeros(stack.shape, np.uint8)
     label[40:50, 40:50, 30:34] = 2
-    wrong = label_to_seg(label, [reference[i] for i in stack.order], "viewer-wrong", "1", "From a viewer")
+    wrong = label_to_seg(label, [reference[i] for i in stack.order], "viewer-wrong", "1", BRATS_2023, "From a viewer")
     wrong.SegmentSequence[0].SegmentLabel = "Tumour remnant"
     wrong.SegmentSequence[0].SegmentedPropertyTypeCodeSequence[0].CodeValue = "999999"
     with pytest.raises(HTTPError) as refused:
@@ -193,7 +193,7 @@ def test_a_seg_stored_through_the_viewer_proxy_is_the_label_or_is_refused_with_t
     assert refused.value.response.status_code == 422 and "Tumour remnant" in refused.value.response.json()["detail"]
     assert _listing(client)[case]["labels"]["final"]["info"] == before_label and segs_in_archive() == before_segs, "nothing stored"
 
-    good = label_to_seg(label, [reference[i] for i in stack.order], "viewer-good", "1", "From a viewer")
+    good = label_to_seg(label, [reference[i] for i in stack.order], "viewer-good", "1", BRATS_2023, "From a viewer")
     ohif = DICOMwebClient(url=f"{server.url}/proxy/dicom/wado", headers={"Referer": f"{server.url}/ohif/monai-label"})
     with pytest.raises(HTTPError) as from_ohif:  # OHIF's own SEG export puts frames in the wrong slice order
         ohif.store_instances([good])
@@ -329,7 +329,7 @@ def test_a_patients_studies_in_the_archive_form_one_timeline_ordered_by_study_da
     assert [row["acquired"] for row in rows] == ["2024-01-05T08:15:00", "2024-06-11T14:30:00"]
     assert [row["volumes_from"] for row in rows] == ["final label", "pre-label"]
     truth = nib.load(str(baseline.ground_truth))
-    expected = region_volumes_ml(np.asarray(truth.dataobj, dtype=np.uint8), voxel_volume_ml(truth.affine))
+    expected = region_volumes_ml(np.asarray(truth.dataobj, dtype=np.uint8), voxel_volume_ml(truth.affine), BRATS_2023)
     assert rows[0]["volumes_ml"] == pytest.approx(expected, abs=1e-2)
     assert set(rows[1]["change"]["WT"]) == {"previous", "baseline", "nadir"}
     assert FOLLOW_UP_PATIENT not in answer.text and "Follow^Up" not in answer.text

@@ -14,7 +14,7 @@ import requests
 import torch
 from monailabel.client import MONAILabelClient
 
-from lib.config import FOLLOW_UP_MODEL_NAME, PROFILES, FollowUpSettings
+from lib.config import BRATS_2023, FOLLOW_UP_MODEL_NAME, PROFILES, FollowUpSettings
 from lib.followup.prior_label import PriorStudy, carry_prior, merge_with_prior
 from lib.model.brats_metrics import brats_scores
 from lib.model.network import build_network
@@ -82,7 +82,7 @@ def test_the_rule_keeps_the_earlier_label_where_nothing_changed_and_the_model_wh
     spacing = (2.0, 2.0, 2.0)
     unregistered = np.asarray(nib.load(str(prior.label_path)).dataobj, dtype=np.uint8)
     assert record["registration"]["rotation_deg"] > 0.5 and record["registration"]["overlap"] > 0.95
-    assert brats_scores(carried, truth, spacing)["wt"]["dice"] > brats_scores(unregistered, truth, spacing)["wt"]["dice"], "registration helps"
+    assert brats_scores(carried, truth, spacing, BRATS_2023)["wt"]["dice"] > brats_scores(unregistered, truth, spacing, BRATS_2023)["wt"]["dice"], "registration helps"
     tumour_changed = changed & ((truth > 0) ^ (carried > 0))
     assert tumour_changed.sum() > 0.5 * ((truth > 0) ^ (carried > 0)).sum(), "most of what the tumour's change moved is found changed"
     assert changed.mean() < 0.1, "the rest of the brain is not"
@@ -109,11 +109,11 @@ def test_the_follow_up_model_answers_with_the_earlier_label_and_the_audit_says_w
     answer = nib.load(label_file)
     truth_image = nib.load(str(studies.parent / "truth" / f"{FOLLOW_UP}-seg.nii.gz"))
     assert answer.shape == truth_image.shape and np.allclose(answer.affine, truth_image.affine, atol=1e-4)
-    scores = brats_scores(np.asarray(answer.dataobj, dtype=np.uint8), _truth(studies, FOLLOW_UP), (2.0, 2.0, 2.0))
+    scores = brats_scores(np.asarray(answer.dataobj, dtype=np.uint8), _truth(studies, FOLLOW_UP), (2.0, 2.0, 2.0), BRATS_2023)
     assert scores["wt"]["dice"] > 0.15, f"the model alone scores 0: {scores}"
     carried, changed, reach, _ = carry_prior(answer_input(studies, tmp_path, FOLLOW_UP), prior_of(studies, tmp_path), FollowUpSettings())
     expected = merge_with_prior(np.zeros_like(carried), carried, changed, reach)
-    assert brats_scores(np.asarray(answer.dataobj, dtype=np.uint8), expected, (2.0, 2.0, 2.0))["wt"]["dice"] > 0.99, "the rule, as written down"
+    assert brats_scores(np.asarray(answer.dataobj, dtype=np.uint8), expected, (2.0, 2.0, 2.0), BRATS_2023)["wt"]["dice"] > 0.99, "the rule, as written down"
     assert result["volumes_ml"]["WT"] > 5, "volumes are the answer's"
 
     _, alone = client.infer(FOLLOW_UP_MODEL_NAME, SECOND_PATIENT_BASELINE, {})

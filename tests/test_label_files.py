@@ -7,7 +7,7 @@ import nrrd
 import numpy as np
 import pytest
 
-from lib.config import LABELS
+from lib.config import BRATS_2023, LABELS
 from lib.labels.conventions import LabelError
 from lib.labels.label_files import LPS_TO_RAS, read_uploaded_label, write_nrrd_label
 from lib.studies.folder_layout import Geometry
@@ -39,13 +39,13 @@ def test_a_viewer_labelmap_in_reversed_slice_order_with_its_own_values_decodes_o
         viewer_values[label == ours] = theirs
     voxels = np.flip(viewer_values, 2).transpose(1, 0, 2)
     params = _viewer_nrrd(tmp_path / "ohif.nrrd", voxels, ijk_to_lps, {1: "edema", 2: "enhancing_tumour", 3: "necrotic_core"})
-    assert np.array_equal(read_uploaded_label(tmp_path / "ohif.nrrd", STUDY, params), label)
+    assert np.array_equal(read_uploaded_label(tmp_path / "ohif.nrrd", STUDY, params, BRATS_2023), label)
 
 
 def test_the_server_nrrd_reads_back_exactly(tmp_path):
     label = _label()
     write_nrrd_label(label, STUDY.affine, tmp_path / "result.nrrd")
-    assert np.array_equal(read_uploaded_label(tmp_path / "result.nrrd", STUDY, {}), label)
+    assert np.array_equal(read_uploaded_label(tmp_path / "result.nrrd", STUDY, {}, BRATS_2023), label)
 
 
 def test_a_labelmap_half_a_voxel_off_the_grid_is_refused(tmp_path):
@@ -54,7 +54,7 @@ def test_a_labelmap_half_a_voxel_off_the_grid_is_refused(tmp_path):
     shifted[:3, 3] += study_lps[:3, 2] * 0.5
     params = _viewer_nrrd(tmp_path / "off.nrrd", _label(), shifted, {1: "necrotic_core", 2: "edema", 3: "enhancing_tumour"})
     with pytest.raises(LabelError, match="not on the study's voxel grid"):
-        read_uploaded_label(tmp_path / "off.nrrd", STUDY, params)
+        read_uploaded_label(tmp_path / "off.nrrd", STUDY, params, BRATS_2023)
 
 
 def test_a_labelmap_drawn_on_a_moved_sagittal_series_of_the_study_is_saved_on_the_study_grid(tmp_path):
@@ -82,15 +82,15 @@ def test_a_labelmap_drawn_on_a_moved_sagittal_series_of_the_study_is_saved_on_th
     params = _viewer_nrrd(tmp_path / "flair.nrrd", drawn, np.linalg.inv(LPS_TO_RAS) @ sagittal, {2: "edema", 3: "enhancing_tumour"})
 
     with pytest.raises(LabelError, match="not on the study's voxel grid"):
-        read_uploaded_label(tmp_path / "flair.nrrd", study, params)  # the study's other series not known: refused
+        read_uploaded_label(tmp_path / "flair.nrrd", study, params, BRATS_2023)  # the study's other series not known: refused
     elsewhere = sagittal.copy()
     elsewhere[0, 3] += 5.0
     other = SeriesGrid(Geometry(series.shape, elsewhere), np.eye(4))
     with pytest.raises(LabelError, match="not on the study's voxel grid"):
-        read_uploaded_label(tmp_path / "flair.nrrd", study, params, lambda: [other])  # nor on any series' grid
-    saved = read_uploaded_label(tmp_path / "flair.nrrd", study, params, lambda: [other, SeriesGrid(series, to_study)])
+        read_uploaded_label(tmp_path / "flair.nrrd", study, params, BRATS_2023, lambda: [other])  # nor on any series' grid
+    saved = read_uploaded_label(tmp_path / "flair.nrrd", study, params, BRATS_2023, lambda: [other, SeriesGrid(series, to_study)])
     for value in (LABELS["edema"], LABELS["enhancing_tumour"]):
         dice = 2 * ((saved == value) & (truth == value)).sum() / ((saved == value).sum() + (truth == value).sum())
         assert dice > 0.9, (value, dice)
-    unmoved = read_uploaded_label(tmp_path / "flair.nrrd", study, params, lambda: [SeriesGrid(series, np.eye(4))])
+    unmoved = read_uploaded_label(tmp_path / "flair.nrrd", study, params, BRATS_2023, lambda: [SeriesGrid(series, np.eye(4))])
     assert ((unmoved > 0) & (truth > 0)).sum() < 0.9 * (truth > 0).sum(), "the series' placement is what puts it right"

@@ -15,8 +15,9 @@ import numpy as np
 import pydicom
 import pytest
 
-from lib.config import FOREGROUND_LABELS, REGIONS, SEG_SEGMENTS
-from lib.dicom.measurement_report import REPORTED, SERIES_NUMBER, measurement_report, volumes_from_report
+from lib.config import BRATS_2023, FOREGROUND_LABELS, REGIONS
+from lib.dicom.measurement_report import SERIES_NUMBER, measurement_report, volumes_from_report
+from lib.dicom.measurement_report import reported as reported_by
 from lib.dicom.mr_series import StudyTags, uid_from, volume_to_mr_series
 from lib.dicom.seg import label_to_seg
 from lib.model.transforms import region_volumes_ml
@@ -26,6 +27,7 @@ SPACING_MM = (1.5, 1.2, 3.0)  # anisotropic, so a wrong axis would change the vo
 SHAPE = (24, 20, 8)
 VOXEL_ML = float(np.prod(SPACING_MM)) / 1000.0
 SEED = "measurement-report-test"
+REPORTED = reported_by(BRATS_2023)  # volumes_ml key -> (abbreviation, name): the tracking identifier "ABBR: name"
 
 
 def _label() -> np.ndarray:
@@ -45,9 +47,9 @@ def case(tmp_path_factory):
     study = StudyTags("SR-VOLUMES", "Volumes^Test", uid_from(SEED, "study"), "1", "20240102", "101500")
     series = volume_to_mr_series(image, affine, study, "T1 POST GAD", 3, f"{SEED}-t1c", uid_from(SEED, "frame-of-reference"))
     label = _label()
-    seg = label_to_seg(label, series, SEED, "test")
-    volumes = region_volumes_ml(label, VOXEL_ML)
-    sr = measurement_report(seg, series, volumes, SEED, "test")
+    seg = label_to_seg(label, series, SEED, "test", BRATS_2023)
+    volumes = region_volumes_ml(label, VOXEL_ML, BRATS_2023)
+    sr = measurement_report(seg, series, volumes, SEED, "test", BRATS_2023)
     path = folder / "sr.dcm"
     sr.save_as(str(path), write_like_original=False)
     return {"series": series, "label": label, "seg": seg, "volumes": volumes, "sr": sr, "path": path}
@@ -78,10 +80,20 @@ def _expected_ml(label: np.ndarray) -> dict:
     return expected
 
 
+def test_tracking_identifiers_name_each_label_and_region_the_brats_way():
+    assert REPORTED == {
+        "necrotic_core": ("NCR", "necrotic tumour core"),
+        "edema": ("ED", "peritumoural edema"),
+        "enhancing_tumour": ("ET", "enhancing tumour"),
+        "TC": ("TC", "tumour core"),
+        "WT": ("WT", "whole tumour"),
+    }
+
+
 def test_volumes_are_voxel_counts_times_voxel_volume(case):
     expected = _expected_ml(case["label"])
     assert expected["necrotic_core"] == pytest.approx(32 * VOXEL_ML) and expected["enhancing_tumour"] == pytest.approx(18 * VOXEL_ML)
-    reported = volumes_from_report(case["sr"])
+    reported = volumes_from_report(case["sr"], BRATS_2023)
     assert set(reported) == set(REPORTED) == set(case["volumes"]), "the keys RegionVolumesd gives"
     for name in FOREGROUND_LABELS:
         assert reported[name] == pytest.approx(expected[name], abs=1e-3), name
@@ -92,9 +104,9 @@ def test_volumes_are_voxel_counts_times_voxel_volume(case):
 
 
 def test_volumes_round_trip_through_a_file(case):
-    from_file = volumes_from_report(pydicom.dcmread(str(case["path"])))
+    from_file = volumes_from_report(pydicom.dcmread(str(case["path"])), BRATS_2023)
     assert from_file == pytest.approx(case["volumes"], abs=1e-9)
-    assert volumes_from_report(case["sr"]) == pytest.approx(from_file, abs=1e-9)
+    assert volumes_from_report(case["sr"], BRATS_2023) == pytest.approx(from_file, abs=1e-9)
 
 
 def test_report_references_the_seg_segments_and_source_series(case):
@@ -118,7 +130,7 @@ def test_report_references_the_seg_segments_and_source_series(case):
         (segment,) = _images(group, "121191")  # Referenced Segment (TID 1411)
         reference = segment.ReferencedSOPSequence[0]
         assert reference.ReferencedSOPInstanceUID == seg.SOPInstanceUID
-        assert int(reference.ReferencedSegmentNumber) == numbers[SEG_SEGMENTS[value][0]]
+        assert int(reference.ReferencedSegmentNumber) == numbers[BRATS_2023.segment(value).name]
         (series_item,) = [item for item in group.ContentSequence if item.ConceptNameCodeSequence[0].CodeValue == "121232"]
         assert series_item.UID == source_uid, "Source Series for Segmentation"
         assert group.ContentTemplateSequence[0].TemplateIdentifier == "1411"
@@ -127,7 +139,7 @@ def test_report_references_the_seg_segments_and_source_series(case):
         (source,) = _images(group, "260753009")  # Source (TID 1501)
         reference = source.ReferencedSOPSequence[0]
         assert reference.ReferencedSOPInstanceUID == seg.SOPInstanceUID
-        assert _segment_numbers(reference) == sorted(numbers[SEG_SEGMENTS[v][0]] for v in REGIONS[region])
+        assert _segment_numbers(reference) == sorted(numbers[BRATS_2023.segment(v).name] for v in REGIONS[region])
         assert group.ContentTemplateSequence[0].TemplateIdentifier == "1501"
 
 
@@ -152,8 +164,8 @@ def test_dsrdump_prints_each_regions_volume(case):
 
 
 def test_uids_follow_the_seed(case):
-    again = measurement_report(case["seg"], case["series"], case["volumes"], SEED, "test")
-    other = measurement_report(case["seg"], case["series"], case["volumes"], SEED + "-2", "test")
+    again = measurement_report(case["seg"], case["series"], case["volumes"], SEED, "test", BRATS_2023)
+    other = measurement_report(case["seg"], case["series"], case["volumes"], SEED + "-2", "test", BRATS_2023)
     assert (again.SOPInstanceUID, again.SeriesInstanceUID) == (case["sr"].SOPInstanceUID, case["sr"].SeriesInstanceUID)
     assert other.SOPInstanceUID != again.SOPInstanceUID and other.SeriesInstanceUID != again.SeriesInstanceUID
 
@@ -161,20 +173,20 @@ def test_uids_follow_the_seed(case):
 def test_inconsistent_or_incomplete_volumes_are_refused(case):
     volumes = dict(case["volumes"])
     with pytest.raises(ValueError, match="enhancing_tumour"):
-        measurement_report(case["seg"], case["series"], {**volumes, "ET": volumes["enhancing_tumour"] + 1.0}, SEED, "test")
+        measurement_report(case["seg"], case["series"], {**volumes, "ET": volumes["enhancing_tumour"] + 1.0}, SEED, "test", BRATS_2023)
     del volumes["WT"]
     with pytest.raises(ValueError, match="WT"):
-        measurement_report(case["seg"], case["series"], volumes, SEED, "test")
+        measurement_report(case["seg"], case["series"], volumes, SEED, "test", BRATS_2023)
 
 
 def test_report_of_a_label_with_an_empty_segment(tmp_path: Path, case):
     label = case["label"].copy()
     label[label == 1] = 0  # no necrosis
-    seg = label_to_seg(label, case["series"], SEED + "-empty", "test")
-    sr = measurement_report(seg, case["series"], region_volumes_ml(label, VOXEL_ML), SEED + "-empty", "test")
+    seg = label_to_seg(label, case["series"], SEED + "-empty", "test", BRATS_2023)
+    sr = measurement_report(seg, case["series"], region_volumes_ml(label, VOXEL_ML, BRATS_2023), SEED + "-empty", "test", BRATS_2023)
     path = tmp_path / "empty.dcm"
     sr.save_as(str(path), write_like_original=False)
-    reported = volumes_from_report(pydicom.dcmread(str(path)))
+    reported = volumes_from_report(pydicom.dcmread(str(path)), BRATS_2023)
     assert reported["necrotic_core"] == 0.0
     assert reported["TC"] == pytest.approx(_expected_ml(label)["TC"], abs=1e-3)
     assert dciodvfy_errors(path) == []
@@ -184,11 +196,11 @@ def test_report_of_a_label_with_an_empty_segment(tmp_path: Path, case):
     seg.save_as(str(seg_path), write_like_original=False)
     dropped = pydicom.dcmread(str(seg_path))
     dropped.SegmentSequence = [s for s in dropped.SegmentSequence if str(s.SegmentLabel) != "necrotic_core"]
-    sr = measurement_report(dropped, case["series"], region_volumes_ml(label, VOXEL_ML), SEED + "-dropped", "test")
+    sr = measurement_report(dropped, case["series"], region_volumes_ml(label, VOXEL_ML, BRATS_2023), SEED + "-dropped", "test", BRATS_2023)
     sr.save_as(str(path), write_like_original=False)
-    assert volumes_from_report(pydicom.dcmread(str(path))) == pytest.approx(reported, abs=1e-9)
+    assert volumes_from_report(pydicom.dcmread(str(path)), BRATS_2023) == pytest.approx(reported, abs=1e-9)
     (source,) = _images(_groups(sr)["TC: tumour core"], "260753009")
     assert _segment_numbers(source.ReferencedSOPSequence[0]) == [3], "TC made of what the SEG has"
     assert dciodvfy_errors(path) == []
     with pytest.raises(ValueError, match="no segment for necrotic_core"):
-        measurement_report(dropped, case["series"], case["volumes"], SEED, "test")
+        measurement_report(dropped, case["series"], case["volumes"], SEED, "test", BRATS_2023)

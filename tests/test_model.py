@@ -9,7 +9,7 @@ import torch
 from monai.data import MetaTensor
 from monai.transforms import Orientation, Spacing
 
-from lib.config import PROFILES, REGIONS
+from lib.config import BRATS_2023, PROFILES, REGIONS
 from lib.errors import ModelNotReady
 from lib.model.network import build_network, check_weights, load_network, read_state_dict
 from lib.model.transforms import KeepWithinInputd, RegionsToLabeld, RegionVolumesd, RestoreToSourceGridd, region_volumes_ml
@@ -59,7 +59,7 @@ def test_regions_to_label_follows_brats_nesting():
     wt = torch.tensor([1, 1, 1, 0, 0, 1], dtype=torch.float32)
     et = torch.tensor([1, 0, 0, 0, 1, 0], dtype=torch.float32)
     regions = torch.stack([tc, wt, et])[:, :, None, None]  # (3, 6, 1, 1), order TC, WT, ET
-    label = RegionsToLabeld(keys="pred")({"pred": regions})["pred"]
+    label = RegionsToLabeld(keys="pred", label_set=BRATS_2023)({"pred": regions})["pred"]
     assert label.shape == (1, 6, 1, 1)
     assert label.flatten().tolist() == [3, 1, 2, 0, 3, 1]
 
@@ -69,10 +69,10 @@ def test_region_volumes_are_counts_times_voxel_volume():
     label[:2] = 1
     label[2:5] = 2
     label[5:6] = 3
-    volumes = region_volumes_ml(label, voxel_volume_ml=0.008)
+    volumes = region_volumes_ml(label, voxel_volume_ml=0.008, label_set=BRATS_2023)
     assert volumes == {"necrotic_core": 1.6, "edema": 2.4, "enhancing_tumour": 0.8, "TC": 2.4, "WT": 4.8}
     affine = torch.diag(torch.tensor([2.0, 2.0, 2.0, 1.0]))
-    result = RegionVolumesd(keys="pred")({"pred": MetaTensor(torch.as_tensor(label), affine=affine)})
+    result = RegionVolumesd(keys="pred", label_set=BRATS_2023)({"pred": MetaTensor(torch.as_tensor(label), affine=affine)})
     assert result["result"]["volumes_ml"] == volumes
 
 

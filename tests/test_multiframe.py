@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 import requests
 
+from lib.config import BRATS_2023
 from lib.dicom.mr_series import uid_from
 from lib.dicom.seg import seg_to_label
 from lib.studies.dicomweb_datastore import DicomWebStudyDatastore
@@ -100,5 +101,5 @@ def test_a_label_on_a_multi_frame_study_goes_to_the_archive_as_a_seg_referring_t
     t1c = ds.get_image_info(multiframe)["series"]["t1c"]["uid"]
     referenced = seg.ReferencedSeriesSequence[0]
     assert referenced.SeriesInstanceUID == t1c and len(referenced.ReferencedInstanceSequence) == 1, "the one multi-frame T1c instance"
-    assert np.array_equal(seg_to_label(seg, geometry.affine, geometry.shape), label)
+    assert np.array_equal(seg_to_label(seg, geometry.affine, geometry.shape, BRATS_2023), label)
     assert requests.get(f"{orthanc.url}/system", auth=(orthanc.user, orthanc.password), timeout=10).ok

@@ -21,7 +21,7 @@ import pytest
 import torch
 from PIL import Image
 
-from lib.config import FOREGROUND_LABELS, IMPORT_SERIES, PROFILES
+from lib.config import BRATS_2023, FOREGROUND_LABELS, IMPORT_SERIES, PROFILES
 from lib.dicom.seg import seg_to_label
 from lib.model.network import build_network
 from scripts.import_studies import import_studies
@@ -107,7 +107,7 @@ def test_an_annotator_opens_segments_corrects_and_submits_in_ohif(server, orthan
     assert label["seg_sop_instance_uid"] in [sop for s in seg_series for sop in archive.instance_uids(unlabelled[0], s.series_uid)]
     seg = archive.retrieve_instance(unlabelled[0], label["seg_series_uid"], label["seg_sop_instance_uid"])
     reference = nib.load(str(downloaded))
-    assert np.array_equal(seg_to_label(seg, reference.affine, reference.shape), final), "the SEG in Orthanc is the submitted label"
+    assert np.array_equal(seg_to_label(seg, reference.affine, reference.shape, BRATS_2023), final), "the SEG in Orthanc is the submitted label"
     retrain = requests.get(f"{server.url}/brats/training", timeout=60).json()["retrain"]
     assert retrain["new_labels"] == counted_before + 1 and not retrain["runs"], "the label counts towards retraining (5 needed)"
 

@@ -21,6 +21,7 @@ import requests
 from monailabel.client import MONAILabelClient
 from monailabel.client.client import MONAILabelClientException
 
+from lib.config import BRATS_2023
 from lib.model.brats_metrics import brats_scores
 from tests.conftest import LOOP_PATCH
 
@@ -249,7 +250,7 @@ def test_audit_records_who_corrected_which_prelabel_and_how_much(client, server,
     before = np.asarray(prelabel.dataobj)
     for region, values in {"tc": (1, 3), "wt": (1, 2, 3), "et": (3,)}.items():
         assert row[f"dice_{region}"] == pytest.approx(_dice(np.isin(before, values), np.isin(final, values)), abs=1e-3), region
-    expected = brats_scores(before, final, prelabel.header.get_zooms()[:3])
+    expected = brats_scores(before, final, prelabel.header.get_zooms()[:3], BRATS_2023)
     for region in ("tc", "wt", "et"):
         for score in ("hd95", "lesion_dice", "lesion_hd95"):
             assert row[f"{score}_{region}"] == pytest.approx(expected[region][score], abs=1e-3), (score, region)

@@ -15,6 +15,7 @@ import pytest
 import requests
 from PIL import Image
 
+from lib.config import BRATS_2023
 from lib.followup.timeline import FINAL_LABEL, NOT_SEGMENTED, TimelineStudy, timeline
 from lib.model.transforms import region_volumes_ml, voxel_volume_ml
 from lib.studies.folder_datastore import StudyFolderDatastore
@@ -35,7 +36,8 @@ def test_changes_are_against_the_previous_study_the_baseline_and_the_nadir():
             TimelineStudy("b", "2024-03-01", FINAL_LABEL, volumes(20.0, 4.0), {}),
             TimelineStudy("c", "2024-05-01", NOT_SEGMENTED, None, {}),
             TimelineStudy("d", "2024-07-01", FINAL_LABEL, volumes(30.0, 0.0), {}),
-        ]
+        ],
+        BRATS_2023,
     )
     assert "change" not in rows[0] and "volumes_ml" not in rows[2] and rows[2]["volumes_from"] == NOT_SEGMENTED
     wt = rows[3]["change"]["WT"]
@@ -44,7 +46,7 @@ def test_changes_are_against_the_previous_study_the_baseline_and_the_nadir():
     assert wt["nadir"] == {"ml": 10.0, "percent": 50.0}, "the smallest earlier WT was b's 20 mL"
     et = rows[3]["change"]["enhancing_tumour"]
     assert et["previous"] == {"ml": -4.0, "percent": -100.0}
-    later = timeline([TimelineStudy("x", "", FINAL_LABEL, volumes(5.0, 0.0), {}), TimelineStudy("y", "", FINAL_LABEL, volumes(6.0, 1.0), {})])
+    later = timeline([TimelineStudy("x", "", FINAL_LABEL, volumes(5.0, 0.0), {}), TimelineStudy("y", "", FINAL_LABEL, volumes(6.0, 1.0), {})], BRATS_2023)
     assert later[1]["change"]["enhancing_tumour"]["baseline"] == {"ml": 1.0, "percent": None}, "no per cent against 0 mL"
 
 
@@ -110,7 +112,7 @@ def test_the_timeline_route_gives_volumes_changes_and_a_picture(studies, server_
     truth = {}
     for case in (STUDIES[0], STUDIES[2]):
         image = nib.load(str(studies / case / f"{case}-seg.nii.gz"))
-        truth[case] = region_volumes_ml(np.asarray(image.dataobj, dtype=np.uint8), voxel_volume_ml(image.affine))
+        truth[case] = region_volumes_ml(np.asarray(image.dataobj, dtype=np.uint8), voxel_volume_ml(image.affine), BRATS_2023)
     assert rows[0]["volumes_ml"] == pytest.approx(truth[STUDIES[0]], abs=1e-3)
     wt_change = truth[STUDIES[2]]["WT"] - truth[STUDIES[0]]["WT"]
     assert rows[1]["change"]["WT"]["baseline"]["ml"] == pytest.approx(wt_change, abs=2e-3)

@@ -59,9 +59,9 @@ from lib.config import (
     BACKGROUND_NICENESS,
     CASE_PREPARATION_AGAIN_S,
     CASE_PREPARATION_QUEUE_MAX,
+    DEFAULT_LABEL_SET,
     DICOMWEB_WORKSPACE_ROOT,
     FOLLOW_UP_MODEL_NAME,
-    FOREGROUND_LABELS,
     MODEL_NAME,
     NEXT_SAMPLE_PICKS,
     POWER_SAMPLING_BETA,
@@ -93,7 +93,7 @@ from lib.labels.audit import PreLabels, audit_csv, audit_rows
 from lib.labels.label_store import check_case_id
 from lib.labels.review import ReviewDecision, returned_review, review_state
 from lib.model.model_zoo import fetch_weights
-from lib.model.network import check_weights, read_state_dict
+from lib.model.network import check_weights, read_state_dict, starting_weights
 from lib.runtime.infer_queue import FairQueue
 from lib.runtime.processes import in_worker_process
 from lib.studies.case_preparation import ArrivalPreparation, CasePreparation
@@ -151,12 +151,14 @@ class BratsLabelApp(MONAILabelApp):
         if self.config.pretrained_zoo is not None:  # fetched once into the workspace, then used offline
             self.pretrained_weights = fetch_weights(self.config.pretrained_zoo, self.workspace / ZOO_CACHE_DIR, self.config.zoo_url)
         self.model_dir = self.workspace / "model"
+        if self.pretrained_weights is not None:  # a pre-operative model starts a post-treatment one: its outputs widened
+            self.pretrained_weights = starting_weights(self.pretrained_weights, self.config.profile, self.model_dir, self.config.train.foreground_prior)
         self.model_path = self.model_dir / f"{MODEL_NAME}.pt"
         self.refinement_path = self.model_dir / f"{REFINEMENT_MODEL_NAME}.pt"
         self.model_dir.mkdir(parents=True, exist_ok=True)
         self.scores = ScoreStore(self.workspace / "scores")
         self.handouts = HandOuts(self.workspace / "handouts.json", self.config.handout_ttl_s)
-        self.prelabels = PreLabels(self.workspace / "prelabels")
+        self.prelabels = PreLabels(self.workspace / "prelabels", self.config.label_set)
         self.versions = ModelVersions(self.model_dir, self.model_path)
         self.refinement_versions = ModelVersions(self.model_dir / REFINEMENT_MODEL_NAME, self.refinement_path)
         self.infer_queue = FairQueue(self.config.infer_concurrency)
@@ -186,7 +188,7 @@ class BratsLabelApp(MONAILabelApp):
             version="0.1.0",
             # A list in value order (value = position + 1): OHIF's MONAI Label panel appends to this list and
             # fails silently on a dict; Slicer takes either. Each model's labels keep the name -> value map.
-            labels=list(FOREGROUND_LABELS),
+            labels=list(self.config.label_set.foreground),
         )
         # Rescoring follows model changes (on_init_complete), not every "next sample" request.
         self._auto_update_scoring = False
@@ -275,9 +277,16 @@ class BratsLabelApp(MONAILabelApp):
                 label_audit=self.prelabels.compare,
                 writer=self._writer,
                 train_on=self.config.train_on,
+                label_set=self.config.label_set,
             )
         return StudyFolderDatastore(
-            Path(self.studies), self.workspace, listing_extras=extras, label_audit=self.prelabels.compare, writer=self._writer, train_on=self.config.train_on
+            Path(self.studies),
+            self.workspace,
+            listing_extras=extras,
+            label_audit=self.prelabels.compare,
+            writer=self._writer,
+            train_on=self.config.train_on,
+            label_set=self.config.label_set,
         )
 
     def infer(self, request, datastore=None):
@@ -316,9 +325,9 @@ class BratsLabelApp(MONAILabelApp):
 
     def audit(self, format: str = "json"):
         """Every label version saved: who, when, from which client, the pre-label's model and Dice per region."""
-        rows = audit_rows(self._datastore.history_records())  # type: ignore[attr-defined]
+        rows = audit_rows(self._datastore.history_records(), self.config.label_set)  # type: ignore[attr-defined]
         if format == "csv":
-            return Response(audit_csv(rows), media_type="text/csv", headers={"Content-Disposition": "attachment; filename=label_audit.csv"})
+            return Response(audit_csv(rows, self.config.label_set), media_type="text/csv", headers={"Content-Disposition": "attachment; filename=label_audit.csv"})
         return rows
 
     def review(
@@ -349,17 +358,27 @@ class BratsLabelApp(MONAILabelApp):
         its change against the previous study, the baseline and the nadir; ``?format=png``: the volumes over time."""
         rows, own = patient_timeline(self._datastore, self.prelabels, check_case_id(case))
         if format == "png":
-            return Response(timeline_png(rows, f"Tumour volumes over {len(rows)} {'study' if len(rows) == 1 else 'studies'}"), media_type="image/png")
+            title = f"Tumour volumes over {len(rows)} {'study' if len(rows) == 1 else 'studies'}"
+            return Response(timeline_png(rows, title, self.config.label_set), media_type="image/png")
         if format != "json":
             raise InvalidInput(f"format '{format[:20]}' is not offered: json (the default) or png")
         return {"case": own, "studies": rows}
 
     def init_infers(self) -> Dict[str, InferTask]:
-        return {
+        infers = {
             MODEL_NAME: BratsSegmentation(self.config.profile, self.model_path, self.pretrained_weights, version_fn=self.versions.serving),
             FOLLOW_UP_MODEL_NAME: BratsFollowUp(self.config.profile, self.model_path, self.pretrained_weights, FollowUpSettings(), version_fn=self.versions.serving),
-            REFINEMENT_MODEL_NAME: BratsRefinement(self.config.profile, self.refinement_path, (self.pretrained_weights, self.model_path), growth=self.config.refinement.growth),
         }
+        if self._interactive:
+            infers[REFINEMENT_MODEL_NAME] = BratsRefinement(
+                self.config.profile, self.refinement_path, (self.pretrained_weights, self.model_path), growth=self.config.refinement.growth
+            )
+        return infers
+
+    @property
+    def _interactive(self) -> bool:
+        """The refinement model (clicks) is built on the pre-operative regions only; another label set has none."""
+        return self.config.label_set.name == DEFAULT_LABEL_SET
 
     def _segmentation_weights(self) -> Optional[Path]:
         """What the refinement model starts from: the segmentation model served once the promotions trainings asked
@@ -373,7 +392,7 @@ class BratsLabelApp(MONAILabelApp):
         """New labels retrain the segmentation model, then, once an admin has trained one, the refinement model from
         it, queued in that order: the clicks' model always follows the served pre-label."""
         reason = {"reason": "new labels"}
-        if not self.refinement_path.exists():
+        if not self._interactive or not self.refinement_path.exists():
             return self.async_training(MODEL_NAME, {MODEL_NAME: reason})
         return self.async_training([MODEL_NAME, REFINEMENT_MODEL_NAME], {MODEL_NAME: reason, REFINEMENT_MODEL_NAME: reason}, enqueue=True)
 
@@ -388,6 +407,8 @@ class BratsLabelApp(MONAILabelApp):
             promote_tolerance=self.config.retrain.promote_tolerance,
             promote_alpha=self.config.retrain.promote_alpha,
         )
+        if not self._interactive:
+            return {MODEL_NAME: segmentation}
         refinement = BratsRefinementTrainer(
             model_dir=self.model_dir / REFINEMENT_MODEL_NAME,  # runs and progress of its own
             profile=self.config.profile,

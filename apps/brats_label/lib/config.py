@@ -15,13 +15,54 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, Mapping, Optional, Tuple
 
-# --- labels (BraTS 2023+ glioma convention) -------------------------------------------------------
-LABELS: Dict[str, int] = {"background": 0, "necrotic_core": 1, "edema": 2, "enhancing_tumour": 3}
-FOREGROUND_LABELS: Dict[str, int] = {k: v for k, v in LABELS.items() if v}
-LABEL_VALUES = tuple(sorted(LABELS.values()))
+from .labels.label_set import LabelSet, Region, Segment
+
+# --- labels -----------------------------------------------------------------------------------------
+# The label sets a server can work with (``--conf labels``); see lib/labels/label_set.py for what a set holds.
+SNOMED = "SCT"
+LOCAL_CODES = "99BRATSL"  # a private coding scheme (DICOM PS3.16 8.2): no SNOMED CT concept names a resection cavity
+BRATS_2023 = LabelSet(
+    name="brats2023",
+    description="pre-operative glioma (BraTS 2023): necrotic core, edema, enhancing tumour",
+    segments=(
+        Segment("necrotic_core", 1, "NCR", "necrotic tumour core", (SNOMED, "6574001", "Necrosis")),
+        Segment("edema", 2, "ED", "peritumoural edema", (SNOMED, "79654002", "Edema")),
+        Segment("enhancing_tumour", 3, "ET", "enhancing tumour", (SNOMED, "108369006", "Neoplasm")),
+    ),
+    # the order of the network's sigmoid output channels (the model-zoo bundle's)
+    regions=(Region("TC", (1, 3), 1, "tumour core"), Region("WT", (1, 2, 3), 2, "whole tumour"), Region("ET", (3,), 3, "enhancing tumour")),
+    paint_order=("WT", "TC", "ET"),
+)
+# BraTS 2024 post-treatment glioma: 1 non-enhancing tumour core (NETC), 2 surrounding non-enhancing FLAIR
+# hyperintensity (SNFH), 3 enhancing tissue (ET), 4 resection cavity (RC); scored on ET, TC = ET + NETC,
+# WT = ET + NETC + SNFH, and RC. The first three regions are the pre-operative set's, so its weights start this one.
+BRATS_2024_POST = LabelSet(
+    name="brats2024_post",
+    description="post-treatment glioma (BraTS 2024): non-enhancing tumour core, surrounding FLAIR hyperintensity, enhancing tissue, resection cavity",
+    segments=(
+        Segment("non_enhancing_tumour_core", 1, "NETC", "non-enhancing tumour core", (SNOMED, "108369006", "Neoplasm")),
+        Segment("surrounding_flair_hyperintensity", 2, "SNFH", "surrounding non-enhancing FLAIR hyperintensity", (SNOMED, "79654002", "Edema")),
+        Segment("enhancing_tissue", 3, "ET", "enhancing tissue", (SNOMED, "108369006", "Neoplasm")),
+        Segment("resection_cavity", 4, "RC", "resection cavity", (LOCAL_CODES, "RC", "Resection cavity")),
+    ),
+    regions=(
+        Region("TC", (1, 3), 1, "tumour core"),
+        Region("WT", (1, 2, 3), 2, "whole tumour"),
+        Region("ET", (3,), 3, "enhancing tissue"),
+        Region("RC", (4,), 4, "resection cavity"),
+    ),
+    paint_order=("RC", "WT", "TC", "ET"),  # tumour tissue is never hidden under the cavity
+)
+LABEL_SETS: Dict[str, LabelSet] = {label_set.name: label_set for label_set in (BRATS_2023, BRATS_2024_POST)}
+DEFAULT_LABEL_SET = BRATS_2023.name
+
+# The default set's names, for code that only knows pre-operative glioma (interactive refinement, the sample data).
+LABELS: Dict[str, int] = BRATS_2023.labels
+FOREGROUND_LABELS: Dict[str, int] = BRATS_2023.foreground
+LABEL_VALUES = BRATS_2023.values
 
 # Overlapping regions, in the order of the network's sigmoid output channels (model-zoo bundle).
-REGIONS: Dict[str, Tuple[int, ...]] = {"TC": (1, 3), "WT": (1, 2, 3), "ET": (3,)}
+REGIONS: Dict[str, Tuple[int, ...]] = BRATS_2023.region_values
 ENHANCING_LABEL = LABELS["enhancing_tumour"]
 REGION_THRESHOLD = 0.5  # sigmoid probability above which a voxel belongs to a region
 # A predicted tumour lying mostly (more than this fraction of it) within this depth of the edge of the brain the
@@ -34,6 +75,7 @@ LABEL_CONVENTIONS: Dict[str, Dict[int, int]] = {
     "brats2023": {0: 0, 1: 1, 2: 2, 3: 3},
     "brats2021": {0: 0, 1: 1, 2: 2, 4: 3},  # enhancing tumour was 4
     "msd": {0: 0, 1: 2, 2: 1, 3: 3},  # MSD Task01: 1 edema, 2 non-enhancing, 3 enhancing
+    "brats2024_post": {0: 0, 1: 1, 2: 2, 3: 3, 4: 4},  # post-treatment: 4 the resection cavity
 }
 
 # --- input channels --------------------------------------------------------------------------------
@@ -89,13 +131,8 @@ DICOMWEB_TIMEOUT_S = 60.0
 CASE_PARTIAL_MAX_AGE_S = 3600.0
 # A read is sent again this many times on a new connection when the archive dropped the kept-alive one under it.
 ARCHIVE_RECONNECTS = 1
-# SEG segments: label value -> (SegmentLabel, property type (SCT code, meaning)).
+# SEG segments: the property category of every segment (its type is the label set's).
 SEG_CATEGORY = ("49755003", "Morphologically Altered Structure")
-SEG_SEGMENTS: Dict[int, Tuple[str, Tuple[str, str]]] = {
-    1: ("necrotic_core", ("6574001", "Necrosis")),
-    2: ("edema", ("79654002", "Edema")),
-    3: ("enhancing_tumour", ("108369006", "Neoplasm")),
-}
 SEG_ALGORITHM = "BraTS Label"
 # SeriesDescription (and ProtocolName) given to each channel when NIfTI studies are imported.
 IMPORT_SERIES: Dict[str, Tuple[int, str]] = {"t1": (2, "T1"), "t1c": (3, "T1 POST GAD"), "t2": (4, "T2"), "flair": (5, "T2 FLAIR")}
@@ -173,7 +210,11 @@ class NetworkProfile:
     blocks_up: Tuple[int, ...] = (1, 1, 1)
     dropout: float = 0.2
     in_channels: int = len(CHANNELS)
-    out_channels: int = len(REGIONS)
+    label_set: LabelSet = BRATS_2023  # what the network predicts: one sigmoid output per region of the set
+
+    @property
+    def out_channels(self) -> int:
+        return len(self.label_set.regions)
 
     def network_kwargs(self) -> Dict[str, object]:
         return {
@@ -314,7 +355,7 @@ MAX_UPLOAD_MB = 256  # request bodies over this are refused before they are read
 # An uploaded label may declare at most this many voxels per study voxel (a Slicer .seg.nrrd keeps overlapping
 # segments in layers) and a DICOM SEG at most one frame per slice and segment; checked before decoding, and
 # compressed data is never decompressed past what the header declares.
-MAX_LABEL_LAYERS = len(LABELS) - 1
+MAX_LABEL_LAYERS = max(len(label_set.segments) for label_set in LABEL_SETS.values())
 BACKGROUND_NICENESS = 10  # training and scoring workers yield the CPU to the server answering annotators
 
 # --- interactive refinement: clicks per label (lib/interactive/) ------------------------------------------
@@ -473,6 +514,10 @@ class AppConfig:
     def patch_size(self) -> Tuple[int, int, int]:
         return self.train.patch_size or self.profile.patch_size
 
+    @property
+    def label_set(self) -> LabelSet:
+        return self.profile.label_set
+
     @classmethod
     def from_conf(cls, conf: Mapping[str, str]) -> AppConfig:
         """Parse MONAI Label's ``--conf key value`` pairs. Unknown keys are left to MONAI Label."""
@@ -553,9 +598,16 @@ class AppConfig:
         train_on = str(conf.get("train_on", cls.train_on))
         if train_on not in TRAIN_ON_CHOICES:
             raise ConfigError(f"--conf train_on {train_on!r}: choose {', '.join(TRAIN_ON_CHOICES)} (auto: submitted labels until the first review, approved ones from then on)")
+        labels = str(conf.get("labels", DEFAULT_LABEL_SET))
+        if labels not in LABEL_SETS:
+            raise ConfigError(f"--conf labels {labels!r}: choose one of {', '.join(f'{n} ({s.description})' for n, s in LABEL_SETS.items())}")
+        if zoo and labels != DEFAULT_LABEL_SET:
+            raise ConfigError(
+                f"--conf labels {labels}: the model zoo's bundle predicts the pre-operative regions only; start from its weights with the default label set, or from your own"
+            )
         workspace_path = Path(workspace).expanduser().resolve() if workspace else None
         return cls(
-            PROFILES[name],
+            dataclasses.replace(PROFILES[name], label_set=LABEL_SETS[labels]),
             train,
             weights_path,
             workspace_path,

@@ -5,9 +5,9 @@ report is a Comprehensive 3D SR written with highdicom, one measurement group pe
 with a Volume (SCT 118565006) in millilitres (UCUM ml) and a tracking identifier that names the region
 the BraTS way (``"ET: enhancing tumour"``); ``volumes_from_report`` reads them back by that name.
 
-- The three labels (NCR necrotic core, ED edema, ET enhancing tumour) are segments of the SEG: each is a
-  TID 1411 Volumetric ROI group whose ROI is its Referenced Segment (the SEG, its segment number, and the
-  source series the SEG was drawn on).
+- The labels (NCR necrotic core, ED edema, ET enhancing tumour; after treatment NETC, SNFH, ET and RC, the
+  resection cavity) are segments of the SEG: each is a TID 1411 Volumetric ROI group whose ROI is its Referenced
+  Segment (the SEG, its segment number, and the source series the SEG was drawn on).
 - TC (labels 1+3) and WT (1+2+3) are unions of segments, and TID 1411 takes exactly one Referenced
   Segment per group (highdicom enforces it). They are TID 1501 Measurement groups instead (no single ROI),
   whose "Source" IMAGE item references the SEG with the segment numbers they are made of: an IMAGE
@@ -28,7 +28,8 @@ import highdicom as hd
 from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 
-from ..config import FOREGROUND_LABELS, MANUFACTURER, REGIONS, SEG_ALGORITHM, SEG_CATEGORY, SEG_SEGMENTS
+from ..config import MANUFACTURER, SEG_ALGORITHM, SEG_CATEGORY
+from ..labels.label_set import LabelSet
 from .mr_series import uid_from
 from .seg import SegProblem, equipment, segment_values, source_instances
 
@@ -36,15 +37,6 @@ SERIES_NUMBER = 901
 SERIES_DESCRIPTION = "Tumour volumes (BraTS Label)"
 VOLUME = hd.sr.CodedConcept("118565006", "SCT", "Volume")
 MILLILITRE = hd.sr.CodedConcept("ml", "UCUM", "milliliter")
-# volumes_ml key (as RegionVolumesd names them) -> (BraTS abbreviation, what it is): the tracking identifier
-# "ABBR: name". ET is the enhancing tumour label itself (REGIONS["ET"] is one label), so it has one group.
-REPORTED: Dict[str, Tuple[str, str]] = {
-    "necrotic_core": ("NCR", "necrotic tumour core"),
-    "edema": ("ED", "peritumoural edema"),
-    "enhancing_tumour": ("ET", "enhancing tumour"),
-    "TC": ("TC", "tumour core"),
-    "WT": ("WT", "whole tumour"),
-}
 COMPOSITE_FINDINGS: Dict[str, Tuple[str, str]] = {"TC": ("108369006", "Neoplasm"), "WT": ("52988006", "Lesion")}
 # Volumes that RegionVolumesd rounds to 0.001 mL may differ from ET given separately by that much.
 VOLUME_TOLERANCE_ML = 1e-3
@@ -58,34 +50,47 @@ def _sct(value: str, meaning: str) -> hd.sr.CodedConcept:
     return hd.sr.CodedConcept(value, "SCT", meaning)
 
 
-def _composite_regions() -> Dict[str, Tuple[int, ...]]:
-    return {name: values for name, values in REGIONS.items() if len(values) > 1}
+def reported(label_set: LabelSet) -> Dict[str, Tuple[str, str]]:
+    """volumes_ml key (as RegionVolumesd names them) -> (BraTS abbreviation, what it is): the tracking identifier
+    "ABBR: name". Each label, then each region uniting several (a one-label region such as ET is its label's group)."""
+    labels = {segment.name: (segment.abbreviation, segment.title) for segment in label_set.segments}
+    return {**labels, **{region.name: (region.name, region.title) for region in label_set.regions if len(region.values) > 1}}
 
 
-def _tracking(seed: str, key: str) -> hd.sr.TrackingIdentifier:
-    abbreviation, name = REPORTED[key]
+def _composite_regions(label_set: LabelSet) -> Dict[str, Tuple[int, ...]]:
+    return {region.name: region.values for region in label_set.regions if len(region.values) > 1}
+
+
+def _tracking(seed: str, key: str, label_set: LabelSet) -> hd.sr.TrackingIdentifier:
+    abbreviation, name = reported(label_set)[key]
     return hd.sr.TrackingIdentifier(uid=uid_from(seed, "sr-tracking", key), identifier=f"{abbreviation}: {name}")
 
 
-def _checked_volumes(volumes_ml: Mapping[str, float]) -> Dict[str, float]:
-    """The volumes to report, refusing a mapping that misses one or disagrees with itself about ET."""
-    missing = [key for key in REPORTED if key not in volumes_ml]
+def _checked_volumes(volumes_ml: Mapping[str, float], label_set: LabelSet) -> Dict[str, float]:
+    """The volumes to report, refusing a mapping that misses one or disagrees with itself about a one-label region."""
+    keys = reported(label_set)
+    missing = [key for key in keys if key not in volumes_ml]
     if missing:
-        raise ValueError(f"volumes_ml lacks {', '.join(missing)} (expected the keys of RegionVolumesd: {', '.join(REPORTED)})")
-    volumes = {key: float(volumes_ml[key]) for key in REPORTED}
+        raise ValueError(f"volumes_ml lacks {', '.join(missing)} (expected the keys of RegionVolumesd: {', '.join(keys)})")
+    volumes = {key: float(volumes_ml[key]) for key in keys}
     if any(v < 0 for v in volumes.values()):
         raise ValueError("volumes cannot be negative")
-    if "ET" in volumes_ml and abs(float(volumes_ml["ET"]) - volumes["enhancing_tumour"]) > VOLUME_TOLERANCE_ML:
-        raise ValueError(f"volumes_ml gives ET {volumes_ml['ET']} mL but enhancing_tumour {volumes['enhancing_tumour']} mL; they are one region")
+    for region in label_set.regions:
+        if len(region.values) == 1 and region.name in volumes_ml:
+            label = label_set.segment(region.values[0]).name
+            if abs(float(volumes_ml[region.name]) - volumes[label]) > VOLUME_TOLERANCE_ML:
+                raise ValueError(f"volumes_ml gives {region.name} {volumes_ml[region.name]} mL but {label} {volumes[label]} mL; they are one region")
     return volumes
 
 
-def measurement_report(seg: Dataset, source_series: Sequence[Dataset], volumes_ml: Mapping[str, float], seed: str, software_version: str) -> hd.sr.Comprehensive3DSR:
+def measurement_report(
+    seg: Dataset, source_series: Sequence[Dataset], volumes_ml: Mapping[str, float], seed: str, software_version: str, label_set: LabelSet
+) -> hd.sr.Comprehensive3DSR:
     """Measurement Report of the tumour volumes of the label saved as ``seg``, drawn on ``source_series``.
 
     ``volumes_ml`` as RegionVolumesd gives them (labels by name, TC, WT); ``seed`` makes the UIDs, so the same
     label reported twice is one object in the archive."""
-    volumes = _checked_volumes(volumes_ml)
+    volumes = _checked_volumes(volumes_ml, label_set)
     if not source_series:
         raise ValueError("no source series: the report refers to the images the label was drawn on")
     series_uids = {str(ds.SeriesInstanceUID) for ds in source_series}
@@ -94,7 +99,7 @@ def measurement_report(seg: Dataset, source_series: Sequence[Dataset], volumes_m
     source_uid = series_uids.pop()
     if {str(ds.StudyInstanceUID) for ds in source_series} != {str(seg.StudyInstanceUID)}:
         raise ValueError("the SEG and its source series belong to different studies")
-    numbers = {value: number for number, value in segment_values(seg).items()}
+    numbers = {value: number for number, value in segment_values(seg, label_set).items()}
     site = [hd.sr.FindingSite(codes.SCT.Brain)]
     category = _sct(*SEG_CATEGORY)
     algorithm = hd.sr.AlgorithmIdentification(name=SEG_ALGORITHM, version=software_version)
@@ -103,9 +108,11 @@ def measurement_report(seg: Dataset, source_series: Sequence[Dataset], volumes_m
         return [hd.sr.Measurement(name=VOLUME, value=volumes[key], unit=MILLILITRE, algorithm_id=algorithm)]
 
     groups: list = []
-    for name, value in FOREGROUND_LABELS.items():
-        finding = _sct(*SEG_SEGMENTS[value][1])
-        common = dict(tracking_identifier=_tracking(seed, name), finding_category=category, finding_type=finding, finding_sites=site, measurements=volume(name))
+    for label in label_set.segments:
+        name, value = label.name, label.value
+        scheme, code, meaning = label.property_type
+        finding = hd.sr.CodedConcept(code, scheme, meaning)
+        common = dict(tracking_identifier=_tracking(seed, name, label_set), finding_category=category, finding_type=finding, finding_sites=site, measurements=volume(name))
         if value in numbers:
             segment = hd.sr.ReferencedSegment(
                 sop_class_uid=seg.SOPClassUID,
@@ -118,7 +125,7 @@ def measurement_report(seg: Dataset, source_series: Sequence[Dataset], volumes_m
             raise SegProblem(f"the SEG has no segment for {name}, yet its volume is {volumes[name]} mL")
         else:  # a viewer dropped the empty segment: its volume (0) is still reported, with no ROI to point at
             groups.append(hd.sr.MeasurementsAndQualitativeEvaluations(**common))
-    for name, values in _composite_regions().items():
+    for name, values in _composite_regions(label_set).items():
         parts = sorted(numbers[v] for v in values if v in numbers)
         sources = None
         if parts:
@@ -129,7 +136,7 @@ def measurement_report(seg: Dataset, source_series: Sequence[Dataset], volumes_m
             raise SegProblem(f"the SEG has no segment of {name}, yet its volume is {volumes[name]} mL")
         groups.append(
             hd.sr.MeasurementsAndQualitativeEvaluations(
-                tracking_identifier=_tracking(seed, name),
+                tracking_identifier=_tracking(seed, name, label_set),
                 finding_category=category,
                 finding_type=_sct(*COMPOSITE_FINDINGS[name]),
                 finding_sites=site,
@@ -175,7 +182,7 @@ def _named(items: Sequence[Dataset], code: Tuple[str, str]) -> List[Dataset]:
     return found
 
 
-def volumes_from_report(sr: Dataset) -> Dict[str, float]:
+def volumes_from_report(sr: Dataset, label_set: LabelSet) -> Dict[str, float]:
     """The volumes (mL) of a report ``measurement_report`` wrote, under RegionVolumesd's keys.
 
     Read from the content tree with pydicom (highdicom's parser deep-copies, which fails on its own freshly built
@@ -183,7 +190,7 @@ def volumes_from_report(sr: Dataset) -> Dict[str, float]:
     regions the BraTS way read too; groups that name none of them are left out."""
     if str(sr.get("Modality", "")) != "SR":
         raise ValueError(f"not a DICOM SR (Modality {sr.get('Modality', 'missing')})")
-    keys = {abbreviation: key for key, (abbreviation, _) in REPORTED.items()}
+    keys = {abbreviation: key for key, (abbreviation, _) in reported(label_set).items()}
     volumes: Dict[str, float] = {}
     for container in _named(sr.get("ContentSequence", []), IMAGING_MEASUREMENTS):
         for group in _named(container.get("ContentSequence", []), MEASUREMENT_GROUP):

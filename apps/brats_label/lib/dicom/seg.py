@@ -18,8 +18,9 @@ import highdicom as hd
 import numpy as np
 from pydicom.dataset import Dataset
 
-from ..config import GROUND_TRUTH_CONTENT_LABEL, GROUND_TRUTH_SERIES_DESCRIPTION, MANUFACTURER, SEG_ALGORITHM, SEG_CATEGORY, SEG_CONTENT_LABEL, SEG_SEGMENTS
+from ..config import GROUND_TRUTH_CONTENT_LABEL, GROUND_TRUTH_SERIES_DESCRIPTION, MANUFACTURER, SEG_ALGORITHM, SEG_CATEGORY, SEG_CONTENT_LABEL
 from ..labels.conventions import value_of_segment_name
+from ..labels.label_set import LabelSet
 from .mr_series import RAS_TO_LPS, uid_from
 
 POSITION_TOLERANCE_MM = 0.05
@@ -30,22 +31,23 @@ class SegProblem(ValueError):
     """A SEG that cannot become a label of this study; the message says why."""
 
 
-def _code(value: str, meaning: str) -> hd.sr.CodedConcept:
-    return hd.sr.CodedConcept(value, "SCT", meaning)
+def _code(value: str, meaning: str, scheme: str = "SCT") -> hd.sr.CodedConcept:
+    return hd.sr.CodedConcept(value, scheme, meaning)
 
 
-def segment_descriptions(algorithm_version: str) -> list:
+def segment_descriptions(algorithm_version: str, label_set: LabelSet) -> list:
+    """One segment per label of the set, numbered by its value, named as viewers and uploads name it."""
     algorithm = hd.AlgorithmIdentificationSequence(name=SEG_ALGORITHM, version=algorithm_version, family=hd.sr.CodedConcept("123109", "DCM", "Manual Processing"))
     return [
         hd.seg.SegmentDescription(
-            segment_number=value,
-            segment_label=name,
+            segment_number=segment.value,
+            segment_label=segment.name,
             segmented_property_category=_code(*SEG_CATEGORY),
-            segmented_property_type=_code(*code),
+            segmented_property_type=_code(segment.property_type[1], segment.property_type[2], segment.property_type[0]),
             algorithm_type=hd.seg.SegmentAlgorithmTypeValues.SEMIAUTOMATIC,
             algorithm_identification=algorithm,
         )
-        for value, (name, code) in SEG_SEGMENTS.items()
+        for segment in label_set.segments
     ]
 
 
@@ -65,7 +67,13 @@ def source_instances(reference: Sequence[Dataset]) -> List[Dataset]:
 
 
 def label_to_seg(
-    label: np.ndarray, reference: Sequence[Dataset], seed: str, software_version: str, series_description: Optional[str] = None, ground_truth: bool = False
+    label: np.ndarray,
+    reference: Sequence[Dataset],
+    seed: str,
+    software_version: str,
+    label_set: LabelSet,
+    series_description: Optional[str] = None,
+    ground_truth: bool = False,
 ) -> Dataset:
     """SEG of ``label`` (X, Y, Z), on the grid of ``reference`` (its instances in slice order).
 
@@ -83,7 +91,7 @@ def label_to_seg(
         source_images=sources,
         pixel_array=frames,
         segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
-        segment_descriptions=segment_descriptions(software_version),
+        segment_descriptions=segment_descriptions(software_version, label_set),
         series_instance_uid=uid_from(seed, "seg-series"),
         series_number=900,
         sop_instance_uid=uid_from(seed, "seg-instance"),
@@ -104,28 +112,30 @@ def is_shipped_ground_truth(seg: Dataset) -> bool:
     return str(seg.get("ContentLabel", "")) == GROUND_TRUTH_CONTENT_LABEL or str(seg.get("SeriesDescription", "")) == GROUND_TRUTH_SERIES_DESCRIPTION
 
 
-def segment_values(seg: Dataset) -> Dict[int, int]:
-    """Segment number -> our label value, by SegmentLabel, else by property type code."""
-    by_code = {code[0]: value for value, (_, code) in SEG_SEGMENTS.items()}
+def segment_values(seg: Dataset, label_set: LabelSet) -> Dict[int, int]:
+    """Segment number -> our label value, by SegmentLabel, else by property type code (where only one of the set's
+    labels has that code: after treatment, two are neoplasm)."""
+    codes = [segment.property_type[1] for segment in label_set.segments]
+    by_code = {segment.property_type[1]: segment.value for segment in label_set.segments if codes.count(segment.property_type[1]) == 1}
     mapping = {}
     for segment in seg.SegmentSequence:
-        value = value_of_segment_name(str(segment.get("SegmentLabel", "")))
+        value = value_of_segment_name(str(segment.get("SegmentLabel", "")), label_set)
         if value is None and "SegmentedPropertyTypeCodeSequence" in segment:
             value = by_code.get(str(segment.SegmentedPropertyTypeCodeSequence[0].CodeValue))
         if value is None:
-            known = ", ".join(name for _, (name, _) in SEG_SEGMENTS.items())
+            known = ", ".join(label_set.foreground)
             raise SegProblem(f"segment {segment.SegmentNumber} '{segment.get('SegmentLabel', '')}' is not one of the tumour labels ({known})")
         mapping[int(segment.SegmentNumber)] = value
     return mapping
 
 
-def seg_to_label(seg: Dataset, affine: np.ndarray, shape: tuple) -> np.ndarray:
+def seg_to_label(seg: Dataset, affine: np.ndarray, shape: tuple, label_set: LabelSet) -> np.ndarray:
     """Decode a SEG onto a grid given by its RAS ``affine`` and ``shape`` (X, Y, Z); uint8 label values."""
     if str(seg.get("Modality", "")) != "SEG":
         raise SegProblem(f"not a DICOM SEG (Modality {seg.get('Modality', 'missing')})")
     if str(seg.get("SegmentationType", "")) not in ("BINARY", "FRACTIONAL"):
         raise SegProblem(f"SegmentationType {seg.get('SegmentationType')} is not supported")
-    values = segment_values(seg)
+    values = segment_values(seg, label_set)
     lps = RAS_TO_LPS @ np.asarray(affine, dtype=float)
     steps = np.linalg.norm(lps[:3, :3], axis=0)
     row_dir, col_dir = lps[:3, 0] / steps[0], lps[:3, 1] / steps[1]

@@ -15,8 +15,9 @@ import nibabel as nib
 import numpy as np
 from pydicom.dataset import Dataset
 
-from ..config import IMPORT_SERIES, IMPORT_UID_NAMESPACE, REFERENCE_CHANNEL
+from ..config import BRATS_2023, IMPORT_SERIES, IMPORT_UID_NAMESPACE, REFERENCE_CHANNEL
 from ..labels.conventions import brats_convention, to_project_convention
+from ..labels.label_set import LabelSet
 from ..studies.folder_layout import StudySource
 from .mr_series import StudyTags, uid_from, volume_to_mr_series
 from .seg import label_to_seg
@@ -47,8 +48,9 @@ def _channel(source: StudySource, modality: str) -> tuple[np.ndarray, np.ndarray
     return (data if channel.index is None else data[..., channel.index]), image.affine
 
 
-def study_datasets(source: StudySource, seed: str, software_version: str) -> List[Dataset]:
-    """Every instance of the study (UIDs from ``content_seed``): MR series in channel order, then the ground truth as SEG."""
+def study_datasets(source: StudySource, seed: str, software_version: str, label_set: LabelSet = BRATS_2023) -> List[Dataset]:
+    """Every instance of the study (UIDs from ``content_seed``): MR series in channel order, then the ground truth as SEG
+    (its values read as ``label_set``'s)."""
     now = datetime.now()
     tags = StudyTags(
         patient_id=source.study_id,
@@ -67,9 +69,9 @@ def study_datasets(source: StudySource, seed: str, software_version: str) -> Lis
     datasets = [ds for modality in IMPORT_SERIES for ds in series[modality]]
     if source.ground_truth is not None:
         raw = np.asanyarray(nib.load(str(source.ground_truth)).dataobj)
-        label = to_project_convention(raw, "msd" if source.layout == "msd" else brats_convention(np.unique(raw)))
+        label = to_project_convention(raw, "msd" if source.layout == "msd" else brats_convention(np.unique(raw), label_set))
         reference = series[REFERENCE_CHANNEL]
         stack = slice_stack(reference)
         ordered = label[:, :, stack.order]  # instance k is slice k; the stack sorts along the normal
-        datasets.append(label_to_seg(ordered, [reference[i] for i in stack.order], f"{seed}/ground-truth", software_version, ground_truth=True))
+        datasets.append(label_to_seg(ordered, [reference[i] for i in stack.order], f"{seed}/ground-truth", software_version, label_set, ground_truth=True))
     return datasets

@@ -36,7 +36,7 @@ from monailabel.interfaces.tasks.infer_v2 import InferType
 from monailabel.tasks.infer.basic_infer import BasicInferTask
 from monailabel.transform.cache import CacheTransformDatad
 
-from ..config import FOREGROUND_LABELS, MODEL_NAME, PREPARED_INPUT_TTL_S, REGION_THRESHOLD, NetworkProfile
+from ..config import MODEL_NAME, PREPARED_INPUT_TTL_S, REGION_THRESHOLD, NetworkProfile
 from ..errors import ModelNotReady
 from ..labels.label_files import NRRD_SUFFIX, write_nrrd_label
 from ..model.network import load_network, sliding_window_inferer
@@ -86,7 +86,7 @@ class BratsSegmentation(BasicInferTask):
             path=[str(p) for p in (pretrained_path, model_path) if p is not None],
             network=None,
             type=InferType.SEGMENTATION,
-            labels=dict(FOREGROUND_LABELS),
+            labels=dict(profile.label_set.foreground),
             dimension=3,
             description=description or f"Glioma sub-regions from T1c, T1, T2, FLAIR ({profile.description})",
             roi_size=profile.roi_size,
@@ -102,7 +102,7 @@ class BratsSegmentation(BasicInferTask):
 
     def info(self) -> Dict[str, Any]:
         info = super().info()
-        info.update({"profile": self.profile.name, "spacing_mm": list(self.profile.spacing_mm), "trained": self.get_path() is not None})
+        info.update({"profile": self.profile.name, "spacing_mm": list(self.profile.spacing_mm), "trained": self.get_path() is not None, "label_set": self.profile.label_set.name})
         return info
 
     def _case_version(self, image: Any) -> str:
@@ -137,8 +137,8 @@ class BratsSegmentation(BasicInferTask):
             KeepWithinInputd(keys="pred", ref_key="image"),
             RestoreToSourceGridd(keys="pred", ref_key="image"),
             AsDiscreted(keys="pred", threshold=REGION_THRESHOLD),
-            RegionsToLabeld(keys="pred"),
-            RegionVolumesd(keys="pred"),
+            RegionsToLabeld(keys="pred", label_set=self.profile.label_set),
+            RegionVolumesd(keys="pred", label_set=self.profile.label_set),
         ]
 
     def _get_network(self, device, data):

@@ -18,12 +18,12 @@ import torch
 from monai.engines import SupervisedEvaluator, SupervisedTrainer
 from monai.engines.utils import IterationEvents
 
-from ..config import GUIDANCE_LABELS, GUIDANCE_SIGMA_MM, REGION_THRESHOLD, REGIONS
+from ..config import BRATS_2023, GUIDANCE_LABELS, GUIDANCE_SIGMA_MM, REGION_THRESHOLD, REGIONS
 from ..model.transforms import RegionsToLabeld
 from .guidance import guidance_channel
 from .simulated_clicks import next_click
 
-_TO_LABEL = RegionsToLabeld(keys="x")
+_TO_LABEL = RegionsToLabeld(keys="x", label_set=BRATS_2023)  # the refinement model knows the pre-operative set only
 
 
 def region_channels_to_label(regions: torch.Tensor) -> np.ndarray:

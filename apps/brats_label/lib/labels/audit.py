@@ -21,22 +21,32 @@ from ..model.brats_metrics import brats_scores
 from ..runtime.atomic import read_json, write_json, write_nifti
 from ..runtime.clock import utc_now
 from .label_files import read_label_file
+from .label_set import LabelSet
 
-AUDIT_FIELDS = (
+RECORD_FIELDS = (
     "case", "tag", "saved_at", "user", "authenticated", "claimed_user", "client_id", "source",
-    "prelabel_model", "prelabel_model_version", "prelabel_prior_case", "prelabel_made_at", "dice_tc", "dice_wt", "dice_et", "hd95_tc", "hd95_wt", "hd95_et",
-    "lesion_dice_tc", "lesion_dice_wt", "lesion_dice_et", "lesion_hd95_tc", "lesion_hd95_wt", "lesion_hd95_et",
-    "voxels_necrotic_core", "voxels_edema", "voxels_enhancing_tumour",
+    "prelabel_model", "prelabel_model_version", "prelabel_prior_case", "prelabel_made_at",
 )  # fmt: skip
+SCORES = ("dice", "hd95", "lesion_dice", "lesion_hd95")
 REVIEW_COLUMNS = ("event", "label_saved_at", "reviewed_by", "review_comment", "review_level")
-AUDIT_COLUMNS = (*AUDIT_FIELDS, *REVIEW_COLUMNS)  # every row has every column (a CSV's header)
+
+
+def score_fields(label_set: LabelSet) -> Tuple[str, ...]:
+    """``dice_tc`` ... ``lesion_hd95_et`` (and ``_rc`` after treatment): each score of each of the set's regions."""
+    return tuple(f"{score}_{region.name.lower()}" for score in SCORES for region in label_set.regions)
+
+
+def audit_columns(label_set: LabelSet) -> Tuple[str, ...]:
+    """Every row has every column (a CSV's header): the record, the scores, each label's voxels, the review."""
+    return (*RECORD_FIELDS, *score_fields(label_set), *(f"voxels_{name}" for name in label_set.foreground), *REVIEW_COLUMNS)
 
 
 class PreLabels:
     """The latest pre-label of each case, as the server returned it, with the model version that made it."""
 
-    def __init__(self, folder: Path):
+    def __init__(self, folder: Path, label_set: LabelSet):
         self.folder = Path(folder)
+        self.label_set = label_set
 
     def _paths(self, case: str) -> tuple[Path, Path]:
         return self.folder / f"{case}.nii.gz", self.folder / f"{case}.json"
@@ -58,8 +68,9 @@ class PreLabels:
         prelabel = np.asarray(image.dataobj)
         if prelabel.shape != final.shape:
             return {"prelabel_model_version": info["model_version"], "prelabel_made_at": info["made_at"], "prelabel_note": "grid differs"}
-        scores = brats_scores(prelabel, final, image.header.get_zooms()[:3])  # how far the correction moved the pre-label, as BraTS scores it
-        fields = {f"{score}_{region}": scores[region][score] for region in ("tc", "wt", "et") for score in ("dice", "hd95", "lesion_dice", "lesion_hd95")}
+        # how far the correction moved the pre-label, as BraTS scores it
+        scores = brats_scores(prelabel, final, image.header.get_zooms()[:3], self.label_set)
+        fields = {f"{score}_{region}": scores[region][score] for region in scores for score in SCORES}
         origin = {f"prelabel_{key}": info[key] for key in ("model", "prior_case") if info.get(key)}
         return {"prelabel_model_version": info["model_version"], "prelabel_made_at": info["made_at"], **origin, **fields}
 
@@ -72,7 +83,7 @@ class PreLabels:
         return nib.load(str(label_path)), info
 
 
-def audit_rows(history: Iterable[tuple[str, Dict[str, Any]]]) -> List[Dict[str, Any]]:
+def audit_rows(history: Iterable[tuple[str, Dict[str, Any]]], label_set: LabelSet) -> List[Dict[str, Any]]:
     """One row per saved label version, and one per review of it, oldest first: (case, history record) pairs in,
     flat dicts out. A review's row is its version's (case, tag, who saved it) with who reviewed, when and why."""
     rows = []
@@ -80,8 +91,9 @@ def audit_rows(history: Iterable[tuple[str, Dict[str, Any]]]) -> List[Dict[str, 
         if "saved_at" not in record:
             continue  # a removal marker
         voxels = record.get("voxels", {})
-        row = {"case": case, **{k: record.get(k) for k in AUDIT_FIELDS if k not in ("case",)}, "event": "saved"}
-        row.update({f"voxels_{name}": voxels.get(name) for name in ("necrotic_core", "edema", "enhancing_tumour")})
+        fields = (*RECORD_FIELDS, *score_fields(label_set))
+        row = {"case": case, **{k: record.get(k) for k in fields if k != "case"}, "event": "saved"}
+        row.update({f"voxels_{name}": voxels.get(name) for name in label_set.foreground})
         rows.append(row)
         for review in record.get("reviews", []):
             rows.append(
@@ -98,7 +110,8 @@ def audit_rows(history: Iterable[tuple[str, Dict[str, Any]]]) -> List[Dict[str, 
                 }
             )
     rows = sorted(rows, key=lambda r: r["saved_at"] or "")
-    return [{key: row.get(key) for key in AUDIT_COLUMNS} | row for row in rows]
+    columns = audit_columns(label_set)
+    return [{key: row.get(key) for key in columns} | row for row in rows]
 
 
 FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")  # a spreadsheet runs a cell that starts so as a formula
@@ -111,10 +124,10 @@ def inert_cell(value: Any) -> Any:
     return value
 
 
-def audit_csv(rows: List[Dict[str, Any]]) -> str:
+def audit_csv(rows: List[Dict[str, Any]], label_set: LabelSet) -> str:
     """The audit as CSV; client-written text (user names, client ids) cannot run as a formula when opened."""
     out = io.StringIO()
-    writer = csv.DictWriter(out, fieldnames=list(AUDIT_COLUMNS), extrasaction="ignore")
+    writer = csv.DictWriter(out, fieldnames=list(audit_columns(label_set)), extrasaction="ignore")
     writer.writeheader()
     writer.writerows({k: inert_cell(v) for k, v in row.items()} for row in rows)
     return out.getvalue()

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import re
-from typing import Dict, Iterable, Optional
+from typing import Iterable, Optional
 
 import numpy as np
 
-from ..config import LABEL_CONVENTIONS, LABEL_VALUES, LABELS, REGIONS
+from ..config import DEFAULT_LABEL_SET, LABEL_CONVENTIONS
+from .label_set import LabelSet
 
 
 class LabelError(ValueError):
@@ -19,14 +20,21 @@ def segment_name_key(name: str) -> str:
     return re.sub(r"[\s_-]+", "_", name.strip().lower())
 
 
-def value_of_segment_name(name: str) -> Optional[int]:
-    """Our label value for a segment name, or None; the one place names are matched (SEG, NRRD, NIfTI uploads)."""
-    value = {segment_name_key(k): v for k, v in LABELS.items() if v}.get(segment_name_key(name))
-    return int(value) if value is not None else None
+def value_of_segment_name(name: str, label_set: LabelSet) -> Optional[int]:
+    """Our label value for a segment name, or None; the one place names are matched (SEG, NRRD, NIfTI uploads).
+    A segment's reader's name ("non-enhancing tumour core") is matched as its name is."""
+    key = segment_name_key(name)
+    for segment in label_set.segments:
+        if key in (segment_name_key(segment.name), segment_name_key(segment.title)):
+            return segment.value
+    return None
 
 
-def brats_convention(values: Iterable[int]) -> str:
-    """BraTS files do not say their convention: enhancing tumour is 4 before 2023 and 3 since."""
+def brats_convention(values: Iterable[int], label_set: LabelSet) -> str:
+    """BraTS files do not say their convention: before treatment, enhancing tumour is 4 before 2023 and 3 since;
+    the post-treatment set (BraTS 2024) has its own values, 4 the resection cavity."""
+    if label_set.name != DEFAULT_LABEL_SET:
+        return label_set.name
     present = set(int(v) for v in values)
     if 3 in present and 4 in present:
         raise LabelError("label holds both 3 and 4: neither the BraTS 2021 (enhancing = 4) nor the 2023 (enhancing = 3) convention")
@@ -46,19 +54,13 @@ def to_project_convention(label: np.ndarray, convention: str) -> np.ndarray:
     return lookup[label.astype(np.int64)]
 
 
-def check_label_values(label: np.ndarray) -> np.ndarray:
-    """Return ``label`` as uint8 if every value is one of ours; otherwise say which are not."""
+def check_label_values(label: np.ndarray, label_set: LabelSet) -> np.ndarray:
+    """Return ``label`` as uint8 if every value is one of the set's; otherwise say which are not."""
     values = np.unique(label)
-    bad = [v for v in values.tolist() if v not in LABEL_VALUES]
+    bad = [v for v in values.tolist() if v not in label_set.values]
     if bad:
         shown = ", ".join(f"{v:g}" for v in bad[:8])
-        raise LabelError(
-            f"label has values {shown}: allowed are {list(LABEL_VALUES)} "
-            "(0 background, 1 necrotic core, 2 edema, 3 enhancing tumour; BraTS 2021 files with 4 are imported, not saved)"
-        )
+        meanings = ", ".join(f"{segment.value} {segment.title}" for segment in label_set.segments)
+        older = "; BraTS 2021 files with 4 are imported, not saved" if label_set.name == DEFAULT_LABEL_SET else ""
+        raise LabelError(f"label has values {shown}: allowed are {list(label_set.values)} (0 background, {meanings}{older})")
     return label.astype(np.uint8)
-
-
-def region_masks(label: np.ndarray) -> Dict[str, np.ndarray]:
-    """{TC, WT, ET: bool mask} from a label in our convention."""
-    return {name: np.isin(label, values) for name, values in REGIONS.items()}

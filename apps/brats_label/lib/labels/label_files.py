@@ -29,11 +29,12 @@ import slicerio
 from pydicom.errors import InvalidDicomError
 from scipy import ndimage
 
-from ..config import LABELS, MAX_LABEL_LAYERS
+from ..config import MAX_LABEL_LAYERS
 from ..dicom.mr_series import RAS_TO_LPS
 from ..dicom.seg import SegProblem, seg_to_label
 from ..studies.folder_layout import Geometry, read_geometry
 from .conventions import LabelError, check_label_values, segment_name_key, value_of_segment_name
+from .label_set import LabelSet
 
 SEG_NRRD_SUFFIX = ".seg.nrrd"
 NRRD_SUFFIX = ".nrrd"
@@ -115,11 +116,11 @@ def check_seg_header(seg: pydicom.Dataset, geometry: Geometry) -> None:
         raise LabelError(f"the SEG's frames are {columns}x{rows}, which no plane of this study's grid ({'x'.join(map(str, geometry.shape))}) is")
 
 
-def label_value_of(name: str) -> int:
+def label_value_of(name: str, label_set: LabelSet) -> int:
     """Our value for a segment name ("Enhancing tumour", "enhancing_tumour", ...); LabelError if unknown."""
-    value = value_of_segment_name(name)
+    value = value_of_segment_name(name, label_set)
     if value is None:
-        allowed = ", ".join(k for k in LABELS if k != "background")
+        allowed = ", ".join(label_set.foreground)
         raise LabelError(f"segment '{name}' is not one of this server's labels ({allowed}); rename it in the Segment Editor")
     return value
 
@@ -132,7 +133,7 @@ def slicer_label_info(params: Dict[str, Any]) -> Optional[List[Dict[str, Any]]]:
     return None
 
 
-def remap_by_names(label: np.ndarray, names_by_value: Dict[int, str]) -> np.ndarray:
+def remap_by_names(label: np.ndarray, names_by_value: Dict[int, str], label_set: LabelSet) -> np.ndarray:
     """Client values → ours by segment name; values the client did not name must be absent (or 0)."""
     present = {int(v) for v in np.unique(label)} - {0}
     unnamed = sorted(present - set(names_by_value))
@@ -142,16 +143,16 @@ def remap_by_names(label: np.ndarray, names_by_value: Dict[int, str]) -> np.ndar
     for value, name in names_by_value.items():
         if segment_name_key(name) in IGNORED_SEGMENTS:
             continue
-        out[label == value] = label_value_of(name)
+        out[label == value] = label_value_of(name, label_set)
     return out
 
 
-def _named_values_to_ours(label: np.ndarray, params: Dict[str, Any]) -> np.ndarray:
+def _named_values_to_ours(label: np.ndarray, params: Dict[str, Any], label_set: LabelSet) -> np.ndarray:
     """Client values → ours when the client named them (``label_info``); otherwise as they are."""
     info = slicer_label_info(params)
     if info is None:
         return label
-    return remap_by_names(np.asarray(label).astype(np.int64), {int(i["idx"]): str(i["name"]) for i in info})
+    return remap_by_names(np.asarray(label).astype(np.int64), {int(i["idx"]): str(i["name"]) for i in info}, label_set)
 
 
 def _nrrd_ijk_to_lps(header: Dict[str, Any]) -> np.ndarray:
@@ -214,7 +215,7 @@ def _from_series_grid(voxels: np.ndarray, ijk_to_lps: np.ndarray, geometry: Geom
     return None
 
 
-def read_nrrd_label(path: Path, geometry: Geometry, params: Dict[str, Any], series: Callable[[], Iterable[SeriesGrid]] = tuple) -> np.ndarray:
+def read_nrrd_label(path: Path, geometry: Geometry, params: Dict[str, Any], label_set: LabelSet, series: Callable[[], Iterable[SeriesGrid]] = tuple) -> np.ndarray:
     """A plain NRRD label map (OHIF's Submit label sends its labelmap so), values named by ``label_info``; on the
     study's grid or on the grid of one of ``series()`` (asked only then; resampled onto the study's)."""
     check_nrrd_header(path, geometry)
@@ -226,7 +227,7 @@ def read_nrrd_label(path: Path, geometry: Geometry, params: Dict[str, Any], seri
     if header.get("space") not in ("left-posterior-superior", "LPS"):
         raise LabelError(f"NRRD space '{header.get('space')}' is not supported; write it in left-posterior-superior")
     # values checked before the uint8 grid (a stray 258 is refused, not wrapped to 2)
-    values = check_label_values(_named_values_to_ours(data, params))
+    values = check_label_values(_named_values_to_ours(data, params, label_set), label_set)
     try:
         return _on_study_grid(values, ijk_to_lps, geometry)
     except LabelError:
@@ -236,7 +237,7 @@ def read_nrrd_label(path: Path, geometry: Geometry, params: Dict[str, Any], seri
         return resampled
 
 
-def read_seg_nrrd(path: Path, geometry: Geometry) -> np.ndarray:
+def read_seg_nrrd(path: Path, geometry: Geometry, label_set: LabelSet) -> np.ndarray:
     """A Slicer segmentation file → label map in our values on the study's grid."""
     check_nrrd_header(path, geometry)
     try:
@@ -248,7 +249,7 @@ def read_seg_nrrd(path: Path, geometry: Geometry) -> np.ndarray:
     for segment in segmentation["segments"]:
         if segment_name_key(segment["name"]) in IGNORED_SEGMENTS:
             continue
-        value = label_value_of(segment["name"])
+        value = label_value_of(segment["name"], label_set)
         mask = slicerio.segment_mask(segmentation, segment)
         clash = mask & (label != 0) & (label != value)
         if clash.any():
@@ -265,27 +266,27 @@ def _is_dicom(path: Path) -> bool:
         return f.read(132)[128:] == b"DICM"  # the Part 10 preamble
 
 
-def read_dicom_seg(path: Path, geometry: Geometry) -> np.ndarray:
+def read_dicom_seg(path: Path, geometry: Geometry, label_set: LabelSet) -> np.ndarray:
     """A DICOM SEG file → label map in our values on the study's grid."""
     try:
         seg = pydicom.dcmread(str(path))
         check_seg_header(seg, geometry)
-        return check_label_values(seg_to_label(seg, geometry.affine, geometry.shape))
+        return check_label_values(seg_to_label(seg, geometry.affine, geometry.shape, label_set), label_set)
     except InvalidDicomError as e:
         raise LabelError(f"not a readable DICOM file: {e}") from None
     except (SegProblem, AttributeError, KeyError, IndexError) as e:
         raise LabelError(f"the DICOM SEG cannot be a label of this study: {e}") from None
 
 
-def read_uploaded_label(path: Path, geometry: Geometry, params: Dict[str, Any], series: Callable[[], Iterable[SeriesGrid]] = tuple) -> np.ndarray:
+def read_uploaded_label(path: Path, geometry: Geometry, params: Dict[str, Any], label_set: LabelSet, series: Callable[[], Iterable[SeriesGrid]] = tuple) -> np.ndarray:
     """The uploaded label in our values on the study's grid, or LabelError saying what is wrong. ``series``: the
     study's other series a viewer may have drawn on (a NRRD on one of their grids is resampled onto the study's)."""
     if str(path).endswith(SEG_NRRD_SUFFIX):
-        return read_seg_nrrd(path, geometry)
+        return read_seg_nrrd(path, geometry, label_set)
     if str(path).endswith(DICOM_SUFFIX) or _is_dicom(path):
-        return read_dicom_seg(path, geometry)
+        return read_dicom_seg(path, geometry, label_set)
     if str(path).endswith(NRRD_SUFFIX):
-        return read_nrrd_label(path, geometry, params, series)
+        return read_nrrd_label(path, geometry, params, label_set, series)
     try:
         uploaded = read_geometry(path)  # the header only: the grid is checked before any voxel is decoded
     except ValueError as e:
@@ -296,7 +297,7 @@ def read_uploaded_label(path: Path, geometry: Geometry, params: Dict[str, Any], 
         label = np.asanyarray(nib.load(str(path)).dataobj)  # nibabel reads no more than the declared voxels
     except (ValueError, OSError, EOFError, zlib.error) as e:
         raise LabelError(f"its voxel data cannot be read ({type(e).__name__}); save it again") from None
-    return check_label_values(_named_values_to_ours(label, params))
+    return check_label_values(_named_values_to_ours(label, params, label_set), label_set)
 
 
 def write_nrrd_label(label: np.ndarray, affine: np.ndarray, path: Path, compress: bool = False) -> None:

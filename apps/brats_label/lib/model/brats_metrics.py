@@ -1,4 +1,5 @@
-"""BraTS scores of a segmentation against a reference, per region (ET, TC, WT), as the challenge reports them.
+"""BraTS scores of a segmentation against a reference, per region (ET, TC, WT; and RC after treatment), as the
+challenge reports them.
 
 - **Dice and HD95** of the whole region (MONAI's ``compute_dice`` and ``compute_hausdorff_distance`` at the
   95th percentile, in millimetres from the voxel spacing);
@@ -23,7 +24,7 @@ import torch
 from monai.metrics import compute_dice, compute_hausdorff_distance
 from scipy import ndimage
 
-from ..config import FOREGROUND_LABELS, REGIONS
+from ..labels.label_set import LabelSet
 
 HD95_MISSING_MM = 374.0  # BraTS's HD95 when one side is empty (the diagonal of its 240x240x155 mm volume)
 LESION_DILATIONS = 3  # BraTS-GLI
@@ -32,9 +33,9 @@ _CONNECTED_26 = ndimage.generate_binary_structure(3, 3)
 _DILATION_18 = ndimage.generate_binary_structure(3, 2)
 
 
-def region_masks(label: np.ndarray) -> Dict[str, np.ndarray]:
-    """Project label values (1 necrotic core, 2 edema, 3 enhancing) as the three BraTS regions."""
-    return {name.lower(): np.isin(label, values) for name, values in REGIONS.items()}
+def region_masks(label: np.ndarray, label_set: LabelSet) -> Dict[str, np.ndarray]:
+    """Project label values as the set's regions (et, tc, wt; and rc after treatment), keyed in lower case."""
+    return {region.name.lower(): np.isin(label, region.values) for region in label_set.regions}
 
 
 def dice(prediction: np.ndarray, reference: np.ndarray) -> float:
@@ -87,11 +88,12 @@ def lesion_wise(prediction: np.ndarray, reference: np.ndarray, spacing: Sequence
     }
 
 
-def brats_scores(prediction: np.ndarray, reference: np.ndarray, spacing: Sequence[float]) -> Dict[str, Dict[str, float]]:
-    """Per region (et, tc, wt) of two label maps: dice, hd95, lesion_dice, lesion_hd95 and lesion counts."""
+def brats_scores(prediction: np.ndarray, reference: np.ndarray, spacing: Sequence[float], label_set: LabelSet) -> Dict[str, Dict[str, float]]:
+    """Per region of the set (et, tc, wt, and rc) of two label maps: dice, hd95, lesion_dice, lesion_hd95 and lesion
+    counts."""
     if prediction.shape != reference.shape:
         raise ValueError(f"prediction {prediction.shape} and reference {reference.shape} are not on one grid")
-    return region_scores(region_masks(prediction), region_masks(reference), spacing)
+    return region_scores(region_masks(prediction, label_set), region_masks(reference, label_set), spacing)
 
 
 def region_scores(predicted: Dict[str, np.ndarray], expected: Dict[str, np.ndarray], spacing: Sequence[float]) -> Dict[str, Dict[str, float]]:
@@ -107,25 +109,18 @@ def region_scores(predicted: Dict[str, np.ndarray], expected: Dict[str, np.ndarr
         predicted = {region: mask[box] for region, mask in predicted.items()}
         expected = {region: mask[box] for region, mask in expected.items()}
     scores = {}
-    for region in ("et", "tc", "wt"):
+    for region in predicted:
         p, r = predicted[region], expected[region]
         scores[region] = {"dice": dice(p, r), "hd95": hd95(p, r, spacing), **lesion_wise(p, r, spacing)}
     return {region: {k: round(v, 4) if isinstance(v, float) else v for k, v in s.items()} for region, s in scores.items()}
 
 
-def label_masks(regions: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
-    """Each label's mask from the three nested regions: the necrotic core is TC outside ET, edema WT outside TC.
-
-    The region scores hide a missed label inside its region (a necrotic core called enhancing tumour leaves TC
-    and WT whole); these masks show it."""
-    et, tc, wt = regions["et"], regions["tc"] & ~regions["et"], regions["wt"] & ~regions["tc"]
-    return dict(zip(FOREGROUND_LABELS, (tc, wt, et)))
-
-
-def label_dice(predicted: Dict[str, np.ndarray], expected: Dict[str, np.ndarray]) -> Dict[str, float]:
-    """Dice per label (necrotic_core, edema, enhancing_tumour) of two sets of region masks, rounded for records."""
-    ours, theirs = label_masks(predicted), label_masks(expected)
-    return {name: round(dice(ours[name], theirs[name]), 4) for name in FOREGROUND_LABELS}
+def label_dice(predicted: Dict[str, np.ndarray], expected: Dict[str, np.ndarray], label_set: LabelSet) -> Dict[str, float]:
+    """Dice per label of two sets of region masks, rounded for records. The region scores hide a missed label inside
+    its region (a necrotic core called enhancing tumour leaves TC and WT whole); the labels the regions paint
+    (``LabelSet.label_masks``) show it."""
+    ours, theirs = label_set.label_masks(predicted), label_set.label_masks(expected)
+    return {name: round(dice(ours[name], theirs[name]), 4) for name in label_set.foreground}
 
 
 def _reference_lesions(reference: np.ndarray) -> np.ndarray:

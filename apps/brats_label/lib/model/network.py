@@ -10,8 +10,9 @@ import torch
 from monai.inferers import SlidingWindowInferer
 from monai.networks.nets import SegResNet
 
-from ..config import GUIDANCE_LABELS, PROFILES, NetworkProfile
+from ..config import GUIDANCE_LABELS, LABEL_SETS, PROFILES, NetworkProfile
 from ..errors import ModelNotReady
+from ..runtime.atomic import atomic_path
 
 
 def build_network(profile: NetworkProfile) -> SegResNet:
@@ -30,6 +31,42 @@ def build_guided_network(profile: NetworkProfile, segmentation: Optional[Mapping
         state["convInit.conv.weight"] = torch.cat([first, silent], dim=1)
         network.load_state_dict(state, strict=True)
     return network
+
+
+FINAL_WEIGHT, FINAL_BIAS = "conv_final.2.conv.weight", "conv_final.2.conv.bias"  # one output per region
+
+
+def with_outputs_of(state: Mapping[str, torch.Tensor], profile: NetworkProfile, prior: float) -> Optional[Dict[str, torch.Tensor]]:
+    """Weights of a model whose outputs are the first regions of ``profile``'s label set (a pre-operative model:
+    TC, WT, ET) widened to all of them (after treatment: RC too): every layer kept, the new outputs' weights zero and
+    their bias at ``prior``, so they start as a fresh network's do. None when ``state`` is no such model."""
+    weight, bias = state.get(FINAL_WEIGHT), state.get(FINAL_BIAS)
+    wanted = len(profile.label_set.regions)
+    if weight is None or bias is None or weight.shape[0] >= wanted:
+        return None
+    first = [(region.name, region.values) for region in profile.label_set.regions[: weight.shape[0]]]
+    known = [s for s in LABEL_SETS.values() if [(region.name, region.values) for region in s.regions] == first]
+    if not known:
+        return None
+    widened = dict(state)
+    added = wanted - weight.shape[0]
+    widened[FINAL_WEIGHT] = torch.cat([weight, torch.zeros((added, *weight.shape[1:]), dtype=weight.dtype)])
+    widened[FINAL_BIAS] = torch.cat([bias, torch.full((added,), math.log(prior / (1.0 - prior)), dtype=bias.dtype)])
+    return widened
+
+
+def starting_weights(path: Path, profile: NetworkProfile, folder: Path, prior: float) -> Path:
+    """``path``, or where its outputs do not cover the label set's regions but are their beginning (a pre-operative
+    model started for the post-treatment set), a widened copy in ``folder`` (``with_outputs_of``), made once."""
+    widened = with_outputs_of(read_state_dict(path), profile, prior)
+    if widened is None:
+        return path
+    target = Path(folder) / f"starting_weights_{profile.label_set.name}.pt"
+    if not target.exists():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(target) as tmp:
+            torch.save(widened, tmp)
+    return target
 
 
 def set_foreground_prior(network: SegResNet, prior: float) -> SegResNet:
@@ -88,8 +125,9 @@ def check_weights(state: Mapping[str, torch.Tensor], profile: NetworkProfile, pa
     hint = (
         f" The file looks like the '{guess}' profile: start the server with --conf profile {guess}."
         if guess and guess != profile.name
-        else " Expected SegResNet weights with 4 input channels (T1c, T1, T2, FLAIR) and 3 outputs (TC, WT, ET),"
-        " such as the model-zoo brats_mri_segmentation bundle's models/model.pt."
+        else f" Expected SegResNet weights with 4 input channels (T1c, T1, T2, FLAIR) and {profile.out_channels} outputs"
+        f" ({', '.join(profile.label_set.region_values)}), such as the model-zoo brats_mri_segmentation bundle's models/model.pt"
+        " (or, for a label set with more regions, a model of its first ones, which is widened)."
     )
     raise ModelNotReady(f"{path} does not fit the '{profile.name}' network: {'; '.join(details)}.{hint}")
 

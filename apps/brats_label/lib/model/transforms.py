@@ -1,8 +1,8 @@
 """Dictionary transforms that MONAI does not have: a prediction kept to the brain the model was shown, restoring
 it to the study's grid cheaply, regions back to labels, and region volumes.
 
-MONAI's ``ConvertToMultiChannelBasedOnBratsClassesd`` turns a label into the overlapping TC/WT/ET
-regions the network learns; ``RegionsToLabeld`` is its inverse for the network's output.
+``LabelToRegionsd`` turns a label into the overlapping regions the network learns (TC/WT/ET, and a resection cavity
+in the post-treatment set); ``RegionsToLabeld`` is its inverse for the network's output.
 """
 
 from __future__ import annotations
@@ -16,7 +16,8 @@ from monai.data import MetaTensor
 from monai.transforms import MapTransform, SpatialResample
 from scipy import ndimage
 
-from ..config import BRAIN_EDGE_SHELL_FRACTION, BRAIN_EDGE_SHELL_MM, CHANNELS, FOREGROUND_LABELS, LABELS, REGION_THRESHOLD, REGIONS
+from ..config import BRAIN_EDGE_SHELL_FRACTION, BRAIN_EDGE_SHELL_MM, CHANNELS, REGION_THRESHOLD, REGIONS
+from ..labels.label_set import LabelSet
 
 
 def input_support(image: torch.Tensor) -> torch.Tensor:
@@ -70,7 +71,7 @@ class KeepWithinInputd(MapTransform):
         self.sequences = sequences
         self.shell_mm = shell_mm
         self.threshold = threshold
-        self.whole_tumour = list(REGIONS).index("WT")
+        self.whole_tumour = list(REGIONS).index("WT")  # the same channel in every label set
 
     def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> Dict[Hashable, torch.Tensor]:
         d = dict(data)
@@ -148,26 +149,37 @@ def _apply(affine: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
 
 
 class RegionsToLabeld(MapTransform):
-    """(3, X, Y, Z) binary TC, WT, ET -> (1, X, Y, Z) uint8 label: ET 3, TC without ET 1, WT without TC 2.
+    """(C, X, Y, Z) binary regions -> (1, X, Y, Z) uint8 label, painted as the label set says (``LabelSet.to_label``).
 
     Nesting is imposed as in the BraTS definition (ET within TC within WT): a voxel the network calls
-    ET but not WT still gets label 3, so no enhancing voxel is dropped.
+    ET but not WT still gets the enhancing label, so no enhancing voxel is dropped.
     """
 
-    def __init__(self, keys: KeysCollection, allow_missing_keys: bool = False):
+    def __init__(self, keys: KeysCollection, label_set: LabelSet, allow_missing_keys: bool = False):
         super().__init__(keys, allow_missing_keys)
-        self.order = list(REGIONS)
+        self.label_set = label_set
 
     def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> Dict[Hashable, torch.Tensor]:
         d = dict(data)
         for key in self.key_iterator(d):
-            regions = d[key] > 0
-            tc, wt, et = (regions[self.order.index(n)] for n in ("TC", "WT", "ET"))
-            label = torch.zeros_like(wt, dtype=torch.uint8)
-            label[wt] = LABELS["edema"]
-            label[tc] = LABELS["necrotic_core"]
-            label[et] = LABELS["enhancing_tumour"]
-            d[key] = label[None]
+            d[key] = self.label_set.to_label(d[key] > 0)[None]
+        return d
+
+
+class LabelToRegionsd(MapTransform):
+    """(1, X, Y, Z) or (X, Y, Z) label -> (C, X, Y, Z) region masks, one per network output (``LabelSet.to_regions``):
+    what the network learns. For the pre-operative set it equals MONAI's ``ConvertToMultiChannelBasedOnBratsClassesd``."""
+
+    def __init__(self, keys: KeysCollection, label_set: LabelSet, allow_missing_keys: bool = False):
+        super().__init__(keys, allow_missing_keys)
+        self.label_set = label_set
+
+    def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> Dict[Hashable, torch.Tensor]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            label = d[key]
+            label = label[0] if label.ndim == 4 else label
+            d[key] = self.label_set.to_regions(label)
         return d
 
 
@@ -176,18 +188,17 @@ def voxel_volume_ml(affine) -> float:
     return float(abs(np.linalg.det(np.asarray(affine, dtype=float)[:3, :3]))) / 1000.0
 
 
-def region_volumes_ml(label: np.ndarray, voxel_volume_ml: float) -> Dict[str, float]:
-    """Volume of each labelled structure and of the TC / WT regions, in mL."""
-    counts = {name: int((label == value).sum()) for name, value in FOREGROUND_LABELS.items()}
-    counts.update({name: int(np.isin(label, values).sum()) for name, values in REGIONS.items() if name != "ET"})
-    return {name: round(count * voxel_volume_ml, 3) for name, count in counts.items()}
+def region_volumes_ml(label: np.ndarray, voxel_volume_ml: float, label_set: LabelSet) -> Dict[str, float]:
+    """Volume of each labelled structure and of the regions uniting several (TC, WT), in mL."""
+    return label_set.volumes_ml(label, voxel_volume_ml)
 
 
 class RegionVolumesd(MapTransform):
     """Puts the region volumes (mL) of the label under ``result_key`` -> ``volumes_ml``."""
 
-    def __init__(self, keys: KeysCollection, result_key: str = "result", allow_missing_keys: bool = False):
+    def __init__(self, keys: KeysCollection, label_set: LabelSet, result_key: str = "result", allow_missing_keys: bool = False):
         super().__init__(keys, allow_missing_keys)
+        self.label_set = label_set
         self.result_key = result_key
 
     def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> Dict[Hashable, torch.Tensor]:
@@ -197,5 +208,5 @@ class RegionVolumesd(MapTransform):
             affine = label.affine if isinstance(label, MetaTensor) else torch.eye(4)
             voxel_ml = voxel_volume_ml(affine)
             array = label.detach().cpu().numpy() if isinstance(label, torch.Tensor) else np.asarray(label)
-            d.setdefault(self.result_key, {})["volumes_ml"] = region_volumes_ml(array, voxel_ml)
+            d.setdefault(self.result_key, {})["volumes_ml"] = region_volumes_ml(array, voxel_ml, self.label_set)
         return d

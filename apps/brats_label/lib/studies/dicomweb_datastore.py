@@ -42,6 +42,7 @@ from pydicom.datadict import tag_for_keyword
 from pydicom.dataset import Dataset
 
 from ..config import (
+    BRATS_2023,
     CHANNELS,
     DICOMWEB_LISTING_WORKERS,
     DICOMWEB_RECONCILE_S,
@@ -63,6 +64,7 @@ from ..dicom.series_volume import SeriesProblem, SliceStack, slice_stack
 from ..errors import ArchiveUnavailable, InvalidInput, NotAllowed, NotFound
 from ..labels.conventions import LabelError, check_label_values
 from ..labels.label_files import SeriesGrid
+from ..labels.label_set import LabelSet
 from ..model.transforms import region_volumes_ml, voxel_volume_ml
 from ..preparation.alignment import RegistrationRefused
 from ..preparation.brain_mask import looks_skull_stripped
@@ -152,6 +154,7 @@ class DicomWebStudyDatastore(StudyDatastore):
         writer: bool = True,
         reconcile_s: float = DICOMWEB_RECONCILE_S,
         train_on: str = "auto",
+        label_set: LabelSet = BRATS_2023,
     ):
         """``writer`` False in worker processes: they list and open studies but send, import and register nothing.
         ``reconcile_s``: how often the whole archive is listed (the refreshes between ask Orthanc what changed)."""
@@ -159,7 +162,7 @@ class DicomWebStudyDatastore(StudyDatastore):
         self._rules = rules or SeriesRules()
         self._refresh_s = refresh_s
         self._software_version = software_version
-        super().__init__(workspace, name, f"Studies in the DICOMweb archive {archive.url}", listing_extras, label_audit, writer, train_on)
+        super().__init__(workspace, name, f"Studies in the DICOMweb archive {archive.url}", listing_extras, label_audit, writer, train_on, label_set)
         self._metadata_dir = self._workspace / "dicom_metadata"
         self._seg_registry_path = self._workspace / "seg_registry.json"
         self._refresh_lock = threading.Lock()
@@ -615,7 +618,7 @@ class DicomWebStudyDatastore(StudyDatastore):
         seed = f"{study}/{version.record().get('saved_at', '')}"
         try:
             reference = self._reference_datasets(self._source(study))
-            seg = label_to_seg(label, reference, seed=seed, software_version=self._software_version)
+            seg = label_to_seg(label, reference, seed=seed, software_version=self._software_version, label_set=self.label_set)
             report, report_problem = self._measurement_report(seg, reference, label, study, seed)
             self._archive.store([seg, *([report] if report is not None else [])])
         except ArchiveUnavailable as e:
@@ -639,9 +642,9 @@ class DicomWebStudyDatastore(StudyDatastore):
     def _measurement_report(self, seg: Dataset, reference: list, label: np.ndarray, study: str, seed: str) -> Tuple[Optional[Dataset], str]:
         """The label's volumes as a TID 1500 report beside its SEG; one that cannot be written (said why) never
         keeps the SEG out of the archive."""
-        volumes = region_volumes_ml(label, voxel_volume_ml(self.geometry(study).affine))
+        volumes = region_volumes_ml(label, voxel_volume_ml(self.geometry(study).affine), self.label_set)
         try:
-            return measurement_report(seg, reference, volumes, seed=seed, software_version=self._software_version), ""
+            return measurement_report(seg, reference, volumes, seed=seed, software_version=self._software_version, label_set=self.label_set), ""
         except (ValueError, SegProblem) as e:
             logger.warning(f"label of {study}: no measurement report written: {e}")
             return None, str(e)
@@ -702,7 +705,7 @@ class DicomWebStudyDatastore(StudyDatastore):
         geometry = self.geometry(study.study_id)
         try:
             seg = self._archive.retrieve_instance(study.study_id, series.series_uid, sop)
-            label = check_label_values(seg_to_label(seg, geometry.affine, geometry.shape))
+            label = check_label_values(seg_to_label(seg, geometry.affine, geometry.shape, self.label_set), self.label_set)
         except ArchiveUnavailable:
             raise  # looked at again at the next refresh
         except (SegProblem, LabelError, ValueError, AttributeError, KeyError, IndexError) as e:

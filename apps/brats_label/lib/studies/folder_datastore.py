@@ -26,9 +26,10 @@ from typing import Any, Callable, Dict, List, Optional
 import nibabel as nib
 import numpy as np
 
-from ..config import CHANNELS
+from ..config import BRATS_2023, CHANNELS
 from ..errors import InvalidInput, NotAllowed, NotFound
 from ..labels.conventions import LabelError, brats_convention, to_project_convention
+from ..labels.label_set import LabelSet
 from ..runtime.atomic import read_json, write_nifti
 from .case_cache import UnusableVolume, stack_study_files
 from .folder_layout import Geometry, StudyProblem, StudySource, find_studies, study_geometry
@@ -49,9 +50,10 @@ class StudyFolderDatastore(StudyDatastore):
         label_audit: Optional[Callable[[str, np.ndarray], Dict[str, Any]]] = None,
         writer: bool = True,
         train_on: str = "auto",
+        label_set: LabelSet = BRATS_2023,
     ):
         self._studies_dir = Path(studies_dir)
-        super().__init__(workspace, name, description or f"Studies in {self._studies_dir}", listing_extras, label_audit, writer, train_on)
+        super().__init__(workspace, name, description or f"Studies in {self._studies_dir}", listing_extras, label_audit, writer, train_on, label_set)
         self._sources: Dict[str, StudySource] = {}
         self.refresh()
 
@@ -101,7 +103,7 @@ class StudyFolderDatastore(StudyDatastore):
             return None  # an annotator's label, or a removal, is never replaced by the shipped one
         try:
             raw = np.asanyarray(nib.load(str(source.ground_truth)).dataobj)
-            convention = "msd" if source.layout == "msd" else brats_convention(np.unique(raw))
+            convention = "msd" if source.layout == "msd" else brats_convention(np.unique(raw), self.label_set)
             label = to_project_convention(raw, convention)
             info = {"source": IMPORTED_FROM, "file": str(source.ground_truth), "convention": convention}
             self._store_label(source.study_id, label, self.geometry(source.study_id), FINAL, info)

@@ -18,10 +18,11 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 import numpy as np
 from monailabel.interfaces.datastore import Datastore, DefaultLabelTag
 
-from ..config import FOREGROUND_LABELS
+from ..config import BRATS_2023
 from ..errors import InvalidInput, NotFound
 from ..labels.conventions import LabelError
 from ..labels.label_files import SeriesGrid, read_uploaded_label
+from ..labels.label_set import LabelSet
 from ..labels.label_store import LabelStore, LabelVersion, check_case_id, check_tag, migrate_flat_layout
 from ..labels.review import (
     REVIEW_FIELDS,
@@ -82,12 +83,14 @@ class StudyDatastore(Datastore):
         label_audit: Optional[Callable[[str, np.ndarray], Dict[str, Any]]] = None,
         writer: bool = True,
         train_on: str = "auto",
+        label_set: LabelSet = BRATS_2023,
     ):
         """``listing_extras`` adds per-case entries to the listing (the app gives active-learning ranks);
         ``label_audit`` adds to each submitted final label's record (the app compares it with the pre-label);
         ``writer`` False in worker processes: they read labels and the listing, the server writes;
-        ``train_on``: which final labels train (``labels/review.py``)."""
+        ``train_on``: which final labels train (``labels/review.py``); ``label_set``: the labels a label may hold."""
         self._workspace = Path(workspace)
+        self.label_set = label_set
         self._train_on = train_on
         self._labels = open_label_store(self._workspace, writer)
         self._writer = writer
@@ -194,7 +197,7 @@ class StudyDatastore(Datastore):
         return current.label_path if current else self._workspace / "no-label"
 
     def _store_label(self, image_id: str, label: np.ndarray, geometry: Geometry, tag: str, info: Dict[str, Any]) -> str:
-        record = {**info, "voxels": {name: int((label == value).sum()) for name, value in FOREGROUND_LABELS.items()}}
+        record = {**info, "voxels": {name: int((label == value).sum()) for name, value in self.label_set.foreground.items()}}
         self._labels.commit(image_id, _tag(tag), label, geometry.affine, record)
         return image_id
 
@@ -204,7 +207,7 @@ class StudyDatastore(Datastore):
         geometry = self.geometry(study)
         tag = check_tag(_tag(label_tag))
         try:
-            label = read_uploaded_label(Path(label_filename), geometry, label_info or {}, lambda: self.series_grids(study))
+            label = read_uploaded_label(Path(label_filename), geometry, label_info or {}, self.label_set, lambda: self.series_grids(study))
         except LabelError as e:
             raise InvalidInput(f"label for '{study}' not saved: {e}") from None
         info = {**client_fields(label_info or {}), "source": SUBMITTED, **self._commit_fields(study, tag)}

@@ -12,24 +12,24 @@ from typing import Any, Dict, Iterator, List, Sequence, Tuple
 
 import numpy as np
 import torch
-from monai.transforms import Compose, ConvertToMultiChannelBasedOnBratsClassesd, EnsureTyped
+from monai.transforms import Compose, EnsureTyped
 
-from ..config import ENHANCING_LABEL, FOREGROUND_LABELS, REGION_THRESHOLD, REGIONS, ClickGrowth, NetworkProfile
+from ..config import REGION_THRESHOLD, ClickGrowth, NetworkProfile
 from ..infers.segmentation import preprocessing
 from ..interactive.click_rounds import region_channels_to_label
 from ..interactive.robot_user import GuidedSession, after_robot_clicks
 from ..model.brats_metrics import label_dice, region_scores
 from ..model.network import load_network, sliding_window_inferer
-from ..model.transforms import KeepWithinInputd
+from ..model.transforms import KeepWithinInputd, LabelToRegionsd
 
 SCORES = ("dice", "hd95", "lesion_dice", "lesion_hd95")
 
 
 def evaluation_transforms(profile: NetworkProfile) -> list:
-    """Image and label as validation sees them: inference's pre-processing, the label as its three regions."""
+    """Image and label as validation sees them: inference's pre-processing, the label as the network's regions."""
     return [
         *preprocessing(profile, keys=("image", "label"), modes=("bilinear", "nearest")),
-        ConvertToMultiChannelBasedOnBratsClassesd(keys="label", et_label=ENHANCING_LABEL),
+        LabelToRegionsd(keys="label", label_set=profile.label_set),
         EnsureTyped(keys=("image", "label"), dtype=torch.float32),
     ]
 
@@ -45,7 +45,8 @@ def predict_regions(
     inferer = sliding_window_inferer(profile)
     prepare = Compose(transforms)
     keep_within_input = KeepWithinInputd(keys="pred", ref_key="image")
-    names = [name.lower() for name in REGIONS]
+    label_set = profile.label_set
+    names = [region.name.lower() for region in label_set.regions]
     with torch.no_grad():
         for number, item in enumerate(items):
             data = prepare({"image": item["image"], "label": item["label"]})
@@ -53,7 +54,7 @@ def predict_regions(
             if clicks > 0:
                 session = GuidedSession(network, inferer, torch.as_tensor(data["image"]), profile.spacing_mm, growth)
                 labels = after_robot_clicks(session, region_channels_to_label(torch.as_tensor(expected)), clicks)
-                predicted = np.stack([np.isin(labels, REGIONS[name]) for name in REGIONS])
+                predicted = label_set.to_regions(labels)
                 yield str(item.get("id", number)), np.asarray(data["image"]), dict(zip(names, predicted)), dict(zip(names, expected))
                 continue
             image = torch.as_tensor(data["image"])[None].to(device)
@@ -71,9 +72,10 @@ def evaluate_on(profile: NetworkProfile, weights: Path, items: Sequence[Dict], t
     studies, label_studies = {}, {}
     for case, _, predicted, expected in predict_regions(profile, weights, items, transforms, clicks, growth):
         studies[case] = region_scores(predicted, expected, profile.spacing_mm)
-        label_studies[case] = label_dice(predicted, expected)
-    brats = {region: {score: round(float(np.mean([s[region][score] for s in studies.values()])), 4) for score in SCORES} for region in ("et", "tc", "wt")}
-    dice = {name.lower(): brats[name.lower()]["dice"] for name in REGIONS}
-    labels = {name: round(float(np.mean([s[name] for s in label_studies.values()])), 4) for name in FOREGROUND_LABELS} if label_studies else {}
+        label_studies[case] = label_dice(predicted, expected, profile.label_set)
+    regions = [region.name.lower() for region in profile.label_set.regions]
+    brats = {region: {score: round(float(np.mean([s[region][score] for s in studies.values()])), 4) for score in SCORES} for region in regions} if studies else {}
+    dice = {region: brats[region]["dice"] for region in brats}
+    labels = {name: round(float(np.mean([s[name] for s in label_studies.values()])), 4) for name in profile.label_set.foreground} if label_studies else {}
     mean = round(float(np.mean(list(dice.values()))), 4)
     return {**dice, "mean": mean, "brats": brats, "studies": studies, "labels": labels, "label_studies": label_studies}

@@ -15,7 +15,7 @@ from ignite.engine import Engine, Events
 
 from ..runtime.atomic import read_json, write_json
 from ..runtime.clock import task_started_utc, utc_now
-from .curves import REGION_KEYS
+from .curves import region_keys
 
 PROGRESS_WRITE_INTERVAL_S = 2.0
 
@@ -83,7 +83,7 @@ class TrainingProgress:
 
     def _validated(self, evaluator: Engine) -> None:
         metrics = evaluator.state.metrics
-        dice = {label: round(float(metrics[key]), 4) for key, label in REGION_KEYS.items() if key in metrics}
+        dice = {label: round(float(metrics[key]), 4) for key, label in region_keys([metrics]).items() if key in metrics}
         self.update(phase="training", validation_dice=dice)
 
     def _failed(self, trainer: Engine, error: Exception) -> None:

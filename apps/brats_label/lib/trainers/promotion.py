@@ -15,12 +15,11 @@ from typing import Any, Dict, Mapping, Optional
 import numpy as np
 from scipy.stats import wilcoxon
 
-REGION_KEYS = ("et", "tc", "wt")
-
 
 def study_dice(scores: Mapping[str, Mapping[str, Any]]) -> float:
-    """A study's mean Dice over the three regions (``evaluation.evaluate_on``'s per-study scores)."""
-    return float(np.mean([float(scores[region]["dice"]) for region in REGION_KEYS]))
+    """A study's mean Dice over its regions (``evaluation.evaluate_on``'s per-study scores: et, tc, wt; and rc after
+    treatment)."""
+    return float(np.mean([float(region["dice"]) for region in scores.values()]))
 
 
 @dataclass(frozen=True)

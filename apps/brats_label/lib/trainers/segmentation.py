@@ -38,7 +38,7 @@ from monai.transforms import (
 from monai.utils import set_determinism
 from monailabel.tasks.train.basic_train import BasicTrainTask, Context
 
-from ..config import REGION_THRESHOLD, REGIONS, NetworkProfile, TrainSettings
+from ..config import REGION_THRESHOLD, NetworkProfile, TrainSettings
 from ..model.network import build_network, set_foreground_prior, sliding_window_inferer
 from ..model.transforms import KeepWithinInputd
 from ..runtime.clock import utc_now
@@ -61,7 +61,8 @@ REGION_METRIC_PREFIX = "val_dice_"
 
 
 def _dice_only(scores: Dict[str, Any]) -> Dict[str, float]:
-    return {k: v for k, v in scores.items() if k in ("tc", "wt", "et", "mean")}
+    """The Dice per region (tc, wt, et; rc after treatment) and their mean, from ``evaluate_on``'s scores."""
+    return {k: v for k, v in scores.items() if k == "mean" or k in scores.get("brats", {})}
 
 
 def _region(index: int):
@@ -136,7 +137,7 @@ class BratsSegmentationTrainer(BasicTrainTask):
             amp=torch.cuda.is_available(),
             load_path=str(load_path) if load_path else None,
             publish_path=str(publish_path),
-            labels=list(REGIONS),
+            labels=list(profile.label_set.region_values),
             load_strict=True,
         )
         self.profile = profile
@@ -393,4 +394,5 @@ class BratsSegmentationTrainer(BasicTrainTask):
         return {self.VAL_METRIC_MEAN_DICE: MeanDice(output_transform=from_engine(["pred", "label"]), include_background=True)}
 
     def val_additional_metrics(self, context: Context) -> Dict[str, Metric]:
-        return {f"{REGION_METRIC_PREFIX}{name.lower()}": MeanDice(output_transform=_region(i), include_background=True) for i, name in enumerate(REGIONS)}
+        regions = self.profile.label_set.regions
+        return {f"{REGION_METRIC_PREFIX}{region.name.lower()}": MeanDice(output_transform=_region(i), include_background=True) for i, region in enumerate(regions)}
