@@ -39,6 +39,7 @@ from urllib.parse import urlparse
 import anyio
 import numpy as np
 from fastapi import Body, Depends, Response
+from fastapi.responses import FileResponse
 from monailabel.config import settings
 from monailabel.endpoints.user.auth import RBAC, User
 from monailabel.interfaces.app import MONAILabelApp
@@ -72,6 +73,8 @@ from lib.config import (
     AppConfig,
     FollowUpSettings,
 )
+from lib.dashboard.drift import input_drift
+from lib.dashboard.summary import dashboard_data
 from lib.dicom.archive import Archive
 from lib.dicom.series_rules import SeriesRules
 from lib.endpoints.dicomweb_proxy import install_dicomweb_proxy
@@ -112,6 +115,7 @@ logger = logging.getLogger(__name__)
 
 SCORING_METHOD = "uncertainty"
 API_PREFIX = "/brats"  # endpoints MONAI Label does not have
+DASHBOARD_PAGE = Path(__file__).parent / "lib" / "dashboard" / "dashboard.html"
 MODEL_WATCH_INTERVAL_S = 15
 REQUEST_THREADS = 128  # anyio's default is 40: 32 annotators' queued auto-segmentations would take them all
 TRAINING_ENDED = ("DONE", "ERROR", "STOPPED")  # MONAI Label's task states after a run
@@ -353,6 +357,31 @@ class BratsLabelApp(MONAILabelApp):
         """Final labels waiting for a review, oldest saved first, and which labels train now."""
         return {"waiting": self._datastore.review_queue(), "train_on": self._datastore.train_on()}  # type: ignore[attr-defined]
 
+    def dashboard_page(self):
+        """The dashboard's page: it holds no data (it reads ``dashboard/data`` with the reviewer's token)."""
+        return FileResponse(DASHBOARD_PAGE, media_type="text/html", headers={"Cache-Control": "no-cache"})
+
+    def dashboard(self):
+        """What the dashboard shows: model versions, pre-label quality per week and model, the work queue and each
+        annotator's, input drift of new studies, training."""
+        datastore = self._datastore
+        versions = self.versions.list()
+        serving = self.versions.serving()
+        # the studies the served model learned from; starting weights from elsewhere name none: the labelled studies
+        trained_on = next((v.get("labels") or [] for v in versions if v.get("id") == serving), []) or datastore.get_labeled_images()
+        unlabelled = datastore.get_unlabeled_images()
+        statistics = datastore.input_statistics  # type: ignore[attr-defined]
+        drift = input_drift({case: statistics(case) for case in trained_on}, {case: statistics(case) for case in unlabelled}, serving)
+        return dashboard_data(versions, datastore.history_records(), len(unlabelled), self.handouts.active(), self.training(), drift, self.config.label_set)  # type: ignore[attr-defined]
+
+    def dashboard_curve(self, version: str):
+        """A model version's training curve (PNG)."""
+        self.versions.get(version)  # NotFound for anything but a listed version
+        curve = self.versions.folder / version / "training_curve.png"
+        if not curve.is_file():
+            raise NotFound(f"model version {version} has no training curve")
+        return FileResponse(curve, media_type="image/png")
+
     def timeline(self, case: str, format: str = "json"):
         """The patient's studies oldest first: each region's volume (final label, or pre-label, said which) and
         its change against the previous study, the baseline and the nadir; ``?format=png``: the volumes over time."""
@@ -477,6 +506,9 @@ class BratsLabelApp(MONAILabelApp):
             ("review", self.review_queue, "GET", "Final labels waiting for a review, oldest first"),
             ("review/{case}", self.review, "POST", "Approve a final label or ask for changes (reviewers)"),
             ("review/{case}", self.review_of, "GET", "The review of a study's final label: state, and the comment when sent back"),
+            ("dashboard", self.dashboard_page, "GET", "The lab's dashboard (a page; its data need the reviewer role)"),
+            ("dashboard/data", self.dashboard, "GET", "The dashboard's data: versions, pre-label quality, the work, input drift, training"),
+            ("dashboard/curve/{version}", self.dashboard_curve, "GET", "A model version's training curve (PNG)"),
             ("timeline/{case}", self.timeline, "GET", "A patient's studies over time: volumes and their changes (?format=png for a picture)"),
         ]
         for path, endpoint, method, summary in routes:

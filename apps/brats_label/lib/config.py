@@ -321,6 +321,14 @@ def with_epochs_for_every_run(overrides: Mapping[str, object]) -> Dict[str, obje
     return out
 
 
+# --- dashboard (lib/dashboard/) ------------------------------------------------------------------
+# A new study's grid or intensity number is out of range further than this many robust SDs from the training
+# studies' median, and than this fraction of it (lib/dashboard/drift.py).
+DRIFT_ROBUST_SD = 4.0
+DRIFT_MIN_FRACTION = 0.15
+DASHBOARD_WEEKS = 12  # pre-label quality per week, this many weeks back
+
+
 # --- active learning ----------------------------------------------------------------------------
 
 

@@ -40,6 +40,11 @@ class HandOuts:
             write_json(active, self.path)
             return until
 
+    def active(self) -> int:
+        """How many studies are handed out now."""
+        with self.lock:
+            return len(self._active())
+
     def holder(self, case: str) -> Optional[str]:
         with self.lock:
             handout = self._active().get(case)

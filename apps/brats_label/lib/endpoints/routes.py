@@ -194,6 +194,7 @@ ROUTE_ROLES: Tuple[Tuple[str, str, Access], ...] = (
     ("GET", "/auth/", Role.ANONYMOUS),  # login routes, present when authentication is on
     ("POST", "/auth/token", Role.ANONYMOUS),
     ("GET", "/auth/token/valid", Role.ANONYMOUS),
+    ("GET", "/brats/dashboard", Role.ANONYMOUS),  # the page holds no data: what it shows comes from /brats/dashboard/data
     ("GET", "/info/", Role.USER),
     ("GET", "/datastore/", Role.USER),
     ("GET", "/datastore/image", Role.USER),
@@ -223,6 +224,8 @@ ROUTE_ROLES: Tuple[Tuple[str, str, Access], ...] = (
     ("DELETE", "/datastore/label", Role.REVIEWER),  # a removal is a new version without voxels; history keeps all
     ("GET", "/brats/audit", Role.REVIEWER),
     ("GET", "/brats/review", Role.REVIEWER),
+    ("GET", "/brats/dashboard/data", Role.REVIEWER),
+    ("GET", "/brats/dashboard/curve/{version}", Role.REVIEWER),
     ("POST", "/brats/review/{case}", Role.REVIEWER),
     ("GET", "/datastore/dataset", Role.ADMIN),  # every study and label in one download
     ("PUT", "/datastore/image/info", Role.ADMIN),

@@ -25,7 +25,7 @@ from .label_set import LabelSet
 
 RECORD_FIELDS = (
     "case", "tag", "saved_at", "user", "authenticated", "claimed_user", "client_id", "source",
-    "prelabel_model", "prelabel_model_version", "prelabel_prior_case", "prelabel_made_at",
+    "prelabel_model", "prelabel_model_version", "prelabel_prior_case", "prelabel_made_at", "edited_ml",
 )  # fmt: skip
 SCORES = ("dice", "hd95", "lesion_dice", "lesion_hd95")
 REVIEW_COLUMNS = ("event", "label_saved_at", "reviewed_by", "review_comment", "review_level")
@@ -71,6 +71,8 @@ class PreLabels:
         # how far the correction moved the pre-label, as BraTS scores it
         scores = brats_scores(prelabel, final, image.header.get_zooms()[:3], self.label_set)
         fields = {f"{score}_{region}": scores[region][score] for region in scores for score in SCORES}
+        voxel_ml = float(np.prod(image.header.get_zooms()[:3])) / 1000.0
+        fields["edited_ml"] = round(float(np.count_nonzero(prelabel != final)) * voxel_ml, 3)  # how much the annotator changed
         origin = {f"prelabel_{key}": info[key] for key in ("model", "prior_case") if info.get(key)}
         return {"prelabel_model_version": info["model_version"], "prelabel_made_at": info["made_at"], **origin, **fields}
 

@@ -22,6 +22,7 @@ from ..config import CASE_PARTIAL_MAX_AGE_S, CHANNELS, PREPARATION, REFERENCE_CH
 from ..preparation.pipeline import PreparedStudy, Series, already_prepared_report, needs_preparation, prepare_study
 from ..runtime.atomic import atomic_path, nifti_image, read_json, write_json, write_nifti
 from .folder_layout import StudySource
+from .input_statistics import input_statistics
 
 
 @dataclass(frozen=True)
@@ -86,6 +87,16 @@ class CaseCache:
     def brain_path(self, study_id: str) -> Path:
         return self.folder / f"{study_id}.brain.nii.gz"
 
+    def statistics_path(self, study_id: str) -> Path:
+        return self.folder / f"{study_id}.stats.json"
+
+    def statistics(self, study_id: str) -> Dict[str, Any]:
+        """The prepared volume's grid and intensities (``input_statistics``); {} until prepared since they were kept."""
+        try:
+            return dict(read_json(self.statistics_path(study_id), {}))
+        except ValueError:
+            return {}
+
     def preparation(self, study_id: str) -> Dict[str, Any]:
         """The report of the case's preparation ({} until it has been prepared)."""
         try:
@@ -119,6 +130,7 @@ class CaseCache:
                     write_nifti(preparation.brain.astype(np.uint8), preparation.affine, self.brain_path(study_id), durable=False)
                 else:
                     self.brain_path(study_id).unlink(missing_ok=True)
+                write_json(input_statistics(self.volume_path(study_id), CHANNELS), self.statistics_path(study_id), durable=False)
                 size = self.volume_path(study_id).stat().st_size
                 stamp = {"fingerprint": fingerprint, "channels": list(CHANNELS), "bytes": size, "preparation_version": PREPARATION_VERSION, "preparation": preparation.report}
                 write_json(stamp, self._stamp_path(study_id), durable=False)

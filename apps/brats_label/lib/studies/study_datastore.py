@@ -176,6 +176,10 @@ class StudyDatastore(Datastore):
         """How the case's model input was prepared (alignment per series, brain extraction), for its info."""
         return self._cases.preparation(study_id) or {"state": "not prepared yet: it is prepared when the study is first opened, handed out or viewed"}
 
+    def input_statistics(self, study_id: str) -> Dict[str, Any]:
+        """The prepared input's grid and intensities (``input_statistics``), {} until prepared: the dashboard's drift."""
+        return self._cases.statistics(study_id)
+
     def get_image(self, image_id: str, params=None) -> Any:
         return open(self.get_image_uri(image_id), "rb")
 
