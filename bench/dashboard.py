@@ -17,7 +17,7 @@ import json
 import sys
 import tempfile
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -40,7 +40,7 @@ def main() -> int:
     parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
     rng = np.random.default_rng(0)
-    start = datetime(2026, 8, 1, tzinfo=timezone.utc)
+    start = datetime(2026, 8, 1, tzinfo=UTC)
     with tempfile.TemporaryDirectory() as scratch:
         cases = CaseCache(Path(scratch) / "cases")
         studies = [f"BraTS-GLI-{i:05d}-000" for i in range(args.studies)]

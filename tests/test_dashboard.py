@@ -6,8 +6,7 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
-from datetime import datetime, timezone
-from pathlib import Path
+from datetime import UTC, datetime
 
 import nibabel as nib
 import numpy as np
@@ -51,7 +50,7 @@ def test_the_summary_counts_the_work_and_follows_pre_label_quality_per_week_and_
         saved("d", "2026-01-01T11:00:00.000Z", "", None, None, None, source="imported"),
         ("c", {"tag": "final", "removed_at": "2026-12-03T00:00:00.000Z"}),  # c's label removed
     ]
-    data = dashboard_data([], history, unlabelled=7, handed_out=2, training={}, drift={}, label_set=BRATS_2023, now=datetime(2026, 12, 5, tzinfo=timezone.utc))
+    data = dashboard_data([], history, unlabelled=7, handed_out=2, training={}, drift={}, label_set=BRATS_2023, now=datetime(2026, 12, 5, tzinfo=UTC))
     assert data["queue"] == {"unlabelled": 7, "handed_out": 2, "waiting_for_review": 1, "approved": 1, "changes_requested": 0, "imported_ground_truth": 1}
     assert [w["week"] for w in data["prelabel_quality"]["per_week"]] == ["2026-W48", "2026-W49"]
     assert data["prelabel_quality"]["per_week"][1] == {"week": "2026-W49", "labels": 2, "dice_tc": 0.75, "dice_wt": 0.75, "dice_et": 0.75, "edited_ml": 6.0}
@@ -81,7 +80,11 @@ def test_the_dashboard_page_shows_versions_quality_work_drift_and_training(studi
     nib.save(nib.Nifti1Image(drawn, reference.affine), str(path))
     with open(path, "rb") as f:
         saved = requests.put(
-            f"{server.url}/datastore/label", params={"image": UNLABELLED[0], "tag": "final"}, data={"params": json.dumps({"user": "dr_ann"})}, files={"label": ("l.nii.gz", f)}, timeout=60
+            f"{server.url}/datastore/label",
+            params={"image": UNLABELLED[0], "tag": "final"},
+            data={"params": json.dumps({"user": "dr_ann"})},
+            files={"label": ("l.nii.gz", f)},
+            timeout=60,
         )
     assert saved.status_code == 200, saved.text
 
