@@ -39,7 +39,8 @@ FINAL_WEIGHT, FINAL_BIAS = "conv_final.2.conv.weight", "conv_final.2.conv.bias" 
 def with_outputs_of(state: Mapping[str, torch.Tensor], profile: NetworkProfile, prior: float) -> Optional[Dict[str, torch.Tensor]]:
     """Weights of a model whose outputs are the first regions of ``profile``'s label set (a pre-operative model:
     TC, WT, ET) widened to all of them (after treatment: RC too): every layer kept, the new outputs' weights zero and
-    their bias at ``prior``, so they start as a fresh network's do. None when ``state`` is no such model."""
+    their bias at ``prior`` (so they answer the prior everywhere until trained, as a fresh network starts). None when
+    ``state`` is no such model."""
     weight, bias = state.get(FINAL_WEIGHT), state.get(FINAL_BIAS)
     wanted = len(profile.label_set.regions)
     if weight is None or bias is None or weight.shape[0] >= wanted:
