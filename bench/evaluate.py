@@ -34,6 +34,7 @@ from tqdm import tqdm  # noqa: E402
 
 from lib.config import BRATS_2023, CHANNELS, FOREGROUND_LABELS, PROFILES  # noqa: E402
 from lib.labels.conventions import brats_convention, to_project_convention  # noqa: E402
+from lib.labels.label_set import LabelSet  # noqa: E402
 from lib.model.brats_metrics import label_dice, region_scores  # noqa: E402
 from lib.studies.case_cache import stack_study_files  # noqa: E402
 from lib.studies.folder_layout import find_studies  # noqa: E402
@@ -44,7 +45,7 @@ COLOURS = {"wt": "yellow", "tc": "red", "et": "cyan"}
 WORST_SLICES = 3
 
 
-def items_of(studies: Path, scratch: Path) -> list:
+def items_of(studies: Path, scratch: Path, label_set: LabelSet = BRATS_2023) -> list:
     """Each labelled study as one stacked image and a label in the project's convention, on disk for the transforms."""
     sources, problems = find_studies(studies)
     for problem in problems:
@@ -58,7 +59,7 @@ def items_of(studies: Path, scratch: Path) -> list:
         nib.save(nib.Nifti1Image(stacked, affine), str(image))
         truth = nib.load(str(source.ground_truth))
         raw = np.asanyarray(truth.dataobj)
-        convention = "msd" if source.layout == "msd" else brats_convention(np.unique(raw), BRATS_2023)
+        convention = "msd" if source.layout == "msd" else brats_convention(np.unique(raw), label_set)
         nib.save(nib.Nifti1Image(to_project_convention(raw, convention), truth.affine), str(label))
         items.append({"id": source.study_id, "image": str(image), "label": str(label)})
     return items

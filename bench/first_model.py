@@ -1,6 +1,7 @@
 """The demo's first model, trained again and again with fresh seeds, judged on studies it did not learn from.
 
     .venv/bin/python bench/first_model.py [--seeds 5] [--first-seed 100] [--held-out 8] [--spacing 1] [--set max_epochs=20 ...]
+    .venv/bin/python bench/first_model.py --labels brats2024_post ...   (post-operative studies, the post-treatment set)
     .venv/bin/python bench/first_model.py --work DIR --curves-only [--compare NAME ...]
 
 The demo trains its first model on its sample's labelled studies (``scripts/demo.sh``: ``python -m synthetic``
@@ -36,7 +37,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from bench.evaluate import items_of  # noqa: E402
-from lib.config import PROFILES, TrainSettings, with_epochs_for_every_run  # noqa: E402
+from lib.config import DEFAULT_LABEL_SET, LABEL_SETS, PROFILES, NetworkProfile, TrainSettings, with_epochs_for_every_run  # noqa: E402
 from lib.studies.folder_datastore import StudyFolderDatastore  # noqa: E402
 from lib.trainers.evaluation import evaluate_on, evaluation_transforms  # noqa: E402
 from lib.trainers.segmentation import BratsSegmentationTrainer  # noqa: E402
@@ -74,13 +75,13 @@ def earlier_runs(path: Path, settings: TrainSettings, seeds: set) -> list:
     return [run for run in earlier.get("runs", []) if run["seed"] not in seeds]
 
 
-def held_out_scores(weights: Path, items: list) -> tuple:
-    """Each study's mean Dice over TC, WT and ET, as validation scores it, and each study's Dice per label (the
-    regions hide a necrotic core called enhancing tumour: TC stays whole)."""
-    profile = PROFILES["cpu"]
+def held_out_scores(profile: NetworkProfile, weights: Path, items: list) -> tuple:
+    """Each study's mean Dice over the set's regions (TC, WT, ET; and RC after treatment), as validation scores it;
+    each study's Dice per region and per label (the regions hide a necrotic core called enhancing tumour)."""
     scores = evaluate_on(profile, weights, items, evaluation_transforms(profile))
-    means = [float(np.mean([study[r]["dice"] for r in ("tc", "wt", "et")])) for study in scores["studies"].values()]
-    return means, list(scores["label_studies"].values())
+    means = [float(np.mean([region["dice"] for region in study.values()])) for study in scores["studies"].values()]
+    regions = {region: [study[region]["dice"] for study in scores["studies"].values()] for region in scores["brats"]}
+    return means, list(scores["label_studies"].values()), regions
 
 
 def plot_curves(work: Path, path: Path, settings: Optional[Sequence[str]] = None) -> None:
@@ -118,6 +119,7 @@ def main() -> int:
     parser.add_argument("--spacing", type=float, default=1.0, help="of the generated studies (the demo's: 1 mm)")
     parser.add_argument("--set", nargs="*", default=[], help="training settings to change, key=value")
     parser.add_argument("--name", default="defaults")
+    parser.add_argument("--labels", choices=sorted(LABEL_SETS), default=DEFAULT_LABEL_SET, help="the label set (brats2024_post: post-operative studies)")
     parser.add_argument("--work", type=Path, default=None, help="keep the generated studies here (reused when present)")
     parser.add_argument("--curves-only", action="store_true", help="only draw the validation curves of the runs kept in --work")
     parser.add_argument("--compare", nargs="*", default=[], help="settings (--name of earlier runs in --work) drawn beside this one's")
@@ -133,31 +135,37 @@ def main() -> int:
     overrides = parse_overrides(args.set)
     settings = dataclasses.replace(TrainSettings(), **overrides)
     work = args.work or Path(tempfile.mkdtemp(prefix="first_model_"))
+    label_set = LABEL_SETS[args.labels]
+    profile = dataclasses.replace(PROFILES["cpu"], label_set=label_set)
+    post = ["--post-treatment"] if args.labels != DEFAULT_LABEL_SET else []
     sample, held_out = work / "sample", work / "held_out"
     if not sample.is_dir():
-        generate(["--out", str(sample), "--cases", str(DEMO_LABELLED), "--labelled", str(DEMO_LABELLED), "--seed", str(DEMO_SEED), "--spacing", str(args.spacing)])
+        generate(["--out", str(sample), "--cases", str(DEMO_LABELLED), "--labelled", str(DEMO_LABELLED), "--seed", str(DEMO_SEED), "--spacing", str(args.spacing), *post])
     if not held_out.is_dir():
-        generate(["--out", str(held_out), "--cases", str(args.held_out), "--seed", str(DEMO_SEED), "--first-index", str(HELD_OUT_FIRST_INDEX), "--spacing", str(args.spacing)])
+        generate(
+            ["--out", str(held_out), "--cases", str(args.held_out), "--seed", str(DEMO_SEED), "--first-index", str(HELD_OUT_FIRST_INDEX), "--spacing", str(args.spacing), *post]
+        )
     out.mkdir(parents=True, exist_ok=True)
     runs = []
     with tempfile.TemporaryDirectory() as scratch:
-        items = items_of(held_out, Path(scratch))
+        items = items_of(held_out, Path(scratch), label_set)
         for seed in range(args.first_seed, args.first_seed + args.seeds):
             run_dir = work / f"{args.name}_seed{seed}"
             shutil.rmtree(run_dir, ignore_errors=True)
-            datastore = StudyFolderDatastore(sample, run_dir / "ws")
-            trainer = BratsSegmentationTrainer(run_dir / "model", PROFILES["cpu"], settings, publish_path=run_dir / "model.pt")
+            datastore = StudyFolderDatastore(sample, run_dir / "ws", label_set=label_set)
+            trainer = BratsSegmentationTrainer(run_dir / "model", profile, settings, publish_path=run_dir / "model.pt")
             started = time.monotonic()
             stats = trainer({"device": "cpu", "seed": seed}, datastore)  # the epochs of a first model, as the demo asks
             seconds = time.monotonic() - started
-            means, labels = held_out_scores(run_dir / "model.pt", items)
+            means, labels, regions = held_out_scores(profile, run_dir / "model.pt", items)
             run = {
                 "seed": seed,
                 "validation_mean_dice": round(float(stats.get("best_metric", 0.0)), 4),
                 "held_out_mean_dice": round(float(np.mean(means)), 4),
                 "held_out_min_study": round(float(np.min(means)), 4),
+                "held_out_region_dice": {name: round(float(np.mean(values)), 4) for name, values in regions.items()},
                 "held_out_label_dice": {name: round(float(np.mean([study[name] for study in labels])), 4) for name in labels[0]},
-                "held_out_necrotic_core_min_study": round(float(np.min([study["necrotic_core"] for study in labels])), 4),
+                "held_out_first_label_min_study": round(float(np.min([study[next(iter(study))] for study in labels])), 4),
                 "train_s": round(seconds, 1),
             }
             runs.append(run)
@@ -166,6 +174,7 @@ def main() -> int:
     held = [r["held_out_mean_dice"] for r in runs]
     summary = {
         "name": args.name,
+        "labels": args.labels,
         "settings": dataclasses.asdict(settings),
         "overrides": overrides,
         "threads": torch.get_num_threads(),
@@ -173,7 +182,7 @@ def main() -> int:
         "runs": runs,
         "held_out_mean_dice": {"mean": round(float(np.mean(held)), 4), "min": round(float(np.min(held)), 4), "std": round(float(np.std(held)), 4)},
     }
-    necrosis = [r["held_out_label_dice"]["necrotic_core"] for r in runs if "held_out_label_dice" in r]
+    necrosis = [r["held_out_label_dice"]["necrotic_core"] for r in runs if "necrotic_core" in r.get("held_out_label_dice", {})]
     if necrosis:
         summary["held_out_necrotic_core_dice"] = {"mean": round(float(np.mean(necrosis)), 4), "min": round(float(np.min(necrosis)), 4)}
     (out / f"{args.name}.json").write_text(json.dumps(summary, indent=2) + "\n")
