@@ -38,13 +38,16 @@ class CountingArchive(Archive):
         return object.__getattribute__(self, name)
 
 
-def store_study(orthanc, name: str) -> str:
+def store_study(orthanc, name: str, without: str = "") -> str:
+    """A small four-sequence study (``without`` one of them: a study the server refuses, listed as a problem)."""
     seed = f"listing-test/{name}"
     tags = StudyTags(name, f"{name}^", uid_from(seed, "study"), name[-16:], "20260101", "120000")
     frame = uid_from(seed, "frame")
     rng = np.random.default_rng(abs(hash(name)) % 2**32)
     datasets = []
     for channel, (number, description) in IMPORT_SERIES.items():
+        if channel == without:
+            continue
         volume = rng.integers(0, 1000, (8, 8, 3)).astype(np.int16)
         datasets += volume_to_mr_series(volume, np.diag([2.0, 2.0, 2.0, 1.0]), tags, description, number, f"{seed}/{channel}", frame)
     orthanc.archive().store(datasets)
@@ -103,6 +106,21 @@ def test_a_full_listing_drops_deleted_studies_and_lists_changed_ones(orthanc, st
     assert gone not in ds.list_images() and set(studies) <= set(ds.list_images())
     restarted = DicomWebStudyDatastore(orthanc.archive(), tmp_path / "workspace", refresh_s=0)
     assert gone not in restarted.list_images(), "the deletion was committed to the kept listing"
+
+
+def test_a_study_deleted_from_orthanc_leaves_the_listing_and_the_problems_at_the_next_refresh(orthanc, studies, tmp_path):
+    """Orthanc's changes feed logs no deletion; its study count tells one happened, so the next refresh (not the full
+    listing every ``reconcile_s``, 600 s) drops the study, and a refused one from the problems."""
+    good, refused = store_study(orthanc, "LISTING-to-delete"), store_study(orthanc, "LISTING-refused", without="flair")
+    ds = DicomWebStudyDatastore(orthanc.archive(), tmp_path / "workspace", refresh_s=0)  # the default reconcile_s
+    ds.refresh()
+    assert good in ds.list_images() and refused in [p.study_id for p in ds.problems()]
+    for uid in (good, refused):
+        orthanc_id = requests.post(f"{orthanc.url}/tools/lookup", data=uid, auth=(orthanc.user, orthanc.password), timeout=30).json()[0]["ID"]
+        requests.delete(f"{orthanc.url}/studies/{orthanc_id}", auth=(orthanc.user, orthanc.password), timeout=30).raise_for_status()
+    ds.refresh()
+    assert good not in ds.list_images() and refused not in [p.study_id for p in ds.problems()]
+    assert set(studies) <= set(ds.list_images()), "the others stay"
 
 
 def test_the_listing_of_another_archive_is_not_reused(orthanc, studies, tmp_path):

@@ -4,8 +4,9 @@ DICOMweb has no "what changed since" query, and a QIDO-RS search over every stud
 thousand studies (3.9 s at 5,000 in Orthanc 1.10). Orthanc logs every new instance, series and study with a
 sequence number; reading the log from the last number seen costs a few milliseconds when nothing arrived.
 
-Orthanc 1.10 does not log deletions: the datastore still lists the whole archive now and then
-(``config.DICOMWEB_RECONCILE_S``) to drop deleted studies. Archives other than Orthanc have no such feed
+Orthanc 1.10 does not log deletions. Its study count (``/statistics``, one small answer) does tell that some study
+went: the datastore then lists the whole archive at once, so a deleted study leaves the listing within one refresh;
+it also lists it whole now and then (``config.DICOMWEB_RECONCILE_S``) whatever the count says. Archives other than Orthanc have no such feed
 (``OrthancChanges.detect`` gives None) and are listed whole at every refresh.
 """
 
@@ -50,6 +51,10 @@ class OrthancChanges:
     def last(self) -> int:
         """The newest sequence number: what a full listing made now has seen."""
         return int((self._get("/changes?last") or {}).get("Last", 0))
+
+    def study_count(self) -> int:
+        """How many studies the archive holds now."""
+        return int((self._get("/statistics") or {}).get("CountStudies", 0))
 
     def studies_changed_since(self, since: int) -> Tuple[Dict[str, Optional[int]], int]:
         """The studies that gained or changed an instance, series or study after ``since`` (StudyInstanceUID ->

@@ -34,7 +34,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Set, Tuple
 
 import nibabel as nib
 import numpy as np
@@ -256,15 +256,20 @@ class DicomWebStudyDatastore(StudyDatastore):
             now = time.monotonic()
             if self._changes is None:
                 self._changes = OrthancChanges.detect(self._archive)
-            if self._changes is None or self._changes_seq is None or now - self._reconciled_at >= self._reconcile_s:
+            changed: Dict[str, Optional[int]] = {}
+            seq: Optional[int] = None
+            removed: Set[str] = set()
+            due = self._changes is None or self._changes_seq is None or now - self._reconciled_at >= self._reconcile_s
+            if not due and self._changes is not None and self._changes_seq is not None:
+                changed, seq = self._changes.studies_changed_since(self._changes_seq)
+                # the feed logs no deletion: fewer studies in the archive than known means one went, so list it whole
+                due = self._changes.study_count() < len(set(self._counts) | {uid for uid, n in changed.items() if n is not None})
+            if due:
                 seq = self._changes.last() if self._changes else None  # before listing: what arrives meanwhile is in the next refresh
                 counts = {s["study_uid"]: s["instances"] for s in self._archive.studies()}
                 changed = {uid: n for uid, n in counts.items() if self._counts.get(uid) != n}
                 removed = set(self._counts) - set(counts)
                 self._reconciled_at = now
-            else:
-                changed, seq = self._changes.studies_changed_since(self._changes_seq)
-                removed = set()
             listed = self._list_studies(changed)
         except ArchiveUnavailable as e:
             self._archive_error = str(e)
