@@ -4,7 +4,11 @@
 
 Each synthetic patient (``python -m synthetic --follow-ups 1``) has a baseline study with its label (what an expert
 saved) and a follow-up three months later: the tumour grown or shrunk, the head repositioned, the images acquired
-anew. On each follow-up three answers are scored against its truth (BraTS Dice per region, and per label):
+anew. On each follow-up three answers are scored against its truth (BraTS Dice per region, and per label), and the
+volume change each measures (answer on the follow-up minus the baseline's label) against the true change, per label
+and region, in mL and in per cent of the baseline's volume; the WT Dice is also given over the studies whose whole
+tumour changed by at most ``SMALL_CHANGE`` (the issue's target: carried-over and merged labels at 0.90 or more and
+above the model's):
 
 - ``model``: the segmentation model's auto-segmentation (the served infer task, on the study's grid);
 - ``prior``: the baseline's label registered onto the follow-up, nothing else;
@@ -49,6 +53,13 @@ def scores(prediction: np.ndarray, truth: np.ndarray, spacing) -> dict:
     return out
 
 
+SMALL_CHANGE = 0.20  # a whole tumour whose volume changed by at most this fraction
+
+
+def volumes(label: np.ndarray, spacing) -> dict:
+    return BRATS_2023.volumes_ml(label, float(np.prod(spacing)) / 1000.0)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--weights", type=Path, required=True)
@@ -85,22 +96,41 @@ def main() -> int:
             model_s = time.monotonic() - started
             model = np.asarray(nib.load(label_file).dataobj, dtype=np.uint8)
             prior = PriorStudy(baseline["id"], "", Path(baseline["image"]), Path(baseline["label"]), "")
+            baseline_label = np.asarray(nib.load(baseline["label"]).dataobj, dtype=np.uint8)
+            before, after = volumes(baseline_label, nib.load(baseline["label"]).header.get_zooms()[:3]), volumes(truth, spacing)
             row = {"study": follow_up["id"], "model": scores(model, truth, spacing), "model_s": round(model_s, 2)}
+            row["true_change_ml"] = {k: round(after[k] - before[k], 3) for k in after}
+            row["baseline_ml"] = before
+            row["wt_change"] = round((after["WT"] - before["WT"]) / before["WT"], 4) if before["WT"] > 0 else None
+            measured = {"model": model}
             for change_sd in args.change_sd:
                 started = time.monotonic()
                 carried, changed, reach, record = carry_prior(current, prior, dataclasses.replace(FollowUpSettings(), change_sd=change_sd))
                 merged = merge_with_prior(model, carried, changed, reach)
                 row.setdefault("prior", scores(carried, truth, spacing))
+                measured.setdefault("prior", carried)
+                measured[f"follow_up@{change_sd:g}"] = merged
                 row.setdefault("registration", record["registration"])
                 row[f"follow_up@{change_sd:g}"] = {
                     **scores(merged, truth, spacing),
                     "changed_share": round(float(changed.mean()), 4),
                     "seconds": round(time.monotonic() - started, 2),
                 }
+            for answer, label in measured.items():  # the volume change each answer measures, against the true change
+                got = volumes(label, spacing)
+                row[answer]["change_error_ml"] = {k: round((got[k] - before[k]) - row["true_change_ml"][k], 3) for k in got}
             rows.append(row)
     answers = ["model", "prior", *(f"follow_up@{c:g}" for c in args.change_sd)]
     keys = ["mean", "wt", "tc", "et", "necrotic_core", "edema", "enhancing_tumour"]
     summary = {answer: {key: round(float(np.mean([row[answer][key] for row in rows])), 4) for key in keys} for answer in answers}
+    small = [row for row in rows if row["wt_change"] is not None and abs(row["wt_change"]) <= SMALL_CHANGE]
+    for answer in answers:
+        errors = {k: [abs(row[answer]["change_error_ml"][k]) for row in rows] for k in rows[0][answer]["change_error_ml"]}
+        relative = {k: [abs(row[answer]["change_error_ml"][k]) / row["baseline_ml"][k] for row in rows if row["baseline_ml"][k] > 0] for k in errors}
+        summary[answer]["volume_change_error_ml"] = {k: round(float(np.mean(v)), 3) for k, v in errors.items()}
+        summary[answer]["volume_change_error_of_baseline"] = {k: round(float(np.mean(v)), 4) for k, v in relative.items() if v}
+        summary[answer]["wt_dice_small_change"] = round(float(np.mean([row[answer]["wt"] for row in small])), 4) if small else None
+    summary["small_change_studies"] = len(small)
     for answer in answers[2:]:
         differences = np.array([row[answer]["mean"] - row["model"]["mean"] for row in rows])
         summary[answer]["against_model"] = {"mean_difference": round(float(differences.mean()), 4), "better_on": int((differences > 0).sum()), "of": len(rows)}
@@ -116,6 +146,11 @@ def main() -> int:
             + "".join(f"{summary[answer][k]:>16.3f}" for k in keys)
             + (f"   vs model {summary[answer]['against_model']}" if "against_model" in summary[answer] else "")
         )
+    print(f"\nwhole tumour changed by at most {SMALL_CHANGE:.0%}: {len(small)} studies; WT Dice " + ", ".join(f"{a} {summary[a]['wt_dice_small_change']}" for a in answers))
+    print("volume change error, mean |measured - true| in mL (and in % of the baseline's volume):")
+    for answer in answers:
+        error, share = summary[answer]["volume_change_error_ml"], summary[answer]["volume_change_error_of_baseline"]
+        print(f"{answer:18}" + "".join(f"  {k} {error[k]:.2f} ({100 * share.get(k, float('nan')):.1f} %)" for k in ("WT", "TC", "enhancing_tumour")))
     print(f"\n{out / (args.name + '.json')}")
     return 0
 
