@@ -23,3 +23,16 @@ export async function connectPanel(page, server, timeout = PANEL_TIMEOUT_MS) {
   await page.getByText('Auto-Segmentation').waitFor({ timeout });
   return { ok: answer.ok(), info: await answer.json() };
 }
+
+// Active Learning > Next Sample: the server picks a study and the panel's dialog names it; its OK reloads the page on
+// that study. Returns the server's answer once the page is on the study (the page accepts the reload's confirmation).
+export async function openNextSample(page, server, timeout = PANEL_TIMEOUT_MS) {
+  const [picked] = await Promise.all([
+    page.waitForResponse((r) => r.url().startsWith(`${server}/activelearning/`), { timeout }),
+    page.getByRole('button', { name: 'Next Sample' }).click(),
+  ]);
+  const answer = await picked.json();
+  await page.getByRole('button', { name: 'OK' }).click();
+  await page.waitForURL((url) => url.searchParams.get('StudyInstanceUIDs') === answer.StudyInstanceUID, { timeout });
+  return answer;
+}

@@ -7,7 +7,7 @@
 // through the identity provider instead).
 //   node ohif_annotation_loop.mjs SERVER_URL STUDY_UID OUT_DIR [TOKEN]
 import { reportRun } from './chromium.mjs';
-import { connectPanel, newMonaiLabelPage } from './monai_label_panel.mjs';
+import { connectPanel, newMonaiLabelPage, openNextSample } from './monai_label_panel.mjs';
 
 const [server, study, outDir, token] = process.argv.slice(2);
 const TIMEOUT_MS = 90000;
@@ -78,13 +78,7 @@ await reportRun(result, async (browser) => {
 
   // Active Learning > Next Sample: the server picks a study; its dialog's OK opens it
   if (!token) {
-    const [picked] = await Promise.all([
-      page.waitForResponse((r) => r.url().startsWith(`${server}/activelearning/`), { timeout: TIMEOUT_MS }),
-      page.getByRole('button', { name: 'Next Sample' }).click(),
-    ]);
-    result.nextSample = await picked.json();
-    await page.getByRole('button', { name: 'OK' }).click();
-    await page.waitForURL((url) => url.searchParams.get('StudyInstanceUIDs') === result.nextSample.StudyInstanceUID, { timeout: TIMEOUT_MS });
+    result.nextSample = await openNextSample(page, server, TIMEOUT_MS);
     await waitForStudy(page);
     result.opened = new URL(page.url()).searchParams.get('StudyInstanceUIDs');
     await connectPanel(page, server);

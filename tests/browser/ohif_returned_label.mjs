@@ -4,7 +4,7 @@
 // saves a screenshot into OUT_DIR.
 //   node ohif_returned_label.mjs SERVER_URL STUDY_UID OUT_DIR
 import { reportRun } from './chromium.mjs';
-import { connectPanel, newMonaiLabelPage } from './monai_label_panel.mjs';
+import { connectPanel, newMonaiLabelPage, openNextSample } from './monai_label_panel.mjs';
 
 const [server, study, outDir] = process.argv.slice(2);
 const TIMEOUT_MS = 90000;
@@ -22,13 +22,7 @@ await reportRun(result, async (browser) => {
   await page.goto(`${server}/ohif/monai-label?StudyInstanceUIDs=${study}`, { timeout: TIMEOUT_MS });
   await waitForStudy(page);
   await connectPanel(page, server);
-  const [picked] = await Promise.all([
-    page.waitForResponse((r) => r.url().startsWith(`${server}/activelearning/`), { timeout: TIMEOUT_MS }),
-    page.getByRole('button', { name: 'Next Sample' }).click(),
-  ]);
-  result.nextSample = await picked.json();
-  await page.getByRole('button', { name: 'OK' }).click();
-  await page.waitForURL((url) => url.searchParams.get('StudyInstanceUIDs') === result.nextSample.StudyInstanceUID, { timeout: TIMEOUT_MS });
+  result.nextSample = await openNextSample(page, server, TIMEOUT_MS);
   await waitForStudy(page);
   result.opened = new URL(page.url()).searchParams.get('StudyInstanceUIDs');
   await page.waitForFunction((uid) => window.bratsReturnedReview?.case === uid, result.opened, { timeout: TIMEOUT_MS });
