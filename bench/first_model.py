@@ -129,8 +129,9 @@ def main() -> int:
         if args.work is None:
             raise SystemExit("--curves-only needs --work, the folder of earlier runs")
         out.mkdir(parents=True, exist_ok=True)
-        plot_curves(args.work, out / "validation_curves.png", args.compare or None)
-        print(f"validation curves: {out / 'validation_curves.png'}")
+        curves = out / ("validation_curves.png" if args.labels == DEFAULT_LABEL_SET else f"validation_curves_{args.labels}.png")
+        plot_curves(args.work, curves, args.compare or None)
+        print(f"validation curves: {curves}")
         return 0
     overrides = parse_overrides(args.set)
     settings = dataclasses.replace(TrainSettings(), **overrides)
@@ -186,7 +187,7 @@ def main() -> int:
     if necrosis:
         summary["held_out_necrotic_core_dice"] = {"mean": round(float(np.mean(necrosis)), 4), "min": round(float(np.min(necrosis)), 4)}
     (out / f"{args.name}.json").write_text(json.dumps(summary, indent=2) + "\n")
-    plot_curves(work, out / "validation_curves.png", [args.name, *args.compare])
+    plot_curves(work, out / ("validation_curves.png" if args.labels == DEFAULT_LABEL_SET else f"validation_curves_{args.labels}.png"), [args.name, *args.compare])
     print(f"\n{args.name}: held-out mean Dice over {len(runs)} seeds: mean {summary['held_out_mean_dice']['mean']:.3f}, min {summary['held_out_mean_dice']['min']:.3f}")
     return 0
 
