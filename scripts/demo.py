@@ -134,6 +134,7 @@ BraTS Label is running at {url}
   Studies:        {url}/datastore/?output=all      (from {studies})
   Training:       {url}/brats/training             (epoch, loss, validation Dice, time left)
   Model versions: {url}/brats/models
+  Dashboard:      {url}/brats/dashboard            (versions, pre-label quality, the work, input drift, training)
   Server log:     {log_path}
 
 Connect 3D Slicer (5.x, with the MONAI Label extension from the Extensions Manager):
