@@ -96,7 +96,7 @@ from lib.labels.audit import PreLabels, audit_csv, audit_rows
 from lib.labels.label_store import check_case_id
 from lib.labels.review import ReviewDecision, returned_review, review_state
 from lib.model.model_zoo import fetch_weights
-from lib.model.network import check_weights, read_state_dict, starting_weights
+from lib.model.network import check_weights, starting_weights
 from lib.runtime.infer_queue import FairQueue
 from lib.runtime.processes import in_worker_process
 from lib.studies.case_preparation import ArrivalPreparation, CasePreparation
@@ -156,7 +156,9 @@ class BratsLabelApp(MONAILabelApp):
             self.pretrained_weights = fetch_weights(self.config.pretrained_zoo, self.workspace / ZOO_CACHE_DIR, self.config.zoo_url)
         self.model_dir = self.workspace / "model"
         if self.pretrained_weights is not None:  # a pre-operative model starts a post-treatment one: its outputs widened
-            self.pretrained_weights = starting_weights(self.pretrained_weights, self.config.profile, self.model_dir, self.config.train.foreground_prior)
+            self.pretrained_weights, state = starting_weights(self.pretrained_weights, self.config.profile, self.model_dir, self.config.train.foreground_prior)
+            # Fail at start-up, not at the first click, when the starting weights do not fit.
+            check_weights(state, self.config.profile, self.pretrained_weights)
         self.model_path = self.model_dir / f"{MODEL_NAME}.pt"
         self.refinement_path = self.model_dir / f"{REFINEMENT_MODEL_NAME}.pt"
         self.model_dir.mkdir(parents=True, exist_ok=True)
@@ -180,9 +182,6 @@ class BratsLabelApp(MONAILabelApp):
         )
         # evaluated lazily: the infer task exists only once MONAI Label's __init__ has run
         self.served_version = ServedModelVersion(lambda: self._infers[MODEL_NAME].get_path())
-        if self.pretrained_weights:
-            # Fail at start-up, not at the first click, when the starting weights do not fit.
-            check_weights(read_state_dict(self.pretrained_weights), self.config.profile, self.pretrained_weights)
         super().__init__(
             app_dir=app_dir,
             studies=studies,

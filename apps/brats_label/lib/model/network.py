@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Dict, Mapping, Optional
+from typing import Dict, Mapping, Optional, Tuple
 
 import torch
 from monai.inferers import SlidingWindowInferer
@@ -56,18 +56,20 @@ def with_outputs_of(state: Mapping[str, torch.Tensor], profile: NetworkProfile, 
     return widened
 
 
-def starting_weights(path: Path, profile: NetworkProfile, folder: Path, prior: float) -> Path:
+def starting_weights(path: Path, profile: NetworkProfile, folder: Path, prior: float) -> Tuple[Path, Dict[str, torch.Tensor]]:
     """``path``, or where its outputs do not cover the label set's regions but are their beginning (a pre-operative
-    model started for the post-treatment set), a widened copy in ``folder`` (``with_outputs_of``), made once."""
-    widened = with_outputs_of(read_state_dict(path), profile, prior)
+    model started for the post-treatment set), a widened copy in ``folder`` (``with_outputs_of``), made once; and the
+    weights it holds (read once, for start-up to check)."""
+    state = read_state_dict(path)
+    widened = with_outputs_of(state, profile, prior)
     if widened is None:
-        return path
+        return path, state
     target = Path(folder) / f"starting_weights_{profile.label_set.name}.pt"
     if not target.exists():
         target.parent.mkdir(parents=True, exist_ok=True)
         with atomic_path(target) as tmp:
             torch.save(widened, tmp)
-    return target
+    return target, widened
 
 
 def set_foreground_prior(network: SegResNet, prior: float) -> SegResNet:
