@@ -59,11 +59,9 @@ DEFAULT_LABEL_SET = BRATS_2023.name
 # The default set's names, for code that only knows pre-operative glioma (interactive refinement, the sample data).
 LABELS: Dict[str, int] = BRATS_2023.labels
 FOREGROUND_LABELS: Dict[str, int] = BRATS_2023.foreground
-LABEL_VALUES = BRATS_2023.values
 
 # Overlapping regions, in the order of the network's sigmoid output channels (model-zoo bundle).
 REGIONS: Dict[str, Tuple[int, ...]] = BRATS_2023.region_values
-ENHANCING_LABEL = LABELS["enhancing_tumour"]
 REGION_THRESHOLD = 0.5  # sigmoid probability above which a voxel belongs to a region
 # A predicted tumour lying mostly (more than this fraction of it) within this depth of the edge of the brain the
 # model was shown is the CSF at that edge, read as edema, and is dropped (KeepWithinInputd; bench/preparation.py).

@@ -31,7 +31,7 @@ from pydicom.sr.codedict import codes
 from ..config import MANUFACTURER, SEG_ALGORITHM, SEG_CATEGORY
 from ..labels.label_set import LabelSet
 from .mr_series import uid_from
-from .seg import SegProblem, equipment, segment_values, source_instances
+from .seg import SegProblem, equipment, property_type, segment_values, source_instances
 
 SERIES_NUMBER = 901
 SERIES_DESCRIPTION = "Tumour volumes (BraTS Label)"
@@ -54,15 +54,11 @@ def reported(label_set: LabelSet) -> Dict[str, Tuple[str, str]]:
     """volumes_ml key (as RegionVolumesd names them) -> (BraTS abbreviation, what it is): the tracking identifier
     "ABBR: name". Each label, then each region uniting several (a one-label region such as ET is its label's group)."""
     labels = {segment.name: (segment.abbreviation, segment.title) for segment in label_set.segments}
-    return {**labels, **{region.name: (region.name, region.title) for region in label_set.regions if len(region.values) > 1}}
+    return {**labels, **{region.name: (region.name, region.title) for region in label_set.composite_regions}}
 
 
-def _composite_regions(label_set: LabelSet) -> Dict[str, Tuple[int, ...]]:
-    return {region.name: region.values for region in label_set.regions if len(region.values) > 1}
-
-
-def _tracking(seed: str, key: str, label_set: LabelSet) -> hd.sr.TrackingIdentifier:
-    abbreviation, name = reported(label_set)[key]
+def _tracking(seed: str, key: str, names: Mapping[str, Tuple[str, str]]) -> hd.sr.TrackingIdentifier:
+    abbreviation, name = names[key]
     return hd.sr.TrackingIdentifier(uid=uid_from(seed, "sr-tracking", key), identifier=f"{abbreviation}: {name}")
 
 
@@ -108,11 +104,10 @@ def measurement_report(
         return [hd.sr.Measurement(name=VOLUME, value=volumes[key], unit=MILLILITRE, algorithm_id=algorithm)]
 
     groups: list = []
+    names = reported(label_set)
     for label in label_set.segments:
         name, value = label.name, label.value
-        scheme, code, meaning = label.property_type
-        finding = hd.sr.CodedConcept(code, scheme, meaning)
-        common = dict(tracking_identifier=_tracking(seed, name, label_set), finding_category=category, finding_type=finding, finding_sites=site, measurements=volume(name))
+        common = dict(tracking_identifier=_tracking(seed, name, names), finding_category=category, finding_type=property_type(label), finding_sites=site, measurements=volume(name))
         if value in numbers:
             segment = hd.sr.ReferencedSegment(
                 sop_class_uid=seg.SOPClassUID,
@@ -125,7 +120,8 @@ def measurement_report(
             raise SegProblem(f"the SEG has no segment for {name}, yet its volume is {volumes[name]} mL")
         else:  # a viewer dropped the empty segment: its volume (0) is still reported, with no ROI to point at
             groups.append(hd.sr.MeasurementsAndQualitativeEvaluations(**common))
-    for name, values in _composite_regions(label_set).items():
+    for region in label_set.composite_regions:
+        name, values = region.name, region.values
         parts = sorted(numbers[v] for v in values if v in numbers)
         sources = None
         if parts:
@@ -136,7 +132,7 @@ def measurement_report(
             raise SegProblem(f"the SEG has no segment of {name}, yet its volume is {volumes[name]} mL")
         groups.append(
             hd.sr.MeasurementsAndQualitativeEvaluations(
-                tracking_identifier=_tracking(seed, name, label_set),
+                tracking_identifier=_tracking(seed, name, names),
                 finding_category=category,
                 finding_type=_sct(*COMPOSITE_FINDINGS[name]),
                 finding_sites=site,

@@ -20,7 +20,7 @@ from pydicom.dataset import Dataset
 
 from ..config import GROUND_TRUTH_CONTENT_LABEL, GROUND_TRUTH_SERIES_DESCRIPTION, MANUFACTURER, SEG_ALGORITHM, SEG_CATEGORY, SEG_CONTENT_LABEL
 from ..labels.conventions import value_of_segment_name
-from ..labels.label_set import LabelSet
+from ..labels.label_set import LabelSet, Segment
 from .mr_series import RAS_TO_LPS, uid_from
 
 POSITION_TOLERANCE_MM = 0.05
@@ -31,8 +31,15 @@ class SegProblem(ValueError):
     """A SEG that cannot become a label of this study; the message says why."""
 
 
-def _code(value: str, meaning: str, scheme: str = "SCT") -> hd.sr.CodedConcept:
-    return hd.sr.CodedConcept(value, scheme, meaning)
+def _code(value: str, meaning: str) -> hd.sr.CodedConcept:
+    return hd.sr.CodedConcept(value, "SCT", meaning)
+
+
+def property_type(segment: Segment) -> hd.sr.CodedConcept:
+    """What a label is, as its SEG segment and its report's finding say it (the label set's coding scheme, code and
+    meaning)."""
+    scheme, code, meaning = segment.property_type
+    return hd.sr.CodedConcept(code, scheme, meaning)
 
 
 def segment_descriptions(algorithm_version: str, label_set: LabelSet) -> list:
@@ -43,7 +50,7 @@ def segment_descriptions(algorithm_version: str, label_set: LabelSet) -> list:
             segment_number=segment.value,
             segment_label=segment.name,
             segmented_property_category=_code(*SEG_CATEGORY),
-            segmented_property_type=_code(segment.property_type[1], segment.property_type[2], segment.property_type[0]),
+            segmented_property_type=property_type(segment),
             algorithm_type=hd.seg.SegmentAlgorithmTypeValues.SEMIAUTOMATIC,
             algorithm_identification=algorithm,
         )

@@ -89,11 +89,11 @@ def audit_rows(history: Iterable[tuple[str, Dict[str, Any]]], label_set: LabelSe
     """One row per saved label version, and one per review of it, oldest first: (case, history record) pairs in,
     flat dicts out. A review's row is its version's (case, tag, who saved it) with who reviewed, when and why."""
     rows = []
+    fields = (*RECORD_FIELDS, *score_fields(label_set))
     for case, record in history:
         if "saved_at" not in record:
             continue  # a removal marker
         voxels = record.get("voxels", {})
-        fields = (*RECORD_FIELDS, *score_fields(label_set))
         row = {"case": case, **{k: record.get(k) for k in fields if k != "case"}, "event": "saved"}
         row.update({f"voxels_{name}": voxels.get(name) for name in label_set.foreground})
         rows.append(row)

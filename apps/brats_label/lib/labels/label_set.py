@@ -72,6 +72,12 @@ class LabelSet:
         """{region name: label values}, in the network's channel order."""
         return {region.name: region.values for region in self.regions}
 
+    @property
+    def composite_regions(self) -> Tuple[Region, ...]:
+        """The regions that unite several labels (TC, WT): reported and measured beside the labels themselves (a
+        one-label region, ET or RC, is its label)."""
+        return tuple(region for region in self.regions if len(region.values) > 1)
+
     def region_index(self, name: str) -> int:
         return [region.name for region in self.regions].index(name)
 
@@ -104,10 +110,10 @@ class LabelSet:
 
     def volume_names(self) -> Tuple[str, ...]:
         """What a volume table lists: every label, then each region that unites several labels."""
-        return tuple(self.foreground) + tuple(region.name for region in self.regions if len(region.values) > 1)
+        return tuple(self.foreground) + tuple(region.name for region in self.composite_regions)
 
     def volumes_ml(self, label: np.ndarray, voxel_ml: float) -> Dict[str, float]:
         """Volume of each label and of each region uniting several labels, in mL."""
         counts = {segment.name: int((label == segment.value).sum()) for segment in self.segments}
-        counts.update({region.name: int(np.isin(label, region.values).sum()) for region in self.regions if len(region.values) > 1})
+        counts.update({region.name: int(np.isin(label, region.values).sum()) for region in self.composite_regions})
         return {name: round(count * voxel_ml, 3) for name, count in counts.items()}

@@ -13,7 +13,7 @@ import threading
 import zipfile
 from abc import abstractmethod
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
 import numpy as np
 from monailabel.interfaces.datastore import Datastore, DefaultLabelTag
@@ -282,11 +282,17 @@ class StudyDatastore(Datastore):
         check_reviewer(info, reviewer, decision)
         return self._labels.amend_status(current, lambda status: review_status(status, decision, reviewer, utc_now()))
 
+    def _final_labels(self) -> Iterator[Tuple[str, Dict[str, Any]]]:
+        """(case, info) of every listed study's current final label, each looked up once."""
+        for case in self.list_images():
+            current = self._current(case, FINAL)
+            if current is not None:
+                yield case, current.info()
+
     def review_queue(self) -> List[Dict[str, Any]]:
         """Final labels waiting for a review, oldest saved first."""
         waiting = []
-        for case in self.get_labeled_images():
-            info = self.get_label_info(case, FINAL)
+        for case, info in self._final_labels():
             if info.get("source") != IMPORTED_FROM and review_state(info) == SUBMITTED_STATE:
                 waiting.append({"case": case, "saved_at": info.get("saved_at", ""), "user": info.get("user", ""), "source": info.get("source", "")})
         return sorted(waiting, key=lambda entry: entry["saved_at"])
@@ -295,8 +301,7 @@ class StudyDatastore(Datastore):
         """Final labels a reviewer sent back for changes, the oldest request first: of the annotator who saved them
         (``owner``), or of anyone when None (authentication off: nobody's name can be trusted)."""
         returned = []
-        for case in self.get_labeled_images():
-            info = self.get_label_info(case, FINAL)
+        for case, info in self._final_labels():
             review = returned_review(info)
             if review is not None and (owner is None or info.get("user") == owner):
                 returned.append({"case": case, **review})
