@@ -192,7 +192,7 @@ def test_fine_tuning_from_existing_weights_uses_the_lower_learning_rate(tmp_path
         trainer = BratsSegmentationTrainer(tmp_path / "m", PROFILES["cpu"], settings, tmp_path / "p.pt", load_path=load_path)
         context = SimpleNamespace(output_dir=str(tmp_path / "m" / "train_01"), pretrained=True, request=trainer.config(), network=build_network(PROFILES["cpu"]))
         assert trainer.optimizer(context).param_groups[0]["lr"] == expected
-    assert settings.fine_tune_learning_rate < settings.learning_rate / 5
+    assert settings.fine_tune_learning_rate < settings.learning_rate / 3
 
 
 def test_early_stopping_is_honoured_when_asked(studies_copy, tmp_path):
