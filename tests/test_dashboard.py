@@ -43,20 +43,43 @@ def test_the_summary_counts_the_work_and_follows_pre_label_quality_per_week_and_
             record["review"] = {"state": review}
         return case, record
 
+    disagreed = {"readers": ["ann", "bob"], "dice": {"tc": 0.5, "wt": 0.6, "et": 0.4}, "threshold": 0.8, "agreed": False, "at": "2026-12-02T13:00:00.000Z"}
     history = [
         saved("a", "2026-11-27T10:00:00.000Z", "ann", "v1", 0.9, 2.0),
         saved("b", "2026-12-01T10:00:00.000Z", "ann", "v1", 0.7, 8.0, review="approved"),
         saved("c", "2026-12-02T11:00:00.000Z", "bob", "v2", 0.8, 4.0, review="changes requested"),
         saved("d", "2026-01-01T11:00:00.000Z", "", None, None, None, source="imported"),
         ("c", {"tag": "final", "removed_at": "2026-12-03T00:00:00.000Z"}),  # c's label removed
+        # e is read twice, the readings disagree, no reviewer has adjudicated yet
+        ("e", {"tag": "reading", "saved_at": "2026-12-02T12:00:00.000Z", "user": "ann", "source": "submitted"}),
+        ("e", {"tag": "reading", "saved_at": "2026-12-02T13:00:00.000Z", "user": "bob", "source": "submitted", "agreement": disagreed}),
     ]
     data = dashboard_data([], history, unlabelled=7, handed_out=2, training={}, drift={}, label_set=BRATS_2023, now=datetime(2026, 12, 5, tzinfo=UTC))
-    assert data["queue"] == {"unlabelled": 7, "handed_out": 2, "waiting_for_review": 1, "approved": 1, "changes_requested": 0, "imported_ground_truth": 1}
+    assert data["queue"] == {
+        "unlabelled": 7,
+        "handed_out": 2,
+        "waiting_for_review": 1,
+        "approved": 1,
+        "changes_requested": 0,
+        "imported_ground_truth": 1,
+        "awaiting_adjudication": 1,
+    }
     assert [w["week"] for w in data["prelabel_quality"]["per_week"]] == ["2026-W48", "2026-W49"]
     assert data["prelabel_quality"]["per_week"][1] == {"week": "2026-W49", "labels": 2, "dice_tc": 0.75, "dice_wt": 0.75, "dice_et": 0.75, "edited_ml": 6.0}
     assert {v["version"]: v["labels"] for v in data["prelabel_quality"]["per_version"]} == {"v1": 2, "v2": 1}
     ann = next(a for a in data["annotators"] if a["user"] == "ann")
-    assert ann == {**ann, "labels": 2, "days": 2, "labels_per_day": 1.0, "median_edited_ml": 5.0}
+    assert ann == {**ann, "labels": 3, "days": 3, "labels_per_day": 1.0, "median_edited_ml": 5.0}, "a reading is work done"
+    assert data["agreement"] == [
+        {
+            "readers": "ann & bob",
+            "studies": 1,
+            "disagreed": 1,
+            "dice_tc": 0.5,
+            "dice_wt": 0.6,
+            "dice_et": 0.4,
+            "per_week": [{"week": "2026-W49", "studies": 1, "disagreed": 1, "dice_tc": 0.5, "dice_wt": 0.6, "dice_et": 0.4}],
+        }
+    ]
     assert all(a["user"] != "" for a in data["annotators"]), "imported ground truth is nobody's work"
 
 

@@ -236,3 +236,79 @@ def test_with_authentication_on_the_viewer_sends_the_users_token_and_the_label_i
     assert result["submit"]["status"] == 200 and result["submit"]["outcome"]["state"] == "saved", result["submit"]
     label = requests.get(f"{server.url}/datastore/label/info", params={"label": study, "tag": "final"}, headers=admin, timeout=60).json()
     assert label["user"] == "dr_ohif" and label["authenticated"] is True and label["client_id"] == "OHIF"
+
+
+SIGN_IN_AUDIENCE = "https://brats-label.test/api"
+SIGN_IN_PASSWORD = "correct horse battery staple"  # the one tests/oidc/sign_in_provider.mjs accepts
+ACCESS_TOKEN_TTL_S = 90  # oidc-client-ts renews 60 s before expiry: the renewal comes about 30 s after sign-in
+
+
+@pytest.fixture(scope="module")
+def sign_in_server(orthanc, server, tmp_path_factory):
+    """A server with authentication on whose OHIF signs in with an OpenID provider (oidc-provider from npm, with a
+    login page) by the code flow with PKCE; the provider knows the server's address, so both ports are chosen first."""
+    from scripts.local_orthanc import free_port
+    from scripts.local_server import LocalServer
+
+    provider_dir = REPO / "tests" / "oidc"
+    assert (provider_dir / "node_modules" / "oidc-provider").is_dir(), "run: npm install --prefix tests/oidc"
+    server_port, provider_port = free_port(), free_port()
+    viewer = f"http://127.0.0.1:{server_port}"
+    provider = subprocess.Popen(
+        ["node", "sign_in_provider.mjs", str(provider_port), SIGN_IN_AUDIENCE, viewer, "brats-ohif", str(ACCESS_TOKEN_TTL_S)],
+        cwd=provider_dir,
+        stdout=subprocess.PIPE,
+        stderr=open(tmp_path_factory.mktemp("sign_in_logs") / "provider.log", "w"),  # its warnings and refusals
+        text=True,
+    )
+    issuer = json.loads(next(line for line in provider.stdout if line.startswith("{")))["issuer"]
+    weights = tmp_path_factory.mktemp("sign_in_weights") / "untrained.pt"
+    torch.save(build_network(PROFILES["cpu"]).state_dict(), weights)
+    conf = {
+        "profile": "cpu",
+        "prepare_on_arrival": "false",
+        "scoring_samples": 2,
+        "workspace": tmp_path_factory.mktemp("sign_in_workspace"),
+        "pretrained_weights": weights,
+        "dicomweb_refresh_s": 0,
+        "auth_audience": SIGN_IN_AUDIENCE,
+        "ohif_oidc_authority": issuer,
+        "ohif_oidc_client_id": "brats-ohif",
+    }
+    env = {**orthanc.credentials_env, "MONAI_LABEL_AUTH_ENABLE": "true", "MONAI_LABEL_AUTH_REALM_URI": issuer}
+    import requests
+
+    token = requests.post(f"{issuer}/token", data={"grant_type": "client_credentials"}, auth=("brats-admin", "secret-admin"), timeout=30).json()["access_token"]
+    admin = {"Authorization": f"Bearer {token}"}
+    started = LocalServer(orthanc.dicomweb, conf, tmp_path_factory.mktemp("sign_in_logs") / "server.log", env, admin, port=server_port)
+    yield started, issuer
+    started.stop()
+    provider.terminate()
+    provider.wait(20)
+
+
+def test_the_viewer_signs_in_with_the_labs_provider_keeps_the_session_renews_the_token_and_signs_out(sign_in_server, server, tmp_path):
+    import requests
+
+    study = sorted(requests.get(f"{server.url}/datastore/?output=all", timeout=60).json()["objects"])[0]  # the same archive
+    server, issuer = sign_in_server
+    run = subprocess.run(
+        ["node", "ohif_sign_in.mjs", server.url, issuer, study, str(tmp_path), "dr_annotator", SIGN_IN_PASSWORD],
+        cwd=BROWSER_DIR,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    result = json.loads(run.stdout.strip().splitlines()[-1])
+    assert result["errors"] == [], (result["errors"], result["lastUrl"], result["lastText"], result["console"][-5:])
+    assert result["signedIn"]["user"] == "dr_annotator" and result["signedIn"]["refreshToken"], result["signedIn"]
+    assert "code=" in result["callbackUrl"] and "token" not in result["callbackUrl"], "the code flow: a one-time code in the URL, never a token"
+    assert result["urlsWithToken"] == [], "no token in any URL the browser asked for"
+    assert result["requests"] > 10 and result["withoutToken"] == [], "every request to the server carries the user's token"
+    assert result["nextSample"]["id"] and result["reopenedStudy"] == result["nextSample"]["StudyInstanceUID"]
+    assert result["loginFormsAfterReload"] == 0, "Next Sample's reload keeps the session: no login form"
+    assert result["renewed"] and result["sentRenewedToken"], "the token is refreshed before it expires, and the renewed one is sent"
+    assert result["signedOutToLoginForm"], "signing out ends the session at the provider: the viewer needs the login form again"
+    for name in ("ohif_sign_in_provider.png", "ohif_signed_in.png"):
+        shutil.copy(tmp_path / name, ARTIFACTS / name)

@@ -281,6 +281,7 @@ class BratsLabelApp(MONAILabelApp):
                 writer=self._writer,
                 train_on=self.config.train_on,
                 label_set=self.config.label_set,
+                double_read=self.config.double_read,
             )
         return StudyFolderDatastore(
             Path(self.studies),
@@ -290,6 +291,7 @@ class BratsLabelApp(MONAILabelApp):
             writer=self._writer,
             train_on=self.config.train_on,
             label_set=self.config.label_set,
+            double_read=self.config.double_read,
         )
 
     def infer(self, request, datastore=None):
@@ -355,6 +357,19 @@ class BratsLabelApp(MONAILabelApp):
     def review_queue(self):
         """Final labels waiting for a review, oldest saved first, and which labels train now."""
         return {"waiting": self._datastore.review_queue(), "train_on": self._datastore.train_on()}  # type: ignore[attr-defined]
+
+    def double_read_of(self, case: str):
+        """Whether the study is read twice and why, each reading (reader, when, voxels), their agreement, its state."""
+        return self._datastore.double_read_info(check_case_id(case))  # type: ignore[attr-defined]
+
+    def mark_double_read(self, case: str, user: User = Depends(RBAC(settings.MONAI_LABEL_AUTH_ROLE_ADMIN))):
+        """An admin has the study read by two annotators (from its next label on)."""
+        return self._datastore.mark_double_read(check_case_id(case), user.username)  # type: ignore[attr-defined]
+
+    def reading(self, case: str, index: int):
+        """The ``index``-th reader's latest reading of a study read twice (NIfTI), for the reviewer who adjudicates."""
+        path = self._datastore.reading_path(check_case_id(case), index)  # type: ignore[attr-defined]
+        return FileResponse(path, media_type="application/gzip", filename=f"{case}_reading{index}.nii.gz")
 
     def dashboard_page(self):
         """The dashboard's page: it holds no data (it reads ``dashboard/data`` with the reviewer's token)."""
@@ -482,7 +497,7 @@ class BratsLabelApp(MONAILabelApp):
             install_token_check(verifier)
         install_save_label_route(server)
         install_label_info_routes(server, lambda: self._datastore)
-        install_ohif_submit_routes(server)
+        install_ohif_submit_routes(server, self.config.browser_sign_in)
         install_dicomweb_proxy(server)
         install_next_sample_route(server)
         install_image_download_route(server)
@@ -505,6 +520,9 @@ class BratsLabelApp(MONAILabelApp):
             ("review", self.review_queue, "GET", "Final labels waiting for a review, oldest first"),
             ("review/{case}", self.review, "POST", "Approve a final label or ask for changes (reviewers)"),
             ("review/{case}", self.review_of, "GET", "The review of a study's final label: state, and the comment when sent back"),
+            ("double-read/{case}", self.double_read_of, "GET", "Whether a study is read twice, its readings and their agreement (reviewers)"),
+            ("double-read/{case}", self.mark_double_read, "POST", "Have a study read by two annotators (admins)"),
+            ("double-read/{case}/readings/{index}", self.reading, "GET", "One reader's label of a study read twice, as NIfTI (reviewers, to adjudicate)"),
             ("dashboard", self.dashboard_page, "GET", "The lab's dashboard (a page; its data need the reviewer role)"),
             ("dashboard/data", self.dashboard, "GET", "The dashboard's data: versions, pre-label quality, the work, input drift, training"),
             ("dashboard/curve/{version}", self.dashboard_curve, "GET", "A model version's training curve (PNG)"),
@@ -536,8 +554,10 @@ class BratsLabelApp(MONAILabelApp):
             time.sleep(MODEL_WATCH_INTERVAL_S)
 
     def on_save_label(self, image_id, label_id):
-        """A submitted label may be the one that starts the next fine-tune (no other call needed)."""
+        """A submitted label may be the one that starts the next fine-tune (no other call needed); the saver's hand-out
+        of the study ends (a study read twice goes to its second reader at once)."""
         answer = super().on_save_label(image_id, label_id) or {}
+        self.handouts.release(label_id, self._datastore.saved_by(label_id))  # type: ignore[attr-defined]
         if self._serving:
             self.retrain.check()
             status = self.retrain.status()

@@ -360,6 +360,9 @@ HANDOUT_TTL_S = 900  # a case handed to one annotator is not handed to another f
 
 # --- what the server accepts from clients -------------------------------------------------------------
 LABEL_TAGS = ("final", "original")  # MONAI Label's label tags: the annotator's label, and the model's pre-label
+# One annotator's label of a study read twice (lib/labels/double_reading.py): kept in the label store, never served by
+# the label routes, never trained on.
+READING_TAG = "reading"
 MAX_UPLOAD_MB = 256  # request bodies over this are refused before they are read (--conf max_upload_mb)
 # An uploaded label may declare at most this many voxels per study voxel (a Slicer .seg.nrrd keeps overlapping
 # segments in layers) and a DICOM SEG at most one frame per slice and segment; checked before decoding, and
@@ -425,6 +428,19 @@ class RefinementSettings:
 
 
 TRAIN_ON_CHOICES = ("auto", "approved", "submitted")  # --conf train_on (lib/labels/review.py)
+
+
+@dataclass(frozen=True)
+class DoubleReadSettings:
+    """Two readers (lib/labels/double_reading.py)."""
+
+    fraction: float = 0.0  # --conf double_read: the share of studies read twice (0: none; an admin still marks studies)
+    # --conf double_read_agreement: the Dice every region of two readings must reach for the first to become final
+    # without a reviewer. BraTS reports inter-rater Dice of 0.74-0.85: below 0.8 two readers disagree more than
+    # experts usually do.
+    agreement: float = 0.8
+
+
 FOLLOW_UP_MODEL_NAME = "follow_up"  # the patient's earlier final label carried onto a follow-up study
 
 
@@ -498,6 +514,19 @@ def _tuple3(key: str, value: str) -> Tuple[int, int, int]:
 
 
 @dataclass(frozen=True)
+class BrowserSignIn:
+    """OHIF's own OpenID Connect sign-in (lib/endpoints/ohif_sign_in.py): the provider as a browser reaches it, and
+    OHIF's public client there (the code flow with PKCE, no secret), registered with the redirect URI
+    <server>/ohif/callback and the post-logout URI <server>/ohif/."""
+
+    authority: str  # --conf ohif_oidc_authority: the issuer URL (Keycloak: https://<host>/idp/realms/brats)
+    client_id: str = "brats-ohif"  # --conf ohif_oidc_client_id
+    # --conf ohif_oidc_scope; the access token must name the server's audience (auth_audience), which the provider
+    # adds for this client (Keycloak: an audience mapper)
+    scope: str = "openid profile"
+
+
+@dataclass(frozen=True)
 class AppConfig:
     profile: NetworkProfile
     train: TrainSettings
@@ -518,6 +547,8 @@ class AppConfig:
     # which final labels train (lib/labels/review.py): auto (submitted until the first review, approved from then on),
     # approved or submitted
     train_on: str = "auto"
+    double_read: DoubleReadSettings = DoubleReadSettings()
+    browser_sign_in: Optional[BrowserSignIn] = None  # OHIF signs in with the provider itself; None: no sign-in page
 
     @property
     def patch_size(self) -> Tuple[int, int, int]:
@@ -607,6 +638,21 @@ class AppConfig:
         train_on = str(conf.get("train_on", cls.train_on))
         if train_on not in TRAIN_ON_CHOICES:
             raise ConfigError(f"--conf train_on {train_on!r}: choose {', '.join(TRAIN_ON_CHOICES)} (auto: submitted labels until the first review, approved ones from then on)")
+        try:
+            double_read = float(conf.get("double_read", DoubleReadSettings.fraction))
+            agreement = float(conf.get("double_read_agreement", DoubleReadSettings.agreement))
+        except ValueError:
+            raise ConfigError("--conf double_read and double_read_agreement take fractions, such as 0.1 and 0.8") from None
+        if not (0.0 <= double_read <= 1.0 and 0.0 < agreement <= 1.0):
+            raise ConfigError(f"--conf double_read {double_read} (share of studies read twice) must be in [0, 1], double_read_agreement {agreement} (Dice) in (0, 1]")
+        sign_in = None
+        if conf.get("ohif_oidc_authority"):
+            authority = str(conf["ohif_oidc_authority"]).rstrip("/")
+            if not re.match(r"https?://[^/\s]+", authority):
+                raise ConfigError(
+                    f"--conf ohif_oidc_authority {authority!r}: the provider's issuer URL as a browser reaches it, such as https://brats-label.lab.example.org/idp/realms/brats"
+                )
+            sign_in = BrowserSignIn(authority, str(conf.get("ohif_oidc_client_id", BrowserSignIn.client_id)), str(conf.get("ohif_oidc_scope", BrowserSignIn.scope)))
         labels = str(conf.get("labels", DEFAULT_LABEL_SET))
         if labels not in LABEL_SETS:
             raise ConfigError(f"--conf labels {labels!r}: choose one of {', '.join(f'{n} ({s.description})' for n, s in LABEL_SETS.items())}")
@@ -632,6 +678,8 @@ class AppConfig:
             zoo_url,
             prepare_on_arrival=_flag(conf, "prepare_on_arrival", True),
             train_on=train_on,
+            double_read=DoubleReadSettings(double_read, agreement),
+            browser_sign_in=sign_in,
         )
 
 

@@ -40,6 +40,17 @@ class HandOuts:
             write_json(active, self.path)
             return until
 
+    def release(self, case: str, clients: Set[str]) -> bool:
+        """The study's hand-out ends if one of ``clients`` holds it (they saved its label): a study read twice is then
+        free for its second reader at once. Whether one ended."""
+        with self.lock, file_lock(self.path):
+            active = self._active()
+            if case not in active or active[case]["client"] not in clients:
+                return False
+            del active[case]
+            write_json(active, self.path)
+            return True
+
     def active(self) -> int:
         """How many studies are handed out now."""
         with self.lock:

@@ -4,7 +4,9 @@ All never return a labelled case, skip cases handed to another annotator, and re
 return for the asking client (``client_id``, sent by MONAI Label's clients). One exception comes first: a label a
 reviewer sent back for changes goes back to the annotator who saved it (``returned_to``, set by the Next Sample route
 from the signed-in user), with the reviewer's comment in the answer (``review``): a correction asked for is work
-already started, and the model does not learn from that study until it is done. The uncertainty
+already started, and the model does not learn from that study until it is done. A study read twice
+(``labels/double_reading.py``) is not handed to a reader who already read it, nor to anyone while its readings wait for
+a reviewer's adjudication. The uncertainty
 strategies use only scores made by the model being served; while there is no model, or no score for
 it yet, it picks at random and says so in the answer (``picked_by``, ``reason``). The answer avoids
 the key ``strategy``: MONAI Label's endpoint overwrites it with the case's stored hand-out record.
@@ -38,6 +40,13 @@ def returned_label(datastore: Datastore, owner: Optional[str], taken: Set[str]) 
     return {"id": waiting[0]["case"], "picked_by": RETURNED, "review": review}
 
 
+def not_for_reader(datastore: Datastore, names: Set[str]) -> Set[str]:
+    """Studies read twice that this reader already read, or whose readings wait for a reviewer (none for MONAI Label's
+    own datastores, which have no double reading)."""
+    closed = getattr(datastore, "not_for_reader", None)
+    return closed(names) if closed else set()
+
+
 class _HandOutStrategy(Strategy):
     def __init__(self, description: str, handouts: HandOuts, rng: Optional[random.Random] = None):
         super().__init__(description)
@@ -53,7 +62,8 @@ class _HandOutStrategy(Strategy):
             taken = self.handouts.taken_by_others(client)
             answer = returned_label(datastore, request.get(RETURNED_TO), taken)
             if answer is None:
-                candidates = [c for c in datastore.get_unlabeled_images() if c not in taken]
+                closed = taken | not_for_reader(datastore, {str(name) for name in (client, request.get(RETURNED_TO)) if name})
+                candidates = [c for c in datastore.get_unlabeled_images() if c not in closed]
                 if not candidates:
                     return None
                 answer = self.choose(sorted(candidates), request)

@@ -1,5 +1,6 @@
 """Everything the dashboard shows, computed from what the server already keeps: the model versions' records, the
-label history (with each correction's pre-label scores, ``labels/audit.py``), the hand-outs, the training's progress
+label history (with each correction's pre-label scores, ``labels/audit.py``, and two readers' agreement,
+``labels/double_reading.py``), the hand-outs, the training's progress
 and the drift of new studies (``drift.py``). Plain data in, one JSON-ready dict out; nothing is read twice.
 """
 
@@ -10,8 +11,9 @@ from datetime import UTC, datetime, timedelta
 from statistics import median
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
-from ..config import DASHBOARD_WEEKS
+from ..config import DASHBOARD_WEEKS, READING_TAG
 from ..labels.audit import audit_rows
+from ..labels.double_reading import ADJUDICATION, FROM_READINGS, double_read_state, pair_agreement, reader_of
 from ..labels.label_set import LabelSet
 from ..labels.review import APPROVED, CHANGES_REQUESTED, SUBMITTED_STATE
 from ..studies.study_datastore import FINAL, IMPORTED_FROM
@@ -84,8 +86,18 @@ def _current_finals(history: Sequence[Tuple[str, Mapping[str, Any]]]) -> Dict[st
     return current
 
 
+def awaiting_adjudication(history: Sequence[Tuple[str, Mapping[str, Any]]]) -> int:
+    """Studies read twice whose readings disagree and that no reviewer has adjudicated yet."""
+    finals = {case for case, record in history if record.get("tag", FINAL) == FINAL}
+    readings: Dict[str, Dict[str, Mapping[str, Any]]] = defaultdict(dict)
+    for case, record in history:
+        if record.get("tag") == READING_TAG:
+            readings[case][reader_of(record)] = record
+    return sum(1 for case, by_reader in readings.items() if case not in finals and double_read_state(by_reader, False) == ADJUDICATION)
+
+
 def work_queue(history: Sequence[Tuple[str, Mapping[str, Any]]], unlabelled: int, handed_out: int) -> Dict[str, int]:
-    """Unlabelled, handed out, and the final labels by review state."""
+    """Unlabelled, handed out, the final labels by review state, and studies whose two readings wait for a reviewer."""
     states: Dict[str, int] = defaultdict(int)
     for record in _current_finals(history).values():
         if record.get("source") == IMPORTED_FROM:
@@ -99,6 +111,7 @@ def work_queue(history: Sequence[Tuple[str, Mapping[str, Any]]], unlabelled: int
         "approved": states[APPROVED],
         "changes_requested": states[CHANGES_REQUESTED],
         "imported_ground_truth": states["imported"],
+        "awaiting_adjudication": awaiting_adjudication(history),
     }
 
 
@@ -106,7 +119,7 @@ def annotators(rows: Sequence[Mapping[str, Any]]) -> List[Dict[str, Any]]:
     """Per annotator: labels saved, on how many days, labels a day (on the days they labelled), median edit size."""
     saved: Dict[str, List[Mapping[str, Any]]] = defaultdict(list)
     for row in rows:
-        if row.get("event") == "saved" and row.get("source") != IMPORTED_FROM:
+        if row.get("event") == "saved" and row.get("source") not in (IMPORTED_FROM, FROM_READINGS):  # a reading made final is counted once
             saved[str(row.get("user") or row.get("client_id") or "unknown")].append(row)
     out = []
     for user, group in sorted(saved.items()):
@@ -146,6 +159,7 @@ def dashboard_data(
         "prelabel_quality": prelabel_quality(rows, regions, now),
         "queue": work_queue(history, unlabelled, handed_out),
         "annotators": annotators(rows),
+        "agreement": pair_agreement(history, regions, _week),
         "drift": dict(drift),
         "training": dict(training),
     }

@@ -43,6 +43,9 @@
     if (!window.services?.uiNotificationService || !window.location.pathname.includes(MODE_ROUTE) || !study || study === checked) {
       return;
     }
+    if (window.config.oidc?.length && !window.services.userAuthenticationService?.getAuthorizationHeader?.()) {
+      return; // OHIF signs in with the provider: ask once the user's token is there
+    }
     checked = study;
     checkReturned(study).catch((error) => console.warn('BraTS Label: could not read the review of this study', error));
   }, POLL_MS);

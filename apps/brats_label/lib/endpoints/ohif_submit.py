@@ -23,7 +23,7 @@ import logging
 import tempfile
 from io import BytesIO
 from pathlib import Path
-from typing import List, Tuple
+from typing import List, Optional, Tuple
 
 import pydicom
 from fastapi import Depends, FastAPI, HTTPException, Request
@@ -36,6 +36,8 @@ from monailabel.interfaces.utils.app import app_instance
 from pydicom.errors import InvalidDicomError
 from requests_toolbelt.multipart.decoder import ImproperBodyPartContentException, MultipartDecoder, NonMultipartContentTypeException
 
+from ..config import BrowserSignIn
+from .ohif_sign_in import sign_in_script
 from .routes import add_route_in_front
 from .save_label import label_params
 
@@ -115,9 +117,10 @@ def _referenced(ds: pydicom.Dataset) -> pydicom.Dataset:
     return item
 
 
-def app_config_js() -> Response:
-    """OHIF's configuration as shipped, then our toolbar button and the notice of a label sent back for changes."""
-    script = "\n".join(path.read_text() for path in (OHIF_DIR / "app-config.js", SUBMIT_SCRIPT, RETURNED_SCRIPT))
+def app_config_js(sign_in: str = "") -> Response:
+    """OHIF's configuration as shipped, then our toolbar button and the notice of a label sent back for changes, and
+    the sign-in with the deployment's OpenID provider where one is configured (``ohif_sign_in.py``)."""
+    script = "\n".join([*(path.read_text() for path in (OHIF_DIR / "app-config.js", SUBMIT_SCRIPT, RETURNED_SCRIPT)), sign_in])
     return Response(script, media_type="application/javascript", headers={"Cache-Control": "no-cache"})
 
 
@@ -132,8 +135,13 @@ def ohif_file(path: str) -> Response:
     return FileResponse(wanted if wanted.is_file() else root / "index.html")
 
 
-def install_ohif_submit_routes(app: FastAPI) -> None:
+def install_ohif_submit_routes(app: FastAPI, sign_in: Optional[BrowserSignIn] = None) -> None:
+    sign_in_js = sign_in_script(sign_in) if sign_in is not None else ""
+
+    def configured_app_config_js() -> Response:
+        return app_config_js(sign_in_js)
+
     add_route_in_front(app, "/ohif/{path:path}", ohif_file, ["GET"], "The OHIF viewer's files", include_in_schema=False)
     for path in STOW_PATHS:
         add_route_in_front(app, path, store_through_proxy, ["POST"], "DICOMweb STOW; a DICOM SEG is saved as the study's final label", include_in_schema=False)
-    add_route_in_front(app, APP_CONFIG_PATH, app_config_js, ["GET"], "OHIF configuration with the Submit label button", include_in_schema=False)
+    add_route_in_front(app, APP_CONFIG_PATH, configured_app_config_js, ["GET"], "OHIF configuration with the Submit label button", include_in_schema=False)

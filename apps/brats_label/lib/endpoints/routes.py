@@ -224,6 +224,8 @@ ROUTE_ROLES: Tuple[Tuple[str, str, Access], ...] = (
     ("DELETE", "/datastore/label", Role.REVIEWER),  # a removal is a new version without voxels; history keeps all
     ("GET", "/brats/audit", Role.REVIEWER),
     ("GET", "/brats/review", Role.REVIEWER),
+    ("GET", "/brats/double-read/{case}", Role.REVIEWER),  # a study's readings and their agreement
+    ("GET", "/brats/double-read/{case}/readings/{index}", Role.REVIEWER),  # a reader's label, to adjudicate
     ("GET", "/brats/dashboard/data", Role.REVIEWER),
     ("GET", "/brats/dashboard/curve/{version}", Role.REVIEWER),
     ("POST", "/brats/review/{case}", Role.REVIEWER),
@@ -239,6 +241,7 @@ ROUTE_ROLES: Tuple[Tuple[str, str, Access], ...] = (
     ("DELETE", "/scoring/", Role.ADMIN),
     ("POST", "/brats/models/{version}/promote", Role.ADMIN),
     ("POST", "/brats/holdout", Role.ADMIN),
+    ("POST", "/brats/double-read/{case}", Role.ADMIN),  # have a study read by two annotators
     ("GET", "/logs/", Role.ADMIN),
     ("GET", "/logs/gpu", Role.ADMIN),
     ("PUT", "/model/{model}", VERSIONS_ONLY),

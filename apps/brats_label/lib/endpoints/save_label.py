@@ -4,7 +4,8 @@ MONAI Label 0.8.5's route authenticates the user and then drops the name: the da
 what the client wrote in ``params``, which anyone can set. This route replaces it (same path, form
 fields and answer). With authentication on, the label is recorded under the authenticated user and a
 different name in ``params`` is kept only as ``claimed_user``; with it off, the client's name is all
-there is, and the record says it was not authenticated.
+there is, and the record says it was not authenticated. Whether the saver is a reviewer (who may adjudicate a study
+read twice) is likewise set here from the token, never taken from ``params``.
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ from monailabel.endpoints.datastore import save_label
 from monailabel.endpoints.user.auth import RBAC, User
 from monailabel.interfaces.datastore import DefaultLabelTag
 
+from ..labels.double_reading import SAVED_BY_REVIEWER
+from .label_info import is_reviewer
 from .routes import add_route_in_front
 
 SAVE_LABEL_PATH = "/datastore/label"
@@ -40,6 +43,9 @@ def label_params(params: str, user: User, authenticated: bool) -> Dict[str, Any]
         if claimed and claimed != user.username:
             fields["claimed_user"] = claimed
     fields["authenticated"] = authenticated
+    # whether this save may adjudicate a study's two readings (labels/double_reading.py); with authentication off
+    # nobody's role can be told, and a study waiting for adjudication is handed to no annotator
+    fields[SAVED_BY_REVIEWER] = is_reviewer(user) if authenticated else True
     return fields
 
 

@@ -29,6 +29,12 @@ RECORD_FIELDS = (
 )  # fmt: skip
 SCORES = ("dice", "hd95", "lesion_dice", "lesion_hd95")
 REVIEW_COLUMNS = ("event", "label_saved_at", "reviewed_by", "review_comment", "review_level")
+AGREEMENT_COLUMNS = ("agreement_readers", "agreed")  # a second reading of a study read twice (labels/double_reading.py)
+
+
+def agreement_fields(label_set: LabelSet) -> Tuple[str, ...]:
+    """``agreement_readers``, ``agreed``, ``agreement_tc`` ...: two readers' Dice per region."""
+    return (*AGREEMENT_COLUMNS, *(f"agreement_{region.name.lower()}" for region in label_set.regions))
 
 
 def score_fields(label_set: LabelSet) -> Tuple[str, ...]:
@@ -38,7 +44,7 @@ def score_fields(label_set: LabelSet) -> Tuple[str, ...]:
 
 def audit_columns(label_set: LabelSet) -> Tuple[str, ...]:
     """Every row has every column (a CSV's header): the record, the scores, each label's voxels, the review."""
-    return (*RECORD_FIELDS, *score_fields(label_set), *(f"voxels_{name}" for name in label_set.foreground), *REVIEW_COLUMNS)
+    return (*RECORD_FIELDS, *score_fields(label_set), *(f"voxels_{name}" for name in label_set.foreground), *REVIEW_COLUMNS, *agreement_fields(label_set))
 
 
 class PreLabels:
@@ -87,7 +93,8 @@ class PreLabels:
 
 def audit_rows(history: Iterable[tuple[str, Dict[str, Any]]], label_set: LabelSet) -> List[Dict[str, Any]]:
     """One row per saved label version, and one per review of it, oldest first: (case, history record) pairs in,
-    flat dicts out. A review's row is its version's (case, tag, who saved it) with who reviewed, when and why."""
+    flat dicts out. A review's row is its version's (case, tag, who saved it) with who reviewed, when and why; a
+    reading of a study read twice (tag ``reading``) has the two readers' agreement per region."""
     rows = []
     fields = (*RECORD_FIELDS, *score_fields(label_set))
     for case, record in history:
@@ -96,6 +103,10 @@ def audit_rows(history: Iterable[tuple[str, Dict[str, Any]]], label_set: LabelSe
         voxels = record.get("voxels", {})
         row = {"case": case, **{k: record.get(k) for k in fields if k != "case"}, "event": "saved"}
         row.update({f"voxels_{name}": voxels.get(name) for name in label_set.foreground})
+        agreement = record.get("agreement")
+        if agreement:
+            row.update({"agreement_readers": " & ".join(agreement.get("readers", [])), "agreed": agreement.get("agreed")})
+            row.update({f"agreement_{region}": value for region, value in agreement.get("dice", {}).items()})
         rows.append(row)
         for review in record.get("reviews", []):
             rows.append(

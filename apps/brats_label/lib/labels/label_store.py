@@ -36,7 +36,7 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 import nibabel as nib
 import numpy as np
 
-from ..config import LABEL_TAGS
+from ..config import LABEL_TAGS, READING_TAG
 from ..errors import InvalidInput
 from ..runtime.atomic import read_json, write_json
 from ..runtime.clock import utc_now
@@ -58,7 +58,18 @@ def check_case_id(case: str) -> str:
 
 
 def check_tag(tag: str) -> str:
+    """A tag a client may name."""
     if tag not in LABEL_TAGS:
+        raise InvalidInput(f"label tag '{str(tag)[:40]}' is not one of this server's tags ({', '.join(LABEL_TAGS)})")
+    return tag
+
+
+STORED_TAGS = (*LABEL_TAGS, READING_TAG)
+
+
+def check_stored_tag(tag: str) -> str:
+    """A tag the store keeps: a client's, or a reading of a study read twice (the server's own)."""
+    if tag not in STORED_TAGS:
         raise InvalidInput(f"label tag '{str(tag)[:40]}' is not one of this server's tags ({', '.join(LABEL_TAGS)})")
     return tag
 
@@ -139,7 +150,7 @@ class LabelStore:
 
     def current(self, case: str, tag: str) -> Optional[LabelVersion]:
         """The newest version of the tag, unless that version removed it."""
-        versions = self.versions(case, check_tag(tag))
+        versions = self.versions(case, check_stored_tag(tag))
         return versions[-1] if versions and not versions[-1].removed else None
 
     def cases(self) -> List[str]:
@@ -164,7 +175,7 @@ class LabelStore:
 
         ``saved_at`` (UTC, ``clock.utc_now`` format) only for versions made earlier (migration)."""
         self._check_writer()
-        check_tag(tag)
+        check_stored_tag(tag)
         folder = self._case_dir(case)
         folder.mkdir(parents=True, exist_ok=True)
         with self._case_locks[case], file_lock(folder / "commit"):

@@ -50,6 +50,7 @@ from ..config import (
     OHIF_STUDY_PATH,
     PREPARATION,
     REFERENCE_CHANNEL,
+    DoubleReadSettings,
 )
 from ..dicom.archive import Archive, patient_and_date, series_from_metadata
 from ..dicom.listing_store import ListingStore
@@ -155,6 +156,7 @@ class DicomWebStudyDatastore(StudyDatastore):
         reconcile_s: float = DICOMWEB_RECONCILE_S,
         train_on: str = "auto",
         label_set: LabelSet = BRATS_2023,
+        double_read: DoubleReadSettings = DoubleReadSettings(),
     ):
         """``writer`` False in worker processes: they list and open studies but send, import and register nothing.
         ``reconcile_s``: how often the whole archive is listed (the refreshes between ask Orthanc what changed)."""
@@ -162,7 +164,7 @@ class DicomWebStudyDatastore(StudyDatastore):
         self._rules = rules or SeriesRules()
         self._refresh_s = refresh_s
         self._software_version = software_version
-        super().__init__(workspace, name, f"Studies in the DICOMweb archive {archive.url}", listing_extras, label_audit, writer, train_on, label_set)
+        super().__init__(workspace, name, f"Studies in the DICOMweb archive {archive.url}", listing_extras, label_audit, writer, train_on, label_set, double_read)
         self._metadata_dir = self._workspace / "dicom_metadata"
         self._seg_registry_path = self._workspace / "seg_registry.json"
         self._refresh_lock = threading.Lock()

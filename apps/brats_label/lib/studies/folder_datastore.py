@@ -26,7 +26,7 @@ from typing import Any, Callable, Dict, List, Optional
 import nibabel as nib
 import numpy as np
 
-from ..config import BRATS_2023, CHANNELS
+from ..config import BRATS_2023, CHANNELS, DoubleReadSettings
 from ..errors import InvalidInput, NotAllowed, NotFound
 from ..labels.conventions import LabelError, brats_convention, to_project_convention
 from ..labels.label_set import LabelSet
@@ -51,9 +51,10 @@ class StudyFolderDatastore(StudyDatastore):
         writer: bool = True,
         train_on: str = "auto",
         label_set: LabelSet = BRATS_2023,
+        double_read: DoubleReadSettings = DoubleReadSettings(),
     ):
         self._studies_dir = Path(studies_dir)
-        super().__init__(workspace, name, description or f"Studies in {self._studies_dir}", listing_extras, label_audit, writer, train_on, label_set)
+        super().__init__(workspace, name, description or f"Studies in {self._studies_dir}", listing_extras, label_audit, writer, train_on, label_set, double_read)
         self._sources: Dict[str, StudySource] = {}
         self.refresh()
 

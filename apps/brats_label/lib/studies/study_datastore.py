@@ -13,18 +13,32 @@ import threading
 import zipfile
 from abc import abstractmethod
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Optional, Set, Tuple
 
+import nibabel as nib
 import numpy as np
 from monailabel.interfaces.datastore import Datastore, DefaultLabelTag
 
-from ..config import BRATS_2023
+from ..config import BRATS_2023, LABEL_TAGS, READING_TAG, DoubleReadSettings
 from ..errors import InvalidInput, NotFound
 from ..labels.conventions import LabelError
+from ..labels.double_reading import (
+    ADJUDICATED,
+    FROM_READINGS,
+    SAVED_BY_REVIEWER,
+    AdjudicationRefused,
+    DoubleReadMarks,
+    adjudication_entry,
+    chosen_for_double_reading,
+    compare_readings,
+    double_read_state,
+    reader_of,
+)
 from ..labels.label_files import SeriesGrid, read_uploaded_label
 from ..labels.label_set import LabelSet
 from ..labels.label_store import LabelStore, LabelVersion, check_case_id, check_tag, migrate_flat_layout
 from ..labels.review import (
+    APPROVED,
     REVIEW_FIELDS,
     SUBMITTED_STATE,
     ReviewDecision,
@@ -48,7 +62,10 @@ IMPORTED_FROM = "imported"
 SUBMITTED = "submitted"
 FINAL = DefaultLabelTag.FINAL.value
 # Fields of a label's record that the server computes: a client's params never set them.
-SERVER_FIELDS = ("tag", "saved_at", "removed_at", "voxels", "source", "archive", "file", "convention", "migrated_from", *REVIEW_FIELDS)
+SERVER_FIELDS = (
+    "tag", "saved_at", "removed_at", "voxels", "source", "archive", "file", "convention", "migrated_from", *REVIEW_FIELDS,
+    "double_read", "agreement", "readers", "from_reading", SAVED_BY_REVIEWER,
+)  # fmt: skip
 SERVER_FIELD_PREFIXES = ("dice_", "hd95_", "lesion_", "prelabel_", "seg_")
 WHO_SAVED = ("user", "authenticated", "claimed_user", "client_id")  # set once, when the label is saved
 
@@ -84,11 +101,14 @@ class StudyDatastore(Datastore):
         writer: bool = True,
         train_on: str = "auto",
         label_set: LabelSet = BRATS_2023,
+        double_read: DoubleReadSettings = DoubleReadSettings(),
     ):
         """``listing_extras`` adds per-case entries to the listing (the app gives active-learning ranks);
         ``label_audit`` adds to each submitted final label's record (the app compares it with the pre-label);
         ``writer`` False in worker processes: they read labels and the listing, the server writes;
-        ``train_on``: which final labels train (``labels/review.py``); ``label_set``: the labels a label may hold."""
+        ``train_on``: which final labels train (``labels/review.py``); ``label_set``: the labels a label may hold;
+        ``double_read``: the share of studies read twice, and the Dice that makes two readings agree
+        (``labels/double_reading.py``)."""
         self._workspace = Path(workspace)
         self.label_set = label_set
         self._train_on = train_on
@@ -106,6 +126,8 @@ class StudyDatastore(Datastore):
         self._sources: Dict[str, Any] = {}
         self._pseudonyms = Pseudonyms(self._workspace)
         self._moments: Dict[str, StudyMoment] = {}  # study -> its patient's pseudonym and when it was acquired
+        self._double_read = double_read
+        self._double_read_marks = DoubleReadMarks(self._workspace / "double_read.json")
 
     # --- what each datastore provides -----------------------------------------------------------------
     @abstractmethod
@@ -214,10 +236,12 @@ class StudyDatastore(Datastore):
             label = read_uploaded_label(Path(label_filename), geometry, label_info or {}, self.label_set, lambda: self.series_grids(study))
         except LabelError as e:
             raise InvalidInput(f"label for '{study}' not saved: {e}") from None
-        info = {**client_fields(label_info or {}), "source": SUBMITTED, **self._commit_fields(study, tag)}
+        info = {**client_fields(label_info or {}), "source": SUBMITTED}
         if tag == FINAL and self._label_audit is not None:
             info.update(self._label_audit(study, label))
-        return self._store_label(study, label, geometry, tag, info)
+        if tag == FINAL and self._read_twice_now(study):
+            return self._save_reading(study, label, geometry, info, bool((label_info or {}).get(SAVED_BY_REVIEWER)))
+        return self._store_label(study, label, geometry, tag, {**info, **self._commit_fields(study, tag)})
 
     def _commit_fields(self, study: str, tag: str) -> Dict[str, Any]:
         """Fields a datastore adds to the record in the same commit (the archive's: a pending send)."""
@@ -238,7 +262,7 @@ class StudyDatastore(Datastore):
         return open(uri, "rb") if uri else None
 
     def get_labels_by_image_id(self, image_id: str) -> Dict[str, str]:
-        return {tag: image_id for tag in self._labels.tags(image_id) if self._current(image_id, tag)}
+        return {tag: image_id for tag in self._labels.tags(image_id) if tag in LABEL_TAGS and self._current(image_id, tag)}
 
     def get_label_by_image_id(self, image_id: str, tag: str) -> str:
         return image_id if self._current(image_id, tag) else ""
@@ -290,11 +314,16 @@ class StudyDatastore(Datastore):
                 yield case, current.info()
 
     def review_queue(self) -> List[Dict[str, Any]]:
-        """Final labels waiting for a review, oldest saved first."""
+        """Final labels waiting for a review, and studies whose two readings wait for adjudication, oldest first."""
         waiting = []
         for case, info in self._final_labels():
             if info.get("source") != IMPORTED_FROM and review_state(info) == SUBMITTED_STATE:
-                waiting.append({"case": case, "saved_at": info.get("saved_at", ""), "user": info.get("user", ""), "source": info.get("source", "")})
+                waiting.append({"case": case, "saved_at": info.get("saved_at", ""), "user": info.get("user", ""), "source": info.get("source", ""), "kind": "review"})
+        listed = set(self.list_images())
+        for case, readings in self._unfinished_readings().items():
+            entry = adjudication_entry(case, {reader: version.info() for reader, version in readings.items()})
+            if entry is not None and case in listed:
+                waiting.append(entry)
         return sorted(waiting, key=lambda entry: entry["saved_at"])
 
     def returned_labels(self, owner: Optional[str] = None) -> List[Dict[str, Any]]:
@@ -306,6 +335,133 @@ class StudyDatastore(Datastore):
             if review is not None and (owner is None or info.get("user") == owner):
                 returned.append({"case": case, **review})
         return sorted(returned, key=lambda entry: entry["requested_at"])
+
+    # --- two readers ------------------------------------------------------------------------------------
+    def is_double_read(self, study: str) -> bool:
+        """Whether the study is read twice: in the configured share, or marked by an admin."""
+        return chosen_for_double_reading(study, self._double_read.fraction) or study in self._double_read_marks.marked()
+
+    def _read_twice_now(self, study: str) -> bool:
+        """A save of a final label is a reading while the study is read twice and no final label was ever made (once
+        one exists, a correction is a new version of it, as for any study)."""
+        return not self._labels.versions(study, FINAL) and (self.is_double_read(study) or bool(self._labels.versions(study, READING_TAG)))
+
+    def _readings(self, study: str) -> Dict[str, LabelVersion]:
+        """The latest reading of each reader, the first reader first."""
+        latest: Dict[str, LabelVersion] = {}
+        for version in self._labels.versions(study, READING_TAG):
+            reader = reader_of(version.record())
+            latest[reader] = version  # a later reading of the same reader keeps the reader's place
+        return latest
+
+    def _unfinished_readings(self) -> Dict[str, Dict[str, LabelVersion]]:
+        """Readings of every study read twice that has no final label yet."""
+        unfinished = {}
+        for case in self._labels.cases():
+            if not self._labels.versions(case, FINAL):
+                readings = self._readings(case)
+                if readings:
+                    unfinished[case] = readings
+        return unfinished
+
+    def _save_reading(self, study: str, label: np.ndarray, geometry: Geometry, info: Dict[str, Any], by_reviewer: bool) -> str:
+        """One reader's label of a study read twice; with the second reader's, the two compared and, if they agree, the
+        first made final; with both in and disagreeing, a reviewer's label is the adjudication."""
+        with self._lock:
+            readings = self._readings(study)
+            reader = reader_of(info)
+            if len(readings) >= 2:
+                return self._adjudicate(study, label, geometry, info, readings, by_reviewer)
+            record = {**info, "double_read": True}
+            others = [other for other in readings if other != reader]
+            agreement = None
+            if others:
+                first = readings[others[0]]
+                first_label = np.asarray(nib.load(str(first.label_path)).dataobj, dtype=np.uint8)
+                agreement = compare_readings(first_label, label, (others[0], reader), self.label_set, self._double_read.agreement)
+                record["agreement"] = agreement.record()
+            self._store_label(study, label, geometry, READING_TAG, record)
+            if agreement is not None and agreement.agreed:
+                who = {key: value for key, value in first.record().items() if key in WHO_SAVED}
+                final = {
+                    **who,
+                    "source": FROM_READINGS,
+                    "readers": list(agreement.readers),
+                    "agreement": record["agreement"],
+                    "from_reading": first.name,
+                    **self._commit_fields(study, FINAL),
+                }
+                self._store_label(study, first_label, geometry, FINAL, final)
+                logger.info(f"study {study}: the two readings agree (Dice {agreement.dice}); the first is the final label")
+            elif agreement is not None:
+                logger.info(f"study {study}: the two readings disagree (Dice {agreement.dice}); it waits for a reviewer's adjudication")
+            return study
+
+    def _adjudicate(self, study: str, label: np.ndarray, geometry: Geometry, info: Dict[str, Any], readings: Dict[str, LabelVersion], by_reviewer: bool) -> str:
+        """A reviewer's label for a study whose readings disagree: final, approved by that act, the readings named."""
+        adjudicator = reader_of(info)
+        if not by_reviewer:
+            raise AdjudicationRefused(
+                f"study {study} was read twice and the readings disagree: a reviewer adjudicates it. Your label was not saved; open another study (Next Sample)"
+            )
+        if info.get("authenticated") and adjudicator in readings:
+            raise AdjudicationRefused(f"{adjudicator} read study {study}: a reviewer who did not read it adjudicates. The label was not saved")
+        second = list(readings.values())[1].record()
+        record = {**info, "source": ADJUDICATED, "readers": list(readings), "agreement": second.get("agreement"), **self._commit_fields(study, FINAL)}
+        self._store_label(study, label, geometry, FINAL, record)
+        version = self._labels.current(study, FINAL)
+        assert version is not None  # just committed, under the lock
+        decision = ReviewDecision(APPROVED, f"adjudicated the readings of {' and '.join(readings)}")
+        self._labels.amend_status(version, lambda status: review_status(status, decision, adjudicator, utc_now()))
+        logger.info(f"study {study}: adjudicated by {adjudicator}; final label saved")
+        return study
+
+    def saved_by(self, image_id: str) -> Set[str]:
+        """The names (user, client id) on the study's newest label version: whose hand-out its save ends."""
+        versions = self._labels.versions(self.case_id(image_id))
+        record = versions[-1].record() if versions else {}
+        return {str(record[key]) for key in ("user", "client_id") if record.get(key)}
+
+    def not_for_reader(self, names: Set[str]) -> Set[str]:
+        """Studies Next Sample does not hand to the reader known by ``names``: those read twice that they already read,
+        and those whose readings wait for adjudication (a reviewer's work)."""
+        closed = set()
+        for case, readings in self._unfinished_readings().items():
+            readers = {name for version in readings.values() for name in (version.record().get("user"), version.record().get("client_id")) if name}
+            if len(readings) >= 2 or readers & names:
+                closed.add(case)
+        return closed
+
+    def mark_double_read(self, image_id: str, by: str) -> Dict[str, Any]:
+        """An admin asks for two readers on this study (from its next label on; a study already labelled is not)."""
+        study = self.case_id(check_case_id(image_id))
+        self._double_read_marks.mark(study, by)
+        return self.double_read_info(study)
+
+    def double_read_info(self, image_id: str) -> Dict[str, Any]:
+        """Whether and why the study is read twice, its readings (reader, when, voxels), their agreement, its state."""
+        study = self.case_id(check_case_id(image_id))
+        readings = {reader: version.info() for reader, version in self._readings(study).items()}
+        marked = self._double_read_marks.marked().get(study)
+        return {
+            "case": study,
+            "double_read": self.is_double_read(study) or bool(readings),
+            "chosen": "marked by an admin" if marked else ("in the share read twice" if chosen_for_double_reading(study, self._double_read.fraction) else None),
+            "marked": marked,
+            "state": double_read_state(readings, bool(self._labels.versions(study, FINAL))) if readings or self.is_double_read(study) else None,
+            "readings": [
+                {"index": index, "reader": reader, "saved_at": info.get("saved_at"), "voxels": info.get("voxels"), "agreement": info.get("agreement")}
+                for index, (reader, info) in enumerate(readings.items())
+            ],
+        }
+
+    def reading_path(self, image_id: str, index: int) -> Path:
+        """The voxels of the study's ``index``-th reader's latest reading (for the reviewer who adjudicates)."""
+        study = self.case_id(check_case_id(image_id))
+        readings = list(self._readings(study).values())
+        if not 0 <= index < len(readings):
+            raise NotFound(f"study {study} has {len(readings)} readings; there is no reading {index}")
+        return readings[index].label_path
 
     def train_on(self) -> str:
         """``approved`` or ``submitted``: which final labels train now."""
@@ -334,7 +490,7 @@ class StudyDatastore(Datastore):
         return str(path)
 
     def status(self) -> Dict[str, Any]:
-        tags = {tag: len(self.get_labeled_images(tag)) for tag in sorted({t for case in self._labels.cases() for t in self._labels.tags(case)})}
+        tags = {tag: len(self.get_labeled_images(tag)) for tag in sorted({t for case in self._labels.cases() for t in self._labels.tags(case)} & set(LABEL_TAGS))}
         return {
             "total": len(self.list_images()),
             "completed": len(self.get_labeled_images()),
