@@ -520,7 +520,7 @@ class BrowserSignIn:
     <server>/ohif/callback and the post-logout URI <server>/ohif/."""
 
     authority: str  # --conf ohif_oidc_authority: the issuer URL (Keycloak: https://<host>/idp/realms/brats)
-    client_id: str = "brats-ohif"  # --conf ohif_oidc_client_id
+    client_id: str = "monailabel-app"  # --conf ohif_oidc_client_id; the realm's public client (deploy/keycloak/)
     # --conf ohif_oidc_scope; the access token must name the server's audience (auth_audience), which the provider
     # adds for this client (Keycloak: an audience mapper)
     scope: str = "openid profile"
