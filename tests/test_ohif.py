@@ -280,18 +280,21 @@ def sign_in_server(orthanc, server, tmp_path_factory):
 
     token = requests.post(f"{issuer}/token", data={"grant_type": "client_credentials"}, auth=("brats-admin", "secret-admin"), timeout=30).json()["access_token"]
     admin = {"Authorization": f"Bearer {token}"}
+    # two studies of its own, unlabelled: the module's other tests have labelled the archive's first ones, and Next
+    # Sample needs a study to hand out
+    import_studies(make_studies(tmp_path_factory.mktemp("sign_in_studies"), cases=2, labelled=0, seed=43), orthanc.archive(), progress=False)
     started = LocalServer(orthanc.dicomweb, conf, tmp_path_factory.mktemp("sign_in_logs") / "server.log", env, admin, port=server_port)
-    yield started, issuer
+    listing = requests.get(f"{started.url}/datastore/?output=all", headers=admin, timeout=60).json()["objects"]
+    unlabelled = sorted(study for study, entry in listing.items() if not entry["labels"])
+    assert len(unlabelled) >= 2, listing.keys()
+    yield started, issuer, unlabelled[0]
     started.stop()
     provider.terminate()
     provider.wait(20)
 
 
-def test_the_viewer_signs_in_with_the_labs_provider_keeps_the_session_renews_the_token_and_signs_out(sign_in_server, server, tmp_path):
-    import requests
-
-    study = sorted(requests.get(f"{server.url}/datastore/?output=all", timeout=60).json()["objects"])[0]  # the same archive
-    server, issuer = sign_in_server
+def test_the_viewer_signs_in_with_the_labs_provider_keeps_the_session_renews_the_token_and_signs_out(sign_in_server, tmp_path):
+    server, issuer, study = sign_in_server
     run = subprocess.run(
         ["node", "ohif_sign_in.mjs", server.url, issuer, study, str(tmp_path), "dr_annotator", SIGN_IN_PASSWORD],
         cwd=BROWSER_DIR,
