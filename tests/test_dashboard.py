@@ -96,26 +96,35 @@ def test_the_dashboard_page_shows_versions_quality_work_drift_and_training(studi
     assert server.wait_training(timeout_s=900)["status"] == "DONE"
     for case in UNLABELLED:  # opened (so prepared and measured) and pre-segmented
         assert requests.post(f"{server.url}/infer/segmentation", params={"image": case, "output": "json"}, json={}, timeout=300).status_code == 200
-    reference = nib.load(str(studies / UNLABELLED[0] / f"{UNLABELLED[0]}-t1c.nii.gz"))
-    drawn = np.zeros(reference.shape, np.uint8)
-    drawn[40:50, 40:50, 30:36] = 2
-    path = tmp_path / "label.nii.gz"
-    nib.save(nib.Nifti1Image(drawn, reference.affine), str(path))
-    with open(path, "rb") as f:
-        saved = requests.put(
-            f"{server.url}/datastore/label",
-            params={"image": UNLABELLED[0], "tag": "final"},
-            data={"params": json.dumps({"user": "dr_ann"})},
-            files={"label": ("l.nii.gz", f)},
-            timeout=60,
-        )
-    assert saved.status_code == 200, saved.text
+
+    def save(case: str, user: str, first_row: int) -> None:
+        reference = nib.load(str(studies / case / f"{case}-t1c.nii.gz"))
+        drawn = np.zeros(reference.shape, np.uint8)
+        drawn[first_row : first_row + 10, 40:50, 30:36] = 2
+        path = tmp_path / "label.nii.gz"
+        nib.save(nib.Nifti1Image(drawn, reference.affine), str(path))
+        with open(path, "rb") as f:
+            saved = requests.put(
+                f"{server.url}/datastore/label",
+                params={"image": case, "tag": "final"},
+                data={"params": json.dumps({"user": user})},
+                files={"label": ("l.nii.gz", f)},
+                timeout=60,
+            )
+        assert saved.status_code == 200, saved.text
+
+    save(UNLABELLED[0], "dr_ann", 40)
+    # the other study is read twice and the readers disagree (WT Dice 0.6): it waits for a reviewer
+    assert requests.post(f"{server.url}/brats/double-read/{UNLABELLED[1]}", timeout=60).status_code == 200
+    save(UNLABELLED[1], "dr_a", 40)
+    save(UNLABELLED[1], "dr_b", 44)
 
     data = requests.get(f"{server.url}/brats/dashboard/data", timeout=60).json()
     assert len(data["models"]) == 1 and data["models"][0]["serving"] and data["models"][0]["dice"]["mean"] is not None
     version = data["models"][0]["id"]
-    assert data["queue"] == {**data["queue"], "unlabelled": 1, "waiting_for_review": 1, "imported_ground_truth": 4}
-    assert [a["user"] for a in data["annotators"]] == ["dr_ann"] and data["annotators"][0]["median_edited_ml"] > 0
+    assert data["queue"] == {**data["queue"], "unlabelled": 1, "waiting_for_review": 1, "imported_ground_truth": 4, "awaiting_adjudication": 1}
+    assert [a["user"] for a in data["annotators"]] == ["dr_a", "dr_ann", "dr_b"] and data["annotators"][1]["median_edited_ml"] > 0
+    assert data["agreement"][0] == {**data["agreement"][0], "readers": "dr_a & dr_b", "studies": 1, "disagreed": 1, "dice_wt": 0.6}
     assert data["prelabel_quality"]["per_version"][0]["version"] == version
     assert [entry["case"] for entry in data["drift"]["out_of_range"]] == [UNLABELLED[1]], data["drift"]
     assert "t1c_median" in [f["feature"] for f in data["drift"]["out_of_range"][0]["out_of_range"]]
@@ -128,7 +137,7 @@ def test_the_dashboard_page_shows_versions_quality_work_drift_and_training(studi
     page = json.loads(run.stdout.strip().splitlines()[-1])
     assert page["errors"] == [] and page["console"] == [], page
     assert page["data"]["queue"] == data["queue"]
-    assert f"{version} (served)" in page["text"] and UNLABELLED[1] in page["text"] and "dr_ann" in page["text"]
+    assert f"{version} (served)" in page["text"] and UNLABELLED[1] in page["text"] and "dr_ann" in page["text"] and "dr_a & dr_b" in page["text"]
     assert all(url.startswith((server.url, "blob:")) for url in page["requests"]), f"nothing fetched from outside the server: {page['requests']}"
     ARTIFACTS.mkdir(exist_ok=True)
     shutil.copyfile(tmp_path / "dashboard.png", ARTIFACTS / "dashboard.png")
