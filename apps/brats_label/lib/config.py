@@ -283,9 +283,9 @@ class TrainSettings:
     # 0.35-0.60 with a region (TC) never switched on in some seeds; 80 reached 0.60-0.87 (bench/first_model.py). On the
     # whole brain an epoch sees every tumour voxel of every study, and costs twice as long.
     max_epochs_from_scratch: int = 40
-    # From scratch. At 5e-3 the first model's held-out Dice spread with the seed (0.77-0.91, 2 of 5 seeds past 0.85:
-    # the validation swung hard mid-run and settled on a plateau that depends on the seed); at 2e-3 4 of 5 passed,
-    # mean 0.870 against 0.836 (bench/first_model.py, results/first_model/lr2e-3.json).
+    # From scratch. At 5e-3 the first model's held-out Dice spread with the seed (0.77-0.91, 5 of 10 seeds past 0.85:
+    # the validation swung hard mid-run and settled on a plateau that depends on the seed); at 2e-3 9 of 10 passed,
+    # mean 0.878 against 0.847, the necrotic core 0.72 against 0.52 (bench/first_model.py, 10 paired seeds).
     learning_rate: float = 2e-3
     # From existing weights: a fresh AdamW moves every weight by about the learning rate in its first
     # steps; at 5e-3 that wrecked a trained model within one epoch (train Dice 0.50 -> 0.03 -> 0).
