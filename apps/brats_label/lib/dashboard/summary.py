@@ -13,7 +13,7 @@ from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 from ..config import DASHBOARD_WEEKS, READING_TAG
 from ..labels.audit import audit_rows
-from ..labels.double_reading import ADJUDICATION, FROM_READINGS, double_read_state, pair_agreement, reader_of
+from ..labels.double_reading import ADJUDICATION, FROM_READINGS, double_read_state, latest_per_reader, pair_agreement
 from ..labels.label_set import LabelSet
 from ..labels.review import APPROVED, CHANGES_REQUESTED, SUBMITTED_STATE
 from ..studies.study_datastore import FINAL, IMPORTED_FROM
@@ -89,11 +89,12 @@ def _current_finals(history: Sequence[Tuple[str, Mapping[str, Any]]]) -> Dict[st
 def awaiting_adjudication(history: Sequence[Tuple[str, Mapping[str, Any]]]) -> int:
     """Studies read twice whose readings disagree and that no reviewer has adjudicated yet."""
     finals = {case for case, record in history if record.get("tag", FINAL) == FINAL}
-    readings: Dict[str, Dict[str, Mapping[str, Any]]] = defaultdict(dict)
+    readings: Dict[str, List[Mapping[str, Any]]] = defaultdict(list)
     for case, record in history:
         if record.get("tag") == READING_TAG:
-            readings[case][reader_of(record)] = record
-    return sum(1 for case, by_reader in readings.items() if case not in finals and double_read_state(by_reader, False) == ADJUDICATION)
+            readings[case].append(record)
+    waiting = [case for case, records in readings.items() if case not in finals and double_read_state(latest_per_reader(records, dict), False) == ADJUDICATION]
+    return len(waiting)
 
 
 def work_queue(history: Sequence[Tuple[str, Mapping[str, Any]]], unlabelled: int, handed_out: int) -> Dict[str, int]:

@@ -18,7 +18,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Sequence
+from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, TypeVar
 
 import numpy as np
 
@@ -55,6 +55,18 @@ def chosen_for_double_reading(case: str, fraction: float) -> bool:
 def reader_of(info: Mapping[str, Any]) -> str:
     """Who made a reading: the signed-in user (the save route sets ``user`` from the token), else the client's name."""
     return str(info.get("user") or info.get("client_id") or ANONYMOUS_READER)
+
+
+Reading = TypeVar("Reading")
+
+
+def latest_per_reader(readings: Iterable[Reading], record_of: Callable[[Reading], Mapping[str, Any]]) -> Dict[str, Reading]:
+    """Each reader's latest reading (oldest first in), the first reader first: a reader's later reading keeps their
+    place, so the second reader stays the one whose reading holds the agreement."""
+    latest: Dict[str, Reading] = {}
+    for reading in readings:
+        latest[reader_of(record_of(reading))] = reading
+    return latest
 
 
 @dataclass(frozen=True)

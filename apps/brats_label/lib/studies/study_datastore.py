@@ -32,6 +32,7 @@ from ..labels.double_reading import (
     chosen_for_double_reading,
     compare_readings,
     double_read_state,
+    latest_per_reader,
     reader_of,
 )
 from ..labels.label_files import SeriesGrid, read_uploaded_label
@@ -348,18 +349,15 @@ class StudyDatastore(Datastore):
 
     def _readings(self, study: str) -> Dict[str, LabelVersion]:
         """The latest reading of each reader, the first reader first."""
-        latest: Dict[str, LabelVersion] = {}
-        for version in self._labels.versions(study, READING_TAG):
-            reader = reader_of(version.record())
-            latest[reader] = version  # a later reading of the same reader keeps the reader's place
-        return latest
+        return latest_per_reader(self._labels.versions(study, READING_TAG), LabelVersion.record)
 
     def _unfinished_readings(self) -> Dict[str, Dict[str, LabelVersion]]:
-        """Readings of every study read twice that has no final label yet."""
+        """Readings of every study read twice that has no final label yet (each study's versions listed once)."""
         unfinished = {}
         for case in self._labels.cases():
-            if not self._labels.versions(case, FINAL):
-                readings = self._readings(case)
+            versions = self._labels.versions(case)
+            if not any(version.tag == FINAL for version in versions):
+                readings = latest_per_reader((version for version in versions if version.tag == READING_TAG), LabelVersion.record)
                 if readings:
                     unfinished[case] = readings
         return unfinished
@@ -427,7 +425,8 @@ class StudyDatastore(Datastore):
         and those whose readings wait for adjudication (a reviewer's work)."""
         closed = set()
         for case, readings in self._unfinished_readings().items():
-            readers = {name for version in readings.values() for name in (version.record().get("user"), version.record().get("client_id")) if name}
+            records = [version.record() for version in readings.values()]
+            readers = {str(record[key]) for record in records for key in ("user", "client_id") if record.get(key)}
             if len(readings) >= 2 or readers & names:
                 closed.add(case)
         return closed
@@ -443,12 +442,14 @@ class StudyDatastore(Datastore):
         study = self.case_id(check_case_id(image_id))
         readings = {reader: version.info() for reader, version in self._readings(study).items()}
         marked = self._double_read_marks.marked().get(study)
+        in_share = chosen_for_double_reading(study, self._double_read.fraction)
+        double_read = bool(marked) or in_share or bool(readings)
         return {
             "case": study,
-            "double_read": self.is_double_read(study) or bool(readings),
-            "chosen": "marked by an admin" if marked else ("in the share read twice" if chosen_for_double_reading(study, self._double_read.fraction) else None),
+            "double_read": double_read,
+            "chosen": "marked by an admin" if marked else ("in the share read twice" if in_share else None),
             "marked": marked,
-            "state": double_read_state(readings, bool(self._labels.versions(study, FINAL))) if readings or self.is_double_read(study) else None,
+            "state": double_read_state(readings, bool(self._labels.versions(study, FINAL))) if double_read else None,
             "readings": [
                 {"index": index, "reader": reader, "saved_at": info.get("saved_at"), "voxels": info.get("voxels"), "agreement": info.get("agreement")}
                 for index, (reader, info) in enumerate(readings.items())
