@@ -73,19 +73,40 @@ def trained_weights(studies_2mm, tmp_path_factory):
 def server_factory(tmp_path_factory) -> Iterator:
     started = []
 
-    def start(studies, env: Optional[dict] = None, headers: Optional[dict] = None, **conf) -> Server:
+    def start(studies, env: Optional[dict] = None, headers: Optional[dict] = None, port: Optional[int] = None, **conf) -> Server:
+        """``port``: a free one if not given (a test whose OpenID provider must know the server's address first)."""
         log = tmp_path_factory.mktemp("server_logs") / "server.log"
         # studies are not opened on arrival unless a test asks (test_preparation.py): a server opening every study while
         # idle would compete with what each test measures, and change which studies a test finds never fetched.
         # Scoring makes 2 passes per study, not 8: it runs whenever a model is served, beside whatever the test does
         # (its ranking under a real model is tested in test_activelearning.py with the app's defaults)
-        server = Server(studies, {"profile": "cpu", "prepare_on_arrival": "false", "scoring_samples": 2, **conf}, log, env, headers)
+        server = Server(studies, {"profile": "cpu", "prepare_on_arrival": "false", "scoring_samples": 2, **conf}, log, env, headers, port=port)
         started.append(server)
         return server
 
     yield start
     for server in started:
         server.stop()
+
+
+def put_final_label(server, study: str, label, affine, folder: Path, params: dict, headers: Optional[dict] = None):
+    """``PUT /datastore/label`` of a label map (NIfTI) as the study's final label, as Slicer sends it; the answer."""
+    import json
+
+    import nibabel as nib
+    import requests
+
+    path = folder / f"{study}.nii.gz"
+    nib.save(nib.Nifti1Image(label, affine), str(path))
+    with open(path, "rb") as f:
+        return requests.put(
+            f"{server.url}/datastore/label",
+            params={"image": study, "tag": "final"},
+            data={"params": json.dumps(params)},
+            files={"label": ("label.nii.gz", f)},
+            headers=headers,
+            timeout=60,
+        )
 
 
 def dciodvfy_errors(path: Path) -> list:

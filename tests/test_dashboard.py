@@ -16,7 +16,7 @@ import requests
 from lib.config import BRATS_2023
 from lib.dashboard.drift import input_drift
 from lib.dashboard.summary import dashboard_data
-from tests.conftest import ARTIFACTS, REPO
+from tests.conftest import ARTIFACTS, REPO, put_final_label
 
 BROWSER_DIR = REPO / "tests" / "browser"
 UNLABELLED = ["BraTS-GLI-00004-000", "BraTS-GLI-00005-000"]  # the 2 mm sample labels its first four
@@ -101,16 +101,7 @@ def test_the_dashboard_page_shows_versions_quality_work_drift_and_training(studi
         reference = nib.load(str(studies / case / f"{case}-t1c.nii.gz"))
         drawn = np.zeros(reference.shape, np.uint8)
         drawn[first_row : first_row + 10, 40:50, 30:36] = 2
-        path = tmp_path / "label.nii.gz"
-        nib.save(nib.Nifti1Image(drawn, reference.affine), str(path))
-        with open(path, "rb") as f:
-            saved = requests.put(
-                f"{server.url}/datastore/label",
-                params={"image": case, "tag": "final"},
-                data={"params": json.dumps({"user": user})},
-                files={"label": ("l.nii.gz", f)},
-                timeout=60,
-            )
+        saved = put_final_label(server, case, drawn, reference.affine, tmp_path, {"user": user})
         assert saved.status_code == 200, saved.text
 
     save(UNLABELLED[0], "dr_ann", 40)

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import gzip
 import io
-import json
 import shutil
 import sys
 import zipfile
@@ -17,6 +16,7 @@ import numpy as np
 import pytest
 import requests
 
+from tests.conftest import put_final_label
 from tests.oidc_issuer import LocalIssuer
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "apps" / "brats_label"))
@@ -64,17 +64,7 @@ def _label(server, study: str, box: tuple) -> tuple:
 
 
 def _save(server, study: str, label: np.ndarray, affine: np.ndarray, headers: dict, tmp_path: Path) -> requests.Response:
-    path = tmp_path / f"{study}.nii.gz"
-    nib.save(nib.Nifti1Image(label, affine), str(path))
-    with open(path, "rb") as f:
-        return requests.put(
-            f"{server.url}/datastore/label",
-            params={"image": study, "tag": "final"},
-            data={"params": json.dumps({"client_id": "ohif"})},
-            files={"label": ("label.nii.gz", f)},
-            headers=headers,
-            timeout=60,
-        )
+    return put_final_label(server, study, label, affine, tmp_path, {"client_id": "ohif"}, headers)
 
 
 @pytest.mark.server

@@ -244,11 +244,10 @@ ACCESS_TOKEN_TTL_S = 90  # oidc-client-ts renews 60 s before expiry: the renewal
 
 
 @pytest.fixture(scope="module")
-def sign_in_server(orthanc, server, tmp_path_factory):
+def sign_in_server(orthanc, server, server_factory, tmp_path_factory):
     """A server with authentication on whose OHIF signs in with an OpenID provider (oidc-provider from npm, with a
     login page) by the code flow with PKCE; the provider knows the server's address, so both ports are chosen first."""
     from scripts.local_orthanc import free_port
-    from scripts.local_server import LocalServer
 
     provider_dir = REPO / "tests" / "oidc"
     assert (provider_dir / "node_modules" / "oidc-provider").is_dir(), "run: npm install --prefix tests/oidc"
@@ -265,9 +264,6 @@ def sign_in_server(orthanc, server, tmp_path_factory):
     weights = tmp_path_factory.mktemp("sign_in_weights") / "untrained.pt"
     torch.save(build_network(PROFILES["cpu"]).state_dict(), weights)
     conf = {
-        "profile": "cpu",
-        "prepare_on_arrival": "false",
-        "scoring_samples": 2,
         "workspace": tmp_path_factory.mktemp("sign_in_workspace"),
         "pretrained_weights": weights,
         "dicomweb_refresh_s": 0,
@@ -283,12 +279,11 @@ def sign_in_server(orthanc, server, tmp_path_factory):
     # two studies of its own, unlabelled: the module's other tests have labelled the archive's first ones, and Next
     # Sample needs a study to hand out
     import_studies(make_studies(tmp_path_factory.mktemp("sign_in_studies"), cases=2, labelled=0, seed=43), orthanc.archive(), progress=False)
-    started = LocalServer(orthanc.dicomweb, conf, tmp_path_factory.mktemp("sign_in_logs") / "server.log", env, admin, port=server_port)
+    started = server_factory(orthanc.dicomweb, env=env, headers=admin, port=server_port, **conf)
     listing = requests.get(f"{started.url}/datastore/?output=all", headers=admin, timeout=60).json()["objects"]
     unlabelled = sorted(study for study, entry in listing.items() if not entry["labels"])
     assert len(unlabelled) >= 2, listing.keys()
     yield started, issuer, unlabelled[0]
-    started.stop()
     provider.terminate()
     provider.wait(20)
 

@@ -6,7 +6,6 @@ audit, timeline, training)."""
 from __future__ import annotations
 
 import dataclasses
-import json
 from pathlib import Path
 
 import nibabel as nib
@@ -23,7 +22,7 @@ from lib.model.network import build_network, with_outputs_of
 from lib.model.transforms import region_volumes_ml
 from synthetic.__main__ import main as generate
 from synthetic.post_treatment import ENHANCING_TISSUE, RESECTION_CAVITY, SURROUNDING_FLAIR, generate_post_treatment
-from tests.conftest import dciodvfy_errors
+from tests.conftest import dciodvfy_errors, put_final_label
 
 POST = BRATS_2024_POST
 SEED = "post-treatment-test"
@@ -127,24 +126,13 @@ def test_a_server_on_the_post_treatment_set_segments_saves_audits_trains_and_fol
     drawn = np.zeros(reference.shape, np.uint8)
     drawn[30:40, 40:50, 30:38] = RESECTION_CAVITY
     drawn[30:40, 40:50, 38:40] = ENHANCING_TISSUE
-    path = tmp_path / "label.nii.gz"
-    nib.save(nib.Nifti1Image(drawn, reference.affine), str(path))
-    with open(path, "rb") as f:
-        saved = requests.put(
-            f"{server.url}/datastore/label",
-            params={"image": unlabelled, "tag": "final"},
-            data={"params": json.dumps({"user": "dr_post"})},
-            files={"label": ("label.nii.gz", f)},
-            timeout=60,
-        )
+    saved = put_final_label(server, unlabelled, drawn, reference.affine, tmp_path, {"user": "dr_post"})
     assert saved.status_code == 200, saved.text
     audit = [row for row in requests.get(f"{server.url}/brats/audit", timeout=60).json() if row["case"] == unlabelled]
     assert audit and audit[-1]["voxels_resection_cavity"] == 800 and "dice_rc" in audit[-1], "the audit scores the cavity too"
     wrong = drawn.copy()
     wrong[0, 0, 0] = 5
-    nib.save(nib.Nifti1Image(wrong, reference.affine), str(path))
-    with open(path, "rb") as f:
-        refused = requests.put(f"{server.url}/datastore/label", params={"image": unlabelled, "tag": "final"}, files={"label": ("label.nii.gz", f)}, timeout=60)
+    refused = put_final_label(server, unlabelled, wrong, reference.affine, tmp_path, {})
     assert refused.status_code == 422 and "resection cavity" in refused.text, "the error names the set's labels"
 
     timeline = requests.get(f"{server.url}/brats/timeline/BraTS-GLI-00000-002", timeout=120).json()

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import requests
 
+from tests.conftest import put_final_label
 from tests.oidc_issuer import LocalIssuer
 
 pytestmark = pytest.mark.server
@@ -42,17 +43,7 @@ def _save(server, study: str, user: str, headers: dict, tmp_path: Path, value: i
     reference = nib.load(str(server.studies / study / f"{study}-t1c.nii.gz"))
     label = np.zeros(reference.shape, np.uint8)
     label[40:50, 40:50, 30:36] = value
-    path = tmp_path / f"{study}.nii.gz"
-    nib.save(nib.Nifti1Image(label, reference.affine), str(path))
-    with open(path, "rb") as f:
-        answer = requests.put(
-            f"{server.url}/datastore/label",
-            params={"image": study, "tag": "final"},
-            data={"params": json.dumps({"user": user, "client_id": "slicer"})},
-            files={"label": ("label.nii.gz", f)},
-            headers=headers,
-            timeout=60,
-        )
+    answer = put_final_label(server, study, label, reference.affine, tmp_path, {"user": user, "client_id": "slicer"}, headers)
     assert answer.status_code == 200, answer.text
 
 
