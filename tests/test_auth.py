@@ -18,6 +18,7 @@ import requests
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from lib.endpoints.routes import ROUTE_ROLES, Disabled
+from tests.conftest import put_final_label
 from tests.oidc_issuer import LocalIssuer
 
 pytestmark = pytest.mark.server
@@ -55,17 +56,7 @@ def _put_label(server, tmp_path, headers: dict, params: dict) -> requests.Respon
     reference = nib.load(str(server.studies / STUDY / f"{STUDY}-t1c.nii.gz"))
     label = np.zeros(reference.shape, np.uint8)
     label[40:50, 40:50, 30:36] = 2
-    path = tmp_path / "label.nii.gz"
-    nib.save(nib.Nifti1Image(label, reference.affine), str(path))
-    with open(path, "rb") as f:
-        return requests.put(
-            f"{server.url}/datastore/label",
-            params={"image": STUDY, "tag": "final"},
-            data={"params": json.dumps(params)},
-            files={"label": ("label.nii.gz", f)},
-            headers=headers,
-            timeout=60,
-        )
+    return put_final_label(server, STUDY, label, reference.affine, tmp_path, params, headers)
 
 
 def _final_label_info(server) -> dict:
