@@ -1,10 +1,22 @@
 """The follow-up pre-label against the segmentation model alone, on follow-up studies whose truth is known.
 
     .venv/bin/python bench/follow_up.py --weights model.pt [--patients 8] [--seed 4000] [--change-sd 0.5 1.0 1.5]
+    .venv/bin/python bench/follow_up.py --weights post_model.pt --surgery ...   (surgery between the two studies)
+    .venv/bin/python bench/follow_up.py --weights post_model.pt --labels brats2024_post ...   (two post-operative)
 
-Each synthetic patient (``python -m synthetic --follow-ups 1``) has a baseline study with its label (what an expert
-saved) and a follow-up three months later: the tumour grown or shrunk, the head repositioned, the images acquired
-anew. On each follow-up three answers are scored against its truth (BraTS Dice per region, and per label), and the
+Each synthetic patient has a baseline study with its label (what an expert saved) and a follow-up study, whose truth
+is known; three kinds of pairs:
+
+- pre-operative (the default; ``python -m synthetic --follow-ups 1``): the follow-up three months later, the tumour
+  grown or shrunk, the head repositioned, the images acquired anew;
+- ``--surgery``: the baseline before the operation and the follow-up after it (``synthetic/post_treatment.py``
+  visit 2: a resection cavity where the core was, an enhancing rim, less edema, the head repositioned), scored in
+  BraTS 2024's post-treatment set (a pre-operative label's values 1, 2, 3 are that set's NETC, SNFH, ET), with a
+  model of that set (``bench/first_model.py --labels brats2024_post`` makes one);
+- ``--labels brats2024_post``: two post-operative scans (visits 1 and 2), the residual tumour and FLAIR
+  hyperintensity grown or shrunk, the cavity filling.
+
+On each follow-up three answers are scored against its truth (BraTS Dice per region, and per label), and the
 volume change each measures (answer on the follow-up minus the baseline's label) against the true change, per label
 and region, in mL and in per cent of the baseline's volume; the WT Dice is also given over the studies whose whole
 tumour changed by at most ``SMALL_CHANGE`` (the issue's target: carried-over and merged labels at 0.90 or more and
@@ -37,27 +49,71 @@ import numpy as np  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 from bench.evaluate import items_of  # noqa: E402
-from lib.config import BRATS_2023, PROFILES, FollowUpSettings  # noqa: E402
+from lib.config import DEFAULT_LABEL_SET, LABEL_SETS, PROFILES, FollowUpSettings  # noqa: E402
 from lib.followup.prior_label import PriorStudy, carry_prior, merge_with_prior  # noqa: E402
 from lib.infers.segmentation import BratsSegmentation  # noqa: E402
+from lib.labels.label_set import LabelSet  # noqa: E402
 from lib.model.brats_metrics import brats_scores, label_dice, region_masks  # noqa: E402
 from synthetic.__main__ import main as generate  # noqa: E402
 from synthetic.follow_up import follow_up_name  # noqa: E402
+from synthetic.layouts import write_study  # noqa: E402
+from synthetic.post_treatment import generate_post_treatment  # noqa: E402
+from synthetic.study import generate_study  # noqa: E402
 
 
-def scores(prediction: np.ndarray, truth: np.ndarray, spacing) -> dict:
-    regions = brats_scores(prediction, truth, spacing, BRATS_2023)
-    out = {region: regions[region]["dice"] for region in ("et", "tc", "wt")}
+def scores(prediction: np.ndarray, truth: np.ndarray, spacing, label_set: LabelSet) -> dict:
+    regions = brats_scores(prediction, truth, spacing, label_set)
+    out = {region: regions[region]["dice"] for region in region_names(label_set)}
     out["mean"] = round(float(np.mean(list(out.values()))), 4)
-    out.update(label_dice(region_masks(prediction, BRATS_2023), region_masks(truth, BRATS_2023), BRATS_2023))
+    out.update(label_dice(region_masks(prediction, label_set), region_masks(truth, label_set), label_set))
     return out
+
+
+def region_names(label_set: LabelSet) -> list:
+    return [region.name.lower() for region in label_set.regions]
 
 
 SMALL_CHANGE = 0.20  # a whole tumour whose volume changed by at most this fraction
 
 
-def volumes(label: np.ndarray, spacing) -> dict:
-    return BRATS_2023.volumes_ml(label, float(np.prod(spacing)) / 1000.0)
+def volumes(label: np.ndarray, spacing, label_set: LabelSet) -> dict:
+    return label_set.volumes_ml(label, float(np.prod(spacing)) / 1000.0)
+
+
+def visits(args: argparse.Namespace) -> tuple:
+    """The (baseline, follow-up) visit numbers of each patient's pair, as the generator names them."""
+    if args.surgery:
+        return 0, 2  # before the operation; the second post-operative scan (repositioned, as follow-ups are)
+    return (1, 2) if args.labels != DEFAULT_LABEL_SET else (0, 1)
+
+
+def generate_pairs(args: argparse.Namespace, studies: Path, truth_dir: Path) -> None:
+    """Each patient's baseline (labelled) and follow-up (its truth to ``truth_dir``) in ``studies``."""
+    if not args.surgery:
+        post = ["--post-treatment"] if args.labels != DEFAULT_LABEL_SET else []
+        generate(
+            [
+                "--out",
+                str(studies),
+                "--cases",
+                str(args.patients),
+                "--follow-ups",
+                "1",
+                "--seed",
+                str(args.seed),
+                "--spacing",
+                str(args.spacing),
+                "--ground-truth",
+                str(truth_dir),
+                *post,
+            ]
+        )
+        return
+    truth_dir.mkdir(parents=True, exist_ok=True)
+    before, after = visits(args)
+    for index in tqdm(range(args.patients), desc="surgery pairs"):
+        write_study(generate_study(args.seed, index, args.spacing, case_id=follow_up_name(index, before)), studies, "brats2023", True)
+        write_study(generate_post_treatment(args.seed, index, after, args.spacing), studies, "brats2023", False, truth_dir)
 
 
 def main() -> int:
@@ -69,24 +125,28 @@ def main() -> int:
     parser.add_argument("--change-sd", type=float, nargs="*", default=[FollowUpSettings().change_sd])
     parser.add_argument("--work", type=Path, default=None, help="keep the generated studies here (reused when present)")
     parser.add_argument("--name", default="follow_up")
+    parser.add_argument("--labels", choices=sorted(LABEL_SETS), default=DEFAULT_LABEL_SET, help="brats2024_post: two post-operative scans")
+    parser.add_argument("--surgery", action="store_true", help="a pre-operative baseline, a post-operative follow-up (brats2024_post)")
     args = parser.parse_args()
+    if args.surgery:
+        args.labels = "brats2024_post"  # the follow-up has a cavity: only the post-treatment set can say so
+    label_set = LABEL_SETS[args.labels]
     work = args.work or Path(tempfile.mkdtemp(prefix="follow_up_"))
     studies, truth_dir = work / "studies", work / "truth"
     if not studies.is_dir():
-        generate(
-            ["--out", str(studies), "--cases", str(args.patients), "--follow-ups", "1", "--seed", str(args.seed), "--spacing", str(args.spacing), "--ground-truth", str(truth_dir)]
-        )
+        generate_pairs(args, studies, truth_dir)
     # the follow-ups' truth beside them, so that items_of stacks every study with its label
     for path in truth_dir.glob("*-seg.nii.gz"):
         target = studies / path.name.removesuffix("-seg.nii.gz") / path.name
         if not target.exists():
             target.write_bytes(path.read_bytes())
-    task = BratsSegmentation(PROFILES["cpu"], args.weights, None)
+    task = BratsSegmentation(dataclasses.replace(PROFILES["cpu"], label_set=label_set), args.weights, None)
+    before_visit, after_visit = visits(args)
     rows = []
     with tempfile.TemporaryDirectory() as scratch:
-        items = {item["id"]: item for item in items_of(studies, Path(scratch))}
+        items = {item["id"]: item for item in items_of(studies, Path(scratch), label_set)}
         for index in tqdm(range(args.patients), desc="patients"):
-            baseline, follow_up = items[follow_up_name(index, 0)], items[follow_up_name(index, 1)]
+            baseline, follow_up = items[follow_up_name(index, before_visit)], items[follow_up_name(index, after_visit)]
             current = nib.load(follow_up["image"])
             truth_image = nib.load(follow_up["label"])
             truth = np.asarray(truth_image.dataobj, dtype=np.uint8)
@@ -97,8 +157,8 @@ def main() -> int:
             model = np.asarray(nib.load(label_file).dataobj, dtype=np.uint8)
             prior = PriorStudy(baseline["id"], "", Path(baseline["image"]), Path(baseline["label"]), "")
             baseline_label = np.asarray(nib.load(baseline["label"]).dataobj, dtype=np.uint8)
-            before, after = volumes(baseline_label, nib.load(baseline["label"]).header.get_zooms()[:3]), volumes(truth, spacing)
-            row = {"study": follow_up["id"], "model": scores(model, truth, spacing), "model_s": round(model_s, 2)}
+            before, after = volumes(baseline_label, nib.load(baseline["label"]).header.get_zooms()[:3], label_set), volumes(truth, spacing, label_set)
+            row = {"study": follow_up["id"], "model": scores(model, truth, spacing, label_set), "model_s": round(model_s, 2)}
             row["true_change_ml"] = {k: round(after[k] - before[k], 3) for k in after}
             row["baseline_ml"] = before
             row["wt_change"] = round((after["WT"] - before["WT"]) / before["WT"], 4) if before["WT"] > 0 else None
@@ -107,21 +167,21 @@ def main() -> int:
                 started = time.monotonic()
                 carried, changed, reach, record = carry_prior(current, prior, dataclasses.replace(FollowUpSettings(), change_sd=change_sd))
                 merged = merge_with_prior(model, carried, changed, reach)
-                row.setdefault("prior", scores(carried, truth, spacing))
+                row.setdefault("prior", scores(carried, truth, spacing, label_set))
                 measured.setdefault("prior", carried)
                 measured[f"follow_up@{change_sd:g}"] = merged
                 row.setdefault("registration", record["registration"])
                 row[f"follow_up@{change_sd:g}"] = {
-                    **scores(merged, truth, spacing),
+                    **scores(merged, truth, spacing, label_set),
                     "changed_share": round(float(changed.mean()), 4),
                     "seconds": round(time.monotonic() - started, 2),
                 }
             for answer, label in measured.items():  # the volume change each answer measures, against the true change
-                got = volumes(label, spacing)
+                got = volumes(label, spacing, label_set)
                 row[answer]["change_error_ml"] = {k: round((got[k] - before[k]) - row["true_change_ml"][k], 3) for k in got}
             rows.append(row)
     answers = ["model", "prior", *(f"follow_up@{c:g}" for c in args.change_sd)]
-    keys = ["mean", "wt", "tc", "et", "necrotic_core", "edema", "enhancing_tumour"]
+    keys = ["mean", *region_names(label_set), *label_set.foreground]
     summary = {answer: {key: round(float(np.mean([row[answer][key] for row in rows])), 4) for key in keys} for answer in answers}
     small = [row for row in rows if row["wt_change"] is not None and abs(row["wt_change"]) <= SMALL_CHANGE]
     for answer in answers:
@@ -136,10 +196,12 @@ def main() -> int:
         summary[answer]["against_model"] = {"mean_difference": round(float(differences.mean()), 4), "better_on": int((differences > 0).sum()), "of": len(rows)}
     out = REPO / "bench" / "results" / "follow_up"
     out.mkdir(parents=True, exist_ok=True)
-    record = {"weights": str(args.weights), "patients": args.patients, "seed": args.seed, "spacing_mm": args.spacing, "summary": summary, "studies": rows}
+    pairs = "surgery between the two" if args.surgery else ("two post-operative scans" if args.labels != DEFAULT_LABEL_SET else "pre-operative")
+    record = {"weights": str(args.weights), "pairs": pairs, "labels": args.labels, "patients": args.patients, "seed": args.seed, "spacing_mm": args.spacing}
+    record.update({"summary": summary, "studies": rows})
     (out / f"{args.name}.json").write_text(json.dumps(record, indent=2) + "\n")
-    print(f"\n{args.patients} follow-up studies (seed {args.seed}); mean Dice")
-    print(f"{'answer':18}" + "".join(f"{k:>16}" for k in keys))
+    print(f"\n{args.patients} follow-up studies (seed {args.seed}, {pairs}); mean Dice")
+    print(f"{'answer':18}" + "".join(f"{k[:14]:>16}" for k in keys))
     for answer in answers:
         print(
             f"{answer:18}"
@@ -150,7 +212,7 @@ def main() -> int:
     print("volume change error, mean |measured - true| in mL (and in % of the baseline's volume):")
     for answer in answers:
         error, share = summary[answer]["volume_change_error_ml"], summary[answer]["volume_change_error_of_baseline"]
-        print(f"{answer:18}" + "".join(f"  {k} {error[k]:.2f} ({100 * share.get(k, float('nan')):.1f} %)" for k in ("WT", "TC", "enhancing_tumour")))
+        print(f"{answer:18}" + "".join(f"  {k} {error[k]:.2f} ({100 * share.get(k, float('nan')):.1f} %)" for k in label_set.volume_names()))
     print(f"\n{out / (args.name + '.json')}")
     return 0
 
