@@ -25,7 +25,10 @@ above the model's):
 - ``model``: the segmentation model's auto-segmentation (the served infer task, on the study's grid);
 - ``prior``: the baseline's label registered onto the follow-up, nothing else;
 - ``follow_up``: the rule of ``lib/followup/prior_label.py`` (the prior where the images did not change, the model
-  where they did), for each ``--change-sd``.
+  where they did), for each ``--change-sd``;
+- with ``--deformable 0 1``, the prior and the rule with a deformable stage after the rigid one (``+deformable``);
+  ``--brain-shift MM`` settles each follow-up's brain towards its lesion by up to MM (``synthetic/brain_shift.py``),
+  as after surgery.
 
 Writes ``bench/results/follow_up/<name>.json`` (per study and means, paired differences against the model) and
 prints a table. Choose ``change_sd`` on one seed's patients and report it on another's.
@@ -54,8 +57,8 @@ from lib.followup.prior_label import PriorStudy, carry_prior, merge_with_prior  
 from lib.infers.segmentation import BratsSegmentation  # noqa: E402
 from lib.labels.label_set import LabelSet  # noqa: E402
 from lib.model.brats_metrics import brats_scores, label_dice, region_masks  # noqa: E402
-from synthetic.__main__ import main as generate  # noqa: E402
-from synthetic.follow_up import follow_up_name  # noqa: E402
+from synthetic.brain_shift import shift_towards_lesion  # noqa: E402
+from synthetic.follow_up import follow_up_name, generate_follow_up, patients_table  # noqa: E402
 from synthetic.layouts import write_study  # noqa: E402
 from synthetic.post_treatment import generate_post_treatment  # noqa: E402
 from synthetic.study import generate_study  # noqa: E402
@@ -88,32 +91,23 @@ def visits(args: argparse.Namespace) -> tuple:
 
 
 def generate_pairs(args: argparse.Namespace, studies: Path, truth_dir: Path) -> None:
-    """Each patient's baseline (labelled) and follow-up (its truth to ``truth_dir``) in ``studies``."""
-    if not args.surgery:
-        post = ["--post-treatment"] if args.labels != DEFAULT_LABEL_SET else []
-        generate(
-            [
-                "--out",
-                str(studies),
-                "--cases",
-                str(args.patients),
-                "--follow-ups",
-                "1",
-                "--seed",
-                str(args.seed),
-                "--spacing",
-                str(args.spacing),
-                "--ground-truth",
-                str(truth_dir),
-                *post,
-            ]
-        )
-        return
+    """Each patient's baseline (labelled) in ``studies`` and follow-up there too, its truth in ``truth_dir``; with
+    ``--brain-shift``, the follow-up's brain settled towards its lesion (``synthetic/brain_shift.py``)."""
     truth_dir.mkdir(parents=True, exist_ok=True)
     before, after = visits(args)
-    for index in tqdm(range(args.patients), desc="surgery pairs"):
-        write_study(generate_study(args.seed, index, args.spacing, case_id=follow_up_name(index, before)), studies, "brats2023", True)
-        write_study(generate_post_treatment(args.seed, index, after, args.spacing), studies, "brats2023", False, truth_dir)
+    for index in tqdm(range(args.patients), desc="pairs"):
+        if args.surgery:
+            baseline, follow_up = (
+                generate_study(args.seed, index, args.spacing, case_id=follow_up_name(index, before)),
+                generate_post_treatment(args.seed, index, after, args.spacing),
+            )
+        elif args.labels != DEFAULT_LABEL_SET:
+            baseline, follow_up = generate_post_treatment(args.seed, index, before, args.spacing), generate_post_treatment(args.seed, index, after, args.spacing)
+        else:
+            baseline, follow_up = generate_follow_up(args.seed, index, before, args.spacing), generate_follow_up(args.seed, index, after, args.spacing)
+        write_study(baseline, studies, "brats2023", True)
+        write_study(shift_towards_lesion(follow_up, args.brain_shift), studies, "brats2023", False, truth_dir)
+    (studies / "patients.csv").write_text(patients_table([(index, visit) for index in range(args.patients) for visit in (before, after)]))
 
 
 def main() -> int:
@@ -127,6 +121,8 @@ def main() -> int:
     parser.add_argument("--name", default="follow_up")
     parser.add_argument("--labels", choices=sorted(LABEL_SETS), default=DEFAULT_LABEL_SET, help="brats2024_post: two post-operative scans")
     parser.add_argument("--surgery", action="store_true", help="a pre-operative baseline, a post-operative follow-up (brats2024_post)")
+    parser.add_argument("--brain-shift", type=float, default=0.0, help="the follow-up's brain settled towards its lesion by up to this many mm")
+    parser.add_argument("--deformable", type=int, nargs="*", default=[int(FollowUpSettings().deformable)], help="1: a deformable stage after the rigid one; 0: rigid only")
     args = parser.parse_args()
     if args.surgery:
         args.labels = "brats2024_post"  # the follow-up has a cavity: only the post-treatment set can say so
@@ -163,24 +159,29 @@ def main() -> int:
             row["baseline_ml"] = before
             row["wt_change"] = round((after["WT"] - before["WT"]) / before["WT"], 4) if before["WT"] > 0 else None
             measured = {"model": model}
-            for change_sd in args.change_sd:
-                started = time.monotonic()
-                carried, changed, reach, record = carry_prior(current, prior, dataclasses.replace(FollowUpSettings(), change_sd=change_sd))
-                merged = merge_with_prior(model, carried, changed, reach)
-                row.setdefault("prior", scores(carried, truth, spacing, label_set))
-                measured.setdefault("prior", carried)
-                measured[f"follow_up@{change_sd:g}"] = merged
-                row.setdefault("registration", record["registration"])
-                row[f"follow_up@{change_sd:g}"] = {
-                    **scores(merged, truth, spacing, label_set),
-                    "changed_share": round(float(changed.mean()), 4),
-                    "seconds": round(time.monotonic() - started, 2),
-                }
+            for deformable in args.deformable:
+                suffix = "+deformable" if deformable else ""
+                for change_sd in args.change_sd:
+                    started = time.monotonic()
+                    settings = dataclasses.replace(FollowUpSettings(), change_sd=change_sd, deformable=bool(deformable))
+                    carried, changed, reach, record = carry_prior(current, prior, settings)
+                    merged = merge_with_prior(model, carried, changed, reach)
+                    row.setdefault(f"prior{suffix}", scores(carried, truth, spacing, label_set))
+                    measured.setdefault(f"prior{suffix}", carried)
+                    measured[f"follow_up@{change_sd:g}{suffix}"] = merged
+                    row.setdefault(f"registration{suffix}", record["registration"])
+                    row[f"follow_up@{change_sd:g}{suffix}"] = {
+                        **scores(merged, truth, spacing, label_set),
+                        "changed_share": round(float(changed.mean()), 4),
+                        "seconds": round(time.monotonic() - started, 2),
+                    }
             for answer, label in measured.items():  # the volume change each answer measures, against the true change
                 got = volumes(label, spacing, label_set)
                 row[answer]["change_error_ml"] = {k: round((got[k] - before[k]) - row["true_change_ml"][k], 3) for k in got}
             rows.append(row)
-    answers = ["model", "prior", *(f"follow_up@{c:g}" for c in args.change_sd)]
+    suffixes = ["+deformable" if deformable else "" for deformable in args.deformable]
+    priors = [f"prior{suffix}" for suffix in suffixes]
+    answers = ["model", *priors, *(f"follow_up@{c:g}{suffix}" for suffix in suffixes for c in args.change_sd)]
     keys = ["mean", *region_names(label_set), *label_set.foreground]
     summary = {answer: {key: round(float(np.mean([row[answer][key] for row in rows])), 4) for key in keys} for answer in answers}
     small = [row for row in rows if row["wt_change"] is not None and abs(row["wt_change"]) <= SMALL_CHANGE]
@@ -191,13 +192,14 @@ def main() -> int:
         summary[answer]["volume_change_error_of_baseline"] = {k: round(float(np.mean(v)), 4) for k, v in relative.items() if v}
         summary[answer]["wt_dice_small_change"] = round(float(np.mean([row[answer]["wt"] for row in small])), 4) if small else None
     summary["small_change_studies"] = len(small)
-    for answer in answers[2:]:
+    for answer in answers[1 + len(priors) :]:
         differences = np.array([row[answer]["mean"] - row["model"]["mean"] for row in rows])
         summary[answer]["against_model"] = {"mean_difference": round(float(differences.mean()), 4), "better_on": int((differences > 0).sum()), "of": len(rows)}
     out = REPO / "bench" / "results" / "follow_up"
     out.mkdir(parents=True, exist_ok=True)
     pairs = "surgery between the two" if args.surgery else ("two post-operative scans" if args.labels != DEFAULT_LABEL_SET else "pre-operative")
     record = {"weights": str(args.weights), "pairs": pairs, "labels": args.labels, "patients": args.patients, "seed": args.seed, "spacing_mm": args.spacing}
+    record["brain_shift_mm"] = args.brain_shift
     record.update({"summary": summary, "studies": rows})
     (out / f"{args.name}.json").write_text(json.dumps(record, indent=2) + "\n")
     print(f"\n{args.patients} follow-up studies (seed {args.seed}, {pairs}); mean Dice")

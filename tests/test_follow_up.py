@@ -4,6 +4,7 @@ is told why; the audit says which earlier study a pre-label came from."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -145,3 +146,26 @@ def test_an_earlier_study_that_cannot_be_opened_leaves_the_follow_up_to_the_mode
     datastore = StudyFolderDatastore(broken, tmp_path / "workspace")
     prior, why = earlier_final_label(datastore, FOLLOW_UP)
     assert prior is None and BASELINE in why and "cannot be opened" in why, why
+
+
+def test_a_deformable_stage_carries_the_earlier_label_onto_a_brain_that_settled(tmp_path):
+    """The same tumour scanned again with the brain settled 5 mm towards the lesion (as after surgery): the rigid stage
+    alone leaves the label off by the shift; the deformable stage follows it, and its record says how far it moved the
+    brain."""
+    from synthetic.brain_shift import shift_towards_lesion
+    from synthetic.follow_up import generate_follow_up
+    from synthetic.layouts import write_study
+
+    folder = tmp_path / "studies"
+    baseline = generate_follow_up(62, 0, 0, spacing_mm=2.0)
+    settled = shift_towards_lesion(dataclasses.replace(baseline, case_id=FOLLOW_UP), 5.0)
+    write_study(baseline, folder, "brats2023", True)
+    write_study(settled, folder, "brats2023", False, tmp_path / "truth")
+    current = answer_input(folder, tmp_path, FOLLOW_UP)
+    prior = PriorStudy(BASELINE, "2024-01-08", _stacked(folder, tmp_path, BASELINE), Path(_source(folder, BASELINE).ground_truth), "")
+    truth = _truth(folder, FOLLOW_UP)
+    rigid, *_ = carry_prior(current, prior, FollowUpSettings())
+    deformed, _, _, record = carry_prior(current, prior, dataclasses.replace(FollowUpSettings(), deformable=True))
+    dice = {name: brats_scores(label, truth, (2.0, 2.0, 2.0), BRATS_2023)["wt"]["dice"] for name, label in (("rigid", rigid), ("deformable", deformed))}
+    assert dice["deformable"] > dice["rigid"] + 0.1 and dice["deformable"] > 0.8, dice
+    assert "demons" in record["registration"]["method"] and 3.0 < record["registration"]["largest_deformation_mm"] < 8.0, record

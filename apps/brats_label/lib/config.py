@@ -459,6 +459,13 @@ class FollowUpSettings:
     # on 5 of 8) where 1.0 lost 0.014 and 2.0 0.111: a lower threshold leaves more to the model.
     change_sd: float = 0.5
     change_smoothing_mm: float = 2.0
+    # A deformable stage after the rigid one (demons on T1, the two studies at ``deformable_spacing_mm``, the field
+    # smoothed by ``deformable_smoothing_mm``): the brain settles into the space a resected or shrunk tumour left, which
+    # no rigid transform follows. Off: rigid only.
+    deformable: bool = False
+    deformable_iterations: int = 50
+    deformable_smoothing_mm: float = 1.5
+    deformable_spacing_mm: float = 2.0
 
 
 # --- the application configuration -------------------------------------------------------------------

@@ -4,7 +4,8 @@ An expert already drew the tumour on the earlier study; on the follow-up most of
 is the work a follow-up pre-label saves. The rule, per voxel of the follow-up:
 
 1. The earlier study is registered onto this one (rigid, 6 degrees of freedom, mutual information on T1, both
-   brain-extracted, started from their centres of mass) and its final label carried over (nearest neighbour).
+   brain-extracted, started from their centres of mass; then, ``deformable``, demons for the brain's own
+   shift) and its final label carried over (nearest neighbour).
 2. A voxel *changed* where T1c or FLAIR differs between the two studies by more than ``change_sd`` standard
    deviations (each sequence z-scored over its brain, smoothed by ``change_smoothing_mm``): new or grown
    enhancement, edema, necrosis or a cavity, or tumour gone.
@@ -29,7 +30,7 @@ from scipy import ndimage
 
 from ..config import CHANNELS, FollowUpSettings, PreparationSettings
 from ..errors import BratsLabelError
-from ..preparation.alignment import RegistrationRefused, register_rigid
+from ..preparation.alignment import RegistrationRefused, coarse, largest_deformation_mm, register_demons, register_rigid
 from ..preparation.sitk_images import to_numpy, to_sitk
 from ..studies.study_datastore import FINAL
 
@@ -92,6 +93,12 @@ def carry_prior(current: nib.Nifti1Image, prior: PriorStudy, settings: FollowUpS
         PreparationSettings(), max_rotation_deg=settings.max_rotation_deg, max_translation_mm=settings.max_translation_mm, min_overlap=settings.min_overlap
     )
     transform, found = register_rigid(fixed, moving, limits, f"earlier study {prior.case}", onto="this study", from_centres_of_mass=True)
+    registration: Dict[str, Any] = {"method": "rigid, mutual information on T1", **found.summary()}
+    if settings.deformable:
+        small_fixed = coarse(fixed, settings.deformable_spacing_mm)
+        transform = register_demons(small_fixed, coarse(moving, settings.deformable_spacing_mm), transform, settings.deformable_iterations, settings.deformable_smoothing_mm)
+        registration["method"] = "rigid, mutual information on T1; then deformable (demons on T1)"
+        registration["largest_deformation_mm"] = round(largest_deformation_mm(transform, small_fixed, small_fixed), 2)
 
     def onto_current(volume: np.ndarray, affine: np.ndarray, interpolator: int) -> np.ndarray:
         return to_numpy(sitk.Resample(to_sitk(volume, affine), fixed, transform, interpolator, 0.0, sitk.sitkFloat32))
@@ -106,7 +113,7 @@ def carry_prior(current: nib.Nifti1Image, prior: PriorStudy, settings: FollowUpS
         then = onto_current(then_data[..., c], earlier.affine, sitk.sitkLinear)
         difference = np.maximum(difference, np.abs(_zscored(now_data[..., c], smoothing) - _zscored(then, smoothing)))
     changed = difference > settings.change_sd
-    return label, changed, reach, {"registration": {"method": "rigid, mutual information on T1", **found.summary()}}
+    return label, changed, reach, {"registration": registration}
 
 
 def merge_with_prior(model: np.ndarray, prior: np.ndarray, changed: np.ndarray, reach: np.ndarray) -> np.ndarray:

@@ -21,7 +21,7 @@ import SimpleITK as sitk
 from scipy import ndimage
 
 from ..config import ATLAS_FILES, ATLAS_PACKAGE, PreparationSettings
-from .alignment import REGISTRATION_SEED, coarse
+from .alignment import REGISTRATION_SEED, coarse, register_deformable
 from .sitk_images import to_numpy, to_sitk
 
 
@@ -71,23 +71,6 @@ def _affine_to_head(fixed: sitk.Image, atlas_head: sitk.Image, settings: Prepara
     return method.Execute(fixed, atlas_head)
 
 
-def _deform_to_head(fixed: sitk.Image, atlas_head: sitk.Image, affine: sitk.Transform, settings: PreparationSettings) -> sitk.Transform:
-    mesh = sitk.BSplineTransformInitializer(fixed, [settings.bspline_mesh] * 3)
-    method = sitk.ImageRegistrationMethod()
-    method.SetMetricAsMattesMutualInformation(settings.histogram_bins)
-    method.SetMetricSamplingStrategy(method.RANDOM)
-    method.SetMetricSamplingPercentage(0.1, REGISTRATION_SEED)
-    method.SetInterpolator(sitk.sitkLinear)
-    method.SetOptimizerAsLBFGSB(gradientConvergenceTolerance=1e-5, numberOfIterations=settings.bspline_iterations)
-    method.SetShrinkFactorsPerLevel([2, 1])
-    method.SetSmoothingSigmasPerLevel([2.0, 0.0])
-    method.SmoothingSigmasAreSpecifiedInPhysicalUnitsOn()
-    method.SetMovingInitialTransform(affine)
-    method.SetInitialTransform(mesh, inPlace=True)
-    method.Execute(fixed, atlas_head)
-    return sitk.CompositeTransform([affine, mesh])
-
-
 def atlas_prior(reference: sitk.Image, settings: PreparationSettings) -> np.ndarray:
     """(X, Y, Z) bool: the atlas's brain carried onto ``reference``'s grid (a T1-weighted image of the whole head)."""
     atlas_head, atlas_brain = load_atlas()
@@ -95,7 +78,7 @@ def atlas_prior(reference: sitk.Image, settings: PreparationSettings) -> np.ndar
     moving = coarse(atlas_head, settings.atlas_spacing_mm)
     transform = _affine_to_head(fixed, moving, settings)
     if settings.bspline_mesh:
-        transform = _deform_to_head(fixed, moving, transform, settings)
+        transform = register_deformable(fixed, moving, transform, settings.bspline_mesh, settings.bspline_iterations, settings.histogram_bins)
     brain = sitk.Resample(atlas_brain, reference, transform, sitk.sitkLinear, 0.0, sitk.sitkFloat32)
     return to_numpy(brain) >= 0.5
 
