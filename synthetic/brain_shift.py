@@ -6,8 +6,10 @@ its labelled voxels) along the smooth radial field
     u(x) = -m (x - c) / s  exp(1/2 - |x - c|^2 / (2 s^2)),
 
 largest (``m`` mm) at ``s = SHIFT_REACH_MM`` from the centre, nothing at the centre and fading within a few ``s``;
-its steepest slope, 1.65 m / s, stays below 1 for any ``m`` under ``s / 1.65``, so nothing folds. Images are
-resampled linearly and the label by nearest neighbour, so the study's truth moves with its images.
+its steepest slope, 1.65 m / s, stays below 1 for any ``m`` under ``s / 1.65``, so nothing folds. Near the centre
+the field pulls inwards in proportion to the distance, so the lesion itself shrinks (by about 1 / (1 + 1.65 m / s)
+in radius: a cavity collapsing). Images are resampled linearly and the label by nearest neighbour, so the study's
+truth moves with its images.
 """
 
 from __future__ import annotations
