@@ -37,7 +37,7 @@ def save_training_curve(history: List[Dict[str, Any]], path: Path, title: str = 
         dice_ax.legend(loc="lower right", fontsize=8)
     losses = [h.get("loss") for h in history]
     loss_ax.plot(epochs, losses, marker="o", markersize=3, color="black")
-    loss_ax.set(xlabel="epoch", ylabel="training loss (Dice + BCE)", title="training loss")
+    loss_ax.set(xlabel="epoch", ylabel="training loss (Dice + cross-entropy)", title="training loss")
     loss_ax.grid(alpha=0.3)
     if title:
         figure.suptitle(title, fontsize=10)
