@@ -52,7 +52,7 @@ def trained_weights(studies_2mm, tmp_path_factory):
     """A cpu-profile model trained for 20 epochs on the four labelled 2 mm studies with the app's trainer, on 48³
     patches (validation Dice about 0.69; the profile's 64³ took a quarter longer for no test's benefit). 12 epochs
     were enough before the sample's necrotic cores were BraTS-sized: since, 12 leave TC at 0 (mean 0.25). It trains at
-    5e-3, the rate it was made with: the product's first-model rate, 2e-3, needs the full 40 epochs (20 left it at
+    5e-3, the rate it was made with: the product's first-model rate, 2e-3, needs a first model's full run (20 left it at
     validation Dice 0.20). What that rate gives a first model is measured by ``bench/first_model.py`` and the demo."""
     import shutil
 
