@@ -283,8 +283,8 @@ class TrainSettings:
     # 0.35-0.60 with a region (TC) never switched on in some seeds; 80 reached 0.60-0.87 (bench/first_model.py). On the
     # whole brain an epoch sees every tumour voxel of every study, and costs twice as long. At 2e-3, 40 epochs left one
     # seed in ten with its whole tumour stalled (held-out 0.788: WT woke at epoch 17 and the cosine schedule froze it at
-    # 0.62); 60 took the same seeds 200, 201, 202, 204 from 0.788, 0.889, 0.906, 0.897 to 0.917, 0.925, 0.924, 0.933,
-    # the necrotic core to 0.83-0.89 (bench/results/first_model/epochs60_lr2e-3.json). Half as long again to train.
+    # 0.62); 60 took the same seeds 200-204 from 0.788, 0.889, 0.906, 0.870, 0.897 to 0.917, 0.925, 0.924, 0.897,
+    # 0.933 (bench/results/first_model/epochs60_lr2e-3.json). Half as long again to train.
     max_epochs_from_scratch: int = 60
     # From scratch. At 5e-3 the first model's held-out Dice spread with the seed (0.77-0.91, 5 of 10 seeds past 0.85:
     # the validation swung hard mid-run and settled on a plateau that depends on the seed); at 2e-3 9 of 10 passed,
