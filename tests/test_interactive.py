@@ -302,6 +302,58 @@ def test_a_click_changes_the_networks_answer_only_within_its_reach():
     )
 
 
+def test_a_click_costs_one_window_round_its_reach_once_the_answer_to_no_clicks_is_kept():
+    """The guided network runs on one window placed round the clicks (the answer to no clicks is computed once per
+    study and network); clicks spread wider than a window run the whole volume, as before."""
+    from monai.inferers import SlidingWindowInferer
+
+    from lib.interactive.click_reach import ClickReachInferer, UnclickedAnswers
+    from lib.interactive.click_rounds import add_click
+
+    class CountsWindows(torch.nn.Module):
+        """Answers the image's first channel, raised by the guidance in its window; records each window's shape."""
+
+        def __init__(self):
+            super().__init__()
+            self.windows: list = []
+
+        def forward(self, x):
+            self.windows.append(tuple(x.shape[2:]))
+            return x[:, :1].repeat(1, 3, 1, 1, 1) + x[:, 4:].sum(dim=(1, 2, 3, 4), keepdim=True)
+
+    shape, spacing = (64, 64, 48), np.array([2.0, 2.0, 2.0])
+    inferer = SlidingWindowInferer(roi_size=(32, 32, 32), sw_batch_size=1, overlap=0.25, mode="constant")
+    kept, network = UnclickedAnswers(), CountsWindows()
+
+    def answer(clicks, study="study-1@1", net=network):
+        inputs = torch.zeros((1, 8, *shape))
+        guidance = np.zeros((4, *shape), dtype=np.float32)
+        for at in clicks:
+            add_click(guidance, "edema", at, spacing)
+        inputs[0, 4:] = torch.as_tensor(guidance)
+        return ClickReachInferer(inferer, 4, spacing, radius_mm=12.0, unclicked=kept, key=study, context_mm=8.0)(inputs, net)
+
+    assert answer([]).abs().sum() == 0
+    whole = len(network.windows)
+    assert whole > 1  # the volume takes several windows
+    out = answer([(30, 30, 24)])
+    assert network.windows[whole:] == [(32, 32, 32)]  # the answer to no clicks was kept: one window, round the click
+    assert float(out[0, 0, 30, 30, 24]) > 0 and float(out[0, 0, 30, 30, 31]) > 0  # within 12 mm of the click's core
+    assert float(out[0, 0, 30, 30, 34]) == 0 and float(out[0, 0, 5, 5, 5]) == 0  # beyond: the answer to no clicks
+    answer([(30, 30, 24), (36, 30, 24)])
+    assert network.windows[whole + 1 :] == [(32, 32, 32)]
+    before = len(network.windows)
+    out = answer([(8, 8, 8), (56, 56, 40)])  # too far apart for one window: the whole volume, guided
+    assert len(network.windows) - before == whole
+    assert float(out[0, 0, 8, 8, 8]) > 0 and float(out[0, 0, 56, 56, 40]) > 0 and float(out[0, 0, 30, 30, 24]) == 0
+    before = len(network.windows)
+    answer([(30, 30, 24)], study="study-1@2")  # the study changed: its answer to no clicks again, then the window
+    assert len(network.windows) - before == whole + 1
+    other = CountsWindows()
+    answer([(30, 30, 24)], net=other)  # a new model version: not the earlier network's answer
+    assert len(other.windows) == whole + 1
+
+
 def test_a_segmentation_models_weights_serve_as_a_refinement_network_that_answers_as_they_do(tmp_path):
     """Until a refinement model is trained, the server offers the segmentation model's weights with the guidance
     channels' weights at zero: the same answer, clicks or not, and the reach spends no second pass on it."""

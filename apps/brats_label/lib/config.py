@@ -382,6 +382,11 @@ GUIDANCE_SIGMA_MM = 4.0  # a click is a Gaussian of this width in its channel, w
 # what a step changes the answer by: with peak 1, 20 epochs left them at 1/13 of the sequences' weights and 20 clicks
 # changed no region's Dice (bench/results/interactive/clicks.json).
 GUIDANCE_PEAK = 5.0
+# A click's answer is one sliding window placed round the clicks' reach (lib/interactive/click_reach.py), with at least
+# this much of the image beyond the reach on every side the window can give it (the network reads its neighbourhood).
+CLICK_WINDOW_CONTEXT_MM = 16.0
+# The answer to no clicks, kept per study for the clicks after it: this many studies, each for PREPARED_INPUT_TTL_S.
+UNCLICKED_ANSWERS_KEPT = 8
 MAX_CLICKS = 100  # per request, all labels together: an annotator's session is tens, a larger list is not a person's
 # The robot user's targets per region (bench/interactive.py): where an annotator would stop correcting.
 CORRECTION_TARGET_DICE: Dict[str, float] = {"WT": 0.90, "TC": 0.85, "ET": 0.80}

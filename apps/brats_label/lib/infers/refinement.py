@@ -25,7 +25,7 @@ from monailabel.interfaces.tasks.infer_v2 import InferType
 from ..config import CHANNELS, LABELS, ClickGrowth, NetworkProfile
 from ..errors import ModelNotReady
 from ..interactive.click_growth import FollowClicksd
-from ..interactive.click_reach import ClickReachInferer
+from ..interactive.click_reach import ClickReachInferer, UnclickedAnswers
 from ..interactive.guidance import AddGuidanceChannelsd
 from ..model.transforms import KeepWithinInputd
 from .segmentation import BratsSegmentation
@@ -52,6 +52,7 @@ class BratsRefinement(BratsSegmentation):
             version_fn=version_fn,
         )
         self.growth = growth
+        self.unclicked = UnclickedAnswers()  # the answer to no clicks per study: later clicks cost one window
         self.path = [str(p) for p in (*segmentation_paths, model_path) if p is not None]  # the last that exists is served
         self.type = InferType.DEEPEDIT
         self.labels = dict(LABELS)  # DeepEdit's clients ask for one point list per label, background included
@@ -64,8 +65,11 @@ class BratsRefinement(BratsSegmentation):
         return [*super().pre_transforms(data), AddGuidanceChannelsd(keys="image", clicks_key="clicks_world")]
 
     def inferer(self, data=None) -> Inferer:
-        """Clicks change the answer only near them (``interactive/click_reach``)."""
-        return ClickReachInferer(super().inferer(data), len(CHANNELS), self.profile.spacing_mm, self.growth.radius_mm)
+        """Clicks change the answer only near them (``interactive/click_reach``); the answer to no clicks is kept per
+        study version (the prepared-input cache's key)."""
+        key = (data or {}).get("case_version")
+        unclicked = self.unclicked if key is not None else None
+        return ClickReachInferer(super().inferer(data), len(CHANNELS), self.profile.spacing_mm, self.growth.radius_mm, unclicked, key)
 
     def post_transforms(self, data=None) -> Sequence[Callable]:
         """Each click grown on the network's grid (``interactive/click_growth``), after the answer is kept to the brain."""

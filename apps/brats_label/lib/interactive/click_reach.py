@@ -3,32 +3,82 @@
 A click is a statement about the tissue near it, and an annotator must be able to trust that a click never changes
 a region far from where it was put. A network guarantees no such thing (its receptive field spans the brain, and a
 few minutes of training from the segmentation weights teach it little about where a click matters). So clicks
-change the answer only within ``ClickGrowth.radius_mm`` of a click; beyond, it is the answer to no clicks (one more
-pass of the network, only on a request with clicks, and none for a network whose guidance weights are all zero).
+change the answer only within ``ClickGrowth.radius_mm`` of a click; beyond, it is the answer to no clicks.
+
+That is also what makes a click fast. The answer to no clicks is the same for every click on a study: it is kept
+(``UnclickedAnswers``, per study and network) and computed once. The guided answer is needed only within the reach,
+so the network runs on one sliding window placed round it (the window size it was trained on, so its normalisation
+sees what it saw in training), not on the whole brain: at 2 mm a brain takes two windows, so a click costs one
+window where it cost four. Where the clicks spread wider than a window allows, the whole brain is run as before.
 """
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+import threading
+import time
+import weakref
+from collections import OrderedDict
+from typing import Any, Hashable, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 from monai.inferers import Inferer
 from scipy import ndimage
 
-from ..config import GUIDANCE_PEAK
+from ..config import CLICK_WINDOW_CONTEXT_MM, GUIDANCE_PEAK, PREPARED_INPUT_TTL_S, UNCLICKED_ANSWERS_KEPT
 
 CLICK_CORE = float(np.exp(-0.5))  # a click's own voxels: its Gaussian above this share of its peak (within one width)
 
 
-class ClickReachInferer(Inferer):
-    """Wraps the sliding-window inferer of a guided network (inputs: ``sequences`` channels, then the guidance)."""
+class UnclickedAnswers:
+    """The network's answer to no clicks, per study (a key that changes with the study's file) and network (a new
+    model version is a new network object): a bounded, expiring store shared by the requests on a study."""
 
-    def __init__(self, inferer: Inferer, sequences: int, spacing_mm: Sequence[float], radius_mm: float):
+    def __init__(self, max_entries: int = UNCLICKED_ANSWERS_KEPT, ttl_s: float = PREPARED_INPUT_TTL_S):
+        self.max_entries = max_entries
+        self.ttl_s = ttl_s
+        self._entries: OrderedDict[Hashable, Tuple[Any, float, torch.Tensor]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: Hashable, network: torch.nn.Module) -> Optional[torch.Tensor]:
+        with self._lock:
+            entry = self._entries.get(key)
+            if entry is None or entry[0]() is not network or time.monotonic() - entry[1] > self.ttl_s:
+                return None
+            self._entries.move_to_end(key)
+            return entry[2]
+
+    def put(self, key: Hashable, network: torch.nn.Module, answer: torch.Tensor) -> None:
+        with self._lock:
+            self._entries[key] = (weakref.ref(network), time.monotonic(), answer.detach())
+            self._entries.move_to_end(key)
+            while len(self._entries) > self.max_entries:
+                self._entries.popitem(last=False)
+
+
+class ClickReachInferer(Inferer):
+    """Wraps the sliding-window inferer of a guided network (inputs: ``sequences`` channels, then the guidance).
+    ``unclicked``/``key``: where the answer to no clicks is kept for this study (none: computed on each request)."""
+
+    def __init__(
+        self,
+        inferer: Inferer,
+        sequences: int,
+        spacing_mm: Sequence[float],
+        radius_mm: float,
+        unclicked: Optional[UnclickedAnswers] = None,
+        key: Hashable = None,
+        context_mm: float = CLICK_WINDOW_CONTEXT_MM,
+    ):
         self.inferer = inferer
         self.sequences = sequences
         self.spacing = np.asarray(spacing_mm, dtype=float)
         self.radius_mm = radius_mm
+        self.unclicked = unclicked
+        self.key = key
+        self.context = np.ceil(context_mm / self.spacing).astype(int)
+        roi = getattr(inferer, "roi_size", None)  # the window the network was trained on; none: no window of its own
+        self.window = np.asarray(roi, dtype=int) if roi is not None else None
 
     def near_clicks(self, guidance: torch.Tensor) -> np.ndarray:
         """(X, Y, Z) voxels within the reach of a click, from one sample's guidance channels."""
@@ -41,13 +91,47 @@ class ClickReachInferer(Inferer):
         first = getattr(getattr(getattr(network, "convInit", None), "conv", None), "weight", None)
         return first is None or bool(first[:, self.sequences :].abs().sum() > 0)
 
-    def __call__(self, inputs: torch.Tensor, network: Any, *args: Any, **kwargs: Any) -> torch.Tensor:
-        guided = self.inferer(inputs, network, *args, **kwargs)
-        guidance = inputs[:, self.sequences :]
-        if self.radius_mm <= 0 or not bool((guidance > 0).any()) or not self.reads_guidance(network):
-            return guided
+    def window_around(self, near: np.ndarray) -> Optional[Tuple[slice, ...]]:
+        """One window (clipped to the image) holding every voxel in reach with ``context`` beyond it on every side
+        the image allows; None when the reach is too wide for one."""
+        if self.window is None or not near.any():
+            return None
+        shape = np.asarray(near.shape)
+        lo = np.array([np.flatnonzero(near.any(axis=tuple(a for a in range(3) if a != axis)))[0] for axis in range(3)])
+        hi = np.array([np.flatnonzero(near.any(axis=tuple(a for a in range(3) if a != axis)))[-1] + 1 for axis in range(3)])
+        need_lo, need_hi = np.maximum(lo - self.context, 0), np.minimum(hi + self.context, shape)
+        size = np.minimum(self.window, shape)
+        if ((need_hi - need_lo) > size).any():
+            return None
+        start = np.clip((need_lo + need_hi) // 2 - size // 2, 0, shape - size)
+        start = np.minimum(start, need_lo)  # centred, then moved so that the window holds what it needs
+        start = np.maximum(start, need_hi - size)
+        return tuple(slice(int(a), int(a + n)) for a, n in zip(start, size))
+
+    def answer_to_no_clicks(self, inputs: torch.Tensor, network: Any, *args: Any, **kwargs: Any) -> torch.Tensor:
+        kept = self.unclicked.get(self.key, network) if self.unclicked is not None else None
+        if kept is not None and kept.shape[0] == inputs.shape[0] and kept.shape[2:] == inputs.shape[2:]:
+            return kept.to(inputs.device)
         plain = inputs.clone()
         plain[:, self.sequences :] = 0
-        unclicked = self.inferer(plain, network, *args, **kwargs)
-        near = torch.as_tensor(np.stack([self.near_clicks(g) for g in guidance]), device=guided.device)[:, None]
+        answer = self.inferer(plain, network, *args, **kwargs)
+        if self.unclicked is not None:
+            self.unclicked.put(self.key, network, answer)
+        return answer
+
+    def __call__(self, inputs: torch.Tensor, network: Any, *args: Any, **kwargs: Any) -> torch.Tensor:
+        guidance = inputs[:, self.sequences :]
+        if self.radius_mm <= 0 or not self.reads_guidance(network):
+            return self.inferer(inputs, network, *args, **kwargs)
+        if not bool((guidance > 0).any()):
+            return self.answer_to_no_clicks(inputs, network, *args, **kwargs)
+        unclicked = self.answer_to_no_clicks(inputs, network, *args, **kwargs)
+        near_np = np.stack([self.near_clicks(g) for g in guidance])
+        window = self.window_around(near_np.any(axis=0))
+        if window is None:
+            guided = self.inferer(inputs, network, *args, **kwargs)
+        else:
+            guided = unclicked.clone()
+            guided[(slice(None), slice(None), *window)] = self.inferer(inputs[(slice(None), slice(None), *window)], network, *args, **kwargs)
+        near = torch.as_tensor(near_np, device=guided.device)[:, None]
         return torch.where(near, guided, unclicked)

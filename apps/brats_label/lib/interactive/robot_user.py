@@ -15,7 +15,7 @@ from monai.inferers import Inferer
 from ..config import GUIDANCE_LABELS, REGION_THRESHOLD, ClickGrowth
 from ..model.transforms import KeepWithinInputd
 from .click_growth import follow_clicks
-from .click_reach import ClickReachInferer
+from .click_reach import ClickReachInferer, UnclickedAnswers
 from .click_rounds import add_click, region_channels_to_label
 from .simulated_clicks import next_click
 
@@ -29,7 +29,8 @@ class GuidedSession:
 
     def __init__(self, network: torch.nn.Module, inferer: Inferer, image: torch.Tensor, spacing_mm: Sequence[float], growth: ClickGrowth = ClickGrowth()):
         self.network = network
-        self.inferer = ClickReachInferer(inferer, image.shape[0], spacing_mm, growth.radius_mm)
+        # one study, one network: the answer to no clicks is computed once, as the server keeps it per study
+        self.inferer = ClickReachInferer(inferer, image.shape[0], spacing_mm, growth.radius_mm, UnclickedAnswers(max_entries=1), key="study")
         self.image = image
         self.spacing = np.asarray(spacing_mm, dtype=float)
         self.growth = growth
