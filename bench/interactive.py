@@ -16,7 +16,8 @@ network's grid (the profile's spacing). Two kinds of action, on the same studies
 
 Reports per region and kind, over all studies and over those whose starting WT Dice is below 0.85 (where the targets
 apply): actions to the target (a study that never gets there counts as ``--actions``), Dice after 0, 1, 3, 5 and 10
-actions and the gain after 5, and seconds per click (the model's answer, p50 and p95); writes
+actions and the gain after 5, and seconds per click (the model's answer, p50 and p95); each study's Dice after each
+action (``*_per_study``); writes
 ``<out>/<name>.json`` (``--name``, default ``clicks`` with a refinement model, else ``brush``).
 """
 
@@ -195,7 +196,9 @@ def main() -> int:
         predictions = predict_regions(profile, args.weights, items, evaluation_transforms(profile))
         for _, _, predicted, expected in tqdm(predictions, total=len(items), desc="brush strokes", unit="study"):
             brush.append(correct_with_brush(label_map(expected), label_map(predicted), args.actions, args.brush_mm, spacing))
+        ids = [str(item["id"]) for item in items]
         summary.update(studies=len(brush), brush_mm=args.brush_mm, brush=summaries(brush, args.actions))
+        summary["brush_per_study"] = {case: {region: [round(d, 4) for d in curve] for region, curve in curves.items()} for case, curves in zip(ids, brush)}
         if refinement is not None:
             prepare, clicks, seconds = Compose(evaluation_transforms(profile)), [], []
             network = load_network(profile, refinement, torch.device("cpu"), guided=True).eval()
@@ -209,6 +212,7 @@ def main() -> int:
                 growth=dataclasses.asdict(growth),
                 unguided=args.unguided,
                 clicks=summaries(clicks, args.actions),
+                clicks_per_study={case: {region: [round(d, 4) for d in curve] for region, curve in curves.items()} for case, curves in zip(ids, clicks)},
                 seconds_per_click={"p50": round(float(np.percentile(seconds, 50)), 3), "p95": round(float(np.percentile(seconds, 95)), 3), "clicks": len(seconds), "device": "cpu"},
             )
     name = args.name or ("clicks" if "clicks" in summary else "brush")
