@@ -187,6 +187,13 @@ def test_the_refinement_model_takes_clicks_on_the_volume_shown_from_the_first_se
     assert requests.get(f"{server.url}/brats/models", timeout=30).json()["model"] == "segmentation"
     assert requests.get(f"{server.url}/brats/models", params={"model": "nonsense"}, timeout=30).status_code == 404
 
+    # once one is trained, a study's auto-segmentation is followed by its answer to no clicks, kept for the first click
+    client.infer("segmentation", UNLABELLED, {})
+    deadline = time.monotonic() + 120
+    while not any(r["study"] == UNLABELLED for r in client.info()["refinement_warm_up"]["recent"]) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert [r["outcome"] for r in client.info()["refinement_warm_up"]["recent"] if r["study"] == UNLABELLED] == ["prepared"]
+
     # Slicer's DeepEdit: voxel indices of the volume /datastore/image sent, here the study's own grid
     label_file, params = client.infer("refinement", UNLABELLED, {"enhancing_tumour": [centre], "background": [[2, 2, 2]]})
     result = nib.load(label_file)

@@ -169,6 +169,9 @@ class BratsLabelApp(MONAILabelApp):
         self.refinement_versions = ModelVersions(self.model_dir / REFINEMENT_MODEL_NAME, self.refinement_path)
         self.infer_queue = FairQueue(self.config.infer_concurrency)
         self.case_preparation = CasePreparation(self._prepare_case, CASE_PREPARATION_AGAIN_S, CASE_PREPARATION_QUEUE_MAX)
+        # a trained refinement model's answer to no clicks, computed after a study's auto-segmentation (in the inference
+        # queue, so that it never runs beside an annotator's request): the study's first click then costs one window
+        self.refinement_warm_up = CasePreparation(self._warm_refinement, CASE_PREPARATION_AGAIN_S, CASE_PREPARATION_QUEUE_MAX)
         self.arrival_preparation = ArrivalPreparation(self._unprepared_studies, lambda study: self._datastore.get_image_uri(study), self._idle, ARRIVAL_PREPARATION_INTERVAL_S)
         if self._writer:
             self._register_first_version()
@@ -320,6 +323,8 @@ class BratsLabelApp(MONAILabelApp):
         with self.infer_queue.turn():
             self._apply_promotions()  # a training that just ended may have made a version to serve
             result = super().infer(request, datastore)
+        if request.get("model") == MODEL_NAME and self._refinement_trained():
+            self.refinement_warm_up.submit(case, "auto-segmented")
         # the audit measures the auto-segmentation a correction started from; a clicked answer is partly the annotator's
         if not refinement and result.get("file") and os.path.exists(result["file"]):
             version = self.versions.serving() or self.served_version()  # "vN"; the weights' hash if unversioned
@@ -624,6 +629,16 @@ class BratsLabelApp(MONAILabelApp):
         if self._infers[MODEL_NAME].is_valid():
             self._infers[MODEL_NAME].prepare(path)  # type: ignore[attr-defined]
 
+    def _refinement_trained(self) -> bool:
+        refinement = self._infers.get(REFINEMENT_MODEL_NAME)
+        return isinstance(refinement, BratsRefinement) and refinement.trained_on_clicks
+
+    def _warm_refinement(self, case: str) -> None:
+        """A study just auto-segmented: the refinement model's answer to no clicks, kept for its first click."""
+        path = self._datastore.get_image_uri(case)
+        with self.infer_queue.turn():
+            self._infers[REFINEMENT_MODEL_NAME].warm(path)  # type: ignore[attr-defined]
+
     def _unprepared_studies(self) -> List[str]:
         return [s for s in self._datastore.list_images() if not self._datastore.cached_image_uri(s)]  # type: ignore[attr-defined]
 
@@ -651,5 +666,6 @@ class BratsLabelApp(MONAILabelApp):
         info["retrain"] = self.retrain.status()
         info["inference_queue"] = self.infer_queue.status()
         info["case_preparation"] = self.case_preparation.status()
+        info["refinement_warm_up"] = self.refinement_warm_up.status()
         info["arrival_preparation"] = {"on": self.config.prepare_on_arrival, **self.arrival_preparation.status()}
         return info

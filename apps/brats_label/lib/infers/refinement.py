@@ -15,12 +15,14 @@ the network is the segmentation model's, its guidance weights zero, and the clic
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 from typing import Any, Callable, Dict, Optional, Sequence, Tuple
 
 import numpy as np
 from monai.inferers import Inferer
 from monailabel.interfaces.tasks.infer_v2 import InferType
+from monailabel.utils.others.generic import name_to_device
 
 from ..config import CHANNELS, LABELS, ClickGrowth, NetworkProfile
 from ..errors import ModelNotReady
@@ -59,6 +61,18 @@ class BratsRefinement(BratsSegmentation):
 
     def is_valid(self) -> bool:
         return self.get_path() is not None
+
+    @property
+    def trained_on_clicks(self) -> bool:
+        """Whether the served weights are a refinement model's (they read the clicks), not the segmentation model's."""
+        path = self.get_path()
+        return path is not None and Path(path) == self.model_path
+
+    def warm(self, image: str) -> None:
+        """Compute and keep a study's answer to no clicks (``UnclickedAnswers``) before its first click, so that the
+        first click costs one window like the ones after it."""
+        data = {**copy.deepcopy(self._config), "image": image, "image_path": image, "case_version": self._case_version(image), "clicks_world": {}}
+        self.run_inferer(self.run_pre_transforms(data, self.pre_transforms(data)), device=str(name_to_device("cuda")))
 
     def pre_transforms(self, data=None) -> Sequence[Callable]:
         # after the prepared-input cache: the study is read and resampled once, the clicks drawn on every request
