@@ -176,13 +176,17 @@ def main() -> int:
     parser.add_argument("--growth-radius-mm", type=float, default=ClickGrowth().radius_mm, help="how far a click's region may grow (0: the network's answer only)")
     parser.add_argument("--growth-multiplier", type=float, default=ClickGrowth().multiplier, help="standard deviations a grown voxel may differ by")
     parser.add_argument("--growth-seed-mm", type=float, default=ClickGrowth().seed_radius_mm, help="the clicked tissue's statistics: its voxels within this")
+    parser.add_argument("--growth-min-separation", type=float, default=ClickGrowth().min_separation, help="grow only where the clicked tissue stands apart this much")
+    parser.add_argument("--growth-on-answer", action="store_true", help="grow each click on the guided answer (before 2026-12-06), not on the answer to no clicks")
     parser.add_argument("--unguided", action="store_true", help="clicks grown on the answer to no clicks (the network not told)")
     parser.add_argument("--name", default=None)
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "interactive")
     args = parser.parse_args()
     profile = PROFILES[args.profile]
     spacing = np.asarray(profile.spacing_mm, dtype=float)
-    growth = dataclasses.replace(ClickGrowth(), radius_mm=args.growth_radius_mm, multiplier=args.growth_multiplier, seed_radius_mm=args.growth_seed_mm)
+    growth = dataclasses.replace(
+        ClickGrowth(), radius_mm=args.growth_radius_mm, multiplier=args.growth_multiplier, seed_radius_mm=args.growth_seed_mm, min_separation=args.growth_min_separation
+    )
     summary: Dict[str, object] = {"weights": str(args.weights), "studies_folder": str(args.studies), "actions": args.actions, "profile": profile.name}
     with tempfile.TemporaryDirectory() as scratch:
         refinement = args.refinement
@@ -205,12 +209,14 @@ def main() -> int:
             for item in tqdm(items, desc="clicks", unit="study"):
                 data = prepare({"image": item["image"], "label": item["label"]})
                 model = (UnguidedSession if args.unguided else TimedSession)(network, sliding_window_inferer(profile), torch.as_tensor(data["image"]), profile.spacing_mm, growth)
+                model.grow_on_unclicked = not args.growth_on_answer
                 clicks.append(correct_with_clicks(region_channels_to_label(torch.as_tensor(data["label"]) > 0), model, args.actions))
                 seconds += model.seconds[1:]  # the answers to clicks, not the first auto-segmentation
             summary.update(
                 refinement=str(refinement),
                 growth=dataclasses.asdict(growth),
                 unguided=args.unguided,
+                growth_on_answer=args.growth_on_answer,
                 clicks=summaries(clicks, args.actions),
                 clicks_per_study={case: {region: [round(d, 4) for d in curve] for region, curve in curves.items()} for case, curves in zip(ids, clicks)},
                 seconds_per_click={"p50": round(float(np.percentile(seconds, 50)), 3), "p95": round(float(np.percentile(seconds, 95)), 3), "clicks": len(seconds), "device": "cpu"},

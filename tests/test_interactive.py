@@ -236,6 +236,67 @@ def test_a_click_on_a_missed_edema_fills_that_edema_and_nothing_it_did_not_touch
     assert (follow_clicks(labels, image, {"edema": [(1, 1, 1)]}, spacing, ClickGrowth()) == labels).all()
 
 
+def test_a_click_the_network_followed_at_its_voxel_still_fills_the_tissue_around_it():
+    """A network that learnt from clicks takes the clicked voxel and a little around it; the click's growth starts from
+    the answer to no clicks, so it still fills the missed edema, not just the network's blob."""
+    from lib.config import ClickGrowth
+    from lib.interactive.click_growth import follow_clicks
+
+    image, unclicked, core, edema, distant = _study_with_missed_edema()
+    shape, spacing = image.shape[1:], (2.0, 2.0, 2.0)
+    guided = unclicked.copy()
+    blob = _ball(shape, (20, 31, 20), 1)
+    guided[blob] = 2  # the network followed the click where it was put
+    assert (follow_clicks(guided, image, {"edema": [(20, 31, 20)]}, spacing, ClickGrowth()) == guided).all()  # judged on its own answer: nothing grew
+    followed = follow_clicks(guided, image, {"edema": [(20, 31, 20)]}, spacing, ClickGrowth(), before=unclicked)
+    assert (followed[edema & ~core] == 2).mean() > 0.95
+    assert (followed[core] == 3).all() and (followed[distant] == 0).all()
+
+
+def test_a_background_click_on_where_an_edema_click_leaked_stays_corrected():
+    """The clients send each label's clicks apart, in no order between them; every answer grows them all again. A
+    background click put where an earlier edema click leaked must not be grown over by that edema click again."""
+    from lib.config import ClickGrowth
+    from lib.interactive.click_growth import follow_clicks
+
+    image, labels, core, edema, _ = _study_with_missed_edema()
+    shape, spacing = image.shape[1:], (2.0, 2.0, 2.0)
+    leak = _ball(shape, (31, 24, 20), 4) & ~edema  # tissue beside the edema that looks like it (not edema in truth)
+    image[2:, leak] += 2.5
+    grown = follow_clicks(labels, image, {"edema": [(20, 31, 20)]}, spacing, ClickGrowth())
+    assert (grown[leak] == 2).mean() > 0.7  # the edema click leaked into it
+    corrected = follow_clicks(labels, image, {"edema": [(20, 31, 20)], "background": [(33, 24, 20)]}, spacing, ClickGrowth())
+    assert (corrected[leak] == 0).mean() > 0.8
+    # each voxel follows the nearer click: the edema nearer the edema click is filled still
+    grid = np.indices(shape)
+    nearer_edema_click = sum((g - c) ** 2 for g, c in zip(grid, (20, 31, 20))) < sum((g - c) ** 2 for g, c in zip(grid, (33, 24, 20)))
+    assert (corrected[edema & ~core & nearer_edema_click] == 2).mean() > 0.95
+
+
+def test_a_click_on_tissue_that_looks_like_the_rest_of_its_label_takes_only_its_own_voxels():
+    """An enhancing ring whose every part looks alike: a necrotic-core click on it cannot say which part is wrong, so it
+    takes the voxels it was put on, not the ring."""
+    from lib.config import ClickGrowth
+    from lib.interactive.click_growth import follow_clicks
+
+    shape, spacing = (48, 48, 40), (2.0, 2.0, 2.0)
+    rng = np.random.default_rng(1)
+    image = np.zeros((4, *shape), dtype=np.float32)
+    brain = _ball(shape, (24, 24, 20), 19)
+    image[:, brain] = rng.normal(0.0, 0.3, size=(4, int(brain.sum())))
+    ring = _ball(shape, (24, 24, 20), 8) & ~_ball(shape, (24, 24, 20), 5)
+    image[0][ring] += 3.0
+    labels = np.zeros(shape, dtype=np.uint8)
+    labels[_ball(shape, (24, 24, 20), 5)] = 1
+    labels[ring] = 3
+    click = {"necrotic_core": [(24, 24, 27)]}  # on the ring
+    grown = follow_clicks(labels, image, click, spacing, ClickGrowth())
+    assert (grown[ring] == 1).mean() > 0.25  # with no separation asked for: a large part of the ring taken
+    guarded = follow_clicks(labels, image, click, spacing, ClickGrowth(min_separation=1.0))
+    taken = (guarded != labels).sum()
+    assert 0 < taken <= _ball(shape, (24, 24, 27), 2).sum() and (guarded[ring] == 3).mean() > 0.9
+
+
 def test_a_background_click_on_a_false_edema_removes_the_false_part_not_the_true_edema_beside_it():
     from lib.config import ClickGrowth
     from lib.interactive.click_growth import follow_clicks

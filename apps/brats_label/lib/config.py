@@ -409,6 +409,10 @@ class ClickGrowth:
     multiplier: float = 2.5
     iterations: int = 2
     min_std: float = 0.2  # a floor on each sequence's spread (z-score units): a uniform seed still grows
+    # A click grows only where its tissue stands apart from the rest of the label it takes from: the clicked voxels'
+    # mean at least this many standard deviations (Mahalanobis, the rest's spread) from the rest's. Below, it takes
+    # only its own voxels (``seed_radius_mm``). 0: always grows.
+    min_separation: float = 0.0
 
 
 @dataclass(frozen=True)

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, Callable, Dict, Optional, Sequence, Tuple
 
 import numpy as np
+import torch
 from monai.inferers import Inferer
 from monailabel.interfaces.tasks.infer_v2 import InferType
 from monailabel.utils.others.generic import name_to_device
@@ -31,6 +32,8 @@ from ..interactive.click_reach import ClickReachInferer, UnclickedAnswers
 from ..interactive.guidance import AddGuidanceChannelsd
 from ..model.transforms import KeepWithinInputd
 from .segmentation import BratsSegmentation
+
+UNCLICKED_KEY = "pred_unclicked"  # the network's logits for no clicks, from the inferer to the clicks' growth
 
 
 class BratsRefinement(BratsSegmentation):
@@ -83,13 +86,18 @@ class BratsRefinement(BratsSegmentation):
         study version (the prepared-input cache's key)."""
         key = (data or {}).get("case_version")
         unclicked = self.unclicked if key is not None else None
-        return ClickReachInferer(super().inferer(data), len(CHANNELS), self.profile.spacing_mm, self.growth.radius_mm, unclicked, key)
+
+        def hand_on(answer: torch.Tensor) -> None:  # the clicks grow over the answer to no clicks (FollowClicksd)
+            if data is not None:
+                data[UNCLICKED_KEY] = answer[0]
+
+        return ClickReachInferer(super().inferer(data), len(CHANNELS), self.profile.spacing_mm, self.growth.radius_mm, unclicked, key, on_unclicked=hand_on)
 
     def post_transforms(self, data=None) -> Sequence[Callable]:
         """Each click grown on the network's grid (``interactive/click_growth``), after the answer is kept to the brain."""
         transforms = list(super().post_transforms(data))
         at = next(i for i, t in enumerate(transforms) if isinstance(t, KeepWithinInputd)) + 1
-        return [*transforms[:at], FollowClicksd(keys="pred", ref_key="image", clicks_key="clicks_world", growth=self.growth), *transforms[at:]]
+        return [*transforms[:at], FollowClicksd(keys="pred", ref_key="image", clicks_key="clicks_world", growth=self.growth, unclicked_key=UNCLICKED_KEY), *transforms[at:]]
 
     def writer(self, data: Dict[str, Any], extension=None, dtype=None) -> Tuple[Any, Any]:
         """The result says where each click was placed (RAS mm): what the network was told, for a viewer or a person

@@ -69,6 +69,11 @@ def grown_region(image: np.ndarray, labels: np.ndarray, voxel: Sequence[int], sp
     seed, rest = seed[allowed], ~seed[allowed]
     # what the click would take from: the rest of that label around it, as the answer has it
     others = _Gaussian(values[rest], growth.min_std) if rest.sum() > values.shape[1] else None
+    if others is not None and np.sqrt(others.squared_distance(values[seed].mean(axis=0, keepdims=True))[0]) < growth.min_separation:
+        # the clicked tissue looks like the rest of that label: nothing tells which of it the annotator meant
+        near = np.zeros(labels.shape, dtype=bool)
+        near[box][allowed] = seed  # only the clicked voxels themselves
+        return near
     rival = others.log_likelihood(values) if others is not None else np.full(len(values), -np.inf)
     taken = seed
     for _ in range(growth.iterations + 1):
@@ -86,18 +91,38 @@ def grown_region(image: np.ndarray, labels: np.ndarray, voxel: Sequence[int], sp
 
 
 def follow_clicks(
-    labels: np.ndarray, image: np.ndarray, clicks: Mapping[str, Sequence[Sequence[int]]], spacing_mm: Union[Sequence[float], np.ndarray], growth: ClickGrowth
+    labels: np.ndarray,
+    image: np.ndarray,
+    clicks: Mapping[str, Sequence[Sequence[int]]],
+    spacing_mm: Union[Sequence[float], np.ndarray],
+    growth: ClickGrowth,
+    before: Optional[np.ndarray] = None,
 ) -> np.ndarray:
     """``labels`` (the network's answer) with each click's region relabelled, labels in ``GUIDANCE_LABELS`` order and
-    each label's clicks in the order given (the server and the robot user apply them alike)."""
+    each label's clicks in the order given (the server and the robot user apply them alike). Each click grows over
+    the tissue as ``before`` (the network's answer to no clicks) labelled it, the earlier clicks' regions applied: a
+    network that learnt from clicks takes the clicked voxel itself, and the click must still correct the tissue
+    around it (judged on that answer, a click the network had followed grew nothing). None: ``labels``."""
     out = labels.copy()
+    base = out if before is None else before.copy()
+    spacing = np.asarray(spacing_mm, dtype=float)
     for name in GUIDANCE_LABELS:
+        others = np.array([p for other in GUIDANCE_LABELS if other != name for p in clicks.get(other, ())], dtype=float).reshape(-1, 3)
         for voxel in clicks.get(name, ()):
-            if all(0 <= int(v) < n for v, n in zip(voxel, out.shape)) and out[tuple(int(v) for v in voxel)] == LABELS[name]:
-                continue  # already its label: the network followed it
-            region = grown_region(image, out, voxel, spacing_mm, growth)
-            if region is not None:
-                out[region] = LABELS[name]
+            if all(0 <= int(v) < n for v, n in zip(voxel, base.shape)) and base[tuple(int(v) for v in voxel)] == LABELS[name]:
+                continue  # already its label before any click: the click confirms it
+            region = grown_region(image, base, voxel, spacing_mm, growth)
+            if region is None:
+                continue
+            if len(others):
+                # a voxel nearer a click of another label is that click's to say: the clients send each label's
+                # clicks apart, in no order between labels, and a later correction must not be grown over again
+                points = np.argwhere(region)
+                own = np.linalg.norm((points - np.asarray(voxel, dtype=float)) * spacing, axis=1)
+                nearest = np.min(np.linalg.norm((points[:, None, :] - others[None]) * spacing, axis=2), axis=1)
+                region[tuple(points[nearest < own].T)] = False
+            out[region] = LABELS[name]
+            base[region] = LABELS[name]
     return out
 
 
@@ -108,9 +133,18 @@ class FollowClicksd(MapTransform):
     ``sequences`` channels are the prepared study. Use before the probabilities leave that grid."""
 
     def __init__(
-        self, keys: KeysCollection = "pred", ref_key: str = "image", clicks_key: str = "clicks_world", growth: ClickGrowth = ClickGrowth(), sequences: int = len(CHANNELS)
+        self,
+        keys: KeysCollection = "pred",
+        ref_key: str = "image",
+        clicks_key: str = "clicks_world",
+        growth: ClickGrowth = ClickGrowth(),
+        sequences: int = len(CHANNELS),
+        unclicked_key: str = "pred_unclicked",
     ):
+        """``data[unclicked_key]``: the network's logits for no clicks, where the request had them (taken out of the
+        data here): each click grows over that answer (``follow_clicks``' ``before``)."""
         super().__init__(keys)
+        self.unclicked_key = unclicked_key
         self.ref_key = ref_key
         self.clicks_key = clicks_key
         self.growth = growth
@@ -118,6 +152,7 @@ class FollowClicksd(MapTransform):
 
     def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> Dict[Hashable, torch.Tensor]:
         d = dict(data)
+        unclicked = d.pop(self.unclicked_key, None)
         clicks_world: Mapping[str, np.ndarray] = d.get(self.clicks_key) or {}
         if not any(len(points) for points in clicks_world.values()):
             return d
@@ -129,10 +164,11 @@ class FollowClicksd(MapTransform):
             label: [tuple(int(v) for v in np.round(world_to_voxel @ np.append(np.asarray(p, dtype=float), 1.0))[:3]) for p in points] for label, points in clicks_world.items()
         }
         sequences = np.asarray(torch.as_tensor(image)[: self.sequences].detach().cpu())
+        before = region_channels_to_label(torch.sigmoid(torch.as_tensor(unclicked).detach().cpu()) > REGION_THRESHOLD) if unclicked is not None else None
         for key in self.key_iterator(d):
             pred = d[key]
             labels = region_channels_to_label(torch.as_tensor(pred) > REGION_THRESHOLD)
-            followed = follow_clicks(labels, sequences, clicks, spacing, self.growth)
+            followed = follow_clicks(labels, sequences, clicks, spacing, self.growth, before)
             changed = torch.as_tensor(followed != labels, device=pred.device)
             if not bool(changed.any()):
                 continue

@@ -18,7 +18,7 @@ import threading
 import time
 import weakref
 from collections import OrderedDict
-from typing import Any, Hashable, Optional, Sequence, Tuple
+from typing import Any, Callable, Hashable, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -69,7 +69,10 @@ class ClickReachInferer(Inferer):
         unclicked: Optional[UnclickedAnswers] = None,
         key: Hashable = None,
         context_mm: float = CLICK_WINDOW_CONTEXT_MM,
+        on_unclicked: Optional[Callable[[torch.Tensor], None]] = None,
     ):
+        """``on_unclicked``: given the answer to no clicks whenever a request with clicks has it (the clicks' growth
+        starts from it: ``click_growth.follow_clicks``)."""
         self.inferer = inferer
         self.sequences = sequences
         self.spacing = np.asarray(spacing_mm, dtype=float)
@@ -79,6 +82,7 @@ class ClickReachInferer(Inferer):
         self.context = np.ceil(context_mm / self.spacing).astype(int)
         roi = getattr(inferer, "roi_size", None)  # the window the network was trained on; none: no window of its own
         self.window = np.asarray(roi, dtype=int) if roi is not None else None
+        self.on_unclicked = on_unclicked
 
     def near_clicks(self, guidance: torch.Tensor) -> np.ndarray:
         """(X, Y, Z) voxels within the reach of a click, from one sample's guidance channels."""
@@ -126,6 +130,8 @@ class ClickReachInferer(Inferer):
         if not bool((guidance > 0).any()):
             return self.answer_to_no_clicks(inputs, network, *args, **kwargs)
         unclicked = self.answer_to_no_clicks(inputs, network, *args, **kwargs)
+        if self.on_unclicked is not None:
+            self.on_unclicked(unclicked)
         near_np = np.stack([self.near_clicks(g) for g in guidance])
         window = self.window_around(near_np.any(axis=0))
         if window is None:

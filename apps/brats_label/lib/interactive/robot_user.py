@@ -37,15 +37,26 @@ class GuidedSession:
         self.guidance = np.zeros((len(GUIDANCE_LABELS), *image.shape[1:]), dtype=np.float32)
         self.clicks: Dict[str, List[Tuple[int, int, int]]] = {}
         self._keep = KeepWithinInputd(keys="pred", ref_key="image")
+        self.grow_on_unclicked = True  # the clicks grow over the answer to no clicks, as served (False: the guided answer)
+        self._unclicked: Optional[torch.Tensor] = None
+        self.inferer.on_unclicked = self._keep_unclicked
+
+    def _keep_unclicked(self, answer: torch.Tensor) -> None:
+        self._unclicked = answer
 
     def answer(self) -> np.ndarray:
         """The label map the model gives for the clicks so far."""
         device = next(self.network.parameters()).device
         inputs = torch.cat([self.image, torch.as_tensor(self.guidance)], dim=0)[None].to(device)
+        self._unclicked = None
         with torch.no_grad():
-            probabilities = torch.sigmoid(self.inferer(inputs, self.network))[0].cpu()
-        labels = region_channels_to_label(self._keep({"image": self.image, "pred": probabilities})["pred"] > REGION_THRESHOLD)
-        return follow_clicks(labels, self.image.numpy(), self.clicks, self.spacing, self.growth)
+            labels = self._labels(self.inferer(inputs, self.network))
+        before = self._labels(self._unclicked) if self._unclicked is not None and self.grow_on_unclicked else None
+        return follow_clicks(labels, self.image.numpy(), self.clicks, self.spacing, self.growth, before)
+
+    def _labels(self, logits: torch.Tensor) -> np.ndarray:
+        probabilities = torch.sigmoid(logits)[0].cpu()
+        return region_channels_to_label(self._keep({"image": self.image, "pred": probabilities})["pred"] > REGION_THRESHOLD)
 
     def click(self, label: str, at: Sequence[int]) -> np.ndarray:
         add_click(self.guidance, label, at, self.spacing)
