@@ -290,9 +290,9 @@ def test_a_click_on_tissue_that_looks_like_the_rest_of_its_label_takes_only_its_
     labels[_ball(shape, (24, 24, 20), 5)] = 1
     labels[ring] = 3
     click = {"necrotic_core": [(24, 24, 27)]}  # on the ring
-    grown = follow_clicks(labels, image, click, spacing, ClickGrowth())
+    grown = follow_clicks(labels, image, click, spacing, ClickGrowth(min_separation=0.0))
     assert (grown[ring] == 1).mean() > 0.25  # with no separation asked for: a large part of the ring taken
-    guarded = follow_clicks(labels, image, click, spacing, ClickGrowth(min_separation=1.0))
+    guarded = follow_clicks(labels, image, click, spacing, ClickGrowth())  # the default guard
     taken = (guarded != labels).sum()
     assert 0 < taken <= _ball(shape, (24, 24, 27), 2).sum() and (guarded[ring] == 3).mean() > 0.9
 
