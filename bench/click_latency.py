@@ -161,6 +161,8 @@ def main() -> int:
                 later += seconds[1:]
         finally:
             server.stop()
+            args.out.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy(scratch / "server.log", args.out.with_suffix(".server.log"))  # MONAI Label's latencies per request
     summary = {
         "date": time.strftime("%Y-%m-%d"),
         "machine": f"{platform.machine()}, {os.cpu_count()} cores",

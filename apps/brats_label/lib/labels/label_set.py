@@ -92,13 +92,19 @@ class LabelSet:
 
     def to_label(self, regions: Array) -> Array:
         """(C, X, Y, Z) region masks (anything > 0 is in) -> (X, Y, Z) uint8 label, painted in ``paint_order``."""
-        inside = regions > 0
+        # a bool tensor compared with 0 takes a slow path (0.16 s at 1 mm, ten times a float's)
+        inside = regions if regions.dtype in (torch.bool, np.bool_) else regions > 0
+        paints = [(self.region_index(name), next(region.paints for region in self.regions if region.name == name)) for name in self.paint_order]
         if isinstance(inside, torch.Tensor):
             label = torch.zeros_like(inside[0], dtype=torch.uint8)  # a MetaTensor's geometry is kept
-        else:
-            label = np.zeros(inside.shape[1:], dtype=np.uint8)
-        for name in self.paint_order:
-            label[inside[self.region_index(name)]] = next(region.paints for region in self.regions if region.name == name)
+            # painted on the plain tensors (same storage): a MetaTensor's indexing costs 5x more at 1 mm
+            plain, masks = torch.Tensor.as_subclass(label, torch.Tensor), torch.Tensor.as_subclass(inside, torch.Tensor)
+            for index, value in paints:
+                plain.masked_fill_(masks[index], value)
+            return label
+        label = np.zeros(inside.shape[1:], dtype=np.uint8)
+        for index, value in paints:
+            label[inside[index]] = value
         return label
 
     def label_masks(self, regions: Mapping[str, np.ndarray]) -> Dict[str, np.ndarray]:
