@@ -62,7 +62,7 @@ def percentiles(seconds: Sequence[float]) -> Dict[str, float]:
 def before_session(network: torch.nn.Module, image: torch.Tensor, spacing: Sequence[float]) -> GuidedSession:
     """The answer as it was computed before the window and the kept answer: the whole brain, guided and not, each time."""
     session = GuidedSession(network, sliding_window_inferer(PROFILES["cpu"]), image, spacing)
-    session.inferer = ClickReachInferer(session.inferer.inferer, image.shape[0], spacing, session.growth.radius_mm)
+    session.inferer = ClickReachInferer(session.inferer.inferer, image.shape[0], spacing, session.growth.radius_mm, on_unclicked=session._keep_unclicked)
     session.inferer.window = None
     return session
 
