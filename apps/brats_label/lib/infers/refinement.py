@@ -10,7 +10,9 @@ With no clicks it answers as an auto-segmentation.
 
 Offered as soon as there is a segmentation model: until a refinement model is trained (``POST /train/refinement``)
 the network is the segmentation model's, its guidance weights zero, and the clicks act through their growth alone
-(held-out studies: 5.75 clicks to whole-tumour Dice 0.90 on average, 4.25 with a trained network; bench/interactive.py).
+(held-out studies on 2026-12-05: 5.75 clicks to whole-tumour Dice 0.90 on average, 4.25 with a trained network;
+bench/interactive.py, README *Benchmarks*). A click's answer is one window round the clicks, the answer to no clicks
+kept per study (``interactive/click_reach``; ``warm`` computes it after the study's auto-segmentation).
 """
 
 from __future__ import annotations
