@@ -297,6 +297,22 @@ def test_a_click_on_tissue_that_looks_like_the_rest_of_its_label_takes_only_its_
     assert 0 < taken <= _ball(shape, (24, 24, 27), 2).sum() and (guarded[ring] == 3).mean() > 0.9
 
 
+def test_the_clicked_voxels_show_the_clicked_label_even_where_the_network_took_it_away():
+    """A click on a voxel the answer to no clicks already gave its label confirms it: if the network's answer to the
+    clicks lost it there, the click's own voxels get it back (nothing grows further)."""
+    from lib.config import ClickGrowth
+    from lib.interactive.click_growth import follow_clicks
+
+    image, unclicked, core, _, _ = _study_with_missed_edema()
+    shape, spacing = image.shape[1:], (2.0, 2.0, 2.0)
+    guided = unclicked.copy()
+    guided[core] = 1  # the network, told of the click, called the enhancing core necrotic
+    followed = follow_clicks(guided, image, {"enhancing_tumour": [(20, 24, 20)]}, spacing, ClickGrowth(), before=unclicked)
+    own = _ball(shape, (20, 24, 20), 2) & core
+    assert (followed[own] == 3).all()
+    assert (followed[core & ~_ball(shape, (20, 24, 20), 3)] == 1).all()  # beyond its own voxels, the network's answer
+
+
 def test_a_background_click_on_a_false_edema_removes_the_false_part_not_the_true_edema_beside_it():
     from lib.config import ClickGrowth
     from lib.interactive.click_growth import follow_clicks

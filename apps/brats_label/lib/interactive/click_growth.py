@@ -10,13 +10,14 @@ mix in the regions it must not enter, hence the few lines here. MONAI Label's sc
 answer from the user's strokes the same way (an image-driven step after the network, rather than inside it).
 
 What a click may change: only voxels of the label found under it, near it, into the clicked label; never another
-region, never beyond the radius. A click on a voxel already of its label changes nothing here (the network's guidance
-still applies).
+region, never beyond the radius. The clicked voxels themselves (within ``seed_radius_mm``) always show the clicked
+label: a click on a voxel the answer to no clicks already gave its label grows nothing, but keeps that label there
+whatever the network made of it since (else the robot user, like an annotator, clicked the same error again and again).
 """
 
 from __future__ import annotations
 
-from typing import Dict, Hashable, Mapping, Optional, Sequence, Union
+from typing import Dict, Hashable, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -52,27 +53,18 @@ def grown_region(image: np.ndarray, labels: np.ndarray, voxel: Sequence[int], sp
     """The voxels a click at ``voxel`` relabels: a boolean mask of ``labels``' shape, or None when the click has
     nothing to grow (off the grid, outside the brain, or no growth asked for). ``image``: the prepared sequences
     (C, X, Y, Z), zero outside the brain; ``labels``: the answer so far."""
-    spacing = np.asarray(spacing_mm, dtype=float)
-    at = np.asarray(voxel, dtype=int)
-    shape = np.asarray(labels.shape)
-    if growth.radius_mm <= 0 or (at < 0).any() or (at >= shape).any() or not image[:, at[0], at[1], at[2]].any():
+    around = _around(image, labels, voxel, spacing_mm, growth)
+    if around is None:
         return None
-    reach = np.ceil(growth.radius_mm / spacing).astype(int)
-    lo, hi = np.maximum(at - reach, 0), np.minimum(at + reach + 1, shape)
-    box = tuple(slice(a, b) for a, b in zip(lo, hi))
-    crop, current, local = image[(slice(None), *box)], labels[box], at - lo
-    grid = np.meshgrid(*[(np.arange(a, b) - c) * s for a, b, c, s in zip(lo, hi, at, spacing)], indexing="ij")
-    distance_sq = sum(g**2 for g in grid)
-    allowed = (current == current[tuple(local)]) & (distance_sq <= growth.radius_mm**2) & crop.any(axis=0)
-    seed = allowed & (distance_sq <= growth.seed_radius_mm**2)
+    box, crop, local, allowed, own = around
     values = np.moveaxis(crop, 0, -1)[allowed]  # (N, C): the voxels the click may take
-    seed, rest = seed[allowed], ~seed[allowed]
+    seed, rest = own[allowed], ~own[allowed]
     # what the click would take from: the rest of that label around it, as the answer has it
     others = _Gaussian(values[rest], growth.min_std) if rest.sum() > values.shape[1] else None
     if others is not None and np.sqrt(others.squared_distance(values[seed].mean(axis=0, keepdims=True))[0]) < growth.min_separation:
         # the clicked tissue looks like the rest of that label: nothing tells which of it the annotator meant
         near = np.zeros(labels.shape, dtype=bool)
-        near[box][allowed] = seed  # only the clicked voxels themselves
+        near[box] = own  # only the clicked voxels themselves
         return near
     rival = others.log_likelihood(values) if others is not None else np.full(len(values), -np.inf)
     taken = seed
@@ -86,8 +78,39 @@ def grown_region(image: np.ndarray, labels: np.ndarray, voxel: Sequence[int], sp
         region = components == components[tuple(local)]
         taken = region[allowed]
     mask = np.zeros(labels.shape, dtype=bool)
-    mask[box] = region
+    mask[box] = region | own  # the clicked voxels themselves always take the click's label
     return mask
+
+
+def own_voxels(image: np.ndarray, labels: np.ndarray, voxel: Sequence[int], spacing_mm: Union[Sequence[float], np.ndarray], growth: ClickGrowth) -> Optional[np.ndarray]:
+    """The voxels a click is put on: those of the label under it within ``growth.seed_radius_mm``, in the brain."""
+    around = _around(image, labels, voxel, spacing_mm, growth)
+    if around is None:
+        return None
+    mask = np.zeros(labels.shape, dtype=bool)
+    mask[around[0]] = around[4]
+    return mask
+
+
+def _around(
+    image: np.ndarray, labels: np.ndarray, voxel: Sequence[int], spacing_mm: Union[Sequence[float], np.ndarray], growth: ClickGrowth
+) -> Optional[Tuple[Tuple[slice, ...], np.ndarray, np.ndarray, np.ndarray, np.ndarray]]:
+    """The click's box (slices), the sequences in it, the click's index in it, the voxels it may take (the label under
+    it, within ``radius_mm``, in the brain) and its own voxels (those within ``seed_radius_mm``); None when it has
+    nothing to take (off the grid, outside the brain, or no growth asked for)."""
+    spacing = np.asarray(spacing_mm, dtype=float)
+    at = np.asarray(voxel, dtype=int)
+    shape = np.asarray(labels.shape)
+    if growth.radius_mm <= 0 or (at < 0).any() or (at >= shape).any() or not image[:, at[0], at[1], at[2]].any():
+        return None
+    reach = np.ceil(growth.radius_mm / spacing).astype(int)
+    lo, hi = np.maximum(at - reach, 0), np.minimum(at + reach + 1, shape)
+    box = tuple(slice(a, b) for a, b in zip(lo, hi))
+    crop, current, local = image[(slice(None), *box)], labels[box], at - lo
+    grid = np.meshgrid(*[(np.arange(a, b) - c) * s for a, b, c, s in zip(lo, hi, at, spacing)], indexing="ij")
+    distance_sq = sum(g**2 for g in grid)
+    allowed = (current == current[tuple(local)]) & (distance_sq <= growth.radius_mm**2) & crop.any(axis=0)
+    return box, crop, local, allowed, allowed & (distance_sq <= growth.seed_radius_mm**2)
 
 
 def follow_clicks(
@@ -109,9 +132,9 @@ def follow_clicks(
     for name in GUIDANCE_LABELS:
         others = np.array([p for other in GUIDANCE_LABELS if other != name for p in clicks.get(other, ())], dtype=float).reshape(-1, 3)
         for voxel in clicks.get(name, ()):
-            if all(0 <= int(v) < n for v, n in zip(voxel, base.shape)) and base[tuple(int(v) for v in voxel)] == LABELS[name]:
-                continue  # already its label before any click: the click confirms it
-            region = grown_region(image, base, voxel, spacing_mm, growth)
+            confirms = all(0 <= int(v) < n for v, n in zip(voxel, base.shape)) and base[tuple(int(v) for v in voxel)] == LABELS[name]
+            # already its label before any click: the click confirms it there, whatever the network made of it since
+            region = (own_voxels if confirms else grown_region)(image, base, voxel, spacing_mm, growth)
             if region is None:
                 continue
             if len(others):
