@@ -43,7 +43,6 @@ from monailabel.client import MONAILabelClient  # noqa: E402
 
 from bench.evaluate import items_of  # noqa: E402
 from lib.config import MODEL_NAME, PROFILES, REFINEMENT_MODEL_NAME  # noqa: E402
-from lib.interactive.click_reach import ClickReachInferer  # noqa: E402
 from lib.interactive.click_rounds import region_channels_to_label  # noqa: E402
 from lib.interactive.robot_user import REGIONS_IN_TURN, GuidedSession  # noqa: E402
 from lib.interactive.simulated_clicks import next_click  # noqa: E402
@@ -62,8 +61,8 @@ def percentiles(seconds: Sequence[float]) -> Dict[str, float]:
 def before_session(network: torch.nn.Module, image: torch.Tensor, spacing: Sequence[float]) -> GuidedSession:
     """The answer as it was computed before the window and the kept answer: the whole brain, guided and not, each time."""
     session = GuidedSession(network, sliding_window_inferer(PROFILES["cpu"]), image, spacing)
-    session.inferer = ClickReachInferer(session.inferer.inferer, image.shape[0], spacing, session.growth.radius_mm, on_unclicked=session._keep_unclicked)
-    session.inferer.window = None
+    session.inferer.unclicked = None  # the answer to no clicks computed on every click
+    session.inferer.window = None  # the whole brain
     return session
 
 

@@ -155,6 +155,11 @@ def summarise(curves: List[Dict[str, List[float]]], actions: int) -> Dict[str, D
     return out
 
 
+def per_study(ids: List[str], curves: List[Dict[str, List[float]]]) -> Dict[str, Dict[str, List[float]]]:
+    """Each study's Dice per region after each action, to see where the actions stall."""
+    return {case: {region: [round(d, 4) for d in curve] for region, curve in study.items()} for case, study in zip(ids, curves)}
+
+
 def summaries(curves: List[Dict[str, List[float]]], actions: int) -> Dict[str, object]:
     """Over all studies, and over those whose starting WT Dice is below ``WEAK_PRELABEL_WT`` (where the issue's targets
     apply: a good pre-label leaves little to correct)."""
@@ -202,7 +207,7 @@ def main() -> int:
             brush.append(correct_with_brush(label_map(expected), label_map(predicted), args.actions, args.brush_mm, spacing))
         ids = [str(item["id"]) for item in items]
         summary.update(studies=len(brush), brush_mm=args.brush_mm, brush=summaries(brush, args.actions))
-        summary["brush_per_study"] = {case: {region: [round(d, 4) for d in curve] for region, curve in curves.items()} for case, curves in zip(ids, brush)}
+        summary["brush_per_study"] = per_study(ids, brush)
         if refinement is not None:
             prepare, clicks, seconds = Compose(evaluation_transforms(profile)), [], []
             network = load_network(profile, refinement, torch.device("cpu"), guided=True).eval()
@@ -218,7 +223,7 @@ def main() -> int:
                 unguided=args.unguided,
                 growth_on_answer=args.growth_on_answer,
                 clicks=summaries(clicks, args.actions),
-                clicks_per_study={case: {region: [round(d, 4) for d in curve] for region, curve in curves.items()} for case, curves in zip(ids, clicks)},
+                clicks_per_study=per_study(ids, clicks),
                 seconds_per_click={"p50": round(float(np.percentile(seconds, 50)), 3), "p95": round(float(np.percentile(seconds, 95)), 3), "clicks": len(seconds), "device": "cpu"},
             )
     name = args.name or ("clicks" if "clicks" in summary else "brush")

@@ -101,8 +101,8 @@ class ClickReachInferer(Inferer):
         if self.window is None or not near.any():
             return None
         shape = np.asarray(near.shape)
-        lo = np.array([np.flatnonzero(near.any(axis=tuple(a for a in range(3) if a != axis)))[0] for axis in range(3)])
-        hi = np.array([np.flatnonzero(near.any(axis=tuple(a for a in range(3) if a != axis)))[-1] + 1 for axis in range(3)])
+        reached = np.argwhere(near)
+        lo, hi = reached.min(axis=0), reached.max(axis=0) + 1
         need_lo, need_hi = np.maximum(lo - self.context, 0), np.minimum(hi + self.context, shape)
         size = np.minimum(self.window, shape)
         if ((need_hi - need_lo) > size).any():

@@ -30,7 +30,8 @@ class GuidedSession:
     def __init__(self, network: torch.nn.Module, inferer: Inferer, image: torch.Tensor, spacing_mm: Sequence[float], growth: ClickGrowth = ClickGrowth()):
         self.network = network
         # one study, one network: the answer to no clicks is computed once, as the server keeps it per study
-        self.inferer = ClickReachInferer(inferer, image.shape[0], spacing_mm, growth.radius_mm, UnclickedAnswers(max_entries=1), key="study")
+        kept = UnclickedAnswers(max_entries=1)
+        self.inferer = ClickReachInferer(inferer, image.shape[0], spacing_mm, growth.radius_mm, kept, key="study", on_unclicked=self._keep_unclicked)
         self.image = image
         self.spacing = np.asarray(spacing_mm, dtype=float)
         self.growth = growth
@@ -39,7 +40,6 @@ class GuidedSession:
         self._keep = KeepWithinInputd(keys="pred", ref_key="image")
         self.grow_on_unclicked = True  # the clicks grow over the answer to no clicks, as served (False: the guided answer)
         self._unclicked: Optional[torch.Tensor] = None
-        self.inferer.on_unclicked = self._keep_unclicked
 
     def _keep_unclicked(self, answer: torch.Tensor) -> None:
         self._unclicked = answer
