@@ -3,7 +3,7 @@
 Pipeline (the model-zoo brats_mri_segmentation bundle's, at the profile's spacing):
 load the 4-channel case -> RAS -> resample -> z-score per channel over the brain -> sliding-window
 SegResNet (3 sigmoid outputs TC, WT, ET) -> kept to the input's brain -> probabilities resampled onto the study's original grid
--> threshold -> labels {0, 1, 2, 3} -> volumes.
+and thresholded there -> labels {0, 1, 2, 3} -> volumes.
 """
 
 from __future__ import annotations
@@ -23,7 +23,6 @@ import torch
 from monai.inferers import Inferer
 from monai.transforms import (
     Activationsd,
-    AsDiscreted,
     CropForegroundd,
     DeleteItemsd,
     EnsureTyped,
@@ -36,7 +35,7 @@ from monailabel.interfaces.tasks.infer_v2 import InferType
 from monailabel.tasks.infer.basic_infer import BasicInferTask
 from monailabel.transform.cache import CacheTransformDatad
 
-from ..config import MODEL_NAME, PREPARED_INPUT_TTL_S, REGION_THRESHOLD, NetworkProfile
+from ..config import MODEL_NAME, PREPARED_INPUT_TTL_S, NetworkProfile
 from ..errors import ModelNotReady
 from ..labels.label_files import NRRD_SUFFIX, write_nrrd_label
 from ..model.network import load_network, sliding_window_inferer
@@ -136,7 +135,6 @@ class BratsSegmentation(BasicInferTask):
             Activationsd(keys="pred", sigmoid=True),
             KeepWithinInputd(keys="pred", ref_key="image"),
             RestoreToSourceGridd(keys="pred", ref_key="image"),
-            AsDiscreted(keys="pred", threshold=REGION_THRESHOLD),
             RegionsToLabeld(keys="pred", label_set=self.profile.label_set),
             RegionVolumesd(keys="pred", label_set=self.profile.label_set),
         ]

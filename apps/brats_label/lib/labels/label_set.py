@@ -120,6 +120,7 @@ class LabelSet:
 
     def volumes_ml(self, label: np.ndarray, voxel_ml: float) -> Dict[str, float]:
         """Volume of each label and of each region uniting several labels, in mL."""
-        counts = {segment.name: int((label == segment.value).sum()) for segment in self.segments}
-        counts.update({region.name: int(np.isin(label, region.values).sum()) for region in self.composite_regions})
+        per_value = np.bincount(np.asarray(label, dtype=np.uint8).ravel(), minlength=256)  # one pass over the label
+        counts = {segment.name: int(per_value[segment.value]) for segment in self.segments}
+        counts.update({region.name: int(per_value[list(region.values)].sum()) for region in self.composite_regions})
         return {name: round(count * voxel_ml, 3) for name, count in counts.items()}

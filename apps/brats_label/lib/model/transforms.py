@@ -19,6 +19,8 @@ from scipy import ndimage
 from ..config import BRAIN_EDGE_SHELL_FRACTION, BRAIN_EDGE_SHELL_MM, CHANNELS, REGION_THRESHOLD, REGIONS
 from ..labels.label_set import LabelSet
 
+SUPPORT_BOX = "support_box"  # metadata: [lo, hi] voxel indices outside which a restored answer is background
+
 
 def input_support(image: torch.Tensor) -> torch.Tensor:
     """(X, Y, Z) bool: where any channel of a (C, X, Y, Z) input is non-zero (the brain, on a prepared study)."""
@@ -87,12 +89,15 @@ class KeepWithinInputd(MapTransform):
 
 
 class RestoreToSourceGridd(MapTransform):
-    """Resample (C, x, y, z) probabilities from the network's grid onto the study's original grid.
+    """(C, x, y, z) probabilities on the network's grid -> (C, X, Y, Z) bool regions (above ``threshold``) on the
+    study's original grid.
 
     Resampling the whole 1 mm volume costs more than the 2 mm forward pass on a CPU. Linear
     interpolation only mixes neighbouring voxels, so a voxel of the original grid can exceed
     ``threshold`` only within one network-grid voxel of a voxel that already does. Only the bounding
-    box of those voxels (plus ``margin`` voxels) is resampled; the rest is 0. The labels match those of
+    box of those voxels (plus ``margin`` voxels) is resampled and thresholded; the rest is background, and the box is
+    kept in the result's metadata (``SUPPORT_BOX``) so that painting labels and counting volumes work on it alone: on a
+    1 mm study a tenth of a second less for every answer, click or auto-segmentation. The labels match those of
     MONAI's full inverse resampling up to round-off at the threshold (7 of 600 boundary voxels in a check). The original grid is read from the reference image's metadata
     (``original_affine``, ``spatial_shape``), so the orientation change is undone in the same step. A request may
     name another grid in ``data[grid_key]`` (``{"affine": RAS 4x4, "shape": [X, Y, Z]}``): the series a viewer shows
@@ -116,7 +121,8 @@ class RestoreToSourceGridd(MapTransform):
         target_shape = [int(s) for s in np.asarray(shape).tolist()]
         for key in self.key_iterator(d):
             prob = d[key]
-            restored = MetaTensor(torch.zeros((prob.shape[0], *target_shape), dtype=prob.dtype), affine=target_affine)
+            restored = MetaTensor(torch.zeros((prob.shape[0], *target_shape), dtype=torch.bool), affine=target_affine)
+            restored.meta[SUPPORT_BOX] = [[0, 0, 0], [0, 0, 0]]  # empty: nothing above the threshold
             hot = torch.nonzero((prob > self.threshold).any(0))
             if len(hot):
                 lo = torch.clamp(hot.min(0).values - self.margin, min=0)
@@ -133,9 +139,19 @@ class RestoreToSourceGridd(MapTransform):
                     dst_affine=target_affine @ _translation(t_lo),
                     spatial_size=[int(b - a) for a, b in zip(t_lo, t_hi)],
                 )
-                restored[:, t_lo[0] : t_hi[0], t_lo[1] : t_hi[1], t_lo[2] : t_hi[2]] = block.as_tensor()
+                restored.as_tensor()[:, t_lo[0] : t_hi[0], t_lo[1] : t_hi[1], t_lo[2] : t_hi[2]] = block.as_tensor() >= self.threshold  # as AsDiscreted thresholds
+                restored.meta[SUPPORT_BOX] = [t_lo.tolist(), t_hi.tolist()]
             d[key] = restored
         return d
+
+
+def support_box(array: Any) -> tuple:
+    """The index slices outside which ``array`` (C, X, Y, Z) or (1, X, Y, Z) is known to be background (a
+    ``SUPPORT_BOX`` in its metadata), or the whole array."""
+    box = array.meta.get(SUPPORT_BOX) if isinstance(array, MetaTensor) else None
+    if box is None:
+        return (slice(None),) * (array.ndim - 1)
+    return tuple(slice(int(lo), int(hi)) for lo, hi in zip(*box))
 
 
 def _translation(offset: torch.Tensor) -> torch.Tensor:
@@ -162,7 +178,11 @@ class RegionsToLabeld(MapTransform):
     def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> Dict[Hashable, torch.Tensor]:
         d = dict(data)
         for key in self.key_iterator(d):
-            d[key] = self.label_set.to_label(d[key] > 0)[None]
+            regions = d[key]
+            box = support_box(regions)
+            label = torch.zeros((1, *regions.shape[1:]), dtype=torch.uint8)
+            label[(0, *box)] = torch.as_tensor(self.label_set.to_label(torch.Tensor.as_subclass(regions, torch.Tensor)[(slice(None), *box)]))
+            d[key] = MetaTensor(label, affine=regions.affine, meta=dict(regions.meta)) if isinstance(regions, MetaTensor) else label
         return d
 
 
@@ -207,6 +227,7 @@ class RegionVolumesd(MapTransform):
             label = d[key]
             affine = label.affine if isinstance(label, MetaTensor) else torch.eye(4)
             voxel_ml = voxel_volume_ml(affine)
-            array = label.detach().cpu().numpy() if isinstance(label, torch.Tensor) else np.asarray(label)
+            inside = label[(slice(None), *support_box(label))] if label.ndim == 4 else label  # background beyond the box
+            array = inside.detach().cpu().numpy() if isinstance(inside, torch.Tensor) else np.asarray(inside)
             d.setdefault(self.result_key, {})["volumes_ml"] = region_volumes_ml(array, voxel_ml, self.label_set)
         return d
