@@ -273,6 +273,22 @@ def test_a_background_click_on_where_an_edema_click_leaked_stays_corrected():
     assert (corrected[edema & ~core & nearer_edema_click] == 2).mean() > 0.95
 
 
+def test_a_click_of_another_label_on_other_tissue_leaves_an_edema_clicks_region_whole():
+    """Only a click standing on the same tissue (as the answer to no clicks labelled it) may claim the voxels nearer to
+    it: a necrotic-core click on the enhancing core cannot take background tissue, so the edema the edema click filled
+    around that core stays filled (it had undone 181 voxels of edema 26 mm away on a held-out study)."""
+    from lib.config import ClickGrowth
+    from lib.interactive.click_growth import follow_clicks
+
+    image, labels, core, edema, _ = _study_with_missed_edema()
+    spacing = (2.0, 2.0, 2.0)
+    followed = follow_clicks(labels, image, {"edema": [(20, 31, 20)], "necrotic_core": [(20, 24, 20)]}, spacing, ClickGrowth())
+    shell = edema & ~core
+    assert (followed[shell] == 2).mean() > 0.95  # the shell's far side is nearer the core click, and still edema
+    changed_core = core & (followed != 3)
+    assert 0 < changed_core.sum() <= _ball(image.shape[1:], (20, 24, 20), 2).sum() and (followed[changed_core] == 1).all()
+
+
 def test_a_click_on_tissue_that_looks_like_the_rest_of_its_label_takes_only_its_own_voxels():
     """An enhancing ring whose every part looks alike: a necrotic-core click on it cannot say which part is wrong, so it
     takes the voxels it was put on, not the ring."""
