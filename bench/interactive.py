@@ -182,6 +182,8 @@ def main() -> int:
     parser.add_argument("--growth-multiplier", type=float, default=ClickGrowth().multiplier, help="standard deviations a grown voxel may differ by")
     parser.add_argument("--growth-seed-mm", type=float, default=ClickGrowth().seed_radius_mm, help="the clicked tissue's statistics: its voxels within this")
     parser.add_argument("--growth-min-separation", type=float, default=ClickGrowth().min_separation, help="grow only where the clicked tissue stands apart this much")
+    parser.add_argument("--growth-separate-from-background", action="store_true", help="judge the separation also where a click takes from background (until 2026-12-06)")
+    parser.add_argument("--growth-seed-all", action="store_true", help="the clicked tissue: every voxel within --growth-seed-mm (until 2026-12-06)")
     parser.add_argument("--growth-on-answer", action="store_true", help="grow each click on the guided answer (before 2026-12-06), not on the answer to no clicks")
     parser.add_argument("--unguided", action="store_true", help="clicks grown on the answer to no clicks (the network not told)")
     parser.add_argument("--name", default=None)
@@ -190,7 +192,13 @@ def main() -> int:
     profile = PROFILES[args.profile]
     spacing = np.asarray(profile.spacing_mm, dtype=float)
     growth = dataclasses.replace(
-        ClickGrowth(), radius_mm=args.growth_radius_mm, multiplier=args.growth_multiplier, seed_radius_mm=args.growth_seed_mm, min_separation=args.growth_min_separation
+        ClickGrowth(),
+        radius_mm=args.growth_radius_mm,
+        multiplier=args.growth_multiplier,
+        seed_radius_mm=args.growth_seed_mm,
+        min_separation=args.growth_min_separation,
+        separate_from_background=args.growth_separate_from_background,
+        seed_like_click=not args.growth_seed_all,
     )
     summary: Dict[str, object] = {"weights": str(args.weights), "studies_folder": str(args.studies), "actions": args.actions, "profile": profile.name}
     with tempfile.TemporaryDirectory() as scratch:

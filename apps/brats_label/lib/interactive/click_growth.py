@@ -5,7 +5,9 @@ several centimetres and expects it filled. So after the network answers, each cl
 different label relabels the connected tissue around it that looks like the clicked voxel (ITK's ConfidenceConnected
 region growing, on the four z-scored sequences, restricted to voxels the answer gave that same wrong label, within
 ``ClickGrowth.radius_mm``), and looks more like it than like the rest of that label around the click (so a click on a
-false edema beside a true one takes the false part, not both). ITK's filter has no mask, and its statistics would
+false edema beside a true one takes the false part, not both). The clicked tissue is what lies within a few
+millimetres of the click and looks more like the clicked voxel than like that rest: a click at the heart of a thin
+error has more of the tissue beside it than of the error within reach. ITK's filter has no mask, and its statistics would
 mix in the regions it must not enter, hence the few lines here. MONAI Label's scribbles apps refine a network's
 answer from the user's strokes the same way (an image-driven step after the network, rather than inside it).
 
@@ -61,7 +63,16 @@ def grown_region(image: np.ndarray, labels: np.ndarray, voxel: Sequence[int], sp
     seed, rest = own[allowed], ~own[allowed]
     # what the click would take from: the rest of that label around it, as the answer has it
     others = _Gaussian(values[rest], growth.min_std) if rest.sum() > values.shape[1] else None
-    if others is not None and np.sqrt(others.squared_distance(values[seed].mean(axis=0, keepdims=True))[0]) < growth.min_separation:
+    if others is not None and growth.seed_like_click:
+        # the clicked tissue: the voxels round the click that look more like the clicked voxel than like the rest of
+        # the label; a click at the heart of a thin missed edema has mostly normal brain within a few millimetres
+        clicked = np.moveaxis(crop, 0, -1)[tuple(local)]
+        seed = seed & (np.linalg.norm(values - clicked, axis=1) < np.linalg.norm(values - others.mean, axis=1))
+        seed[int(np.count_nonzero(allowed.ravel()[: np.ravel_multi_index(tuple(local), allowed.shape)]))] = True
+    # Only a click that relabels tumour is judged so (``ClickGrowth.separate_from_background``): the background round a missed tumour is brain and that tumour
+    # mixed, whose spread hides any tissue (a click on a missed edema of 40 mL had grown 33 voxels).
+    judged = growth.separate_from_background or labels[tuple(voxel)] != 0
+    if judged and others is not None and np.sqrt(others.squared_distance(values[seed].mean(axis=0, keepdims=True))[0]) < growth.min_separation:
         # the clicked tissue looks like the rest of that label: nothing tells which of it the annotator meant
         near = np.zeros(labels.shape, dtype=bool)
         near[box] = own  # only the clicked voxels themselves
@@ -78,7 +89,8 @@ def grown_region(image: np.ndarray, labels: np.ndarray, voxel: Sequence[int], sp
         region = components == components[tuple(local)]
         taken = region[allowed]
     mask = np.zeros(labels.shape, dtype=bool)
-    mask[box] = region | own  # the clicked voxels themselves always take the click's label
+    mask[box] = region
+    mask[box][allowed] |= seed  # the clicked tissue itself always takes the click's label
     return mask
 
 
