@@ -68,9 +68,10 @@ def grown_region(image: np.ndarray, labels: np.ndarray, voxel: Sequence[int], sp
         # the label; a click at the heart of a thin missed edema has mostly normal brain within a few millimetres
         clicked = np.moveaxis(crop, 0, -1)[tuple(local)]
         seed = seed & (np.linalg.norm(values - clicked, axis=1) < np.linalg.norm(values - others.mean, axis=1))
-        seed[int(np.count_nonzero(allowed.ravel()[: np.ravel_multi_index(tuple(local), allowed.shape)]))] = True
-    # Only a click that relabels tumour is judged so (``ClickGrowth.separate_from_background``): the background round a missed tumour is brain and that tumour
-    # mixed, whose spread hides any tissue (a click on a missed edema of 40 mL had grown 33 voxels).
+        seed[int(np.count_nonzero(allowed.ravel()[: np.ravel_multi_index(tuple(local), allowed.shape)]))] = True  # the clicked voxel
+    # Only a click that relabels tumour is judged so (``ClickGrowth.separate_from_background``): the background round
+    # a missed tumour is brain and that tumour mixed, whose spread hides any tissue (a click on a missed edema of 40 mL
+    # had grown 33 voxels).
     judged = growth.separate_from_background or labels[tuple(voxel)] != 0
     if judged and others is not None and np.sqrt(others.squared_distance(values[seed].mean(axis=0, keepdims=True))[0]) < growth.min_separation:
         # the clicked tissue looks like the rest of that label: nothing tells which of it the annotator meant

@@ -181,7 +181,8 @@ class RegionsToLabeld(MapTransform):
             regions = d[key]
             box = support_box(regions)
             label = torch.zeros((1, *regions.shape[1:]), dtype=torch.uint8)
-            label[(0, *box)] = torch.as_tensor(self.label_set.to_label(torch.Tensor.as_subclass(regions, torch.Tensor)[(slice(None), *box)]))
+            plain = regions.as_tensor() if isinstance(regions, MetaTensor) else torch.as_tensor(regions)
+            label[(0, *box)] = torch.as_tensor(self.label_set.to_label(plain[(slice(None), *box)]))
             d[key] = MetaTensor(label, meta=dict(regions.meta)) if isinstance(regions, MetaTensor) else label  # its affine in the meta
         return d
 
