@@ -418,7 +418,7 @@ class ClickGrowth:
     min_separation: float = 1.0
     # ... and only for a click that relabels tumour. Judged also where it takes from background (until 2026-12-06), a
     # click on a missed edema of 40 mL grew 33 voxels: the background round a missed tumour mixes brain and that
-    # tumour, and its spread hides any tissue (held-out study 01004: WT 0.29 after 2 clicks, 0.77 now).
+    # tumour, and its spread hides any tissue (held-out study 01004: WT 0.29 after 2 clicks, 0.76 now).
     separate_from_background: bool = False
     # The clicked tissue's statistics from the voxels within ``seed_radius_mm`` that look more like the clicked voxel
     # than like the rest of its label. From all of them (until 2026-12-06), a click at the heart of a thin missed
