@@ -59,16 +59,19 @@ def grown_region(image: np.ndarray, labels: np.ndarray, voxel: Sequence[int], sp
     if around is None:
         return None
     box, crop, local, allowed, own = around
-    values = np.moveaxis(crop, 0, -1)[allowed]  # (N, C): the voxels the click may take
+    channels_last = np.moveaxis(crop, 0, -1)
+    values = channels_last[allowed]  # (N, C): the voxels the click may take
     seed, rest = own[allowed], ~own[allowed]
     # what the click would take from: the rest of that label around it, as the answer has it
     others = _Gaussian(values[rest], growth.min_std) if rest.sum() > values.shape[1] else None
     if others is not None and growth.seed_like_click:
         # the clicked tissue: the voxels round the click that look more like the clicked voxel than like the rest of
         # the label; a click at the heart of a thin missed edema has mostly normal brain within a few millimetres
-        clicked = np.moveaxis(crop, 0, -1)[tuple(local)]
-        seed = seed & (np.linalg.norm(values - clicked, axis=1) < np.linalg.norm(values - others.mean, axis=1))
-        seed[int(np.count_nonzero(allowed.ravel()[: np.ravel_multi_index(tuple(local), allowed.shape)]))] = True  # the clicked voxel
+        clicked = channels_last[tuple(local)]
+        like = np.zeros_like(allowed)
+        like[allowed] = np.linalg.norm(values - clicked, axis=1) < np.linalg.norm(values - others.mean, axis=1)
+        like[tuple(local)] = True  # the clicked voxel itself
+        seed = seed & like[allowed]
     # Only a click that relabels tumour is judged so (``ClickGrowth.separate_from_background``): the background round
     # a missed tumour is brain and that tumour mixed, whose spread hides any tissue (a click on a missed edema of 40 mL
     # had grown 33 voxels).
@@ -141,7 +144,7 @@ def follow_clicks(
     around it (judged on that answer, a click the network had followed grew nothing). None: ``labels``."""
     out = labels.copy()
     base = out if before is None else before.copy()
-    unclicked = base.copy()  # the tissue each click stands on, as the answer to no clicks labelled it
+    unclicked = labels if before is None else before  # the tissue each click stands on (read only)
     spacing = np.asarray(spacing_mm, dtype=float)
     for name in GUIDANCE_LABELS:
         others = np.array([p for other in GUIDANCE_LABELS if other != name for p in clicks.get(other, ()) if _on_grid(p, base.shape)], dtype=float).reshape(-1, 3)
