@@ -232,6 +232,7 @@ def test_with_authentication_on_the_viewer_sends_the_users_token_and_the_label_i
     result = json.loads(run.stdout.strip().splitlines()[-1])
     assert result["errors"] == [], result["errors"]
     assert result["requestsWithoutToken"] == 0, "every request to the server (DICOMweb, the MONAI Label panel, Submit label) carries the token"
+    assert result["review"] is not None, "the check for a label sent back waits for the token instead of being skipped"
     assert result["connected"] and result["infer"]["status"] == 200
     assert result["submit"]["status"] == 200 and result["submit"]["outcome"]["state"] == "saved", result["submit"]
     label = requests.get(f"{server.url}/datastore/label/info", params={"label": study, "tag": "final"}, headers=admin, timeout=60).json()

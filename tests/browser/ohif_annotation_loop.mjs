@@ -57,7 +57,7 @@ async function brushStroke(page, segmentLabel) {
   return segmentIndex;
 }
 
-const result = { errors: [], requestsWithoutToken: 0, series: [], connected: false, info: null, panel: false, nextSample: null, opened: null, infer: null, segmentations: [], overlay: null, corrected: null, submit: null, console: [] };
+const result = { errors: [], requestsWithoutToken: 0, series: [], connected: false, info: null, panel: false, nextSample: null, opened: null, infer: null, segmentations: [], overlay: null, corrected: null, submit: null, review: null, console: [] };
 await reportRun(result, async (browser) => {
   const page = await newMonaiLabelPage(browser, server, result);
   page.on('dialog', (d) => d.accept()); // Next Sample's "This action will reload current page" confirmation
@@ -110,4 +110,5 @@ await reportRun(result, async (browser) => {
   await page.getByText('Label saved').waitFor({ timeout: TIMEOUT_MS }); // the notification the annotator sees
   await page.waitForTimeout(1500); // it fades in
   await page.screenshot({ path: `${outDir}/ohif_label_submitted.png` });
+  result.review = await page.evaluate(() => window.bratsReturnedReview ?? null); // the study's review, asked on opening
 });

@@ -43,8 +43,9 @@
     if (!window.services?.uiNotificationService || !window.location.pathname.includes(MODE_ROUTE) || !study || study === checked) {
       return;
     }
-    if (window.config.oidc?.length && !window.services.userAuthenticationService?.getAuthorizationHeader?.()) {
-      return; // OHIF signs in with the provider: ask once the user's token is there
+    const signedIn = window.services.userAuthenticationService?.getAuthorizationHeader?.()?.Authorization;
+    if ((window.bratsAuthEnabled || window.config.oidc?.length) && !signedIn) {
+      return; // the server asks for a token (OHIF takes ?token= or the provider's sign-in a while after start): wait for it
     }
     checked = study;
     checkReturned(study).catch((error) => console.warn('BraTS Label: could not read the review of this study', error));

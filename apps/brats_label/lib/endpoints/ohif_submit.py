@@ -117,10 +117,13 @@ def _referenced(ds: pydicom.Dataset) -> pydicom.Dataset:
     return item
 
 
-def app_config_js(sign_in: str = "") -> Response:
+def app_config_js(sign_in: str = "", auth_enabled: bool = False) -> Response:
     """OHIF's configuration as shipped, then our toolbar button and the notice of a label sent back for changes, and
-    the sign-in with the deployment's OpenID provider where one is configured (``ohif_sign_in.py``)."""
-    script = "\n".join([*(path.read_text() for path in (OHIF_DIR / "app-config.js", SUBMIT_SCRIPT, RETURNED_SCRIPT)), sign_in])
+    the sign-in with the deployment's OpenID provider where one is configured (``ohif_sign_in.py``). With
+    authentication on, the scripts wait for the user's token (``window.bratsAuthEnabled``): OHIF takes a ``?token=``
+    some time after the page has started, and a request sent before would go without it."""
+    auth_flag = f"window.bratsAuthEnabled = {'true' if auth_enabled else 'false'};"
+    script = "\n".join([*(path.read_text() for path in (OHIF_DIR / "app-config.js", SUBMIT_SCRIPT)), auth_flag, RETURNED_SCRIPT.read_text(), sign_in])
     return Response(script, media_type="application/javascript", headers={"Cache-Control": "no-cache"})
 
 
@@ -139,7 +142,7 @@ def install_ohif_submit_routes(app: FastAPI, sign_in: Optional[BrowserSignIn] = 
     sign_in_js = sign_in_script(sign_in) if sign_in is not None else ""
 
     def configured_app_config_js() -> Response:
-        return app_config_js(sign_in_js)
+        return app_config_js(sign_in_js, settings.MONAI_LABEL_AUTH_ENABLE)
 
     add_route_in_front(app, "/ohif/{path:path}", ohif_file, ["GET"], "The OHIF viewer's files", include_in_schema=False)
     for path in STOW_PATHS:
