@@ -183,6 +183,12 @@ def main() -> int:
     parser.add_argument("--growth-seed-mm", type=float, default=ClickGrowth().seed_radius_mm, help="the clicked tissue's statistics: its voxels within this")
     parser.add_argument("--growth-min-separation", type=float, default=ClickGrowth().min_separation, help="grow only where the clicked tissue stands apart this much")
     parser.add_argument("--growth-separate-from-background", action="store_true", help="judge the separation also where a click takes from background (until 2026-12-06)")
+    parser.add_argument(
+        "--growth-min-edge",
+        type=float,
+        default=ClickGrowth().min_edge,
+        help="a grown region's rim must differ from it this much, else only the clicked tissue (0: before 2026-12-07)",
+    )
     parser.add_argument("--growth-seed-all", action="store_true", help="the clicked tissue: every voxel within --growth-seed-mm (until 2026-12-06)")
     parser.add_argument("--growth-on-answer", action="store_true", help="grow each click on the guided answer (before 2026-12-06), not on the answer to no clicks")
     parser.add_argument("--unguided", action="store_true", help="clicks grown on the answer to no clicks (the network not told)")
@@ -199,6 +205,7 @@ def main() -> int:
         min_separation=args.growth_min_separation,
         separate_from_background=args.growth_separate_from_background,
         seed_like_click=not args.growth_seed_all,
+        min_edge=args.growth_min_edge,
     )
     summary: Dict[str, object] = {"weights": str(args.weights), "studies_folder": str(args.studies), "actions": args.actions, "profile": profile.name}
     with tempfile.TemporaryDirectory() as scratch:

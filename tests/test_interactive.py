@@ -283,8 +283,30 @@ def test_a_click_in_a_thin_missed_edema_fills_it_and_not_the_normal_brain_round_
     clicks = {"edema": [(31, 24, 20)]}
     followed = follow_clicks(labels, image, clicks, spacing, ClickGrowth())
     assert (followed[sheet] == 2).mean() > 0.85 and ((followed == 2) & ~sheet).sum() <= 10
-    from_all = follow_clicks(labels, image, clicks, spacing, ClickGrowth(seed_like_click=False))  # until 2026-12-06
+    from_all = follow_clicks(labels, image, clicks, spacing, ClickGrowth(seed_like_click=False, min_edge=0.0))  # until 2026-12-06
     assert ((from_all == 2) & ~sheet).sum() > 1000
+
+
+def test_a_click_on_brain_with_no_edge_round_it_takes_only_the_clicked_tissue():
+    """Normal brain that brightens smoothly across the head (a bias field, or partial volume beside a thin error) has
+    no edge for a grown region to stop at: it stops where the multiplier does, on tissue as like it as what it took.
+    Such a click takes only its clicked tissue (fresh study 07005: one click grew over 47 mL of normal brain), while a
+    click on a missed edema, which ends at normal brain, still fills it."""
+    from lib.config import ClickGrowth
+    from lib.interactive.click_growth import follow_clicks
+
+    shape, spacing = (48, 48, 40), (2.0, 2.0, 2.0)
+    image = np.zeros((4, *shape), dtype=np.float32)
+    brain = _ball(shape, (24, 24, 20), 19)
+    image[:, brain] = np.random.default_rng(0).normal(0.0, 0.2, size=(4, int(brain.sum())))
+    ramp = np.broadcast_to(np.linspace(-2.0, 2.0, shape[0])[:, None, None], shape)  # 4 SD over 96 mm, left to right
+    image[2:, brain] += ramp[brain]
+    labels = np.zeros(shape, dtype=np.uint8)
+    clicks = {"edema": [(24, 24, 20)]}
+    followed = follow_clicks(labels, image, clicks, spacing, ClickGrowth())
+    assert 0 < (followed == 2).sum() <= 33  # at most the 4 mm ball round the click (33 voxels at 2 mm)
+    unstopped = follow_clicks(labels, image, clicks, spacing, ClickGrowth(min_edge=0.0))  # until 2026-12-07
+    assert (unstopped == 2).sum() * 8 / 1000 > 10  # mL of normal brain
 
 
 def test_a_click_the_network_followed_at_its_voxel_still_fills_the_tissue_around_it():

@@ -424,6 +424,14 @@ class ClickGrowth:
     # than like the rest of its label. From all of them (until 2026-12-06), a click at the heart of a thin missed
     # edema (20 of its 27 voxels normal brain) grew over 52 mL of normal brain (fresh study 06008: WT 0.90 -> 0.58).
     seed_like_click: bool = True
+    # A grown region must stop at an edge: its rim (the voxels one step beyond it it could have taken) at least this
+    # many standard deviations from it (Mahalanobis, the spread of the rest of the label round the click); else the
+    # click takes only the clicked tissue. 0: never asked (until 2026-12-07). Without it a click on partial volume at
+    # the edge of a thin missed edema grew over 47 mL of smooth normal brain (fresh study 07005). Regions and rims
+    # smaller than these are not judged: too few voxels to tell an edge.
+    min_edge: float = 1.0
+    edge_min_region_voxels: int = 50
+    edge_min_rim_voxels: int = 10
 
 
 @dataclass(frozen=True)

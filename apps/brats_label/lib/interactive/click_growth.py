@@ -92,10 +92,29 @@ def grown_region(image: np.ndarray, labels: np.ndarray, voxel: Sequence[int], sp
         components, _ = ndimage.label(inside)
         region = components == components[tuple(local)]
         taken = region[allowed]
+    if not _has_edge(channels_last, region, allowed, own, growth):
+        region = np.zeros_like(allowed)  # no edge stopped it: only the clicked tissue below
     mask = np.zeros(labels.shape, dtype=bool)
     mask[box] = region
     mask[box][allowed] |= seed  # the clicked tissue itself always takes the click's label
     return mask
+
+
+def _has_edge(values: np.ndarray, region: np.ndarray, allowed: np.ndarray, own: np.ndarray, growth: ClickGrowth) -> bool:
+    """Whether a grown region stops at an edge: the voxels just beyond it that it could have taken (its rim) differ
+    from it by at least ``growth.min_edge`` standard deviations (Mahalanobis, the spread of the rest of the label
+    round the click). A missed edema ends at normal brain; a click on a smooth continuum of normal brain (a bias field,
+    partial volume at the edge of a thin error) grows as far as the multiplier lets it and stops on tissue as like
+    it as what it took (fresh study 07005: 47 mL of normal brain). Too small a region or rim to tell: it has one."""
+    if growth.min_edge <= 0 or region.sum() < growth.edge_min_region_voxels:
+        return True
+    rim = ndimage.binary_dilation(region) & ~region & allowed
+    others = allowed & ~own & ~region
+    if rim.sum() < growth.edge_min_rim_voxels or others.sum() <= values.shape[-1]:
+        return True
+    difference = values[region].mean(axis=0) - values[rim].mean(axis=0)
+    spread = _Gaussian(values[others], growth.min_std)
+    return bool(np.sqrt(difference @ spread.inverse @ difference) >= growth.min_edge)
 
 
 def own_voxels(image: np.ndarray, labels: np.ndarray, voxel: Sequence[int], spacing_mm: Union[Sequence[float], np.ndarray], growth: ClickGrowth) -> Optional[np.ndarray]:
