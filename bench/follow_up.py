@@ -76,6 +76,7 @@ def region_names(label_set: LabelSet) -> list:
     return [region.name.lower() for region in label_set.regions]
 
 
+MODEL_ON_BOTH = "model_on_both"  # a change measure only: the model's volumes on the follow-up minus on the baseline
 SMALL_CHANGE = 0.20  # a whole tumour whose volume changed by at most this fraction
 
 
@@ -159,6 +160,9 @@ def main() -> int:
             row["baseline_ml"] = before
             row["wt_change"] = round((after["WT"] - before["WT"]) / before["WT"], 4) if before["WT"] > 0 else None
             measured = {"model": model}
+            # the change as the model measures it on both studies: its own bias in either cancels
+            baseline_model = np.asarray(nib.load(task({"image": baseline["image"]})[0]).dataobj, dtype=np.uint8)
+            by_model = volumes(baseline_model, nib.load(baseline["label"]).header.get_zooms()[:3], label_set)
             for deformable in args.deformable:
                 suffix = "+deformable" if deformable else ""
                 for change_sd in args.change_sd:
@@ -178,6 +182,8 @@ def main() -> int:
             for answer, label in measured.items():  # the volume change each answer measures, against the true change
                 got = volumes(label, spacing, label_set)
                 row[answer]["change_error_ml"] = {k: round((got[k] - before[k]) - row["true_change_ml"][k], 3) for k in got}
+            got = volumes(model, spacing, label_set)
+            row[MODEL_ON_BOTH] = {"change_error_ml": {k: round((got[k] - by_model[k]) - row["true_change_ml"][k], 3) for k in got}}
             rows.append(row)
     suffixes = ["+deformable" if deformable else "" for deformable in args.deformable]
     priors = [f"prior{suffix}" for suffix in suffixes]
@@ -185,12 +191,14 @@ def main() -> int:
     keys = ["mean", *region_names(label_set), *label_set.foreground]
     summary = {answer: {key: round(float(np.mean([row[answer][key] for row in rows])), 4) for key in keys} for answer in answers}
     small = [row for row in rows if row["wt_change"] is not None and abs(row["wt_change"]) <= SMALL_CHANGE]
-    for answer in answers:
+    summary[MODEL_ON_BOTH] = {}
+    for answer in [*answers, MODEL_ON_BOTH]:
         errors = {k: [abs(row[answer]["change_error_ml"][k]) for row in rows] for k in rows[0][answer]["change_error_ml"]}
         relative = {k: [abs(row[answer]["change_error_ml"][k]) / row["baseline_ml"][k] for row in rows if row["baseline_ml"][k] > 0] for k in errors}
         summary[answer]["volume_change_error_ml"] = {k: round(float(np.mean(v)), 3) for k, v in errors.items()}
         summary[answer]["volume_change_error_of_baseline"] = {k: round(float(np.mean(v)), 4) for k, v in relative.items() if v}
-        summary[answer]["wt_dice_small_change"] = round(float(np.mean([row[answer]["wt"] for row in small])), 4) if small else None
+        if answer != MODEL_ON_BOTH:
+            summary[answer]["wt_dice_small_change"] = round(float(np.mean([row[answer]["wt"] for row in small])), 4) if small else None
     summary["small_change_studies"] = len(small)
     for answer in answers[1 + len(priors) :]:
         differences = np.array([row[answer]["mean"] - row["model"]["mean"] for row in rows])
@@ -212,7 +220,7 @@ def main() -> int:
         )
     print(f"\nwhole tumour changed by at most {SMALL_CHANGE:.0%}: {len(small)} studies; WT Dice " + ", ".join(f"{a} {summary[a]['wt_dice_small_change']}" for a in answers))
     print("volume change error, mean |measured - true| in mL (and in % of the baseline's volume):")
-    for answer in answers:
+    for answer in [*answers, MODEL_ON_BOTH]:
         error, share = summary[answer]["volume_change_error_ml"], summary[answer]["volume_change_error_of_baseline"]
         print(f"{answer:18}" + "".join(f"  {k} {error[k]:.2f} ({100 * share.get(k, float('nan')):.1f} %)" for k in label_set.volume_names()))
     print(f"\n{out / (args.name + '.json')}")
