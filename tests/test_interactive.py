@@ -309,6 +309,43 @@ def test_a_click_on_brain_with_no_edge_round_it_takes_only_the_clicked_tissue():
     assert (unstopped == 2).sum() * 8 / 1000 > 10  # mL of normal brain
 
 
+def test_a_click_just_beyond_an_edemas_edge_moves_that_edge_not_only_the_piece_clicked():
+    """The answer stops short of the edema's edge, and the band of partial volume it leaves (each voxel part edema,
+    part brain; edema where it is mostly edema) is in pieces. A click in it says "this too is that edema": it takes
+    the voxels within its reach that look more like the edema the answer has than like the brain beyond, through the
+    edema, and not the brain (fresh study 09008: each click took 0.5-2 mL of such a band, WT stalled at 0.88)."""
+    from lib.config import ClickGrowth
+    from lib.interactive.click_growth import follow_clicks
+
+    shape, spacing, centre = (60, 60, 50), (2.0, 2.0, 2.0), (30, 30, 25)
+    rng = np.random.default_rng(0)
+    image = np.zeros((4, *shape), dtype=np.float32)
+    brain = _ball(shape, centre, 28)
+    image[:, brain] = rng.normal(0.0, 0.3, size=(4, int(brain.sum())))
+    core, edema = _ball(shape, centre, 4), _ball(shape, centre, 10)
+    band = _ball(shape, centre, 12) & ~edema
+    share = np.zeros(shape)
+    share[band] = rng.uniform(0.0, 1.0, size=int(band.sum()))  # of each band voxel that is edema
+    image[0][core] += 3.0
+    image[2:, edema & ~core] += 2.5
+    image[2:, band] += 2.5 * share[band]
+    truth = edema | (share > 0.5)
+    labels = np.zeros(shape, dtype=np.uint8)
+    labels[edema] = 2
+    labels[core] = 3
+    at = (41, 30, 25)  # in the band, 11 voxels from the centre
+    image[2:, at[0], at[1], at[2]] = 2.0
+    near = _ball(shape, at, 15)  # within the click's 30 mm
+    clicks = {"edema": [at]}
+    followed = follow_clicks(labels, image, clicks, spacing, ClickGrowth())
+    missed = truth & band & near
+    assert (followed[missed] == 2).mean() > 0.8
+    assert ((followed == 2) & ~truth).sum() < 0.1 * missed.sum()  # the band's brain and the brain beyond: hardly any
+    assert (followed[band & ~near] == 0).all() and (followed[edema] == labels[edema]).all()  # nothing beyond reach
+    alone = follow_clicks(labels, image, clicks, spacing, ClickGrowth(grow_with_label_nearby=False))  # until 2026-12-07
+    assert (alone[missed] == 2).mean() < 0.5
+
+
 def test_a_click_the_network_followed_at_its_voxel_still_fills_the_tissue_around_it():
     """A network that learnt from clicks takes the clicked voxel and a little around it; the click's growth starts from
     the answer to no clicks, so it still fills the missed edema, not just the network's blob."""

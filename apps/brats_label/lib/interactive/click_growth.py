@@ -51,14 +51,16 @@ class _Gaussian:
         return -0.5 * (self.squared_distance(values) + self.log_det)
 
 
-def grown_region(image: np.ndarray, labels: np.ndarray, voxel: Sequence[int], spacing_mm: Union[Sequence[float], np.ndarray], growth: ClickGrowth) -> Optional[np.ndarray]:
+def grown_region(
+    image: np.ndarray, labels: np.ndarray, voxel: Sequence[int], spacing_mm: Union[Sequence[float], np.ndarray], growth: ClickGrowth, label: Optional[int] = None
+) -> Optional[np.ndarray]:
     """The voxels a click at ``voxel`` relabels: a boolean mask of ``labels``' shape, or None when the click has
     nothing to grow (off the grid, outside the brain, or no growth asked for). ``image``: the prepared sequences
-    (C, X, Y, Z), zero outside the brain; ``labels``: the answer so far."""
+    (C, X, Y, Z), zero outside the brain; ``labels``: the answer so far; ``label``: the clicked label."""
     around = _around(image, labels, voxel, spacing_mm, growth)
     if around is None:
         return None
-    box, crop, local, allowed, own = around
+    box, crop, local, allowed, own, reach = around
     channels_last = np.moveaxis(crop, 0, -1)
     values = channels_last[allowed]  # (N, C): the voxels the click may take
     seed, rest = own[allowed], ~own[allowed]
@@ -81,23 +83,64 @@ def grown_region(image: np.ndarray, labels: np.ndarray, voxel: Sequence[int], sp
         near = np.zeros(labels.shape, dtype=bool)
         near[box] = own  # only the clicked voxels themselves
         return near
-    rival = others.log_likelihood(values) if others is not None else np.full(len(values), -np.inf)
-    taken = seed
-    for _ in range(growth.iterations + 1):
-        clicked = _Gaussian(values[taken], growth.min_std)
-        alike = (clicked.squared_distance(values) <= growth.multiplier**2) & (clicked.log_likelihood(values) > rival)
-        inside = np.zeros_like(allowed)
-        inside[allowed] = alike
+    edge = _label_edge(channels_last, labels[box] == label if label is not None else None, reach, allowed, own, tuple(local), spacing_mm, growth)
+    if edge is not None:
+        # a click just beyond the clicked label's edge: the voxels within reach more like that label's tissue than
+        # like what lies beyond the edge, connected to the click through the label itself
+        kin, tissue, beyond = edge
+        inside = kin.copy()
+        inside[allowed] = tissue.log_likelihood(values) > beyond.log_likelihood(values)
         inside[tuple(local)] = True
         components, _ = ndimage.label(inside)
-        region = components == components[tuple(local)]
-        taken = region[allowed]
+        region = (components == components[tuple(local)]) & allowed
+    else:
+        rival = others.log_likelihood(values) if others is not None else np.full(len(values), -np.inf)
+        taken = seed
+        for _ in range(growth.iterations + 1):
+            clicked = _Gaussian(values[taken], growth.min_std)
+            alike = (clicked.squared_distance(values) <= growth.multiplier**2) & (clicked.log_likelihood(values) > rival)
+            inside = np.zeros_like(allowed)
+            inside[allowed] = alike
+            inside[tuple(local)] = True
+            components, _ = ndimage.label(inside)
+            region = components == components[tuple(local)]
+            taken = region[allowed]
     if not _has_edge(channels_last, region, allowed, own, growth):
         region = np.zeros_like(allowed)  # no edge stopped it: only the clicked tissue below
     mask = np.zeros(labels.shape, dtype=bool)
     mask[box] = region
     mask[box][allowed] |= seed  # the clicked tissue itself always takes the click's label
     return mask
+
+
+def _label_edge(
+    values: np.ndarray,
+    labelled: Optional[np.ndarray],
+    reach: np.ndarray,
+    allowed: np.ndarray,
+    own: np.ndarray,
+    clicked: Tuple[int, ...],
+    spacing_mm: Union[Sequence[float], np.ndarray],
+    growth: ClickGrowth,
+) -> Optional[Tuple[np.ndarray, _Gaussian, _Gaussian]]:
+    """Whether a click stands just beyond the edge of the label it sets: the clicked label's voxels within reach
+    (``labelled & reach``), the look of their tissue and of the label under the click beyond ``edge_band_mm`` from
+    them, when the clicked voxel looks more like the first. A click there says "this too is that edema": the voxels
+    between are partial volume, midway between the two, and the clicked tissue's own few voxels say too little of them
+    (the band the answer leaves round a whole tumour breaks into hundreds of pieces; each click took 0.5-2 mL of it).
+    None: not such a click (the label too small there, or the clicked voxel more like what lies beyond)."""
+    if labelled is None or not growth.grow_with_label_nearby:
+        return None
+    kin = labelled & reach
+    if kin.sum() < growth.edge_min_region_voxels:
+        return None
+    spacing = np.asarray(spacing_mm, dtype=float)
+    beyond = allowed & ~own & (ndimage.distance_transform_edt(~kin, sampling=spacing) > growth.edge_band_mm)
+    if beyond.sum() <= values.shape[-1]:
+        return None
+    tissue, rest = _Gaussian(values[kin], growth.min_std), _Gaussian(values[beyond], growth.min_std)
+    at = values[clicked][None]
+    return (kin, tissue, rest) if tissue.log_likelihood(at)[0] > rest.log_likelihood(at)[0] else None
 
 
 def _has_edge(values: np.ndarray, region: np.ndarray, allowed: np.ndarray, own: np.ndarray, growth: ClickGrowth) -> bool:
@@ -129,10 +172,10 @@ def own_voxels(image: np.ndarray, labels: np.ndarray, voxel: Sequence[int], spac
 
 def _around(
     image: np.ndarray, labels: np.ndarray, voxel: Sequence[int], spacing_mm: Union[Sequence[float], np.ndarray], growth: ClickGrowth
-) -> Optional[Tuple[Tuple[slice, ...], np.ndarray, np.ndarray, np.ndarray, np.ndarray]]:
+) -> Optional[Tuple[Tuple[slice, ...], np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]]:
     """The click's box (slices), the sequences in it, the click's index in it, the voxels it may take (the label under
-    it, within ``radius_mm``, in the brain) and its own voxels (those within ``seed_radius_mm``); None when it has
-    nothing to take (off the grid, outside the brain, or no growth asked for)."""
+    it, within ``radius_mm``, in the brain), its own voxels (those within ``seed_radius_mm``) and its reach (the brain
+    within ``radius_mm``); None when it has nothing to take (off the grid, outside the brain, or no growth asked for)."""
     spacing = np.asarray(spacing_mm, dtype=float)
     at = np.asarray(voxel, dtype=int)
     shape = np.asarray(labels.shape)
@@ -144,8 +187,9 @@ def _around(
     crop, current, local = image[(slice(None), *box)], labels[box], at - lo
     grid = np.meshgrid(*[(np.arange(a, b) - c) * s for a, b, c, s in zip(lo, hi, at, spacing)], indexing="ij")
     distance_sq = sum(g**2 for g in grid)
-    allowed = (current == current[tuple(local)]) & (distance_sq <= growth.radius_mm**2) & crop.any(axis=0)
-    return box, crop, local, allowed, allowed & (distance_sq <= growth.seed_radius_mm**2)
+    reach = (distance_sq <= growth.radius_mm**2) & crop.any(axis=0)
+    allowed = (current == current[tuple(local)]) & reach
+    return box, crop, local, allowed, allowed & (distance_sq <= growth.seed_radius_mm**2), reach
 
 
 def follow_clicks(
@@ -171,7 +215,7 @@ def follow_clicks(
         for voxel in clicks.get(name, ()):
             confirms = _on_grid(voxel, base.shape) and base[tuple(int(v) for v in voxel)] == LABELS[name]
             # already its label before any click: the click confirms it there, whatever the network made of it since
-            region = (own_voxels if confirms else grown_region)(image, base, voxel, spacing_mm, growth)
+            region = own_voxels(image, base, voxel, spacing_mm, growth) if confirms else grown_region(image, base, voxel, spacing_mm, growth, LABELS[name])
             if region is None:
                 continue
             if len(others):
