@@ -30,6 +30,10 @@ above the model's):
   ``--brain-shift MM`` settles each follow-up's brain towards its lesion by up to MM (``synthetic/brain_shift.py``),
   as after surgery.
 
+The volume change is also measured by the model alone on both studies (``model_on_both``: its volumes on the
+follow-up minus its volumes on the baseline), against the same true change: a model that misses the same share of a
+tumour on both scans still measures its change.
+
 Writes ``bench/results/follow_up/<name>.json`` (per study and means, paired differences against the model) and
 prints a table. Choose ``change_sd`` on one seed's patients and report it on another's.
 """
