@@ -430,6 +430,8 @@ class ClickGrowth:
     # the edge of a thin missed edema grew over 47 mL of smooth normal brain (fresh study 07005). Regions and rims
     # smaller than these are not judged: too few voxels to tell an edge.
     min_edge: float = 1.0
+    edge_min_region_voxels: int = 50  # also the fewest voxels of the clicked label that make an edge to move (below)
+    edge_min_rim_voxels: int = 10
     # A click just beyond the edge of the label it sets (the clicked voxel more like that label's voxels within reach
     # than like the label under it farther than ``edge_band_mm`` from them) takes the voxels within reach that look
     # more like the first than like the second, connected to it through the label (``_label_edge`` in
@@ -437,8 +439,6 @@ class ClickGrowth:
     # False (until 2026-12-07): the clicked tissue alone; fresh study 09008 stalled at WT 0.88 after 8 clicks.
     grow_with_label_nearby: bool = True
     edge_band_mm: float = 6.0  # three voxels of the cpu profile's grid: the partial volume along an edge
-    edge_min_region_voxels: int = 50
-    edge_min_rim_voxels: int = 10
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,11 @@ error has more of the tissue beside it than of the error within reach. ITK's fil
 mix in the regions it must not enter, hence the few lines here. MONAI Label's scribbles apps refine a network's
 answer from the user's strokes the same way (an image-driven step after the network, rather than inside it).
 
+Two rules shape the region further. A click just beyond the edge of the label it sets (the partial volume the answer
+leaves along a tumour's edge) takes, within reach, what looks more like that label's tissue than like what lies
+beyond the edge, connected through the label (``_label_edge``). And a grown region must stop at an edge, else the
+click takes only its clicked tissue (``_has_edge``: a click on smoothly brightening brain grew tens of millilitres).
+
 What a click may change: only voxels of the label found under it, near it, into the clicked label; never another
 region, never beyond the radius. The clicked voxels themselves (within ``seed_radius_mm``) always show the clicked
 label: a click on a voxel the answer to no clicks already gave its label grows nothing, but keeps that label there
