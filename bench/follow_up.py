@@ -164,7 +164,7 @@ def main() -> int:
             row["baseline_ml"] = before
             row["wt_change"] = round((after["WT"] - before["WT"]) / before["WT"], 4) if before["WT"] > 0 else None
             measured = {"model": model}
-            # the change as the model measures it on both studies: its own bias in either cancels
+            # the change as the model measures it on both studies, where a bias the two answers share would cancel
             baseline_model = np.asarray(nib.load(task({"image": baseline["image"]})[0]).dataobj, dtype=np.uint8)
             by_model = volumes(baseline_model, nib.load(baseline["label"]).header.get_zooms()[:3], label_set)
             for deformable in args.deformable:
