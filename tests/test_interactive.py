@@ -290,8 +290,8 @@ def test_a_click_in_a_thin_missed_edema_fills_it_and_not_the_normal_brain_round_
 def test_a_click_on_brain_with_no_edge_round_it_takes_only_the_clicked_tissue():
     """Normal brain that brightens smoothly across the head (a bias field, or partial volume beside a thin error) has
     no edge for a grown region to stop at: it stops where the multiplier does, on tissue as like it as what it took.
-    Such a click takes only its clicked tissue (fresh study 07005: one click grew over 47 mL of normal brain), while a
-    click on a missed edema, which ends at normal brain, still fills it."""
+    Such a click takes only its clicked tissue (fresh study 07005: one click grew over 47 mL of normal brain); a click
+    on a missed edema, which ends at normal brain, still fills it (the tests above)."""
     from lib.config import ClickGrowth
     from lib.interactive.click_growth import follow_clicks
 

@@ -95,9 +95,7 @@ def grown_region(
         kin, tissue, beyond = edge
         inside = kin.copy()
         inside[allowed] = tissue.log_likelihood(values) > beyond.log_likelihood(values)
-        inside[tuple(local)] = True
-        components, _ = ndimage.label(inside)
-        region = (components == components[tuple(local)]) & allowed
+        region = _component_at(inside, tuple(local)) & allowed
     else:
         rival = others.log_likelihood(values) if others is not None else np.full(len(values), -np.inf)
         taken = seed
@@ -106,9 +104,7 @@ def grown_region(
             alike = (clicked.squared_distance(values) <= growth.multiplier**2) & (clicked.log_likelihood(values) > rival)
             inside = np.zeros_like(allowed)
             inside[allowed] = alike
-            inside[tuple(local)] = True
-            components, _ = ndimage.label(inside)
-            region = components == components[tuple(local)]
+            region = _component_at(inside, tuple(local))
             taken = region[allowed]
     if not _has_edge(channels_last, region, allowed, own, growth):
         region = np.zeros_like(allowed)  # no edge stopped it: only the clicked tissue below
@@ -116,6 +112,13 @@ def grown_region(
     mask[box] = region
     mask[box][allowed] |= seed  # the clicked tissue itself always takes the click's label
     return mask
+
+
+def _component_at(inside: np.ndarray, at: Tuple[int, ...]) -> np.ndarray:
+    """The connected part of ``inside`` that holds ``at``; the clicked voxel is always in its own region."""
+    inside[at] = True
+    components, _ = ndimage.label(inside)
+    return components == components[at]
 
 
 def _label_edge(
