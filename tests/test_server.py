@@ -9,7 +9,10 @@ refused without harming what is stored.
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -21,9 +24,9 @@ import requests
 from monailabel.client import MONAILabelClient
 from monailabel.client.client import MONAILabelClientException
 
-from lib.config import BRATS_2023
+from lib.config import BACKGROUND_NICENESS, BRATS_2023
 from lib.model.brats_metrics import brats_scores
-from tests.conftest import LOOP_PATCH
+from tests.conftest import APP_DIR, LOOP_PATCH
 
 pytestmark = pytest.mark.server
 
@@ -104,6 +107,25 @@ def _worker_niceness(server, marker: str, timeout_s: float = 120) -> int:
         time.sleep(0.2)
     assert seen is not None, f"no worker process with '{marker}' seen"
     return seen
+
+
+def test_a_worker_yields_the_cpu_before_it_imports_monai():
+    """MONAI Label runs training and scoring as ``python -m monailabel.interfaces.utils.app``. Such a process runs at
+    lower priority from the app's first import, before MONAI and the app's modules load (seconds of CPU that doubled
+    the answers to an annotator's clicks while a scoring worker started); any other process, the server's, keeps its
+    priority."""
+    probe = (
+        "import os, sys, types\n"
+        "if sys.argv[1] == 'worker':\n"
+        "    sys.modules['__main__'].__spec__ = types.SimpleNamespace(name='monailabel.interfaces.utils.app')\n"
+        f"sys.path.insert(0, {str(APP_DIR)!r})\n"
+        "import lib.runtime.worker_priority\n"
+        "print(os.getpriority(os.PRIO_PROCESS, 0), 'monai' in sys.modules)\n"
+    )
+    own = os.getpriority(os.PRIO_PROCESS, 0)
+    answers = {kind: subprocess.run([sys.executable, "-c", probe, kind], capture_output=True, text=True, timeout=120, check=True).stdout.split() for kind in ("worker", "server")}
+    assert answers["worker"] == [str(max(own, BACKGROUND_NICENESS)), "False"], answers
+    assert answers["server"] == [str(own), "False"], answers
 
 
 def test_short_training_publishes_a_model_with_region_dice(client, server, studies):

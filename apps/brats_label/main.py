@@ -26,6 +26,10 @@ Start it with MONAI Label's own server, for example::
 
 from __future__ import annotations
 
+import lib.runtime.worker_priority  # noqa: F401  first: a worker yields the CPU before torch and MONAI are imported
+
+# isort: split
+
 import dataclasses
 import logging
 import os
@@ -98,7 +102,7 @@ from lib.labels.review import ReviewDecision, returned_review, review_state
 from lib.model.model_zoo import fetch_weights
 from lib.model.network import check_weights, starting_weights
 from lib.runtime.infer_queue import FairQueue
-from lib.runtime.processes import in_worker_process
+from lib.runtime.processes import in_worker_process, yield_cpu_if_worker
 from lib.studies.case_preparation import ArrivalPreparation, CasePreparation
 from lib.studies.dicomweb_datastore import DicomWebStudyDatastore
 from lib.studies.folder_datastore import StudyFolderDatastore
@@ -593,8 +597,8 @@ class BratsLabelApp(MONAILabelApp):
         return super().scoring(request, datastore)
 
     def _lower_priority_in_worker(self) -> None:
-        if not self._serving and os.getpriority(os.PRIO_PROCESS, 0) < BACKGROUND_NICENESS:
-            os.setpriority(os.PRIO_PROCESS, 0, BACKGROUND_NICENESS)
+        """Again at the task's start: a declared worker (``scripts/train_distributed.py``) imports this module too."""
+        yield_cpu_if_worker(BACKGROUND_NICENESS)
 
     def next_sample(self, request):
         """The strategy's pick, with the study's DICOM ids from an archive (OHIF's Next Sample opens the study by

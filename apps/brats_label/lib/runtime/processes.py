@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 
 WORKER_MODULE = "monailabel.interfaces.utils.app"  # how MONAI Label 0.8.5 runs training, scoring and batch inference
@@ -21,3 +22,10 @@ def in_worker_process() -> bool:
     """True in MONAI Label's task workers (``python -m monailabel.interfaces.utils.app``) and declared workers."""
     spec = getattr(sys.modules.get("__main__"), "__spec__", None)
     return _declared_worker or bool(spec and spec.name == WORKER_MODULE)
+
+
+def yield_cpu_if_worker(niceness: int) -> None:
+    """A worker (training, scoring) runs at ``niceness``, so that the server's answers to annotators come first on a
+    machine whose cores they share; the server itself is left as it is."""
+    if in_worker_process() and os.getpriority(os.PRIO_PROCESS, 0) < niceness:
+        os.setpriority(os.PRIO_PROCESS, 0, niceness)
