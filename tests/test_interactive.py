@@ -383,6 +383,41 @@ def test_a_background_click_on_where_an_edema_click_leaked_stays_corrected():
     assert (corrected[edema & ~core & nearer_edema_click] == 2).mean() > 0.95
 
 
+def test_later_answers_grow_only_the_clicks_whose_surroundings_changed_and_answer_the_same():
+    """Every answer applies all the clicks so far again; the regions kept from earlier answers (``GrownRegions``)
+    must give the very labels that growing every click again gives, while growing only the new click and those whose
+    surroundings it changed."""
+    from lib.config import ClickGrowth
+    from lib.interactive.click_growth import GrownRegions, follow_clicks, grown_region
+
+    image, labels, core, edema, _ = _study_with_missed_edema()
+    spacing, growth = (2.0, 2.0, 2.0), ClickGrowth()
+    leak = _ball(image.shape[1:], (31, 24, 20), 4) & ~edema
+    image[2:, leak] += 2.5
+    rounds = [
+        {"edema": [(20, 31, 20)]},
+        {"edema": [(20, 31, 20)], "background": [(33, 24, 20)]},
+        {"edema": [(20, 31, 20), (20, 17, 20)], "background": [(33, 24, 20)]},
+        {"edema": [(20, 31, 20), (20, 17, 20)], "background": [(33, 24, 20)], "necrotic_core": [(20, 24, 20)]},
+    ]
+    kept, grown_before = GrownRegions(), 0
+    for number, clicks in enumerate(rounds):
+        again = follow_clicks(labels, image, clicks, spacing, growth)
+        assert (follow_clicks(labels, image, clicks, spacing, growth, kept=kept, study="study") == again).all(), f"answer {number + 1} differs"
+        grown_now, grown_before = kept.grown - grown_before, kept.grown
+        assert grown_now <= (len(rounds[0]["edema"]) if number == 0 else 2), f"answer {number + 1} grew {grown_now} regions"
+    assert kept.grown < sum(sum(len(v) for v in clicks.values()) for clicks in rounds)
+    # another study (a new key) grows its own
+    follow_clicks(labels, image, rounds[0], spacing, growth, kept=kept, study="another")
+    assert kept.grown == grown_before + 1
+    # the same click on changed surroundings (half the edema labelled already) is grown again, not answered from before
+    changed = labels.copy()
+    changed[edema & ~core & (np.indices(labels.shape)[0] < 20)] = 2
+    fresh = grown_region(image, changed, (20, 31, 20), spacing, growth, 2)
+    assert fresh is not None and (fresh != grown_region(image, labels, (20, 31, 20), spacing, growth, 2)).any()
+    assert (kept.region("study", image, changed, (20, 31, 20), np.asarray(spacing), growth, 2) == fresh).all()
+
+
 def test_a_click_of_another_label_on_other_tissue_leaves_an_edema_clicks_region_whole():
     """Only a click standing on the same tissue (as the answer to no clicks labelled it) may claim the voxels nearer to
     it: a necrotic-core click on the enhancing core cannot take background tissue, so the edema the edema click filled

@@ -387,6 +387,8 @@ GUIDANCE_PEAK = 5.0
 CLICK_WINDOW_CONTEXT_MM = 16.0
 # The answer to no clicks, kept per study for the clicks after it: this many studies, each for PREPARED_INPUT_TTL_S.
 UNCLICKED_ANSWERS_KEPT = 8
+# The regions clicks grew, kept between a study's answers (interactive/click_growth.GrownRegions): about 4 kB each.
+GROWN_REGIONS_KEPT = 2048
 MAX_CLICKS = 100  # per request, all labels together: an annotator's session is tens, a larger list is not a person's
 # The robot user's targets per region (bench/interactive.py): where an annotator would stop correcting.
 CORRECTION_TARGET_DICE: Dict[str, float] = {"WT": 0.90, "TC": 0.85, "ET": 0.80}

@@ -29,7 +29,7 @@ from monailabel.utils.others.generic import name_to_device
 
 from ..config import CHANNELS, LABELS, ClickGrowth, NetworkProfile
 from ..errors import ModelNotReady
-from ..interactive.click_growth import FollowClicksd
+from ..interactive.click_growth import FollowClicksd, GrownRegions
 from ..interactive.click_reach import ClickReachInferer, UnclickedAnswers
 from ..interactive.guidance import AddGuidanceChannelsd
 from ..model.transforms import KeepWithinInputd
@@ -60,6 +60,7 @@ class BratsRefinement(BratsSegmentation):
         )
         self.growth = growth
         self.unclicked = UnclickedAnswers()  # the answer to no clicks per study: later clicks cost one window
+        self.grown_regions = GrownRegions()  # each click's region per study: a later answer grows only what changed
         self.path = [str(p) for p in (*segmentation_paths, model_path) if p is not None]  # the last that exists is served
         self.type = InferType.DEEPEDIT
         self.labels = dict(LABELS)  # DeepEdit's clients ask for one point list per label, background included
@@ -99,7 +100,11 @@ class BratsRefinement(BratsSegmentation):
         """Each click grown on the network's grid (``interactive/click_growth``), after the answer is kept to the brain."""
         transforms = list(super().post_transforms(data))
         at = next(i for i, t in enumerate(transforms) if isinstance(t, KeepWithinInputd)) + 1
-        return [*transforms[:at], FollowClicksd(keys="pred", ref_key="image", clicks_key="clicks_world", growth=self.growth, unclicked_key=UNCLICKED_KEY), *transforms[at:]]
+        return [
+            *transforms[:at],
+            FollowClicksd(keys="pred", ref_key="image", clicks_key="clicks_world", growth=self.growth, unclicked_key=UNCLICKED_KEY, kept=self.grown_regions),
+            *transforms[at:],
+        ]
 
     def writer(self, data: Dict[str, Any], extension=None, dtype=None) -> Tuple[Any, Any]:
         """The result says where each click was placed (RAS mm): what the network was told, for a viewer or a person

@@ -24,6 +24,9 @@ whatever the network made of it since (else the robot user, like an annotator, c
 
 from __future__ import annotations
 
+import hashlib
+import threading
+from collections import OrderedDict
 from typing import Dict, Hashable, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
@@ -33,7 +36,7 @@ from monai.data import MetaTensor
 from monai.transforms import MapTransform
 from scipy import ndimage
 
-from ..config import CHANNELS, GUIDANCE_LABELS, LABELS, REGION_THRESHOLD, REGIONS, ClickGrowth
+from ..config import CHANNELS, GROWN_REGIONS_KEPT, GUIDANCE_LABELS, LABELS, REGION_THRESHOLD, REGIONS, ClickGrowth
 from .click_rounds import region_channels_to_label
 
 
@@ -189,15 +192,63 @@ def _around(
     shape = np.asarray(labels.shape)
     if growth.radius_mm <= 0 or (at < 0).any() or (at >= shape).any() or not image[:, at[0], at[1], at[2]].any():
         return None
-    reach = np.ceil(growth.radius_mm / spacing).astype(int)
-    lo, hi = np.maximum(at - reach, 0), np.minimum(at + reach + 1, shape)
-    box = tuple(slice(a, b) for a, b in zip(lo, hi))
+    box = _click_box(at, labels.shape, spacing, growth.radius_mm)
+    lo, hi = np.array([b.start for b in box]), np.array([b.stop for b in box])
     crop, current, local = image[(slice(None), *box)], labels[box], at - lo
     grid = np.meshgrid(*[(np.arange(a, b) - c) * s for a, b, c, s in zip(lo, hi, at, spacing)], indexing="ij")
     distance_sq = sum(g**2 for g in grid)
     reach = (distance_sq <= growth.radius_mm**2) & crop.any(axis=0)
     allowed = (current == current[tuple(local)]) & reach
     return box, crop, local, allowed, allowed & (distance_sq <= growth.seed_radius_mm**2), reach
+
+
+def _click_box(at: np.ndarray, shape: Sequence[int], spacing: np.ndarray, radius_mm: float) -> Tuple[slice, ...]:
+    """The box round a click that holds every voxel within ``radius_mm`` of it, clipped to the grid."""
+    reach = np.ceil(radius_mm / spacing).astype(int)
+    lo, hi = np.maximum(at - reach, 0), np.minimum(at + reach + 1, np.asarray(shape))
+    return tuple(slice(int(a), int(b)) for a, b in zip(lo, hi))
+
+
+class GrownRegions:
+    """The regions clicks grew on a study, kept between its answers. Every answer applies all the clicks so far again
+    (``follow_clicks``), each over what the ones before it left; a click of the same label at the same voxel, whose
+    surroundings (the labels within its reach) are unchanged, grows the same region, so only a new click or one whose
+    surroundings a new click changed is grown again (growing every click again made each answer about 10 ms slower per
+    click so far). Bounded, least recently used out first; ``study``: a key that changes with the study's file."""
+
+    def __init__(self, max_entries: int = GROWN_REGIONS_KEPT):
+        self.max_entries = max_entries
+        self.grown = 0  # regions computed, not found kept
+        self._entries: OrderedDict[Hashable, Optional[np.ndarray]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def region(self, study: Hashable, image: np.ndarray, labels: np.ndarray, voxel: Sequence[int], spacing_mm: np.ndarray, growth: ClickGrowth, label: int) -> Optional[np.ndarray]:
+        """``grown_region(image, labels, voxel, spacing_mm, growth, label)``, kept."""
+        at = np.asarray(voxel, dtype=int)
+        if not _on_grid(voxel, labels.shape) or growth.radius_mm <= 0:
+            return grown_region(image, labels, voxel, spacing_mm, growth, label)
+        box = _click_box(at, labels.shape, np.asarray(spacing_mm, dtype=float), growth.radius_mm)
+        surroundings = hashlib.blake2b(np.ascontiguousarray(labels[box]).tobytes(), digest_size=16).digest()
+        key = (study, labels.shape, tuple(at.tolist()), label, growth, tuple(np.asarray(spacing_mm, dtype=float).tolist()), surroundings)
+        with self._lock:
+            found = key in self._entries
+            packed = self._entries.get(key)
+            if found:
+                self._entries.move_to_end(key)
+        if found:
+            if packed is None:
+                return None
+            unpacked = np.zeros(labels.shape, dtype=bool)
+            size = tuple(b.stop - b.start for b in box)
+            unpacked[box] = np.unpackbits(packed, count=int(np.prod(size))).reshape(size).astype(bool)
+            return unpacked
+        grown = grown_region(image, labels, voxel, spacing_mm, growth, label)
+        with self._lock:
+            self.grown += 1
+            self._entries[key] = None if grown is None else np.packbits(grown[box])  # a click's region lies in its box
+            while len(self._entries) > self.max_entries:
+                self._entries.popitem(last=False)
+        return grown
 
 
 def follow_clicks(
@@ -207,12 +258,15 @@ def follow_clicks(
     spacing_mm: Union[Sequence[float], np.ndarray],
     growth: ClickGrowth,
     before: Optional[np.ndarray] = None,
+    kept: Optional[GrownRegions] = None,
+    study: Hashable = None,
 ) -> np.ndarray:
     """``labels`` (the network's answer) with each click's region relabelled, labels in ``GUIDANCE_LABELS`` order and
     each label's clicks in the order given (the server and the robot user apply them alike). Each click grows over
     the tissue as ``before`` (the network's answer to no clicks) labelled it, the earlier clicks' regions applied: a
     network that learnt from clicks takes the clicked voxel itself, and the click must still correct the tissue
-    around it (judged on that answer, a click the network had followed grew nothing). None: ``labels``."""
+    around it (judged on that answer, a click the network had followed grew nothing). None: ``labels``. ``kept``:
+    the regions grown for ``study`` by earlier answers (none: every click grown again)."""
     out = labels.copy()
     base = out if before is None else before.copy()
     unclicked = labels if before is None else before  # the tissue each click stands on (read only)
@@ -223,7 +277,12 @@ def follow_clicks(
         for voxel in clicks.get(name, ()):
             confirms = _on_grid(voxel, base.shape) and base[tuple(int(v) for v in voxel)] == LABELS[name]
             # already its label before any click: the click confirms it there, whatever the network made of it since
-            region = own_voxels(image, base, voxel, spacing_mm, growth) if confirms else grown_region(image, base, voxel, spacing_mm, growth, LABELS[name])
+            if confirms:
+                region = own_voxels(image, base, voxel, spacing_mm, growth)
+            elif kept is not None and study is not None:
+                region = kept.region(study, image, base, voxel, spacing, growth, LABELS[name])
+            else:
+                region = grown_region(image, base, voxel, spacing_mm, growth, LABELS[name])
             if region is None:
                 continue
             if len(others):
@@ -259,10 +318,15 @@ class FollowClicksd(MapTransform):
         growth: ClickGrowth = ClickGrowth(),
         sequences: int = len(CHANNELS),
         unclicked_key: str = "pred_unclicked",
+        kept: Optional[GrownRegions] = None,
+        study_key: str = "case_version",
     ):
         """``data[unclicked_key]``: the network's logits for no clicks, where the request had them (taken out of the
-        data here): each click grows over that answer (``follow_clicks``' ``before``)."""
+        data here): each click grows over that answer (``follow_clicks``' ``before``). ``kept``: the regions earlier
+        answers grew, per study (``data[study_key]``, a key that changes with the study's file)."""
         super().__init__(keys)
+        self.kept = kept
+        self.study_key = study_key
         self.unclicked_key = unclicked_key
         self.ref_key = ref_key
         self.clicks_key = clicks_key
@@ -287,7 +351,7 @@ class FollowClicksd(MapTransform):
         for key in self.key_iterator(d):
             pred = d[key]
             labels = region_channels_to_label(torch.as_tensor(pred) > REGION_THRESHOLD)
-            followed = follow_clicks(labels, sequences, clicks, spacing, self.growth, before)
+            followed = follow_clicks(labels, sequences, clicks, spacing, self.growth, before, self.kept, d.get(self.study_key))
             changed = torch.as_tensor(followed != labels, device=pred.device)
             if not bool(changed.any()):
                 continue

@@ -14,7 +14,7 @@ from monai.inferers import Inferer
 
 from ..config import GUIDANCE_LABELS, REGION_THRESHOLD, ClickGrowth
 from ..model.transforms import KeepWithinInputd
-from .click_growth import follow_clicks
+from .click_growth import GrownRegions, follow_clicks
 from .click_reach import ClickReachInferer, UnclickedAnswers
 from .click_rounds import add_click, region_channels_to_label
 from .simulated_clicks import next_click
@@ -40,6 +40,7 @@ class GuidedSession:
         self._keep = KeepWithinInputd(keys="pred", ref_key="image")
         self.grow_on_unclicked = True  # the clicks grow over the answer to no clicks, as served (False: the guided answer)
         self._unclicked: Optional[torch.Tensor] = None
+        self.kept = GrownRegions()  # each click's region, grown again only where a later click changed its surroundings
 
     def _keep_unclicked(self, answer: torch.Tensor) -> None:
         self._unclicked = answer
@@ -52,7 +53,7 @@ class GuidedSession:
         with torch.no_grad():
             labels = self._labels(self.inferer(inputs, self.network))
         before = self._labels(self._unclicked) if self._unclicked is not None and self.grow_on_unclicked else None
-        return follow_clicks(labels, self.image.numpy(), self.clicks, self.spacing, self.growth, before)
+        return follow_clicks(labels, self.image.numpy(), self.clicks, self.spacing, self.growth, before, self.kept, study="study")
 
     def _labels(self, logits: torch.Tensor) -> np.ndarray:
         probabilities = torch.sigmoid(logits)[0].cpu()
