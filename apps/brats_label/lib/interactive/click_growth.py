@@ -100,13 +100,14 @@ def grown_region(
     look_from = label_voxels if label_voxels is not None and relabels_tumour else labels
     labelled = look_from[box] == label if label is not None else None
     region: Optional[np.ndarray] = None
-    edge = _label_edge(channels_last, labelled, reach, allowed, own, tuple(local), spacing_mm, growth)
+    label_nearby = _near_label(labelled, reach, allowed, own, spacing_mm, growth)  # read by both edge rules
+    edge = _label_edge(channels_last, label_nearby, tuple(local), growth)
     if edge is not None:
         # a click just beyond the clicked label's edge: the voxels within reach more like that label's tissue than
         # like what lies beyond the edge, connected to the click through the label itself
         region = _edge_region(edge, values, allowed, tuple(local))
     elif relabels_tumour:
-        edge = _partial_volume_edge(channels_last, labelled, reach, allowed, own, tuple(local), spacing_mm, growth)
+        edge = _partial_volume_edge(channels_last, label_nearby, tuple(local), growth)
         if edge is not None:
             # a click on partial volume near the clicked label: what looks at least as like that label, where it
             # stops at an edge (a uniform band cut in two has none: then as any click below)
@@ -164,23 +165,15 @@ def _component_at(inside: np.ndarray, at: Tuple[int, ...]) -> np.ndarray:
 
 
 def _label_edge(
-    values: np.ndarray,
-    labelled: Optional[np.ndarray],
-    reach: np.ndarray,
-    allowed: np.ndarray,
-    own: np.ndarray,
-    clicked: Tuple[int, ...],
-    spacing_mm: Union[Sequence[float], np.ndarray],
-    growth: ClickGrowth,
+    values: np.ndarray, near: Optional[Tuple[np.ndarray, np.ndarray, np.ndarray]], clicked: Tuple[int, ...], growth: ClickGrowth
 ) -> Optional[Tuple[np.ndarray, _Gaussian, _Gaussian, float]]:
     """Whether a click stands just beyond the edge of the label it sets: the clicked label's voxels within reach
     (``labelled & reach``), the look of their tissue and of the label under the click beyond ``edge_band_mm`` from
     them, when the clicked voxel looks more like the first, and the log-likelihood ratio between the two a voxel must
     reach to be taken (0). A click there says "this too is that edema": the voxels between are partial volume, midway
     between the two, and the clicked tissue's own few voxels say too little of them (the band the answer leaves round
-    a whole tumour breaks into hundreds of pieces; each click took 0.5-2 mL of it). None: not such a click (the label
-    too small there, or the clicked voxel more like what lies beyond)."""
-    near = _near_label(labelled, reach, allowed, own, spacing_mm, growth)
+    a whole tumour breaks into hundreds of pieces; each click took 0.5-2 mL of it). ``near``: ``_near_label``'s answer.
+    None: not such a click (the label too small there, or the clicked voxel more like what lies beyond)."""
     if near is None:
         return None
     kin, distance, candidates = near
@@ -193,14 +186,7 @@ def _label_edge(
 
 
 def _partial_volume_edge(
-    values: np.ndarray,
-    labelled: Optional[np.ndarray],
-    reach: np.ndarray,
-    allowed: np.ndarray,
-    own: np.ndarray,
-    clicked: Tuple[int, ...],
-    spacing_mm: Union[Sequence[float], np.ndarray],
-    growth: ClickGrowth,
+    values: np.ndarray, near: Optional[Tuple[np.ndarray, np.ndarray, np.ndarray]], clicked: Tuple[int, ...], growth: ClickGrowth
 ) -> Optional[Tuple[np.ndarray, _Gaussian, _Gaussian, float]]:
     """Where ``_label_edge`` finds no edge, a click that relabels tumour within ``edge_band_mm`` of the clicked label,
     on a voxel that is partial volume between the two (``edge_at_click_min_mix`` of the way from the label under it to
@@ -210,10 +196,7 @@ def _partial_volume_edge(
     (nothing of it beyond the band to judge by), its false voxels midway between them and the ring; a click on one
     took only its own voxels (fresh study 09011: ET 0.68 over 8 clicks). A click on the ring's own tissue is no such
     click."""
-    if not growth.edge_at_click:
-        return None
-    near = _near_label(labelled, reach, allowed, own, spacing_mm, growth)
-    if near is None:
+    if not growth.edge_at_click or near is None:
         return None
     kin, distance, candidates = near
     if distance[clicked] > growth.edge_band_mm or candidates.sum() <= values.shape[-1]:
