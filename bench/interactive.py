@@ -179,6 +179,7 @@ def main() -> int:
     parser.add_argument("--train-seed", type=int, default=0)
     parser.add_argument("--train-epochs", type=int, default=0, help="0: RefinementSettings' default")
     parser.add_argument("--growth-radius-mm", type=float, default=ClickGrowth().radius_mm, help="how far a click's region may grow (0: the network's answer only)")
+    parser.add_argument("--network-radius-mm", type=float, default=ClickGrowth().network_radius_mm, help="how far from a click the guided network's answer is used")
     parser.add_argument("--growth-multiplier", type=float, default=ClickGrowth().multiplier, help="standard deviations a grown voxel may differ by")
     parser.add_argument("--growth-seed-mm", type=float, default=ClickGrowth().seed_radius_mm, help="the clicked tissue's statistics: its voxels within this")
     parser.add_argument("--growth-min-separation", type=float, default=ClickGrowth().min_separation, help="grow only where the clicked tissue stands apart this much")
@@ -203,6 +204,7 @@ def main() -> int:
     growth = dataclasses.replace(
         ClickGrowth(),
         radius_mm=args.growth_radius_mm,
+        network_radius_mm=args.network_radius_mm,
         multiplier=args.growth_multiplier,
         seed_radius_mm=args.growth_seed_mm,
         min_separation=args.growth_min_separation,

@@ -402,7 +402,15 @@ class ClickGrowth:
     ``radius_mm``. The network alone moved no region's Dice with 20 clicks (bench/results/interactive/clicks*.json): a
     click there is a few millimetres of Gaussian, an error is centimetres of edema. 0 mm: the network's answer only."""
 
-    radius_mm: float = 30.0  # no correction reaches farther from its click: an annotator's click is local
+    # No region a click grows reaches farther from it: an annotator's click is local. 30 mm (until 2026-12-07) held a
+    # click in a missed edema or along a tumour's missed rim to a patch of it: weak pre-labels needed 3.7-4.5 clicks to
+    # WT 0.90 (bench/results/interactive/*/radius*.json).
+    radius_mm: float = 45.0
+    # The guided network's own answer replaces the answer to no clicks only this near a click (click_reach.py): one
+    # 96x96x80 window holds 30 mm round clicks spread over 10 cm, and reaching as far as the growth gained nothing on
+    # the tuning studies (WT clicks and Dice after 10 clicks the same) while the clicks' spread would more often need the
+    # whole brain (two windows, a second more).
+    network_radius_mm: float = 30.0
     # the look of the clicked tissue: its voxels within this distance. 2 mm, tried against leaks, was worse on the 16
     # tuning studies together (WT 0.90 in 3.2 clicks against 2.9, bench/results/interactive/tuning/) and on held-out
     seed_radius_mm: float = 4.0

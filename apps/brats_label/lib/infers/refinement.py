@@ -94,7 +94,7 @@ class BratsRefinement(BratsSegmentation):
             if data is not None:
                 data[UNCLICKED_KEY] = answer[0]
 
-        return ClickReachInferer(super().inferer(data), len(CHANNELS), self.profile.spacing_mm, self.growth.radius_mm, unclicked, key, on_unclicked=hand_on)
+        return ClickReachInferer(super().inferer(data), len(CHANNELS), self.profile.spacing_mm, self.growth.network_radius_mm, unclicked, key, on_unclicked=hand_on)
 
     def post_transforms(self, data=None) -> Sequence[Callable]:
         """Each click grown on the network's grid (``interactive/click_growth``), after the answer is kept to the brain."""

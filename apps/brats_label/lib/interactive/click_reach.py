@@ -3,7 +3,8 @@
 A click is a statement about the tissue near it, and an annotator must be able to trust that a click never changes
 a region far from where it was put. A network guarantees no such thing (its receptive field spans the brain, and a
 few minutes of training from the segmentation weights teach it little about where a click matters). So clicks
-change the answer only within ``ClickGrowth.radius_mm`` of a click; beyond, it is the answer to no clicks.
+change the network's answer only within ``ClickGrowth.network_radius_mm`` of a click; beyond, it is the answer to no
+clicks (the clicks' grown regions, ``click_growth``, reach ``ClickGrowth.radius_mm``).
 
 That is also what makes a click fast. The answer to no clicks is the same for every click on a study: it is kept
 (``UnclickedAnswers``, per study and network) and computed once. The guided answer is needed only within the reach,

@@ -31,7 +31,7 @@ class GuidedSession:
         self.network = network
         # one study, one network: the answer to no clicks is computed once, as the server keeps it per study
         kept = UnclickedAnswers(max_entries=1)
-        self.inferer = ClickReachInferer(inferer, image.shape[0], spacing_mm, growth.radius_mm, kept, key="study", on_unclicked=self._keep_unclicked)
+        self.inferer = ClickReachInferer(inferer, image.shape[0], spacing_mm, growth.network_radius_mm, kept, key="study", on_unclicked=self._keep_unclicked)
         self.image = image
         self.spacing = np.asarray(spacing_mm, dtype=float)
         self.growth = growth
