@@ -471,6 +471,29 @@ def test_a_click_of_another_label_on_other_tissue_leaves_an_edema_clicks_region_
     assert 0 < changed_core.sum() <= _ball(image.shape[1:], (20, 24, 20), 2).sum() and (followed[changed_core] == 1).all()
 
 
+def test_a_click_on_missed_core_beside_a_filled_edema_leaves_that_edema_whole():
+    """A necrotic-core click on background next to the edema an edema click filled stands on the same tissue as that
+    click did, but outside what it took: it corrects the core, not the edema. Taking every voxel nearer to it from the
+    edema had emptied 3239 voxels of it (tuning study 02005: whole tumour Dice 0.91 -> 0.83 in one click)."""
+    from lib.config import ClickGrowth
+    from lib.interactive.click_growth import follow_clicks
+
+    image, labels, core, edema, _ = _study_with_missed_edema()
+    spacing = (2.0, 2.0, 2.0)
+    missed_core = _ball(image.shape[1:], (20, 24, 32), 3) & ~edema  # beside the edema, dark on T1c, bright on T2
+    image[:, missed_core] = 0.0
+    image[0][missed_core] -= 2.0
+    image[2][missed_core] += 4.0
+    edema_click, core_click = (20, 31, 20), (20, 24, 33)
+    followed = follow_clicks(labels, image, {"edema": [edema_click], "necrotic_core": [core_click]}, spacing, ClickGrowth())
+    shell = edema & ~core
+    assert (followed[shell] == 2).mean() > 0.95
+    grid = np.indices(labels.shape)
+    nearer_core_click = sum((g - c) ** 2 for g, c in zip(grid, core_click)) < sum((g - c) ** 2 for g, c in zip(grid, edema_click))
+    assert (followed[shell & nearer_core_click] == 2).mean() > 0.95 and (shell & nearer_core_click).sum() > 100
+    assert (followed[missed_core] == 1).mean() > 0.8
+
+
 def test_clicks_on_a_falsely_thick_enhancing_ring_thin_it_and_never_take_the_ring(tmp_path):
     """A model that thickens the enhancing ring by a voxel each side: the false voxels are partial volume (1 mm studies
     prepared at 2 mm), half ring, half the edema or necrosis beside them, and the ring lies wholly within the band of
