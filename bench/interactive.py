@@ -192,6 +192,9 @@ def main() -> int:
     )
     parser.add_argument("--growth-alone", action="store_true", help="grow from the clicked tissue alone, not with the clicked label's voxels round it")
     parser.add_argument("--growth-no-edge-at-click", action="store_true", help="no label-edge rule where the clicked voxel sets the threshold (until 2026-12-06 night)")
+    parser.add_argument(
+        "--growth-not-like-label", action="store_true", help="keep a grown region that looks more like what it took from than like the clicked label (until 2026-12-07)"
+    )
     parser.add_argument("--growth-edge-band-mm", type=float, default=ClickGrowth().edge_band_mm, help="the partial volume along a label's edge (the label-edge rule)")
     parser.add_argument("--growth-seed-all", action="store_true", help="the clicked tissue: every voxel within --growth-seed-mm (until 2026-12-06)")
     parser.add_argument("--growth-on-answer", action="store_true", help="grow each click on the guided answer (before 2026-12-06), not on the answer to no clicks")
@@ -214,6 +217,7 @@ def main() -> int:
         grow_with_label_nearby=not args.growth_alone,
         edge_band_mm=args.growth_edge_band_mm,
         edge_at_click=not args.growth_no_edge_at_click,
+        grown_like_label=not args.growth_not_like_label,
     )
     summary: Dict[str, object] = {"weights": str(args.weights), "studies_folder": str(args.studies), "actions": args.actions, "profile": profile.name}
     with tempfile.TemporaryDirectory() as scratch:

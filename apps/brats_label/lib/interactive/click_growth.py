@@ -124,6 +124,8 @@ def grown_region(
             near[box] = own  # only the clicked voxels themselves
             return near
         region = _grown_from_clicked_tissue(values, seed, others, allowed, tuple(local), growth)
+        if not _looks_like_label(channels_last, region, label_nearby, growth):
+            region = np.zeros_like(allowed)  # grown over other tissue: only the clicked tissue below
     if not _has_edge(channels_last, region, allowed, own, growth):
         region = np.zeros_like(allowed)  # no edge stopped it: only the clicked tissue below
     mask = np.zeros(labels.shape, dtype=bool)
@@ -219,6 +221,22 @@ def _near_label(
     if kin.sum() < growth.edge_min_region_voxels:
         return None
     return kin, ndimage.distance_transform_edt(~kin, sampling=np.asarray(spacing_mm, dtype=float)), allowed & ~own
+
+
+def _looks_like_label(values: np.ndarray, region: np.ndarray, near: Optional[Tuple[np.ndarray, np.ndarray, np.ndarray]], growth: ClickGrowth) -> bool:
+    """Whether a region grown from the clicked tissue looks, on average, more like the clicked label's voxels within
+    reach than like the tissue it takes from; true where that label has too few voxels there to tell (a wholly
+    missed edema). A click on the partial volume at a tumour's edge stands on tissue half like the tumour, half like
+    the brain, and grew over the brain (fresh study 07006: an enhancing-tumour click took 76 mL of white matter,
+    ET Dice 0.79 -> 0.07). ``near``: ``_near_label``'s answer."""
+    if not growth.grown_like_label or near is None:
+        return True
+    kin, _, candidates = near
+    if candidates.sum() <= values.shape[-1]:
+        return True
+    mean = values[region].mean(axis=0, keepdims=True)
+    label, rest = _Gaussian(values[kin], growth.min_std), _Gaussian(values[candidates], growth.min_std)
+    return bool(label.log_likelihood(mean)[0] >= rest.log_likelihood(mean)[0])
 
 
 def _has_edge(values: np.ndarray, region: np.ndarray, allowed: np.ndarray, own: np.ndarray, growth: ClickGrowth) -> bool:
