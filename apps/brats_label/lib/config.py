@@ -403,8 +403,8 @@ class ClickGrowth:
     click there is a few millimetres of Gaussian, an error is centimetres of edema. 0 mm: the network's answer only."""
 
     # No region a click grows reaches farther from it: an annotator's click is local. 30 mm (until 2026-12-07) held a
-    # click in a missed edema or along a tumour's missed rim to a patch of it: weak pre-labels needed 3.7-4.5 clicks to
-    # WT 0.90 (bench/results/interactive/*/radius*.json).
+    # click in a missed edema or along a tumour's missed rim to a patch of it: weak pre-labels needed 3.0-4.5 clicks to
+    # WT 0.90, 1.4-2.0 now; chosen on the tuning studies against 38 and 60 mm (bench/results/interactive/tuning/growth*).
     radius_mm: float = 45.0
     # The guided network's own answer replaces the answer to no clicks only this near a click (click_reach.py): one
     # 96x96x80 window holds 30 mm round clicks spread over 10 cm, and reaching as far as the growth gained nothing on
