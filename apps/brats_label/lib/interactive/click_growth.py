@@ -178,8 +178,8 @@ def _label_edge(
     None: not such a click (the label too small there, or the clicked voxel more like what lies beyond)."""
     if near is None:
         return None
-    kin, distance, candidates = near
-    beyond = candidates & (distance > growth.edge_band_mm)
+    kin, in_band, candidates = near
+    beyond = candidates & ~in_band
     if beyond.sum() <= values.shape[-1]:
         return None
     tissue, rest = _Gaussian(values[kin], growth.min_std), _Gaussian(values[beyond], growth.min_std)
@@ -200,8 +200,8 @@ def _partial_volume_edge(
     click."""
     if not growth.edge_at_click or near is None:
         return None
-    kin, distance, candidates = near
-    if distance[clicked] > growth.edge_band_mm or candidates.sum() <= values.shape[-1]:
+    kin, in_band, candidates = near
+    if not in_band[clicked] or candidates.sum() <= values.shape[-1]:
         return None
     tissue, rest, at = _Gaussian(values[kin], growth.min_std), _Gaussian(values[candidates], growth.min_std), values[clicked][None]
     towards = tissue.mean - rest.mean
@@ -213,14 +213,23 @@ def _partial_volume_edge(
 def _near_label(
     labelled: Optional[np.ndarray], reach: np.ndarray, allowed: np.ndarray, own: np.ndarray, spacing_mm: Union[Sequence[float], np.ndarray], growth: ClickGrowth
 ) -> Optional[Tuple[np.ndarray, np.ndarray, np.ndarray]]:
-    """The clicked label's voxels within reach, the distance (mm) of every voxel of the click's box from them, and the
-    voxels the click may take beyond its own; None where the label is too small there to have an edge."""
+    """The clicked label's voxels within reach, the voxels of the click's box within ``edge_band_mm`` of them, and the
+    voxels the click may take beyond its own; None where the label is too small there to have an edge. The distance
+    map is made on the label's own box and the band round it only: over the whole 45 mm box round a click it was half
+    the time of growing a click."""
     if labelled is None or not growth.grow_with_label_nearby:
         return None
     kin = labelled & reach
     if kin.sum() < growth.edge_min_region_voxels:
         return None
-    return kin, ndimage.distance_transform_edt(~kin, sampling=np.asarray(spacing_mm, dtype=float)), allowed & ~own
+    spacing = np.asarray(spacing_mm, dtype=float)
+    found = np.argwhere(kin)
+    margin = np.ceil(growth.edge_band_mm / spacing).astype(int) + 1
+    lo, hi = np.maximum(found.min(axis=0) - margin, 0), np.minimum(found.max(axis=0) + 1 + margin, kin.shape)
+    box = tuple(slice(int(a), int(b)) for a, b in zip(lo, hi))
+    in_band = np.zeros_like(kin)
+    in_band[box] = ndimage.distance_transform_edt(~kin[box], sampling=spacing) <= growth.edge_band_mm
+    return kin, in_band, allowed & ~own
 
 
 def _looks_like_label(values: np.ndarray, region: np.ndarray, near: Optional[Tuple[np.ndarray, np.ndarray, np.ndarray]], growth: ClickGrowth) -> bool:

@@ -88,7 +88,16 @@ class ClickReachInferer(Inferer):
     def near_clicks(self, guidance: torch.Tensor) -> np.ndarray:
         """(X, Y, Z) voxels within the reach of a click, from one sample's guidance channels."""
         clicked = guidance.amax(dim=0).cpu().numpy() >= CLICK_CORE * GUIDANCE_PEAK
-        return ndimage.distance_transform_edt(~clicked, sampling=self.spacing) <= self.radius_mm
+        near = np.zeros_like(clicked)
+        found = np.argwhere(clicked)
+        if not len(found):
+            return near
+        # the distance map on the clicks' box and the reach round it only: over the whole grid it took 40 ms a click
+        margin = np.ceil(self.radius_mm / self.spacing).astype(int) + 1
+        lo, hi = np.maximum(found.min(axis=0) - margin, 0), np.minimum(found.max(axis=0) + 1 + margin, clicked.shape)
+        box = tuple(slice(int(a), int(b)) for a, b in zip(lo, hi))
+        near[box] = ndimage.distance_transform_edt(~clicked[box], sampling=self.spacing) <= self.radius_mm
+        return near
 
     def reads_guidance(self, network: Any) -> bool:
         """False for a segmentation model's weights served as the refinement model (guidance weights all zero): its
