@@ -40,6 +40,7 @@ from monai.transforms import MapTransform
 from scipy import ndimage
 
 from ..config import CHANNELS, GROWN_REGIONS_KEPT, GUIDANCE_LABELS, LABELS, REGION_THRESHOLD, REGIONS, ClickGrowth
+from .click_reach import within_mm
 from .click_rounds import region_channels_to_label
 
 
@@ -170,7 +171,7 @@ def _label_edge(
     values: np.ndarray, near: Optional[Tuple[np.ndarray, np.ndarray, np.ndarray]], clicked: Tuple[int, ...], growth: ClickGrowth
 ) -> Optional[Tuple[np.ndarray, _Gaussian, _Gaussian, float]]:
     """Whether a click stands just beyond the edge of the label it sets: the clicked label's voxels within reach
-    (``labelled & reach``), the look of their tissue and of the label under the click beyond ``edge_band_mm`` from
+    (``_near_label``), the look of their tissue and of the label under the click beyond ``edge_band_mm`` from
     them, when the clicked voxel looks more like the first, and the log-likelihood ratio between the two a voxel must
     reach to be taken (0). A click there says "this too is that edema": the voxels between are partial volume, midway
     between the two, and the clicked tissue's own few voxels say too little of them (the band the answer leaves round
@@ -214,22 +215,13 @@ def _near_label(
     labelled: Optional[np.ndarray], reach: np.ndarray, allowed: np.ndarray, own: np.ndarray, spacing_mm: Union[Sequence[float], np.ndarray], growth: ClickGrowth
 ) -> Optional[Tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """The clicked label's voxels within reach, the voxels of the click's box within ``edge_band_mm`` of them, and the
-    voxels the click may take beyond its own; None where the label is too small there to have an edge. The distance
-    map is made on the label's own box and the band round it only: over the whole 45 mm box round a click it was half
-    the time of growing a click."""
+    voxels the click may take beyond its own; None where the label is too small there to have an edge."""
     if labelled is None or not growth.grow_with_label_nearby:
         return None
     kin = labelled & reach
     if kin.sum() < growth.edge_min_region_voxels:
         return None
-    spacing = np.asarray(spacing_mm, dtype=float)
-    found = np.argwhere(kin)
-    margin = np.ceil(growth.edge_band_mm / spacing).astype(int) + 1
-    lo, hi = np.maximum(found.min(axis=0) - margin, 0), np.minimum(found.max(axis=0) + 1 + margin, kin.shape)
-    box = tuple(slice(int(a), int(b)) for a, b in zip(lo, hi))
-    in_band = np.zeros_like(kin)
-    in_band[box] = ndimage.distance_transform_edt(~kin[box], sampling=spacing) <= growth.edge_band_mm
-    return kin, in_band, allowed & ~own
+    return kin, within_mm(kin, spacing_mm, growth.edge_band_mm), allowed & ~own
 
 
 def _looks_like_label(values: np.ndarray, region: np.ndarray, near: Optional[Tuple[np.ndarray, np.ndarray, np.ndarray]], growth: ClickGrowth) -> bool:
