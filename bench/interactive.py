@@ -112,15 +112,6 @@ class TimedSession(GuidedSession):
         return labels
 
 
-class UnguidedSession(TimedSession):
-    """Clicks grown on the answer to no clicks: the network is never told of them (``--unguided``), to measure what
-    the guided network adds to the growth."""
-
-    def click(self, label: str, at: tuple) -> np.ndarray:
-        self.remember(label, at)
-        return self.answer()
-
-
 def correct_with_clicks(truth: np.ndarray, model: TimedSession, actions: int) -> Dict[str, List[float]]:
     """Each action a click; the clicks accumulate over the regions, as in a session."""
     return correct(truth, model.answer(), actions, model.spacing, lambda current, name, at: model.click(name, at))
@@ -198,7 +189,6 @@ def main() -> int:
     parser.add_argument("--growth-edge-band-mm", type=float, default=ClickGrowth().edge_band_mm, help="the partial volume along a label's edge (the label-edge rule)")
     parser.add_argument("--growth-seed-all", action="store_true", help="the clicked tissue: every voxel within --growth-seed-mm (until 2026-12-06)")
     parser.add_argument("--growth-on-answer", action="store_true", help="grow each click on the guided answer (before 2026-12-06), not on the answer to no clicks")
-    parser.add_argument("--unguided", action="store_true", help="clicks grown on the answer to no clicks (the network not told)")
     parser.add_argument("--name", default=None)
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "interactive")
     args = parser.parse_args()
@@ -240,14 +230,13 @@ def main() -> int:
             network = load_network(profile, refinement, torch.device("cpu"), guided=True).eval()
             for item in tqdm(items, desc="clicks", unit="study"):
                 data = prepare({"image": item["image"], "label": item["label"]})
-                model = (UnguidedSession if args.unguided else TimedSession)(network, sliding_window_inferer(profile), torch.as_tensor(data["image"]), profile.spacing_mm, growth)
+                model = TimedSession(network, sliding_window_inferer(profile), torch.as_tensor(data["image"]), profile.spacing_mm, growth)
                 model.grow_on_unclicked = not args.growth_on_answer
                 clicks.append(correct_with_clicks(region_channels_to_label(torch.as_tensor(data["label"]) > 0), model, args.actions))
                 seconds += model.seconds[1:]  # the answers to clicks, not the first auto-segmentation
             summary.update(
                 refinement=str(refinement),
                 growth=dataclasses.asdict(growth),
-                unguided=args.unguided,
                 growth_on_answer=args.growth_on_answer,
                 clicks=summaries(clicks, args.actions),
                 clicks_per_study=per_study(ids, clicks),

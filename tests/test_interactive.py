@@ -284,7 +284,7 @@ def test_one_click_fills_a_missed_edema_as_far_as_45_mm_from_it_and_nothing_beyo
     at = (44, 38, 32)
     clicks = {"edema": [at]}
     growth = ClickGrowth()
-    assert growth.radius_mm == 45.0 and growth.network_radius_mm == 30.0
+    assert growth.radius_mm == 45.0
     missed = edema & ~core
     followed = follow_clicks(labels, image, clicks, spacing, growth)
     within = _ball(shape, at, growth.radius_mm / spacing[0])
@@ -720,6 +720,42 @@ def test_a_click_costs_one_window_round_its_reach_once_the_answer_to_no_clicks_i
     other = CountsWindows()
     answer([(30, 30, 24)], net=other)  # a new model version: not the earlier network's answer
     assert len(other.windows) == whole + 1
+
+
+def test_a_click_costs_no_network_pass_where_the_guided_answer_is_used_nowhere_or_is_the_same():
+    """The default (``ClickGrowth.network_radius_mm`` 0) and a network that never read clicks: once a study's answer to
+    no clicks is kept, a click's answer is that answer (its growth follows: ``FollowClicksd``), with no pass of the
+    network; it reaches the clicks' growth as its starting point."""
+    from monai.inferers import SlidingWindowInferer
+
+    from lib.interactive.click_reach import ClickReachInferer, UnclickedAnswers
+    from lib.interactive.click_rounds import add_click
+
+    class CountsPasses(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.passes = 0
+
+        def forward(self, x):
+            self.passes += 1
+            return x[:, :1].repeat(1, 3, 1, 1, 1) + x[:, 4:].sum(dim=(1, 2, 3, 4), keepdim=True)
+
+    shape, spacing = (64, 64, 48), np.array([2.0, 2.0, 2.0])
+    inferer = SlidingWindowInferer(roi_size=(32, 32, 32), sw_batch_size=1, overlap=0.25, mode="constant")
+    kept, network, handed = UnclickedAnswers(), CountsPasses(), []
+    reach = ClickReachInferer(inferer, 4, spacing, radius_mm=0.0, unclicked=kept, key="study-1@1", on_unclicked=handed.append)
+    inputs = torch.zeros((1, 8, *shape))
+    inputs[0, 0, 10:20, 10:20, 10:20] = 1.0
+    unclicked = reach(inputs, network)
+    before = network.passes
+    guidance = np.zeros((4, *shape), dtype=np.float32)
+    add_click(guidance, "edema", (30, 30, 24), spacing)
+    inputs[0, 4:] = torch.as_tensor(guidance)
+    assert torch.equal(reach(inputs, network), unclicked) and network.passes == before
+    assert len(handed) == 1 and torch.equal(handed[0], unclicked)
+    assert ClickReachInferer(inferer, 4, spacing, radius_mm=30.0, unclicked=kept, key="study-1@1").reads_guidance(network)
+    guided = ClickReachInferer(inferer, 4, spacing, radius_mm=30.0, unclicked=kept, key="study-1@1")(inputs, network)
+    assert network.passes > before and not torch.equal(guided, unclicked)  # a reach: the guided window near the click
 
 
 def test_a_segmentation_models_weights_serve_as_a_refinement_network_that_answers_as_they_do(tmp_path):

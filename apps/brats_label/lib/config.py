@@ -406,11 +406,14 @@ class ClickGrowth:
     # click in a missed edema or along a tumour's missed rim to a patch of it: weak pre-labels needed 3.0-4.5 clicks to
     # WT 0.90, 1.4-2.0 now; chosen on the tuning studies against 38 and 60 mm (bench/results/interactive/tuning/growth*).
     radius_mm: float = 45.0
-    # The guided network's own answer replaces the answer to no clicks only this near a click (click_reach.py): one
-    # 96x96x80 window holds 30 mm round clicks spread over 10 cm, and reaching as far as the growth gained nothing on
-    # the tuning studies (WT clicks and Dice after 10 clicks the same) while the clicks' spread would more often need the
-    # whole brain (two windows, a second more).
-    network_radius_mm: float = 30.0
+    # The guided network's own answer replaces the answer to no clicks only this near a click (click_reach.py); 0: nowhere,
+    # a click's answer is its growth over the refinement network's answer to no clicks. At 30 mm (until 2026-12-07) the
+    # guided pass, one 96x96x80 window, was 0.6 s of a click's 1.0 s served and moved no figure of the robot user on any
+    # of the eight sets (WT clicks to 0.90 the same on each, Dice after 10 clicks within 0.002, ET after 5 clicks as
+    # high or higher: bench/results/interactive/*/network_radius0.json against growth45.json). A smaller window round
+    # the clicks is no way out: the network's normalisation wants the window it was trained on (64^3: WT after 10
+    # clicks 0.72, tuning studies). Set it where a guided network is shown to add to the growth.
+    network_radius_mm: float = 0.0
     # the look of the clicked tissue: its voxels within this distance. 2 mm, tried against leaks, was worse on the 16
     # tuning studies together (WT 0.90 in 3.2 clicks against 2.9, bench/results/interactive/tuning/) and on held-out
     seed_radius_mm: float = 4.0

@@ -4,15 +4,17 @@ OHIF's Point Prompts and Slicer's DeepEdit call any model of this type with ``pa
 The server turns those indices into world points through the grid the client clicked on before this task runs
 (``main.py``: ``request["clicks_world"]``, from ``lib/interactive/clicks.clicks_in_world``); here they become guidance
 channels on the network's own grid, after the study is reoriented, resampled and cropped, so each click lands where it
-was put whatever the orientation of the series. The network's answer changes only near the clicks
-(``interactive/click_reach``), and each click then grows over the tissue it landed on (``interactive/click_growth``).
-With no clicks it answers as an auto-segmentation.
+was put whatever the orientation of the series. Each click grows over the tissue it landed on
+(``interactive/click_growth``), starting from the network's answer to no clicks; the network's guided answer replaces
+that answer near the clicks only where ``ClickGrowth.network_radius_mm`` says (``interactive/click_reach``; 0 by
+default: measured to add nothing to the growth, and most of a click's time). With no clicks it answers as an
+auto-segmentation.
 
 Offered as soon as there is a segmentation model: until a refinement model is trained (``POST /train/refinement``)
-the network is the segmentation model's, its guidance weights zero, and the clicks act through their growth alone
-(held-out studies on 2026-12-05: 5.75 clicks to whole-tumour Dice 0.90 on average, 4.25 with a trained network;
-bench/interactive.py, README *Benchmarks*). A click's answer is one window round the clicks, the answer to no clicks
-kept per study (``interactive/click_reach``; ``warm`` computes it after the study's auto-segmentation).
+the network is the segmentation model's, its guidance weights zero. A trained refinement network answers better with
+no clicks than the segmentation model it started from (robot-user sets on 2026-12-07: whole tumour Dice 0.75-0.85
+against 0.69-0.77), and the clicks grow over that answer. The answer to no clicks is kept per study
+(``interactive/click_reach``; ``warm`` computes it after the study's auto-segmentation): a click costs its growth.
 """
 
 from __future__ import annotations

@@ -4,13 +4,17 @@ A click is a statement about the tissue near it, and an annotator must be able t
 a region far from where it was put. A network guarantees no such thing (its receptive field spans the brain, and a
 few minutes of training from the segmentation weights teach it little about where a click matters). So clicks
 change the network's answer only within ``ClickGrowth.network_radius_mm`` of a click; beyond, it is the answer to no
-clicks (the clicks' grown regions, ``click_growth``, reach ``ClickGrowth.radius_mm``).
+clicks (the clicks' grown regions, ``click_growth``, reach ``ClickGrowth.radius_mm``). At 0 mm, the default since
+2026-12-07, the guided answer is used nowhere: on every robot-user set it added nothing to the clicks' growth and was
+most of a click's time (``ClickGrowth``'s comment has the figures).
 
 That is also what makes a click fast. The answer to no clicks is the same for every click on a study: it is kept
 (``UnclickedAnswers``, per study and network) and computed once. The guided answer is needed only within the reach,
 so the network runs on one sliding window placed round it (the window size it was trained on, so its normalisation
-sees what it saw in training), not on the whole brain: at 2 mm a brain takes two windows, so a click costs one
-window where it cost four. Where the clicks spread wider than a window allows, the whole brain is run as before.
+sees what it saw in training: a 64^3 window round the clicks made the answers far worse), not on the whole brain:
+at 2 mm a brain takes two windows, so a click costs one window where it cost four. Where the clicks spread wider
+than a window allows, the whole brain is run as before. With no reach, or a network that never read clicks (the
+segmentation model's weights before a refinement model is trained), a click costs no pass at all.
 """
 
 from __future__ import annotations
@@ -141,13 +145,13 @@ class ClickReachInferer(Inferer):
 
     def __call__(self, inputs: torch.Tensor, network: Any, *args: Any, **kwargs: Any) -> torch.Tensor:
         guidance = inputs[:, self.sequences :]
-        if self.radius_mm <= 0 or not self.reads_guidance(network):
-            return self.inferer(inputs, network, *args, **kwargs)
         if not bool((guidance > 0).any()):
             return self.answer_to_no_clicks(inputs, network, *args, **kwargs)
         unclicked = self.answer_to_no_clicks(inputs, network, *args, **kwargs)
         if self.on_unclicked is not None:
             self.on_unclicked(unclicked)
+        if self.radius_mm <= 0 or not self.reads_guidance(network):
+            return unclicked  # the guided answer used nowhere, or the same as it (a network that never read clicks)
         near_np = np.stack([self.near_clicks(g) for g in guidance])
         window = self.window_around(near_np.any(axis=0))
         if window is None:
