@@ -312,6 +312,10 @@ class TrainSettings:
     # spikes to 0.8-0.95, a region switched off and on again) and one of three settled at held-out Dice 0.61.
     warmup_epochs: int = 5
     warmup_start: float = 0.1
+    # Validate on the held-out studies every this many epochs at most, and always after the last (the largest divisor of
+    # the run's epochs not above it): a whole-study sliding-window pass per held-out study is a quarter of a CPU epoch
+    # on 48^3 patches. The best model is chosen among the validated epochs.
+    val_interval: int = 1
     early_stop_patience: int = 0  # stop after this many validations without a better mean Dice; 0: run every epoch
     seed: Optional[int] = None  # None: each run draws one (kept in its version record, so any run can be repeated)
 

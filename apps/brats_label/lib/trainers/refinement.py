@@ -54,6 +54,7 @@ class BratsRefinementTrainer(BratsSegmentationTrainer):
             max_epochs_from_scratch=refinement.max_epochs,
             learning_rate=refinement.learning_rate,
             fine_tune_learning_rate=refinement.learning_rate,
+            val_interval=refinement.val_interval,
         )
         super().__init__(model_dir, profile, one_rate, publish_path, description="Teach the segmentation model to follow clicks (robot user)", versions=versions)
         self._config.pop("max_epochs_from_scratch", None)  # no first model of its own: every run is a fine-tune
@@ -65,13 +66,6 @@ class BratsRefinementTrainer(BratsSegmentationTrainer):
     def __call__(self, request, datastore):
         """``max_epochs`` whatever else the request names (Slicer sends every key it shows)."""
         return BasicTrainTask.__call__(self, {**request, "max_epochs": int(request.get("max_epochs", self._config["max_epochs"]))}, datastore)
-
-    def train(self, rank, world_size, request, datalist):
-        """Validated every ``val_interval`` epochs at most, and always after the last (the best model is chosen
-        there): the largest divisor of the run's epochs not above it."""
-        epochs = int(request["max_epochs"])
-        self._val_interval = max(d for d in range(1, self.refinement.val_interval + 1) if epochs % d == 0)
-        return super().train(rank, world_size, request, datalist)
 
     def network(self, context: Context) -> torch.nn.Module:
         path = self.segmentation_weights()

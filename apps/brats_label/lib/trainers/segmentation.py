@@ -124,6 +124,7 @@ class BratsSegmentationTrainer(BasicTrainTask):
             "patch_size": ",".join(str(p) for p in patch),
             "samples_per_case": settings.samples_per_case,
             "early_stop_patience": settings.early_stop_patience,
+            "val_interval": settings.val_interval,
             "seed": settings.seed,
             "dataset": "CacheDataset",
             "dataloader": "DataLoader",
@@ -161,9 +162,13 @@ class BratsSegmentationTrainer(BasicTrainTask):
 
     def train(self, rank, world_size, request, datalist):
         """Seeded: the request's ``seed``, or one drawn now and kept in the version record, so that any run
-        (its network's start, patches, augmentations) can be repeated."""
+        (its network's start, patches, augmentations) can be repeated. Validated every ``val_interval`` epochs at
+        most, and always after the last (the best model is chosen among them): the largest divisor of the run's
+        epochs not above it."""
         seed = request.get("seed")
         request["seed"] = int(seed) if seed not in (None, "") else secrets.randbelow(2**31)
+        most = max(1, int(request.get("val_interval") or self.settings.val_interval))
+        self._val_interval = max(d for d in range(1, most + 1) if int(request["max_epochs"]) % d == 0)
         set_determinism(seed=request["seed"])
         try:
             return super().train(rank, world_size, request, datalist)
