@@ -53,10 +53,11 @@ sys.path[:0] = [str(REPO), str(REPO / "apps" / "brats_label")]
 
 import nibabel as nib  # noqa: E402
 import numpy as np  # noqa: E402
+import torch  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 from bench.evaluate import items_of  # noqa: E402
-from lib.config import DEFAULT_LABEL_SET, LABEL_SETS, PROFILES, FollowUpSettings  # noqa: E402
+from lib.config import DEFAULT_LABEL_SET, LABEL_SETS, PROFILES, REGION_THRESHOLD, FollowUpSettings  # noqa: E402
 from lib.followup.prior_label import PriorStudy, carry_prior, merge_with_prior  # noqa: E402
 from lib.infers.segmentation import BratsSegmentation  # noqa: E402
 from lib.labels.label_set import LabelSet  # noqa: E402
@@ -81,7 +82,24 @@ def region_names(label_set: LabelSet) -> list:
 
 
 MODEL_ON_BOTH = "model_on_both"  # a change measure only: the model's volumes on the follow-up minus on the baseline
+# A change measure only: the follow-up's truth as a perfect model on the network's grid would give it (each region's
+# share of every coarse voxel as its probability, restored to the study's grid and thresholded as served answers are):
+# the error no model of the profile can go below.
+GRID_FLOOR = "truth_on_network_grid"
 SMALL_CHANGE = 0.20  # a whole tumour whose volume changed by at most this fraction
+
+
+def on_network_grid(label: np.ndarray, spacing, network_spacing, label_set: LabelSet) -> np.ndarray:
+    """``label`` as a perfect model working at ``network_spacing`` would answer it (``GRID_FLOOR``): each region's
+    mean over a coarse voxel, restored trilinearly and thresholded, nested as answers are. Grids whose spacings are
+    not whole multiples of the study's are not handled."""
+    factors = [int(round(n / s)) for n, s in zip(network_spacing, spacing)]
+    regions = torch.as_tensor(label_set.to_regions(label), dtype=torch.float32)[None]
+    shape = regions.shape[2:]
+    padded = torch.nn.functional.pad(regions, [p for n, f in zip(reversed(shape), reversed(factors)) for p in (0, (-n) % f)])
+    coarse = torch.nn.functional.avg_pool3d(padded, factors)
+    restored = torch.nn.functional.interpolate(coarse, size=padded.shape[2:], mode="trilinear", align_corners=False)
+    return np.asarray(label_set.to_label(restored[0, :, : shape[0], : shape[1], : shape[2]] > REGION_THRESHOLD), dtype=np.uint8)
 
 
 def volumes(label: np.ndarray, spacing, label_set: LabelSet) -> dict:
@@ -188,6 +206,8 @@ def main() -> int:
                 row[answer]["change_error_ml"] = {k: round((got[k] - before[k]) - row["true_change_ml"][k], 3) for k in got}
             got = volumes(model, spacing, label_set)
             row[MODEL_ON_BOTH] = {"change_error_ml": {k: round((got[k] - by_model[k]) - row["true_change_ml"][k], 3) for k in got}}
+            floor = volumes(on_network_grid(truth, spacing, task.profile.spacing_mm, label_set), spacing, label_set)
+            row[GRID_FLOOR] = {"change_error_ml": {k: round((floor[k] - before[k]) - row["true_change_ml"][k], 3) for k in floor}}
             rows.append(row)
     suffixes = ["+deformable" if deformable else "" for deformable in args.deformable]
     priors = [f"prior{suffix}" for suffix in suffixes]
@@ -196,12 +216,13 @@ def main() -> int:
     summary = {answer: {key: round(float(np.mean([row[answer][key] for row in rows])), 4) for key in keys} for answer in answers}
     small = [row for row in rows if row["wt_change"] is not None and abs(row["wt_change"]) <= SMALL_CHANGE]
     summary[MODEL_ON_BOTH] = {}
-    for answer in [*answers, MODEL_ON_BOTH]:
+    summary[GRID_FLOOR] = {}
+    for answer in [*answers, MODEL_ON_BOTH, GRID_FLOOR]:
         errors = {k: [abs(row[answer]["change_error_ml"][k]) for row in rows] for k in rows[0][answer]["change_error_ml"]}
         relative = {k: [abs(row[answer]["change_error_ml"][k]) / row["baseline_ml"][k] for row in rows if row["baseline_ml"][k] > 0] for k in errors}
         summary[answer]["volume_change_error_ml"] = {k: round(float(np.mean(v)), 3) for k, v in errors.items()}
         summary[answer]["volume_change_error_of_baseline"] = {k: round(float(np.mean(v)), 4) for k, v in relative.items() if v}
-        if answer != MODEL_ON_BOTH:
+        if answer in answers:
             summary[answer]["wt_dice_small_change"] = round(float(np.mean([row[answer]["wt"] for row in small])), 4) if small else None
     summary["small_change_studies"] = len(small)
     for answer in answers[1 + len(priors) :]:
@@ -224,7 +245,7 @@ def main() -> int:
         )
     print(f"\nwhole tumour changed by at most {SMALL_CHANGE:.0%}: {len(small)} studies; WT Dice " + ", ".join(f"{a} {summary[a]['wt_dice_small_change']}" for a in answers))
     print("volume change error, mean |measured - true| in mL (and in % of the baseline's volume):")
-    for answer in [*answers, MODEL_ON_BOTH]:
+    for answer in [*answers, MODEL_ON_BOTH, GRID_FLOOR]:
         error, share = summary[answer]["volume_change_error_ml"], summary[answer]["volume_change_error_of_baseline"]
         print(f"{answer:18}" + "".join(f"  {k} {error[k]:.2f} ({100 * share.get(k, float('nan')):.1f} %)" for k in label_set.volume_names()))
     print(f"\n{out / (args.name + '.json')}")
