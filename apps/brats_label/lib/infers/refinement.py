@@ -13,7 +13,7 @@ auto-segmentation.
 Offered as soon as there is a segmentation model: until a refinement model is trained (``POST /train/refinement``)
 the network is the segmentation model's, its guidance weights zero. A trained refinement network answers better with
 no clicks than the segmentation model it started from (robot-user sets on 2026-12-07: whole tumour Dice 0.75-0.85
-against 0.69-0.77), and the clicks grow over that answer. The answer to no clicks is kept per study
+against 0.68-0.77 on eight sets), and the clicks grow over that answer. The answer to no clicks is kept per study
 (``interactive/click_reach``; ``warm`` computes it after the study's auto-segmentation): a click costs its growth.
 """
 
