@@ -84,16 +84,19 @@ def region_names(label_set: LabelSet) -> list:
 MODEL_ON_BOTH = "model_on_both"  # a change measure only: the model's volumes on the follow-up minus on the baseline
 # A change measure only: the follow-up's truth as a perfect model on the network's grid would give it (each region's
 # share of every coarse voxel as its probability, restored to the study's grid and thresholded as served answers are):
-# the error no model of the profile can go below.
+# an estimate of the error the profile's grid alone makes.
 GRID_FLOOR = "truth_on_network_grid"
 SMALL_CHANGE = 0.20  # a whole tumour whose volume changed by at most this fraction
 
 
 def on_network_grid(label: np.ndarray, spacing, network_spacing, label_set: LabelSet) -> np.ndarray:
     """``label`` as a perfect model working at ``network_spacing`` would answer it (``GRID_FLOOR``): each region's
-    mean over a coarse voxel, restored trilinearly and thresholded, nested as answers are. Grids whose spacings are
-    not whole multiples of the study's are not handled."""
+    mean over a coarse voxel, restored trilinearly and thresholded, nested as answers are. An estimate of what the grid
+    costs, not a bound: the served grid is cropped and resampled in world space (another phase), and a model could
+    call a thin rim at more than its share to keep its volume."""
     factors = [int(round(n / s)) for n, s in zip(network_spacing, spacing)]
+    if any(f < 2 or abs(n / s - f) > 1e-3 for f, n, s in zip(factors, network_spacing, spacing)):
+        raise ValueError(f"the network's grid ({network_spacing} mm) is not a whole multiple of the study's ({spacing} mm)")
     regions = torch.as_tensor(label_set.to_regions(label), dtype=torch.float32)[None]
     shape = regions.shape[2:]
     padded = torch.nn.functional.pad(regions, [p for n, f in zip(reversed(shape), reversed(factors)) for p in (0, (-n) % f)])

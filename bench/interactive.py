@@ -170,7 +170,9 @@ def main() -> int:
     parser.add_argument("--train-seed", type=int, default=0)
     parser.add_argument("--train-epochs", type=int, default=0, help="0: RefinementSettings' default")
     parser.add_argument("--growth-radius-mm", type=float, default=ClickGrowth().radius_mm, help="how far a click's region may grow (0: the network's answer only)")
-    parser.add_argument("--network-radius-mm", type=float, default=ClickGrowth().network_radius_mm, help="how far from a click the guided network's answer is used")
+    parser.add_argument(
+        "--network-radius-mm", type=float, default=ClickGrowth().network_radius_mm, help="how far from a click the guided network's answer is used (0, the default: nowhere)"
+    )
     parser.add_argument("--growth-multiplier", type=float, default=ClickGrowth().multiplier, help="standard deviations a grown voxel may differ by")
     parser.add_argument("--growth-seed-mm", type=float, default=ClickGrowth().seed_radius_mm, help="the clicked tissue's statistics: its voxels within this")
     parser.add_argument("--growth-min-separation", type=float, default=ClickGrowth().min_separation, help="grow only where the clicked tissue stands apart this much")
@@ -188,7 +190,11 @@ def main() -> int:
     )
     parser.add_argument("--growth-edge-band-mm", type=float, default=ClickGrowth().edge_band_mm, help="the partial volume along a label's edge (the label-edge rule)")
     parser.add_argument("--growth-seed-all", action="store_true", help="the clicked tissue: every voxel within --growth-seed-mm (until 2026-12-06)")
-    parser.add_argument("--growth-on-answer", action="store_true", help="grow each click on the guided answer (before 2026-12-06), not on the answer to no clicks")
+    parser.add_argument(
+        "--growth-on-answer",
+        action="store_true",
+        help="grow each click on the guided answer (before 2026-12-06), not on the answer to no clicks (the same with --network-radius-mm 0)",
+    )
     parser.add_argument("--name", default=None)
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "interactive")
     args = parser.parse_args()

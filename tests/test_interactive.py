@@ -173,6 +173,26 @@ def test_a_validation_step_of_the_refinement_model_sees_the_robots_clicks_on_wha
     assert all(guidance[name].max() == 0.0 for name in ("background", "necrotic_core", "edema"))
 
 
+def test_the_refinement_model_is_validated_on_the_answer_the_server_gives(tmp_path):
+    """Its best epoch is picked on what is served: with the guided answer used nowhere (the default), the answer to no
+    clicks (the clicks act through their growth over it); with a reach, the guided answer after the robot's clicks.
+    Training samples get clicks either way."""
+    from types import SimpleNamespace
+
+    from lib.config import ClickGrowth, RefinementSettings, TrainSettings
+    from lib.trainers.refinement import BratsRefinementTrainer
+
+    def rounds(refinement: RefinementSettings, train: bool) -> int:
+        trainer = BratsRefinementTrainer(tmp_path / "model", PROFILES["cpu"], TrainSettings(), refinement, tmp_path / "refinement.pt", lambda: None)
+        return trainer._click_rounds(SimpleNamespace(request={"seed": 0}), train).max_rounds
+
+    assert ClickGrowth().network_radius_mm == 0.0
+    assert rounds(RefinementSettings(), train=False) == 0
+    assert rounds(RefinementSettings(), train=True) == RefinementSettings().click_rounds
+    guided = RefinementSettings(growth=dataclasses.replace(ClickGrowth(), network_radius_mm=30.0))
+    assert rounds(guided, train=False) == guided.click_rounds
+
+
 def test_training_samples_of_the_refinement_model_have_boxes_where_only_clicks_can_tell():
     """Blanked boxes cover tumour or brain as asked, blank the sequences only, and are drawn afresh for each sample."""
     from lib.interactive.blank_boxes import RandBlankBoxesd
@@ -726,6 +746,8 @@ def test_a_click_costs_no_network_pass_where_the_guided_answer_is_used_nowhere_o
     """The default (``ClickGrowth.network_radius_mm`` 0) and a network that never read clicks: once a study's answer to
     no clicks is kept, a click's answer is that answer (its growth follows: ``FollowClicksd``), with no pass of the
     network; it reaches the clicks' growth as its starting point."""
+    from types import SimpleNamespace
+
     from monai.inferers import SlidingWindowInferer
 
     from lib.interactive.click_reach import ClickReachInferer, UnclickedAnswers
@@ -756,6 +778,16 @@ def test_a_click_costs_no_network_pass_where_the_guided_answer_is_used_nowhere_o
     assert ClickReachInferer(inferer, 4, spacing, radius_mm=30.0, unclicked=kept, key="study-1@1").reads_guidance(network)
     guided = ClickReachInferer(inferer, 4, spacing, radius_mm=30.0, unclicked=kept, key="study-1@1")(inputs, network)
     assert network.passes > before and not torch.equal(guided, unclicked)  # a reach: the guided window near the click
+
+    never_reads = CountsPasses()  # the segmentation model's weights as a refinement network: guidance weights zero
+    never_reads.convInit = SimpleNamespace(conv=SimpleNamespace(weight=torch.zeros((8, 8, 3, 3, 3))))
+    plain = inputs.clone()
+    plain[:, 4:] = 0
+    reach = ClickReachInferer(inferer, 4, spacing, radius_mm=30.0, unclicked=kept, key="study-2@1", on_unclicked=handed.append)
+    kept_answer = reach(plain, never_reads)
+    before = never_reads.passes
+    assert torch.equal(reach(inputs, never_reads), kept_answer) and never_reads.passes == before
+    assert len(handed) == 2 and torch.equal(handed[1], kept_answer)
 
 
 def test_a_segmentation_models_weights_serve_as_a_refinement_network_that_answers_as_they_do(tmp_path):

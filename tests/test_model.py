@@ -273,3 +273,15 @@ def test_a_seeded_training_repeats_exactly(studies_copy, tmp_path):
         weights.append(read_state_dict(tmp_path / f"{run}.pt"))
     assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
     assert not all(torch.equal(weights[0][k], weights[2][k]) for k in weights[0])
+
+
+def test_a_run_validates_every_interval_asked_at_most_and_always_its_last_epoch():
+    """The best model is chosen among the validated epochs: the interval divides the run's epochs."""
+    from lib.trainers.segmentation import validation_interval
+
+    assert validation_interval(20, 2, 1) == 2
+    assert validation_interval(20, "5", 1) == 5  # Slicer sends every value as it shows it
+    assert validation_interval(7, 5, 1) == 1  # no divisor of 7 up to 5 but 1
+    assert validation_interval(1, 5, 1) == 1
+    assert validation_interval(20, None, 5) == 5 and validation_interval(20, "", 4) == 4  # not asked: the trainer's own
+    assert validation_interval(20, 0, 5) == 1  # asked for none between: every epoch

@@ -174,7 +174,7 @@ class BratsLabelApp(MONAILabelApp):
         self.infer_queue = FairQueue(self.config.infer_concurrency)
         self.case_preparation = CasePreparation(self._prepare_case, CASE_PREPARATION_AGAIN_S, CASE_PREPARATION_QUEUE_MAX)
         # a trained refinement model's answer to no clicks, computed after a study's auto-segmentation (in the inference
-        # queue, so that it never runs beside an annotator's request): the study's first click then costs one window
+        # queue, so that it never runs beside an annotator's request): the study's first click then costs what the others do
         self.refinement_warm_up = CasePreparation(self._warm_refinement, CASE_PREPARATION_AGAIN_S, CASE_PREPARATION_QUEUE_MAX)
         self.arrival_preparation = ArrivalPreparation(self._unprepared_studies, lambda study: self._datastore.get_image_uri(study), self._idle, ARRIVAL_PREPARATION_INTERVAL_S)
         if self._writer:

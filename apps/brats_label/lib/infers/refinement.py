@@ -61,7 +61,7 @@ class BratsRefinement(BratsSegmentation):
             version_fn=version_fn,
         )
         self.growth = growth
-        self.unclicked = UnclickedAnswers()  # the answer to no clicks per study: later clicks cost one window
+        self.unclicked = UnclickedAnswers()  # the answer to no clicks per study: computed once
         self.grown_regions = GrownRegions()  # each click's region per study: a later answer grows only what changed
         self.path = [str(p) for p in (*segmentation_paths, model_path) if p is not None]  # the last that exists is served
         self.type = InferType.DEEPEDIT
@@ -78,7 +78,7 @@ class BratsRefinement(BratsSegmentation):
 
     def warm(self, image: str) -> None:
         """Compute and keep a study's answer to no clicks (``UnclickedAnswers``) before its first click, so that the
-        first click costs one window like the ones after it."""
+        first click costs what the ones after it do."""
         data = {**copy.deepcopy(self._config), "image": image, "image_path": image, "case_version": self._case_version(image), "clicks_world": {}}
         self.run_inferer(self.run_pre_transforms(data, self.pre_transforms(data)), device=str(name_to_device("cuda")))
 

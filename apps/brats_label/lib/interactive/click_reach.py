@@ -1,4 +1,4 @@
-"""The guided network's answer where the annotator clicked, its answer with no clicks elsewhere.
+"""Where a guided network's answer to clicks is used: near them, or (the default) nowhere, and what a click then costs.
 
 A click is a statement about the tissue near it, and an annotator must be able to trust that a click never changes
 a region far from where it was put. A network guarantees no such thing (its receptive field spans the brain, and a
@@ -9,7 +9,7 @@ clicks (the clicks' grown regions, ``click_growth``, reach ``ClickGrowth.radius_
 most of a click's time (``ClickGrowth``'s comment has the figures).
 
 That is also what makes a click fast. The answer to no clicks is the same for every click on a study: it is kept
-(``UnclickedAnswers``, per study and network) and computed once. The guided answer is needed only within the reach,
+(``UnclickedAnswers``, per study and network) and computed once. With a reach, the guided answer is needed only within it,
 so the network runs on one sliding window placed round it (the window size it was trained on, so its normalisation
 sees what it saw in training: a 64^3 window round the clicks made the answers far worse), not on the whole brain:
 at 2 mm a brain takes two windows, so a click costs one window where it cost four. Where the clicks spread wider

@@ -5,9 +5,11 @@ Every run starts from the served segmentation weights with one zero-weighted inp
 augmentations are the segmentation trainer's, with boxes of the sequences blanked (where only clicks can tell);
 inside each step the robot user clicks on what the network gets wrong
 (``lib/interactive/click_rounds.ClickRounds``), and the step learns from the guidance of the last round. Validation,
-on the segmentation model's held-out studies, is the Dice after ``click_rounds`` robot clicks. With ``versions`` each
-run is a version, served only if, after those clicks, it is not worse than the served refinement model (the
-segmentation model's guard, ``promotion.compare``).
+on the segmentation model's held-out studies, picks the run's best epoch on the answer that is served: the guided
+network's after ``click_rounds`` robot clicks where the server uses it (``ClickGrowth.network_radius_mm`` > 0), its
+answer to no clicks where it does not (the default: the clicks then act through their growth over that answer). With
+``versions`` each run is a version, served only if, after ``click_rounds`` robot clicks answered as served (grown),
+it is not worse than the served refinement model (the segmentation model's guard, ``promotion.compare``).
 """
 
 from __future__ import annotations
@@ -114,7 +116,9 @@ class BratsRefinementTrainer(BratsSegmentationTrainer):
 
     def _click_rounds(self, context: Context, train: bool) -> ClickRounds:
         rng = random.Random(int(context.request["seed"]) + (0 if train else 1))
-        return ClickRounds(self.profile.spacing_mm, self.refinement.click_rounds, train, self.refinement.click_probability, rng)
+        guided_served = self.refinement.growth.network_radius_mm > 0
+        rounds = self.refinement.click_rounds if train or guided_served else 0  # validated on the answer served
+        return ClickRounds(self.profile.spacing_mm, rounds, train, self.refinement.click_probability, rng)
 
     def train_iteration_update(self, context: Context):
         return self._click_rounds(context, train=True)

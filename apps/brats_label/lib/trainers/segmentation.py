@@ -3,7 +3,7 @@
 Same pre-processing as inference; the label becomes the three overlapping regions (TC, WT, ET) with
 MONAI's BraTS transform; random patches centred on tumour or brain; Dice on each region's sigmoid output plus a
 cross-entropy across the regions (``loss_function``). Validation on a held-out split reports Dice for TC, WT and ET
-with MONAI's metric each epoch; the best model is published atomically where inference picks it up.
+with MONAI's metric every ``val_interval`` epochs (and after the last); the best model is published atomically where inference picks it up.
 """
 
 from __future__ import annotations
@@ -98,6 +98,13 @@ class ClippedAdamW(torch.optim.AdamW):
         return super().step(closure)
 
 
+def validation_interval(epochs: int, asked: Any, default: int) -> int:
+    """Epochs between validations: the largest divisor of ``epochs`` not above the interval asked (``default`` when
+    none is), so the last epoch, where the run's best model is chosen among those validated, is always validated."""
+    most = max(1, int(asked) if asked not in (None, "") else default)
+    return max(d for d in range(1, most + 1) if epochs % d == 0)
+
+
 class BratsSegmentationTrainer(BasicTrainTask):
     def __init__(
         self,
@@ -167,8 +174,7 @@ class BratsSegmentationTrainer(BasicTrainTask):
         epochs not above it."""
         seed = request.get("seed")
         request["seed"] = int(seed) if seed not in (None, "") else secrets.randbelow(2**31)
-        most = max(1, int(request.get("val_interval") or self.settings.val_interval))
-        self._val_interval = max(d for d in range(1, most + 1) if int(request["max_epochs"]) % d == 0)
+        self._val_interval = validation_interval(int(request["max_epochs"]), request.get("val_interval"), self.settings.val_interval)
         set_determinism(seed=request["seed"])
         try:
             return super().train(rank, world_size, request, datalist)
@@ -301,8 +307,8 @@ class BratsSegmentationTrainer(BasicTrainTask):
         return sliding_window_inferer(self.profile)
 
     def finalize(self, context: Context) -> None:
-        """Stats and curve every epoch; the model is served at the end if its version is not worse,
-        or (without versions) the best model is published atomically after every epoch."""
+        """Stats and curve at every validation; the model is served at the end if its version is not worse,
+        or (without versions) the best model is published atomically after every validation."""
         publisher = AtomicPublishStatsAndModel(
             self._stats_path,
             None if self.versions is not None else self._publish_path,
