@@ -51,8 +51,12 @@ class GuidedSession:
         inputs = torch.cat([self.image, torch.as_tensor(self.guidance)], dim=0)[None].to(device)
         self._unclicked = None
         with torch.no_grad():
-            labels = self._labels(self.inferer(inputs, self.network))
-        before = self._labels(self._unclicked) if self._unclicked is not None and self.grow_on_unclicked else None
+            logits = self.inferer(inputs, self.network)
+        labels = self._labels(logits)
+        before = None
+        if self._unclicked is not None and self.grow_on_unclicked:
+            # the answer to no clicks is the answer itself where the guided one is used nowhere: labelled once
+            before = labels if self._unclicked is logits else self._labels(self._unclicked)
         return follow_clicks(labels, self.image.numpy(), self.clicks, self.spacing, self.growth, before, self.kept, study="study")
 
     def _labels(self, logits: torch.Tensor) -> np.ndarray:
